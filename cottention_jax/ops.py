@@ -1,0 +1,306 @@
+"""The public cosine attention op: input checks, and the one place that picks an implementation.
+
+Layout (as `jax.nn.dot_product_attention`): q (B, T, H, Dk), k (B, T, KV, Dk),
+v (B, T, KV, Dv), H % KV == 0. The mathematics is in
+`pallas_kernels/cosine_attn/reference.py`; faster forms compute
+
+    causal:        o = core(q^, k^, v, key_scale, S0)   (chunked prefix scan)
+    bidirectional: o = q^ (K^T V) * max(n, 1)^-p        (two matmuls)
+
+after normalising q and k, zeroing padded positions and computing the counts,
+where core is `causal_linear_attention` in the xla or pallas form and
+key_scale = max(n_i, 1)^-p ("value" stabilizer) or 1 ("query" stabilizer,
+whose factor multiplies the output rows instead).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels.cosine_attn import reference as _ref
+from pallas_kernels.cosine_attn import xla as _xla
+
+__all__ = [
+    "CosineAttentionState",
+    "IMPLEMENTATIONS",
+    "STABILIZE_MODES",
+    "cosine_attention",
+    "cosine_attention_step",
+    "default_implementation",
+    "init_cosine_attention_state",
+]
+
+IMPLEMENTATIONS = ("reference", "xla", "pallas")
+STABILIZE_MODES = ("value", "query")
+_HI = jax.lax.Precision.HIGHEST
+
+
+class CosineAttentionState(NamedTuple):
+    """The RNN state of causal cosine attention after some prefix.
+
+    kv:    (B, H, Dk, Dv) float32. "value" mode: sum_i k^_i v_i^T max(n_i,1)^-p;
+           "query" mode: sum_i k^_i v_i^T (the factor is applied on read).
+    count: (B,) int32, real (unpadded) tokens seen so far.
+    """
+
+    kv: jax.Array
+    count: jax.Array
+
+
+def init_cosine_attention_state(batch: int, heads: int, dk: int, dv: int) -> CosineAttentionState:
+    """An empty state: zeros, count 0."""
+    return CosineAttentionState(jnp.zeros((batch, heads, dk, dv), jnp.float32),
+                                jnp.zeros((batch,), jnp.int32))
+
+
+def default_implementation(causal: bool = True) -> str:
+    """"pallas" for causal attention on a GPU, "xla" otherwise."""
+    if causal and jax.default_backend() == "gpu":
+        return "pallas"
+    return "xla"
+
+
+# ----------------------------------------------------------------------------- checks
+
+def _shape_error(msg: str, **arrays) -> ValueError:
+    got = ", ".join(f"{name}.shape={tuple(jnp.shape(a))}" for name, a in arrays.items())
+    return ValueError(f"{msg}; got {got}")
+
+
+def _check_float(**arrays) -> None:
+    for name, a in arrays.items():
+        if not jnp.issubdtype(jnp.result_type(a), jnp.floating):
+            raise ValueError(f"{name} must be a floating-point array; got {name}.dtype={jnp.result_type(a)}")
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}; got {value!r}")
+
+
+def _check_heads(h: int, kv: int, stabilizer, q, k) -> None:
+    if h % kv:
+        raise _shape_error(f"heads of q ({h}) must be a multiple of kv heads of k and v ({kv})", q=q, k=k)
+    if jnp.shape(stabilizer) != (h,):
+        raise _shape_error(f"stabilizer must have shape (heads,) = ({h},)", stabilizer=stabilizer, q=q)
+
+
+def _check_state(state, b: int, h: int, dk: int, dv: int, name: str = "initial_state") -> None:
+    if not isinstance(state, CosineAttentionState):
+        raise ValueError(f"{name} must be a CosineAttentionState(kv, count); got {type(state).__name__}")
+    if jnp.shape(state.kv) != (b, h, dk, dv):
+        raise ValueError(f"{name}.kv must have shape (batch, heads, d_k, d_v) = {(b, h, dk, dv)}; "
+                         f"got {name}.kv.shape={tuple(jnp.shape(state.kv))}")
+    if jnp.shape(state.count) != (b,):
+        raise ValueError(f"{name}.count must have shape (batch,) = ({b},); "
+                         f"got {name}.count.shape={tuple(jnp.shape(state.count))}")
+    if not jnp.issubdtype(jnp.result_type(state.count), jnp.integer):
+        raise ValueError(f"{name}.count must be an integer array; got dtype {jnp.result_type(state.count)}")
+    _check_float(**{f"{name}.kv": state.kv})
+
+
+def _check_inputs(q, k, v, stabilizer, causal, padding_mask, initial_state, return_state,
+                  stabilize, implementation) -> None:
+    _check_choice("stabilize", stabilize, STABILIZE_MODES)
+    if implementation is not None:
+        _check_choice("implementation", implementation, IMPLEMENTATIONS)
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        if jnp.ndim(a) != 4:
+            raise _shape_error(f"{name} must have rank 4, (batch, seq, heads, head_dim)", **{name: a})
+    _check_float(q=q, k=k, v=v, stabilizer=stabilizer)
+    if not (jnp.result_type(q) == jnp.result_type(k) == jnp.result_type(v)):
+        raise ValueError(f"q, k and v must share a dtype; got {jnp.result_type(q)}, "
+                         f"{jnp.result_type(k)}, {jnp.result_type(v)}")
+    (b, t, h, dk), (bk, tk, kvh, dkk), (bv, tv, kvv, dv) = q.shape, k.shape, v.shape
+    if not (b == bk == bv):
+        raise _shape_error("q, k and v must have the same batch size", q=q, k=k, v=v)
+    if not (t == tk == tv):
+        raise _shape_error("q, k and v must have the same sequence length", q=q, k=k, v=v)
+    if dk != dkk:
+        raise _shape_error("q and k must have the same head_dim", q=q, k=k)
+    if kvh != kvv:
+        raise _shape_error("k and v must have the same number of heads", k=k, v=v)
+    _check_heads(h, kvh, stabilizer, q, k)
+    if padding_mask is not None:
+        if jnp.shape(padding_mask) != (b, t):
+            raise _shape_error(f"padding_mask must have shape (batch, seq) = {(b, t)}",
+                               padding_mask=padding_mask)
+        if jnp.result_type(padding_mask) != jnp.bool_:
+            raise ValueError(f"padding_mask must be a bool array (True = real token); "
+                             f"got dtype {jnp.result_type(padding_mask)}")
+    if not causal and initial_state is not None:
+        raise ValueError("initial_state is only defined for causal=True attention; got causal=False")
+    if not causal and return_state:
+        raise ValueError("return_state is only defined for causal=True attention; got causal=False")
+    if initial_state is not None:
+        _check_state(initial_state, b, h, dk, dv)
+
+
+# ----------------------------------------------------------------------------- the op
+
+def cosine_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    stabilizer: jax.Array,
+    *,
+    causal: bool,
+    padding_mask: jax.Array | None = None,
+    initial_state: CosineAttentionState | None = None,
+    return_state: bool = False,
+    stabilize: str = "value",
+    implementation: str | None = None,
+    chunk_size: int | None = None,
+    interpret: bool = False,
+):
+    """Cosine attention (Cottention): cosine similarity instead of softmax.
+
+    Args:
+      q: (B, T, H, Dk) queries.  k: (B, T, KV, Dk) keys.  v: (B, T, KV, Dv) values.
+        H % KV == 0 (grouped-query attention); one floating dtype for all three.
+      stabilizer: (H,) raw per-head parameter m; values are scaled by
+        max(n, 1) ** -sigmoid(m), n the number of real tokens so far.
+      causal: causal (RNN) or bidirectional attention.
+      padding_mask: optional (B, T) bool, True = real token. Padded positions
+        are ignored and their output is exactly zero; left and right padding work.
+      initial_state: causal only; a `CosineAttentionState` to continue from.
+      return_state: causal only; also return the state after the last position.
+      stabilize: "value" (scale v_i by n_i^-p, the paper's form) or "query"
+        (scale output row t by n_t^-p).
+      implementation: "reference" (quadratic float32 spec), "xla" (chunked
+        prefix scan, linear memory) or "pallas" (GPU kernels); None picks
+        "pallas" for causal attention on GPU and "xla" otherwise.
+        Bidirectional attention is two matmuls, q^ (K^T V), for xla and pallas.
+      chunk_size: chunk length of the xla scan (default 64).
+      interpret: pallas only; run the kernels in Pallas interpret mode (CPU).
+
+    Returns:
+      out (B, T, H, Dv) in the input dtype, or (out, CosineAttentionState)
+      when return_state. States and accumulations are float32.
+    """
+    _check_inputs(q, k, v, stabilizer, causal, padding_mask, initial_state, return_state,
+                  stabilize, implementation)
+    impl = implementation or default_implementation(causal)
+    b, t, h, dk = q.shape
+    dv = v.shape[-1]
+    state0 = initial_state or init_cosine_attention_state(b, h, dk, dv)
+
+    if impl == "reference":
+        out, state = _ref.cosine_attention_reference(
+            q, k, v, stabilizer, causal=causal, padding_mask=padding_mask,
+            initial_state=tuple(state0), stabilize=stabilize)
+        state = None if state is None else CosineAttentionState(*state)
+    elif causal:
+        out, state = _causal_linear(q, k, v, stabilizer, padding_mask, state0, stabilize,
+                                    impl, chunk_size, interpret)
+    else:
+        out, state = _bidirectional_linear(q, k, v, stabilizer, padding_mask), None
+
+    out = out.astype(q.dtype)
+    return (out, state) if return_state else out
+
+
+def _normalized_inputs(q, k, v, padding_mask):
+    """q^, k^ (normalised, padded positions zero) in the input dtype, v zeroed likewise, mask (B, T)."""
+    b, t = q.shape[:2]
+    mask = jnp.ones((b, t), bool) if padding_mask is None else padding_mask
+    keep = mask[:, :, None, None]
+    qn = jnp.where(keep, _ref.l2_normalize(q), 0).astype(q.dtype)
+    kn = jnp.where(keep, _ref.l2_normalize(k), 0).astype(k.dtype)
+    vz = jnp.where(keep, v, 0).astype(v.dtype)
+    return qn, kn, vz, mask
+
+
+def _causal_linear(q, k, v, stabilizer, padding_mask, state0, stabilize, impl, chunk_size,
+                   interpret):
+    qn, kn, vz, mask = _normalized_inputs(q, k, v, padding_mask)
+    counts = state0.count[:, None] + jnp.cumsum(mask.astype(jnp.int32), axis=1)   # n_i: (B, T)
+    scale = _ref.count_scale(counts, stabilizer)                                  # (B, T, H)
+    key_scale = scale if stabilize == "value" else jnp.ones_like(scale)
+    kv0 = state0.kv.astype(jnp.float32)
+    if impl == "pallas":
+        from pallas_kernels.cosine_attn import chunked  # noqa: PLC0415  (imports Pallas lazily)
+        out, kv = chunked.causal_linear_attention(qn, kn, vz, key_scale, kv0, interpret=interpret)
+    else:
+        out, kv = _xla.chunked_linear_attention(qn, kn, vz, key_scale, kv0,
+                                                chunk_size or _xla.DEFAULT_CHUNK)
+    out = out.astype(jnp.float32)
+    if stabilize == "query":
+        out = out * scale[..., None]
+    count = state0.count.astype(jnp.int32) + jnp.sum(mask, axis=1, dtype=jnp.int32)
+    return out, CosineAttentionState(kv, count)
+
+
+def _bidirectional_linear(q, k, v, stabilizer, padding_mask):
+    """o_t = q^_t (K^T V) max(n, 1)^-p with n the real tokens of the row; linear memory."""
+    qn, kn, vz, mask = _normalized_inputs(q, k, v, padding_mask)
+    b, t, h, dk = q.shape
+    n_kv = k.shape[2]
+    kv = jnp.einsum("bskd,bske->bkde", kn, vz, precision=_HI,
+                    preferred_element_type=jnp.float32)                     # (B, KV, Dk, Dv)
+    scale = _ref.count_scale(jnp.sum(mask, axis=1, dtype=jnp.int32), stabilizer)  # (B, H)
+    qg = qn.reshape(b, t, n_kv, h // n_kv, dk).astype(jnp.float32)
+    out = jnp.einsum("btkgd,bkde->btkge", qg, kv, precision=_HI)
+    return out.reshape(b, t, h, -1) * scale[:, None, :, None]
+
+
+# ----------------------------------------------------------------------------- one RNN step
+
+def cosine_attention_step(
+    state: CosineAttentionState,
+    q_t: jax.Array,
+    k_t: jax.Array,
+    v_t: jax.Array,
+    stabilizer: jax.Array,
+    *,
+    padding_mask_t: jax.Array | None = None,
+    stabilize: str = "value",
+):
+    """One step of causal cosine attention as an RNN; constant memory.
+
+    Args:
+      state: `CosineAttentionState` with kv (B, H, Dk, Dv) float32, count (B,).
+      q_t: (B, H, Dk); k_t: (B, KV, Dk); v_t: (B, KV, Dv).
+      stabilizer: (H,) raw m.
+      padding_mask_t: optional (B,) bool; False leaves that row's state
+        unchanged and gives a zero output.
+      stabilize: "value" or "query", as in `cosine_attention`.
+
+    Returns:
+      (o_t (B, H, Dv) in q_t's dtype, new state).
+    """
+    _check_choice("stabilize", stabilize, STABILIZE_MODES)
+    for name, a in (("q_t", q_t), ("k_t", k_t), ("v_t", v_t)):
+        if jnp.ndim(a) != 3:
+            raise _shape_error(f"{name} must have rank 3, (batch, heads, head_dim)", **{name: a})
+    _check_float(q_t=q_t, k_t=k_t, v_t=v_t, stabilizer=stabilizer)
+    (b, h, dk), (bk, n_kv, dkk), (bv, kvv, dv) = q_t.shape, k_t.shape, v_t.shape
+    if not (b == bk == bv) or dk != dkk or n_kv != kvv:
+        raise _shape_error("q_t, k_t and v_t must agree on batch, q_t/k_t on head_dim and "
+                           "k_t/v_t on heads", q_t=q_t, k_t=k_t, v_t=v_t)
+    _check_heads(h, n_kv, stabilizer, q_t, k_t)
+    _check_state(state, b, h, dk, dv, name="state")
+    if padding_mask_t is not None and (jnp.shape(padding_mask_t) != (b,)
+                                       or jnp.result_type(padding_mask_t) != jnp.bool_):
+        raise ValueError(f"padding_mask_t must be a bool array of shape (batch,) = ({b},); got "
+                         f"shape {tuple(jnp.shape(padding_mask_t))}, dtype {jnp.result_type(padding_mask_t)}")
+
+    real = jnp.ones((b,), bool) if padding_mask_t is None else padding_mask_t
+    group = h // n_kv
+    qn = _ref.l2_normalize(q_t).reshape(b, n_kv, group, dk)                # (B, KV, G, Dk)
+    kn = _ref.l2_normalize(k_t)                                            # (B, KV, Dk)
+    vf = v_t.astype(jnp.float32)
+    count = state.count.astype(jnp.int32) + real.astype(jnp.int32)
+    scale = _ref.count_scale(count, stabilizer).reshape(b, n_kv, group)    # (B, KV, G)
+    w = scale if stabilize == "value" else jnp.ones_like(scale)
+    kv = state.kv.astype(jnp.float32).reshape(b, n_kv, group, dk, dv)
+    update = jnp.einsum("bkd,bke,bkg->bkgde", kn, vf, w * real[:, None, None])
+    kv = kv + update                                                       # S_t = S_{t-1} + k~ v^T
+    out = jnp.einsum("bkgd,bkgde->bkge", qn, kv, precision=_HI)          # o_t = S_t^T q^_t
+    if stabilize == "query":
+        out = out * scale[..., None]
+    out = jnp.where(real[:, None, None, None], out, 0).reshape(b, h, dv)
+    return out.astype(q_t.dtype), CosineAttentionState(kv.reshape(b, h, dk, dv), count)

@@ -1,0 +1,1 @@
+"""Attention kernels for JAX. This tier imports jax only (never flax, optax or cottention_jax)."""

@@ -1,0 +1,6 @@
+"""Causal cosine / linear attention: the float32 spec, a chunked jnp scan, and Pallas GPU kernels.
+
+reference.py  the quadratic float32 specification (the truth every other form is tested against)
+xla.py        chunked prefix scan in jnp + lax.scan with a two-sweep custom_vjp (any backend)
+chunked.py    the same chunked algorithm as Pallas (Triton) GPU kernels
+"""

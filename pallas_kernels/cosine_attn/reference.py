@@ -1,0 +1,138 @@
+"""The specification of cosine attention, in plain jnp and float32.
+
+Everything else in the project is tested against this file, so it is written
+to be obviously right rather than fast: quadratic in sequence length, float32
+with HIGHEST matmul precision, grouped heads expanded with `jnp.repeat`.
+
+Conventions (stated once for the package):
+  q: (B, T, H, Dk)    k: (B, T, KV, Dk)    v: (B, T, KV, Dv)    H % KV == 0
+  query head h reads kv head h // (H // KV).
+  padding_mask: (B, T) bool, True = real token.
+  stabilizer m: (H,) raw; the exponent is p = sigmoid(m).
+
+Cosine attention (arXiv 2409.18747), per head:
+  q^_t = q_t / max(|q_t|, eps),  k^_i = k_i / max(|k_i|, eps)
+  padded positions have q, k, v set to zero (so their output is zero)
+  n_i  = real tokens at positions <= i (causal) or in the row (bidirectional),
+         plus the count carried in an initial state
+  "value" stabilizer: o_t = sum_{i<=t} (q^_t . k^_i) v_i / max(n_i, 1)^p
+  "query" stabilizer: o_t = (sum_{i<=t} (q^_t . k^_i) v_i) / max(n_t, 1)^p
+  with an initial state (S0, c0): o_t also gets q^_t S0 (scaled by the query
+  factor in "query" mode), and the counts start at c0.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+EPS = 1e-6  # floor on |q| and |k|: a zero vector normalises to zero, not NaN
+_HI = jax.lax.Precision.HIGHEST
+
+
+def l2_normalize(x: jax.Array, eps: float = EPS) -> jax.Array:
+    """x / max(|x|, eps) over the last axis, in float32.
+
+    Written with rsqrt(max(|x|^2, eps^2)) so the gradient at x = 0 is finite.
+    """
+    x = x.astype(jnp.float32)
+    sq = jnp.sum(x * x, axis=-1, keepdims=True)
+    return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
+
+
+def count_scale(counts: jax.Array, stabilizer: jax.Array) -> jax.Array:
+    """max(n, 1) ** -sigmoid(m): counts (...,) int -> (..., H) float32."""
+    p = jax.nn.sigmoid(stabilizer.astype(jnp.float32))
+    n = jnp.maximum(counts, 1).astype(jnp.float32)
+    return jnp.exp(-jnp.log(n)[..., None] * p)
+
+
+def cosine_attention_reference(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    stabilizer: jax.Array,
+    *,
+    causal: bool,
+    padding_mask: jax.Array | None = None,
+    initial_state: tuple[jax.Array, jax.Array] | None = None,
+    stabilize: str = "value",
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    """Quadratic float32 cosine attention.
+
+    Returns (out, state): out (B, T, H, Dv) float32; state = (kv, count) with
+    kv (B, H, Dk, Dv) float32 and count (B,) int32 for causal, None otherwise.
+    No input checking: `cottention_jax.cosine_attention` does that.
+    """
+    b, t, h, _ = q.shape
+    group = h // k.shape[2]
+    mask = jnp.ones((b, t), bool) if padding_mask is None else padding_mask
+    keep = mask[:, :, None, None].astype(jnp.float32)
+
+    qh = l2_normalize(q) * keep                                   # (B, T, H, Dk)
+    kh = jnp.repeat(l2_normalize(k) * keep, group, axis=2)        # (B, T, H, Dk)
+    vf = jnp.repeat(v.astype(jnp.float32) * keep, group, axis=2)  # (B, T, H, Dv)
+
+    if initial_state is None:
+        kv0 = jnp.zeros((b, h, q.shape[-1], v.shape[-1]), jnp.float32)
+        count0 = jnp.zeros((b,), jnp.int32)
+    else:
+        kv0, count0 = initial_state
+        kv0 = kv0.astype(jnp.float32)
+        count0 = count0.astype(jnp.int32)
+
+    if causal:
+        counts = count0[:, None] + jnp.cumsum(mask.astype(jnp.int32), axis=1)  # (B, T)
+    else:
+        counts = jnp.broadcast_to(jnp.sum(mask, axis=1, dtype=jnp.int32)[:, None], (b, t))
+    scale = count_scale(counts, stabilizer)                       # (B, T, H)
+
+    scores = jnp.einsum("bthd,bshd->bhts", qh, kh, precision=_HI)  # (B, H, T, T)
+    if causal:
+        scores = scores * jnp.tril(jnp.ones((t, t), jnp.float32))
+
+    if stabilize == "value":
+        vs = vf * scale[..., None]                                # v~_i = v_i n_i^-p
+        out = jnp.einsum("bhts,bshe->bthe", scores, vs, precision=_HI)
+        out = out + jnp.einsum("bthd,bhde->bthe", qh, kv0, precision=_HI)
+        kv_new = jnp.einsum("bshd,bshe->bhde", kh, vs, precision=_HI)
+    elif stabilize == "query":
+        out = jnp.einsum("bhts,bshe->bthe", scores, vf, precision=_HI)
+        out = out + jnp.einsum("bthd,bhde->bthe", qh, kv0, precision=_HI)
+        out = out * scale[..., None]                              # row factor n_t^-p
+        kv_new = jnp.einsum("bshd,bshe->bhde", kh, vf, precision=_HI)
+    else:
+        raise ValueError(f"stabilize must be 'value' or 'query'; got {stabilize!r}")
+
+    if not causal:
+        return out, None
+    count = count0 + jnp.sum(mask, axis=1, dtype=jnp.int32)
+    return out, (kv0 + kv_new, count)
+
+
+def causal_linear_attention_reference(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    key_scale: jax.Array,
+    initial_state: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """The core every chunked kernel computes, quadratic and float32.
+
+    q (B, T, H, Dk), k (B, T, KV, Dk), v (B, T, KV, Dv), key_scale (B, T, H),
+    initial_state S0 (B, H, Dk, Dv). With k~_{i,h} = key_scale_{i,h} k_{i,h//G}:
+      o_t  = q_t (S0 + sum_{i<=t} k~_i v_i^T)      -> (B, T, H, Dv) float32
+      S_T  = S0 + sum_i k~_i v_i^T                  -> (B, H, Dk, Dv) float32
+    """
+    t, h = q.shape[1], q.shape[2]
+    group = h // k.shape[2]
+    qf = q.astype(jnp.float32)
+    kf = jnp.repeat(k.astype(jnp.float32), group, axis=2) * key_scale[..., None]
+    vf = jnp.repeat(v.astype(jnp.float32), group, axis=2)
+    s0 = initial_state.astype(jnp.float32)
+    scores = jnp.einsum("bthd,bshd->bhts", qf, kf, precision=_HI)
+    scores = scores * jnp.tril(jnp.ones((t, t), jnp.float32))
+    out = jnp.einsum("bhts,bshe->bthe", scores, vf, precision=_HI)
+    out = out + jnp.einsum("bthd,bhde->bthe", qf, s0, precision=_HI)
+    final = s0 + jnp.einsum("bshd,bshe->bhde", kf, vf, precision=_HI)
+    return out, final
