@@ -1,0 +1,330 @@
+"""cosine_attention: every form (reference, xla, RNN step scan) computes the spec.
+
+The reference (`pallas_kernels/cosine_attn/reference.py`) is quadratic float32;
+the xla path is the chunked scan with a hand-written backward; the step path
+is `cosine_attention_step` scanned over positions. All three must agree on
+outputs, final states and gradients for q, k, v and the stabilizer.
+"""
+
+import jax
+import jax.test_util  # noqa: F401  (check_grads)
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import cottention_jax as ca
+from tests._util import fresh_key, padding_mask, random_qkv, rel_error
+
+F32_TOL, BF16_TOL = 1e-5, 2e-2
+
+
+def step_scan(q, k, v, m, *, mask=None, state=None, stabilize="value"):
+    """Causal attention as T calls of cosine_attention_step under lax.scan."""
+    b, t, h, dk = q.shape
+    dv = v.shape[-1]
+    state = ca.init_cosine_attention_state(b, h, dk, dv) if state is None else state
+    mask = jnp.ones((b, t), bool) if mask is None else mask
+
+    def body(s, xs):
+        qt, kt, vt, mt = xs
+        o, s = ca.cosine_attention_step(s, qt, kt, vt, m, padding_mask_t=mt, stabilize=stabilize)
+        return s, o
+
+    xs = (q.swapaxes(0, 1), k.swapaxes(0, 1), v.swapaxes(0, 1), mask.T)
+    final, out = jax.lax.scan(body, state, xs)
+    return out.swapaxes(0, 1), final
+
+
+# Each case crosses the axes of the spec: (causal, padding, stabilize, heads, kv_heads, dk, dv, seq).
+# 64 is the xla chunk size, so 64/128 are multiples of it and 1, 7, 100 are not.
+CASES = [
+    (True, "none", "value", 4, 4, 32, 32, 7),
+    (True, "right", "value", 4, 2, 64, 48, 100),
+    (True, "left", "value", 4, 1, 96, 96, 64),
+    (True, "none", "query", 2, 2, 128, 64, 128),
+    (True, "right", "query", 4, 2, 32, 16, 1),
+    (True, "left", "query", 6, 3, 64, 64, 100),
+    (False, "none", "value", 4, 4, 64, 32, 7),
+    (False, "right", "value", 4, 2, 96, 64, 100),
+    (False, "left", "query", 4, 1, 128, 128, 64),
+    (False, "none", "query", 2, 1, 32, 48, 1),
+]
+
+
+def _case_id(c):
+    causal, pad, stab, h, kv, dk, dv, t = c
+    return f"{'causal' if causal else 'bidir'}-{pad}-{stab}-h{h}kv{kv}-dk{dk}dv{dv}-t{t}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_forms_agree_fp32(case):
+    causal, pad, stab, h, kv, dk, dv, t = case
+    b = 2
+    q, k, v, m = random_qkv(fresh_key(), b, t, h, kv, dk, dv)
+    mask = padding_mask(pad, b, t)
+    kw = dict(causal=causal, padding_mask=mask, stabilize=stab)
+    ref = ca.cosine_attention(q, k, v, m, implementation="reference", **kw)
+    out = ca.cosine_attention(q, k, v, m, implementation="xla", **kw)
+    assert out.dtype == jnp.float32 and out.shape == (b, t, h, dv)
+    assert rel_error(out, ref) <= F32_TOL
+    if mask is not None:  # padded positions give exactly zero
+        assert jnp.all(jnp.where(mask[:, :, None, None], 0.0, out) == 0.0)
+    if causal:
+        steps, _ = step_scan(q, k, v, m, mask=mask, stabilize=stab)
+        assert rel_error(steps, ref) <= F32_TOL
+
+
+@pytest.mark.parametrize("case", CASES[::2] + CASES[1::4], ids=_case_id)
+def test_gradients_agree_fp32(case):
+    causal, pad, stab, h, kv, dk, dv, t = case
+    b = 2
+    q, k, v, m = random_qkv(fresh_key(), b, t, h, kv, dk, dv)
+    mask = padding_mask(pad, b, t)
+    # A fixed random cotangent makes every output element matter.
+    ct = jax.random.normal(fresh_key(), (b, t, h, dv))
+
+    def loss(impl):
+        def f(q, k, v, m):
+            return jnp.sum(ct * ca.cosine_attention(q, k, v, m, causal=causal, padding_mask=mask,
+                                                    stabilize=stab, implementation=impl))
+        return f
+
+    grads = {impl: jax.grad(loss(impl), argnums=(0, 1, 2, 3))(q, k, v, m)
+             for impl in ("reference", "xla")}
+    if causal:
+        def f_steps(q, k, v, m):
+            return jnp.sum(ct * step_scan(q, k, v, m, mask=mask, stabilize=stab)[0])
+        grads["steps"] = jax.grad(f_steps, argnums=(0, 1, 2, 3))(q, k, v, m)
+    for impl in grads:
+        for name, g, r in zip("qkvm", grads[impl], grads["reference"]):
+            assert rel_error(g, r) <= F32_TOL, (impl, name)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_half_precision_inputs(causal, dtype):
+    """Half inputs: output in the input dtype, state float32, close to the float32 spec."""
+    b, t, h, kv, dk, dv = 2, 100, 4, 2, 64, 32
+    q, k, v, m = random_qkv(fresh_key(), b, t, h, kv, dk, dv, dtype=dtype)
+    mask = padding_mask("right", b, t)
+    kw = dict(causal=causal, padding_mask=mask)
+    ref = ca.cosine_attention(q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32),
+                              m, implementation="reference", **kw)
+    if causal:
+        out, state = ca.cosine_attention(q, k, v, m, implementation="xla", return_state=True, **kw)
+        assert state.kv.dtype == jnp.float32 and state.count.dtype == jnp.int32
+        steps, _ = step_scan(q, k, v, m, mask=mask)
+        assert steps.dtype == dtype and rel_error(steps, ref) <= BF16_TOL
+    else:
+        out = ca.cosine_attention(q, k, v, m, implementation="xla", **kw)
+    assert out.dtype == dtype
+    assert rel_error(out, ref) <= BF16_TOL
+
+    def f(q, k, v, m, impl):
+        return jnp.sum(ca.cosine_attention(q, k, v, m, implementation=impl, **kw).astype(jnp.float32) ** 2)
+    g_half = jax.grad(f, argnums=(0, 1, 2, 3))(q, k, v, m, "xla")
+    g_ref = jax.grad(f, argnums=(0, 1, 2, 3))(*(x.astype(jnp.float32) for x in (q, k, v)), m, "reference")
+    for name, g, r in zip("qkvm", g_half, g_ref):
+        assert g.dtype == (dtype if name != "m" else jnp.float32), name
+        assert rel_error(g, r) <= 5 * BF16_TOL, name
+
+
+@pytest.mark.parametrize("impl", ["reference", "xla"])
+@pytest.mark.parametrize("stabilize", ["value", "query"])
+@pytest.mark.parametrize("pad", ["none", "left", "right"])
+def test_state_continuation(impl, stabilize, pad):
+    """Running [0, T1) then [T1, T) from the returned state equals running [0, T)."""
+    b, t, t1, h, kv, dk, dv = 2, 90, 37, 4, 2, 32, 24
+    q, k, v, m = random_qkv(fresh_key(), b, t, h, kv, dk, dv)
+    mask = padding_mask(pad, b, t)
+    mask = jnp.ones((b, t), bool) if mask is None else mask
+    kw = dict(causal=True, stabilize=stabilize, implementation=impl, return_state=True)
+    full, s_full = ca.cosine_attention(q, k, v, m, padding_mask=mask, **kw)
+    first, s1 = ca.cosine_attention(q[:, :t1], k[:, :t1], v[:, :t1], m, padding_mask=mask[:, :t1], **kw)
+    second, s2 = ca.cosine_attention(q[:, t1:], k[:, t1:], v[:, t1:], m, padding_mask=mask[:, t1:],
+                                     initial_state=s1, **kw)
+    assert rel_error(jnp.concatenate([first, second], axis=1), full) <= F32_TOL
+    assert rel_error(s2.kv, s_full.kv) <= F32_TOL
+    np.testing.assert_array_equal(s2.count, s_full.count)
+    np.testing.assert_array_equal(s_full.count, mask.sum(1))
+    # The step path continues from the same state.
+    steps, s3 = step_scan(q[:, t1:], k[:, t1:], v[:, t1:], m, mask=mask[:, t1:], state=s1,
+                          stabilize=stabilize)
+    assert rel_error(steps, second) <= F32_TOL
+    assert rel_error(s3.kv, s_full.kv) <= F32_TOL
+
+
+def test_initial_state_gradient_matches_reference():
+    b, t, h, kv, dk, dv = 2, 70, 2, 1, 32, 32
+    q, k, v, m = random_qkv(fresh_key(), b, t, h, kv, dk, dv)
+    s0 = ca.CosineAttentionState(jax.random.normal(fresh_key(), (b, h, dk, dv)),
+                                 jnp.array([3, 11], jnp.int32))
+
+    def f(kv0, q, impl):
+        out, st = ca.cosine_attention(q, k, v, m, causal=True, implementation=impl, return_state=True,
+                                      initial_state=ca.CosineAttentionState(kv0, s0.count))
+        return jnp.sum(jnp.sin(out)) + jnp.sum(st.kv ** 2) * 1e-3
+
+    g_ref = jax.grad(f, argnums=(0, 1))(s0.kv, q, "reference")
+    g_xla = jax.grad(f, argnums=(0, 1))(s0.kv, q, "xla")
+    for g, r in zip(g_xla, g_ref):
+        assert rel_error(g, r) <= F32_TOL
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_check_grads_numerically(causal):
+    """Finite differences against the xla path's hand-written backward."""
+    q, k, v, m = random_qkv(fresh_key(), 1, 9, 2, 1, 8, 4)
+    mask = jnp.array([[False] + [True] * 8])
+
+    def f(q, k, v, m):
+        return ca.cosine_attention(q, k, v, m, causal=causal, padding_mask=mask, implementation="xla",
+                                   chunk_size=4)
+
+    jax.test_util.check_grads(f, (q, k, v, m), order=1, modes=["rev"], atol=2e-2, rtol=2e-2, eps=1e-2)
+
+
+def test_jit_vmap_and_grad_compose():
+    b, t, h, kv, dk, dv = 2, 33, 2, 2, 16, 16
+    q, k, v, m = random_qkv(fresh_key(), 3 * b, t, h, kv, dk, dv)
+    stack = lambda x: x.reshape(3, b, *x.shape[1:])  # noqa: E731
+    f = jax.jit(lambda q, k, v, m: ca.cosine_attention(q, k, v, m, causal=True))
+    batched = jax.vmap(f, in_axes=(0, 0, 0, None))(stack(q), stack(k), stack(v), m)
+    ref = ca.cosine_attention(q, k, v, m, causal=True, implementation="reference")
+    assert rel_error(batched.reshape(ref.shape), ref) <= F32_TOL
+    g = jax.jit(jax.grad(lambda m: jnp.sum(jax.vmap(f, in_axes=(0, 0, 0, None))(
+        stack(q), stack(k), stack(v), m) ** 2)))(m)
+    g_ref = jax.grad(lambda m: jnp.sum(ca.cosine_attention(q, k, v, m, causal=True,
+                                                           implementation="reference") ** 2))(m)
+    assert rel_error(g, g_ref) <= F32_TOL
+
+
+def test_stabilizer_scales_values_as_specified():
+    """One head, all vectors aligned: o_t = sum_{i<=t} n_i^-p v_i exactly (value mode)."""
+    t = 5
+    q = jnp.ones((1, t, 1, 3))
+    k = jnp.ones((1, t, 1, 3))
+    v = jnp.arange(1.0, t + 1).reshape(1, t, 1, 1)
+    m = jnp.array([0.3])
+    p = jax.nn.sigmoid(0.3)
+    n = np.arange(1, t + 1)
+    expected_value = np.cumsum(np.arange(1, t + 1) * n ** -p)
+    expected_query = np.cumsum(np.arange(1, t + 1)) * n ** -p
+    for impl in ("reference", "xla"):
+        o = ca.cosine_attention(q, k, v, m, causal=True, implementation=impl)
+        np.testing.assert_allclose(o[0, :, 0, 0], expected_value, rtol=1e-6)
+        o = ca.cosine_attention(q, k, v, m, causal=True, implementation=impl, stabilize="query")
+        np.testing.assert_allclose(o[0, :, 0, 0], expected_query, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- robustness
+
+@pytest.mark.parametrize("impl", ["reference", "xla"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_zero_vectors_and_all_padding_rows_are_finite(impl, causal):
+    b, t, h, dk = 2, 12, 2, 8
+    q, k, v, m = random_qkv(fresh_key(), b, t, h, h, dk, dk)
+    q = q.at[:, 3].set(0.0)
+    k = k.at[:, 5].set(0.0)
+    mask = jnp.array([[False] * t, [True] * t])  # row 0 is all padding
+
+    def f(q, k, v, m):
+        return ca.cosine_attention(q, k, v, m, causal=causal, padding_mask=mask, implementation=impl)
+
+    out = f(q, k, v, m)
+    assert jnp.all(jnp.isfinite(out))
+    assert jnp.all(out[0] == 0.0)
+    grads = jax.grad(lambda *a: jnp.sum(f(*a) ** 2), argnums=(0, 1, 2, 3))(q, k, v, m)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
+    assert jnp.all(grads[0][0] == 0.0)  # padded queries get no gradient
+
+
+def test_long_sequence_through_the_rnn_step_is_finite():
+    """100k positions through the step path: counts and scales stay finite."""
+    t, h, d = 100_000, 2, 8
+    q, k, v, m = random_qkv(fresh_key(), 1, t, h, h, d, d)
+    out, state = jax.jit(step_scan)(q, k, v, m)
+    assert int(state.count[0]) == t
+    assert bool(jnp.all(jnp.isfinite(out))) and bool(jnp.all(jnp.isfinite(state.kv)))
+    # The last output equals the parallel form's last output.
+    last = ca.cosine_attention(q, k, v, m, causal=True, implementation="xla")[:, -1]
+    assert rel_error(out[:, -1], last) <= 1e-4
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def _inputs(b=2, t=5, h=4, kv=2, dk=8, dv=8):
+    return random_qkv(fresh_key(), b, t, h, kv, dk, dv)
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda q, k, v, m: (q[0], k, v, m), r"q must have rank 4.*q\.shape=\(5, 4, 8\)"),
+    (lambda q, k, v, m: (q, k[:1], v, m), r"same batch size.*k\.shape=\(1, 5, 2, 8\)"),
+    (lambda q, k, v, m: (q, k[:, :3], v[:, :3], m), r"same sequence length"),
+    (lambda q, k, v, m: (q, k[:, :, :1].repeat(3, 2), v[:, :, :1].repeat(3, 2), m),
+     r"heads of q \(4\) must be a multiple of kv heads.*\(3\)"),
+    (lambda q, k, v, m: (q, k[..., :4], v, m), r"q and k must have the same head_dim"),
+    (lambda q, k, v, m: (q, k, v[:, :, :1], m), r"k and v must have the same number of heads"),
+    (lambda q, k, v, m: (q, k, v, m[:3]), r"stabilizer must have shape \(heads,\) = \(4,\).*\(3,\)"),
+    (lambda q, k, v, m: (q.astype(jnp.int32), k, v, m), r"q must be a floating-point array"),
+    (lambda q, k, v, m: (q, k.astype(jnp.bfloat16), v, m), r"share a dtype"),
+])
+def test_bad_shapes_and_dtypes(mutate, match):
+    args = mutate(*_inputs())
+    with pytest.raises(ValueError, match=match):
+        ca.cosine_attention(*args, causal=True)
+
+
+def test_bad_options():
+    q, k, v, m = _inputs()
+    with pytest.raises(ValueError, match=r"padding_mask must have shape \(batch, seq\) = \(2, 5\)"):
+        ca.cosine_attention(q, k, v, m, causal=True, padding_mask=jnp.ones((2, 4), bool))
+    with pytest.raises(ValueError, match=r"padding_mask must be a bool array.*int32"):
+        ca.cosine_attention(q, k, v, m, causal=True, padding_mask=jnp.ones((2, 5), jnp.int32))
+    with pytest.raises(ValueError, match=r"implementation must be one of .*'cuda'"):
+        ca.cosine_attention(q, k, v, m, causal=True, implementation="cuda")
+    with pytest.raises(ValueError, match=r"stabilize must be one of .*'key'"):
+        ca.cosine_attention(q, k, v, m, causal=True, stabilize="key")
+    state = ca.init_cosine_attention_state(2, 4, 8, 8)
+    with pytest.raises(ValueError, match=r"initial_state is only defined for causal=True"):
+        ca.cosine_attention(q, k, v, m, causal=False, initial_state=state)
+    with pytest.raises(ValueError, match=r"return_state is only defined for causal=True"):
+        ca.cosine_attention(q, k, v, m, causal=False, return_state=True)
+    with pytest.raises(ValueError, match=r"initial_state\.kv must have shape.*\(2, 4, 8, 8\).*\(2, 2, 8, 8\)"):
+        ca.cosine_attention(q, k, v, m, causal=True,
+                            initial_state=ca.init_cosine_attention_state(2, 2, 8, 8))
+    with pytest.raises(ValueError, match=r"CosineAttentionState"):
+        ca.cosine_attention(q, k, v, m, causal=True, initial_state=(state.kv, state.count))
+
+
+def test_step_bad_input():
+    q, k, v, m = _inputs()
+    state = ca.init_cosine_attention_state(2, 4, 8, 8)
+    with pytest.raises(ValueError, match=r"q_t must have rank 3.*q_t\.shape=\(2, 5, 4, 8\)"):
+        ca.cosine_attention_step(state, q, k[:, 0], v[:, 0], m)
+    with pytest.raises(ValueError, match=r"state\.kv must have shape"):
+        ca.cosine_attention_step(ca.init_cosine_attention_state(2, 4, 8, 4), q[:, 0], k[:, 0], v[:, 0], m)
+    with pytest.raises(ValueError, match=r"padding_mask_t must be a bool array of shape \(batch,\)"):
+        ca.cosine_attention_step(state, q[:, 0], k[:, 0], v[:, 0], m, padding_mask_t=jnp.ones((3,), bool))
+
+
+# ----------------------------------------------------------------------------- public API
+
+def test_public_api_is_pinned():
+    assert set(ca.__all__) >= {
+        "CosineAttentionState", "cosine_attention", "cosine_attention_step",
+        "init_cosine_attention_state", "default_implementation", "IMPLEMENTATIONS", "STABILIZE_MODES",
+    }
+    for name in ca.__all__:
+        assert hasattr(ca, name), name
+    import inspect
+    params = inspect.signature(ca.cosine_attention).parameters
+    assert list(params)[:4] == ["q", "k", "v", "stabilizer"]
+    for name, default in [("padding_mask", None), ("initial_state", None), ("return_state", False),
+                          ("stabilize", "value"), ("implementation", None)]:
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY and params[name].default == default
+    assert params["causal"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert params["causal"].default is inspect.Parameter.empty
+    assert ca.CosineAttentionState._fields == ("kv", "count")
+    assert ca.IMPLEMENTATIONS == ("reference", "xla", "pallas")
+    assert ca.default_implementation(causal=False) == "xla"
