@@ -314,6 +314,7 @@ def test_public_api_is_pinned():
     assert set(ca.__all__) >= {
         "CosineAttentionState", "cosine_attention", "cosine_attention_step",
         "init_cosine_attention_state", "default_implementation", "IMPLEMENTATIONS", "STABILIZE_MODES",
+        "CosineAttention", "SoftmaxAttention",
     }
     for name in ca.__all__:
         assert hasattr(ca, name), name
