@@ -1,0 +1,332 @@
+"""The Pallas kernels (`pallas_kernels/cosine_attn/chunked.py`) against the float32 spec.
+
+Three layers, all runnable without a GPU:
+  * interpret mode (the kernels' logic on CPU) vs `implementation="reference"`
+    through the public op, and the raw core vs `causal_linear_attention_reference`:
+    outputs, final states and every gradient;
+  * CUDA lowering: `jax.export` of forward + backward for platform cuda under
+    an abstract H100, which runs the Pallas -> Triton lowering (power-of-two
+    shapes, dot operand types, supported ops) before any GPU sees the code;
+  * the benchmark script's logic in --smoke mode.
+Tests marked `gpu` repeat the comparisons on the device, at larger shapes.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import cottention_jax as ca
+from pallas_kernels.cosine_attn import chunked, reference
+from tests._util import fresh_key, padding_mask, random_qkv, rel_error
+
+F32_TOL, LOW_TOL = 1e-5, 2e-2  # float32 (interpret mode is exact f32); bf16 / fp16
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tol(dtype):
+    return F32_TOL if jnp.dtype(dtype) == jnp.float32 else LOW_TOL
+
+
+def _random_state(b, h, dk, dv, scale=0.5):
+    return ca.CosineAttentionState(scale * jax.random.normal(fresh_key(), (b, h, dk, dv)),
+                                   jax.random.randint(fresh_key(), (b,), 0, 50))
+
+
+def _op_outputs_and_grads(impl, q, k, v, m, kv0, count0, cot, cot_kv, interpret=True, **kw):
+    """out, final state, and grads of <out, cot> + <kv_T, cot_kv> in (q, k, v, m, kv0)."""
+    def loss(q, k, v, m, kv0):
+        state0 = None if kv0 is None else ca.CosineAttentionState(kv0, count0)
+        out, state = ca.cosine_attention(q, k, v, m, causal=True, initial_state=state0,
+                                         return_state=True, implementation=impl,
+                                         interpret=interpret if impl == "pallas" else False, **kw)
+        value = jnp.sum(out.astype(jnp.float32) * cot) + jnp.sum(state.kv * cot_kv)
+        return value, (out, state)
+
+    argnums = (0, 1, 2, 3) if kv0 is None else (0, 1, 2, 3, 4)
+    grads, (out, state) = jax.jit(jax.grad(loss, argnums=argnums, has_aux=True))(q, k, v, m, kv0)
+    return out, state, grads
+
+
+def _compare_op(b, t, h, kv, dk, dv, dtype, pad, stabilize, with_state, interpret=True):
+    q, k, v, m = random_qkv(fresh_key(), b, t, h, kv, dk, dv, dtype)
+    mask = padding_mask(pad, b, t)
+    state0 = _random_state(b, h, dk, dv) if with_state else None
+    kv0, count0 = (None, None) if state0 is None else state0
+    cot = jax.random.normal(fresh_key(), (b, t, h, dv))
+    cot_kv = jax.random.normal(fresh_key(), (b, h, dk, dv))
+    kw = dict(padding_mask=mask, stabilize=stabilize)
+    got = _op_outputs_and_grads("pallas", q, k, v, m, kv0, count0, cot, cot_kv, interpret, **kw)
+    want = _op_outputs_and_grads("reference", q, k, v, m, kv0, count0, cot, cot_kv, **kw)
+    (out, state, grads), (out_ref, state_ref, grads_ref) = got, want
+    tol = _tol(dtype)
+    assert out.dtype == dtype and out.shape == (b, t, h, dv)
+    assert rel_error(out, out_ref) <= tol
+    assert rel_error(state.kv, state_ref.kv) <= tol
+    assert jnp.array_equal(state.count, state_ref.count)
+    if mask is not None:  # padded positions give exactly zero
+        assert jnp.all(jnp.where(mask[:, :, None, None], 0.0, out.astype(jnp.float32)) == 0.0)
+    names = ("dq", "dk", "dv", "d_stabilizer", "d_initial_kv")
+    for name, g, g_ref in zip(names, grads, grads_ref):
+        assert g.shape == g_ref.shape, name
+        assert rel_error(g, g_ref) <= tol, (name, rel_error(g, g_ref))
+
+
+# (dtype, heads, kv_heads, dk, dv, seq, padding, stabilize, initial state). The default chunk is
+# 64: seq 64 / 128 are multiples of it, 100 / 130 / 70 are not; 96 and 48 are not powers of two.
+OP_CASES = [
+    (jnp.float32, 2, 2, 32, 32, 100, "none", "value", False),
+    (jnp.float32, 4, 2, 64, 32, 128, "right", "value", True),
+    (jnp.float32, 2, 1, 96, 48, 70, "left", "query", True),
+    (jnp.bfloat16, 2, 1, 64, 64, 130, "none", "value", True),
+    (jnp.bfloat16, 4, 2, 32, 96, 64, "right", "query", False),
+]
+
+
+def _op_id(c):
+    dtype, h, kv, dk, dv, t, pad, stab, init = c
+    return f"{jnp.dtype(dtype).name}-h{h}kv{kv}-dk{dk}dv{dv}-t{t}-{pad}-{stab}{'-init' if init else ''}"
+
+
+@pytest.mark.parametrize("case", OP_CASES, ids=_op_id)
+def test_public_op_interpret_matches_reference(case):
+    dtype, h, kv, dk, dv, t, pad, stab, init = case
+    _compare_op(2, t, h, kv, dk, dv, dtype, pad, stab, init)
+
+
+# ----------------------------------------------------------------------------- the raw core
+
+def _core_inputs(b, t, h, kv, dk, dv, dtype):
+    q, k, v, _ = random_qkv(fresh_key(), b, t, h, kv, dk, dv, dtype)
+    key_scale = jax.random.uniform(fresh_key(), (b, t, h), minval=0.1, maxval=1.0)
+    s0 = jax.random.normal(fresh_key(), (b, h, dk, dv))
+    return q, k, v, key_scale, s0
+
+
+def _core_compare(args, tol, **kw):
+    """Forward and VJP of the kernel core vs the quadratic reference; returns the relative errors."""
+    (out, final), vjp = jax.vjp(
+        lambda *a: chunked.causal_linear_attention(*a, interpret=True, **kw), *args)
+    (out_ref, final_ref), vjp_ref = jax.vjp(jax.jit(reference.causal_linear_attention_reference), *args)
+    cot = jax.random.normal(fresh_key(), out.shape).astype(out.dtype)
+    cot_final = jax.random.normal(fresh_key(), final.shape)
+    grads = vjp((cot, cot_final))
+    grads_ref = vjp_ref((cot.astype(out_ref.dtype), cot_final))
+    assert out.dtype == args[0].dtype and final.dtype == jnp.float32
+    errors = {"out": rel_error(out, out_ref), "final": rel_error(final, final_ref)}
+    for name, g, g_ref, x in zip(("dq", "dk", "dv", "d_key_scale", "d_s0"), grads, grads_ref, args):
+        assert g.shape == x.shape and g.dtype == x.dtype, name
+        errors[name] = rel_error(g, g_ref)
+    assert max(errors.values()) <= tol, errors
+    return errors
+
+
+# (b, t, h, kv, dk, dv, dtype, BlockSizes or None): small chunks give many chunks per program;
+# small blocks several head-dim blocks; explicit segments split the sequence across programs
+# (13 chunks in 3 segments: uneven); seq 5 is shorter than one chunk.
+CORE_CASES = [
+    (1, 200, 4, 2, 96, 64, jnp.float32, chunked.BlockSizes(chunk=16, block_k=32, block_v=16, segments=3)),
+    (2, 96, 4, 1, 32, 32, jnp.float32, chunked.BlockSizes(chunk=16, segments=2)),
+    (1, 5, 2, 2, 128, 128, jnp.float16, None),
+    (1, 190, 2, 1, 64, 64, jnp.bfloat16, chunked.BlockSizes(chunk=32, segments=4)),
+]
+
+
+def _core_id(c):
+    b, t, h, kv, dk, dv, dtype, sizes = c
+    extra = "" if sizes is None else f"-C{sizes.chunk}-bk{sizes.block_k}-bv{sizes.block_v}-s{sizes.segments}"
+    return f"{jnp.dtype(dtype).name}-b{b}t{t}h{h}kv{kv}-dk{dk}dv{dv}{extra}"
+
+
+@pytest.mark.parametrize("case", CORE_CASES, ids=_core_id)
+def test_core_interpret_matches_reference(case):
+    b, t, h, kv, dk, dv, dtype, sizes = case
+    _core_compare(_core_inputs(b, t, h, kv, dk, dv, dtype), _tol(dtype), block_sizes=sizes)
+
+
+def test_residuals_are_the_inputs_only():
+    """The backward pass keeps q, k, v, key_scale and S0 and nothing else (no d x d states)."""
+    from jax._src.ad_checkpoint import saved_residuals  # noqa: PLC0415  (no public spelling)
+
+    args = _core_inputs(1, 128, 2, 1, 32, 32, jnp.float32)
+    fn = lambda *a: chunked.causal_linear_attention(  # noqa: E731
+        *a, interpret=True, block_sizes=chunked.BlockSizes(chunk=16, segments=2))
+    saved = saved_residuals(fn, *args)
+    assert sorted(str(aval.shape) for aval, _ in saved) == sorted(str(a.shape) for a in args)
+    assert all("from the argument" in why for _, why in saved), saved
+
+
+# ----------------------------------------------------------------------------- configuration and bad input
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+@pytest.mark.parametrize("dim", [32, 64, 96, 128, 256])
+def test_default_block_sizes_are_powers_of_two(dtype, dim):
+    sizes = chunked.BlockSizes.get_default(dtype, dim, dim)
+    for value in (sizes.chunk, sizes.block_k, sizes.block_v, sizes.num_warps):
+        assert value & (value - 1) == 0
+    plan = chunked._make_plan((2, 1000, 4, dim), (2, 1000, 2, dim), (2, 1000, 2, dim), dtype, None)
+    padded = chunked._padded_dim(dim)
+    assert padded >= dim and padded & (padded - 1) == 0
+    assert padded % plan.block_k == 0 and padded % plan.block_v == 0
+    assert plan.n_chunks * plan.chunk >= 1000 and plan.group == 2
+
+
+def test_auto_segments_add_parallelism_only_for_long_sequences_at_small_batch():
+    plan = lambda b, t: chunked._make_plan((b, t, 4, 128), (b, t, 4, 128), (b, t, 4, 128),  # noqa: E731
+                                           jnp.bfloat16, None)
+    small_long, small_short, big_long = plan(1, 65536), plan(1, 256), plan(64, 65536)
+    assert small_long.n_segments > 1 and small_long.chunks_per_segment >= 16
+    assert small_long.n_segments * small_long.chunks_per_segment >= small_long.n_chunks
+    assert small_short.n_segments == 1 and big_long.n_segments == 1
+
+
+@pytest.mark.parametrize("field,value", [("chunk", 48), ("block_k", 8), ("block_v", 96),
+                                         ("num_warps", 3), ("num_stages", 0), ("segments", 0)])
+def test_block_sizes_reject_bad_values(field, value):
+    with pytest.raises(ValueError, match=field):
+        chunked.BlockSizes(**{field: value})
+
+
+def test_core_rejects_bad_shapes():
+    q, k, v = jnp.ones((1, 8, 4, 16)), jnp.ones((1, 8, 2, 16)), jnp.ones((1, 8, 2, 16))
+    w, s0 = jnp.ones((1, 8, 4)), jnp.zeros((1, 4, 16, 16))
+    call = lambda *a: chunked.causal_linear_attention(*a, interpret=True)  # noqa: E731
+    with pytest.raises(ValueError, match=r"key_scale.shape=\(1, 8, 2\)"):
+        call(q, k, v, w[:, :, :2], s0)
+    with pytest.raises(ValueError, match=r"initial_state.shape=\(1, 4, 16, 8\)"):
+        call(q, k, v, w, s0[..., :8])
+    with pytest.raises(ValueError, match=r"k.shape=\(1, 8, 3, 16\)"):
+        call(q, jnp.zeros((1, 8, 3, 16)), jnp.zeros((1, 8, 3, 16)), w, s0)
+    with pytest.raises(ValueError, match="bfloat16"):
+        call(q, k.astype(jnp.bfloat16), v, w, s0)
+    with pytest.raises(ValueError, match=r"v.shape=\(1, 8, 2\)"):
+        call(q, k, v[..., 0], w, s0)
+
+
+# ----------------------------------------------------------------------------- CUDA lowering without a GPU
+
+def _export_for_h100(fn, *args):
+    """jax.export for platform cuda with an abstract H100 as the target device."""
+    from jax.sharding import AbstractDevice, AbstractMesh, use_abstract_mesh  # noqa: PLC0415
+
+    h100 = AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="cuda")
+    # Pallas/Triton calls have no export compatibility guarantee; this only checks the lowering.
+    unchecked = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+    with warnings.catch_warnings(), use_abstract_mesh(AbstractMesh((1,), ("x",), abstract_device=h100)):
+        warnings.simplefilter("ignore", DeprecationWarning)  # the Triton backend's deprecation notice
+        return jax.export.export(jax.jit(fn), platforms=["cuda"], disabled_checks=unchecked)(*args)
+
+
+def _loss_and_grads(block_sizes):
+    def loss(q, k, v, key_scale, s0):
+        out, final = chunked.causal_linear_attention(q, k, v, key_scale, s0, block_sizes=block_sizes)
+        return jnp.sum(out.astype(jnp.float32) ** 2) + jnp.sum(final * final)
+    return jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4))
+
+
+@pytest.mark.skipif(not hasattr(jax.sharding, "AbstractDevice"),
+                    reason=f"jax {jax.__version__} has no jax.sharding.AbstractDevice to target an H100")
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32], ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("dim", [64, 96, 128])
+@pytest.mark.parametrize("segments", [1, 2])
+def test_forward_and_backward_lower_for_cuda(dim, dtype, segments):
+    """Lower fwd + bwd (GQA, a ragged length) through Pallas -> Triton IR for sm_90."""
+    b, t, h, kv = 2, 1000, 4, 2
+    spec = jax.ShapeDtypeStruct
+    args = (spec((b, t, h, dim), dtype), spec((b, t, kv, dim), dtype), spec((b, t, kv, dim), dtype),
+            spec((b, t, h), jnp.float32), spec((b, h, dim, dim), jnp.float32))
+    sizes = chunked.BlockSizes.get_default(dtype, dim, dim)
+    sizes = chunked.BlockSizes(**{**sizes.__dict__, "segments": segments})
+    exported = _export_for_h100(_loss_and_grads(sizes), *args)
+    module = exported.mlir_module()
+    # forward, dQ, dK, dV kernels; with segments also the per-segment sums (fwd: K~^T V;
+    # bwd: K~^T V again and Q^T dO).
+    assert module.count("__gpu$xla.gpu.triton") == (4 if segments == 1 else 7)
+    assert exported.platforms == ("cuda",)
+
+
+# ----------------------------------------------------------------------------- the benchmark script
+
+def test_bench_script_smoke(tmp_path):
+    """bench_kernels.py --smoke: tiny shapes on CPU (interpret / xla); checks the script's logic."""
+    out = tmp_path / "smoke.json"
+    cmd = [sys.executable, os.path.join(ROOT, "experiments", "bench_kernels.py"), "--smoke",
+           "--out", str(out)]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert result["smoke"] is True and result["jax_version"] == jax.__version__
+    rows = result["rows"]
+    assert {r["impl"] for r in rows} >= {"pallas", "xla", "softmax", "naive"}
+    for r in rows:
+        assert r["mode"] in ("fwd", "fwd+bwd")
+        if r.get("status") == "ok":
+            assert r["median_ms"] > 0 and r["runs"] >= 3
+            assert r["max_rel_error"] <= 5e-2, r   # every impl checked against the naive form
+    assert "| impl |" in done.stdout                # the printed table
+
+
+# ----------------------------------------------------------------------------- on a real GPU
+
+GPU_CASES = [
+    (jnp.float32, 4, 2, 64, 64, 1000, "right", "value", True),
+    (jnp.bfloat16, 4, 4, 128, 128, 2048, "none", "value", True),
+    (jnp.bfloat16, 8, 2, 96, 96, 777, "left", "query", False),
+    (jnp.float16, 4, 1, 256, 64, 513, "none", "value", True),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_CASES, ids=_op_id)
+def test_public_op_on_gpu_matches_reference(case):
+    dtype, h, kv, dk, dv, t, pad, stab, init = case
+    _compare_op(2, t, h, kv, dk, dv, dtype, pad, stab, init, interpret=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("segments", [1, 3])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32], ids=lambda d: jnp.dtype(d).name)
+def test_core_on_gpu_matches_reference(dtype, segments):
+    args = _core_inputs(2, 3000, 4, 2, 128, 128, dtype)
+    sizes = chunked.BlockSizes(**{**chunked.BlockSizes.get_default(dtype, 128, 128).__dict__,
+                                  "segments": segments})
+    (out, final), vjp = jax.vjp(lambda *a: chunked.causal_linear_attention(*a, block_sizes=sizes), *args)
+    (out_ref, final_ref), vjp_ref = jax.vjp(reference.causal_linear_attention_reference, *args)
+    cot = (jax.random.normal(fresh_key(), out.shape).astype(out.dtype), jax.random.normal(fresh_key(), final.shape))
+    tol = _tol(dtype)
+    assert rel_error(out, out_ref) <= tol and rel_error(final, final_ref) <= tol
+    for g, g_ref in zip(vjp(cot), vjp_ref((cot[0].astype(jnp.float32), cot[1]))):
+        assert rel_error(g, g_ref) <= tol
+
+
+@pytest.mark.gpu
+def test_pallas_is_the_default_on_gpu():
+    assert ca.default_implementation(causal=True) == "pallas"
+    assert ca.default_implementation(causal=False) == "xla"
+
+
+def _bench_module():
+    import importlib.util  # noqa: PLC0415
+
+    spec = importlib.util.spec_from_file_location("bench_kernels", os.path.join(ROOT, "experiments", "bench_kernels.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_pallas_configs_parse_into_block_sizes():
+    bench = _bench_module()
+    assert bench._block_sizes("default") is None
+    assert bench._block_sizes("32,16,64,4,3,auto") == chunked.BlockSizes(
+        chunk=32, block_k=16, block_v=64, num_warps=4, num_stages=3, segments=None)
+    assert bench._block_sizes("64,64,128,8,2,4").segments == 4
+    args = bench.parse_args(["--pallas-configs", "default", "64,64,64,4,2,auto"])
+    assert args.pallas_configs == ["default", "64,64,64,4,2,auto"]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--pallas-configs", "64,64"])
