@@ -1,0 +1,166 @@
+"""Labelled tasks for BERT finetuning, built offline from registry packages.
+
+- `sentiment` (single sentence, labels negative/positive): the 10,605 movie-review
+  sentences with mean human ratings in [-4, 4] shipped in the `vaderSentiment==3.3.2`
+  sdist (drawn from the Rotten Tomatoes reviews of Pang & Lee, the source of SST).
+  Sentences rated within +-0.5 of neutral are dropped (as SST-2 drops neutral
+  phrases); duplicates are kept once.
+- `paraphrase` (sentence pair, labels different/same): a verse of the King James
+  Version beside a verse of the World English Bible. Same reference -> "same";
+  otherwise the WEB verse of the same chapter sharing the most words with the
+  KJV verse -> "different" (hard negatives: same names, same topic). Half of the
+  references give a positive, half a negative; the order of the two texts is random.
+
+Splits (train/validation/test = 80/10/10) come from a SHA-256 of a key, so they
+are fixed whatever the machine: the sentence for sentiment, the chapter for
+paraphrase (all verses of a chapter, positives and negatives, share one split).
+The movie-review sentences are for research use, so tasks are built on each
+machine by `python experiments/build_tasks.py` into `<data_dir>/tasks/<task>/`,
+never committed.
+
+An example is a dict {"id", "text_a", "text_b" ("" for single sentences),
+"label" (int), "split"}.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from cottention_jax.data import paths
+
+__all__ = [
+    "TASKS",
+    "TASK_LABELS",
+    "TASK_SPLITS",
+    "build_paraphrase_examples",
+    "build_sentiment_examples",
+    "load_task_examples",
+    "task_dir",
+    "task_rebuild_command",
+    "write_task",
+]
+
+TASK_LABELS = {"sentiment": ("negative", "positive"), "paraphrase": ("different", "same")}
+TASKS = tuple(TASK_LABELS)
+TASK_SPLITS = ("train", "validation", "test")
+_FRACTIONS = (0.8, 0.1, 0.1)
+
+
+def _unit_hash(key: str) -> float:
+    """A number in [0, 1) fixed by `key` (first 64 bits of its SHA-256)."""
+    return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:16], 16) / 2.0 ** 64
+
+
+def _split_of(key: str, fractions: Sequence[float] = _FRACTIONS) -> str:
+    u, edge = _unit_hash(key), 0.0
+    for name, fraction in zip(TASK_SPLITS, fractions):
+        edge += fraction
+        if u < edge:
+            return name
+    return TASK_SPLITS[-1]
+
+
+def build_sentiment_examples(snippets: Sequence[tuple[int, float, str]],
+                             neutral_band: float = 0.5) -> list[dict]:
+    """Binary sentiment examples from (id, mean rating, sentence) rows.
+
+    label 1 if rating > neutral_band, 0 if rating < -neutral_band; others dropped.
+    The split is drawn from the sentence text, so a repeated sentence cannot leak.
+    """
+    if neutral_band < 0:
+        raise ValueError(f"neutral_band must be >= 0, got {neutral_band}")
+    seen, examples = set(), []
+    for snippet_id, rating, text in snippets:
+        text = " ".join(text.split())
+        if not text or text in seen or abs(rating) <= neutral_band:
+            continue
+        seen.add(text)
+        examples.append({"id": f"mr-{snippet_id}", "text_a": text, "text_b": "",
+                         "label": int(rating > 0), "split": _split_of(f"sentiment:{text}")})
+    return examples
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def _jaccard(a: frozenset, b: frozenset) -> float:
+    return len(a & b) / max(len(a | b), 1)
+
+
+def build_paraphrase_examples(first: Mapping[tuple[str, int, int], str],
+                              second: Mapping[tuple[str, int, int], str]) -> list[dict]:
+    """Verse pairs from two verse-aligned translations {(book, chapter, verse): text}.
+
+    For each reference present in both (in `first`'s order): a fair coin fixed by
+    the reference chooses a positive (first[ref], second[ref]) or a negative
+    (first[ref], second[other]) where `other` is the verse of the same chapter
+    whose words overlap most (Jaccard) with first[ref]. A chapter of one verse
+    gives only positives. A second coin swaps text_a and text_b.
+    """
+    refs = [ref for ref in first if ref in second]
+    by_chapter: dict[tuple[str, int], list[tuple[str, int, int]]] = defaultdict(list)
+    for ref in refs:
+        by_chapter[ref[:2]].append(ref)
+    words_second = {ref: _words(second[ref]) for ref in refs}
+    examples = []
+    for book, chapter, verse in refs:
+        ref = (book, chapter, verse)
+        key = f"{book}.{chapter}.{verse}"
+        others = [r for r in by_chapter[(book, chapter)] if r != ref]
+        positive = _unit_hash(f"paraphrase-label:{key}") < 0.5 or not others
+        if positive:
+            partner = ref
+        else:
+            anchor = _words(first[ref])
+            # Most overlapping verse; ties go to the earliest verse.
+            partner = max(others, key=lambda r: (_jaccard(anchor, words_second[r]), -r[2]))
+        text_a, text_b = first[ref], second[partner]
+        if _unit_hash(f"paraphrase-order:{key}") < 0.5:
+            text_a, text_b = text_b, text_a
+        examples.append({"id": f"{key}~{partner[2]}", "text_a": text_a, "text_b": text_b,
+                         "label": int(positive), "split": _split_of(f"paraphrase:{book}.{chapter}")})
+    return examples
+
+
+def task_dir(task: str, data_dir=None) -> Path:
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    return paths.resolve_data_dir(data_dir) / "tasks" / task
+
+
+def task_rebuild_command(task: str, data_dir=None) -> str:
+    where = "" if data_dir is None else f" --data-dir {data_dir}"
+    return f"python experiments/build_tasks.py --task {task}{where}"
+
+
+def write_task(task: str, examples: Sequence[dict], provenance: str, data_dir=None) -> Path:
+    """Write `<data_dir>/tasks/<task>/<task>.jsonl.gz`, PROVENANCE.md and SHA256SUMS."""
+    directory = task_dir(task, data_dir)
+    n_labels = len(TASK_LABELS[task])
+    for example in examples:
+        if example["split"] not in TASK_SPLITS or not 0 <= example["label"] < n_labels:
+            raise ValueError(f"examples: bad split or label in {example['id']}: "
+                             f"split={example['split']!r}, label={example['label']!r}")
+    out = paths.write_jsonl_gz(directory / f"{task}.jsonl.gz", examples)
+    (directory / "PROVENANCE.md").write_text(provenance, encoding="utf-8")
+    paths.write_checksums(directory, [out.name, "PROVENANCE.md"])
+    return out
+
+
+def load_task_examples(task: str, data_dir=None) -> list[dict]:
+    """The examples of `task` built by experiments/build_tasks.py, checked against SHA256SUMS."""
+    directory = task_dir(task, data_dir)
+    rebuild = task_rebuild_command(task, data_dir)
+    paths.verify_checksums(directory, rebuild)
+    examples = paths.read_jsonl_gz(directory / f"{task}.jsonl.gz", rebuild)
+    required = {"id", "text_a", "text_b", "label", "split"}
+    for example in examples:
+        if not required <= set(example):
+            raise paths.corrupt(directory / f"{task}.jsonl.gz",
+                                f"an example lacks {sorted(required - set(example))}", rebuild)
+    return examples

@@ -1,0 +1,304 @@
+"""Tokenizers with one small interface: byte-level BPE (GPT), WordPiece (BERT), raw bytes.
+
+    tok.encode(text) -> list[int]        no special tokens added
+    tok.decode(ids) -> str               special tokens dropped
+    tok.vocab_size, tok.kind             "bpe" | "wordpiece" | "byte"
+    tok.pad_id, tok.bos_id, tok.eos_id, tok.cls_id, tok.sep_id, tok.mask_id, tok.unk_id
+                                         an int, or None where the kind has no such token
+    tok.save(path) / load_tokenizer(path)    one tokenizer.json
+
+BPE and WordPiece are Hugging Face `tokenizers` models trained here on the
+training split of a corpus (about a second for 5 MB); their special tokens take
+the first ids. Special ids:
+
+    bpe:        <|pad|>=0 <|bos|>=1 <|eos|>=2                 (decode(encode(t)) == t exactly)
+    wordpiece:  [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4      (round trip up to whitespace;
+                                                                cased unless lowercase=True)
+    byte:       bytes 0..255, then pad bos eos cls sep mask unk = 256..262 (no training)
+
+BPE training is deterministic. HF's WordPiece trainer breaks ties between equally
+frequent pairs in hash-map order, so its ids are renumbered canonically here and
+retraining gives the same file except, rarely, a token or two at the vocabulary
+cut-off: the saved tokenizer.json, not the training, is what makes runs reproducible.
+
+`get_tokenizer` returns the tokenizer for a (kind, corpus, vocab_size): the one
+shipped in `data/tokenizers/` if there is one, else the one cached under
+`<data_dir>/tokenizers/`, else it trains one and caches it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from cottention_jax.data import corpus as corpus_lib
+from cottention_jax.data import paths
+
+__all__ = [
+    "DEFAULT_VOCAB_SIZE",
+    "KINDS",
+    "SPECIAL_ROLES",
+    "ByteTokenizer",
+    "HFTokenizer",
+    "Tokenizer",
+    "get_tokenizer",
+    "load_tokenizer",
+    "tokenizer_name",
+    "train_tokenizer",
+]
+
+KINDS = ("bpe", "wordpiece", "byte")
+SPECIAL_ROLES = ("pad", "bos", "eos", "cls", "sep", "mask", "unk")
+DEFAULT_VOCAB_SIZE = {"bpe": 4096, "wordpiece": 4096, "byte": 256 + len(SPECIAL_ROLES)}
+_SPECIAL_TOKENS = {
+    "bpe": {"pad": "<|pad|>", "bos": "<|bos|>", "eos": "<|eos|>"},
+    "wordpiece": {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"},
+}
+_BYTE_MARKER = "cottention_byte_tokenizer"
+
+
+class Tokenizer:
+    """Common interface; see the module docstring. Subclasses set kind, special_ids, vocab_size."""
+
+    kind: str
+    special_ids: dict[str, int]
+
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids: Iterable[int]) -> str:
+        raise NotImplementedError
+
+    def to_json(self) -> str:
+        raise NotImplementedError
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def save(self, path) -> Path:
+        """Write the tokenizer as JSON (for BPE/WordPiece a standard HF tokenizer.json)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp.write_text(self.to_json(), encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    @property
+    def all_special_ids(self) -> tuple[int, ...]:
+        """Sorted ids of every special token (never masked, never drawn as a random token)."""
+        return tuple(sorted(self.special_ids.values()))
+
+    def _special(self, role: str) -> int | None:
+        return self.special_ids.get(role)
+
+    pad_id = property(lambda self: self._special("pad"))
+    bos_id = property(lambda self: self._special("bos"))
+    eos_id = property(lambda self: self._special("eos"))
+    cls_id = property(lambda self: self._special("cls"))
+    sep_id = property(lambda self: self._special("sep"))
+    mask_id = property(lambda self: self._special("mask"))
+    unk_id = property(lambda self: self._special("unk"))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(kind={self.kind!r}, vocab_size={self.vocab_size})"
+
+
+class ByteTokenizer(Tokenizer):
+    """UTF-8 bytes as ids 0..255 plus every special role at 256..262; needs no training.
+
+    decode replaces invalid UTF-8 (from a model's samples) with U+FFFD.
+    """
+
+    kind = "byte"
+
+    def __init__(self):
+        self.special_ids = {role: 256 + i for i, role in enumerate(SPECIAL_ROLES)}
+
+    @property
+    def vocab_size(self) -> int:
+        return 256 + len(SPECIAL_ROLES)
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
+
+    def to_json(self) -> str:
+        return json.dumps({_BYTE_MARKER: 1, "special_ids": self.special_ids}, sort_keys=True)
+
+
+class HFTokenizer(Tokenizer):
+    """A Hugging Face `tokenizers.Tokenizer` (BPE or WordPiece model) behind the common interface."""
+
+    def __init__(self, hf_tokenizer):
+        model_type = json.loads(hf_tokenizer.to_str())["model"]["type"]
+        kinds = {"BPE": "bpe", "WordPiece": "wordpiece"}
+        if model_type not in kinds:
+            raise ValueError(f"hf_tokenizer: model must be BPE or WordPiece, got {model_type}")
+        self.kind = kinds[model_type]
+        self.hf = hf_tokenizer
+        self.special_ids = {}
+        for role, token in _SPECIAL_TOKENS[self.kind].items():
+            token_id = hf_tokenizer.token_to_id(token)
+            if token_id is None:
+                raise ValueError(f"hf_tokenizer: {self.kind} tokenizer lacks special token {token}")
+            self.special_ids[role] = token_id
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        # encode_batch_fast (tokenizers >= 0.20) skips character offsets: about 2x faster.
+        fast = getattr(self.hf, "encode_batch_fast", self.hf.encode_batch)
+        return [e.ids for e in fast(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.hf.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def to_json(self) -> str:
+        return self.hf.to_str()
+
+
+def _new_hf_tokenizer(kind: str, lowercase: bool):
+    from tokenizers import Tokenizer as HF
+    from tokenizers import decoders, models, normalizers, pre_tokenizers
+
+    if kind == "bpe":
+        # Byte-level: every string maps to bytes, so nothing is unknown and decoding is exact.
+        hf = HF(models.BPE())
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        hf.decoder = decoders.ByteLevel()
+        return hf
+    hf = HF(models.WordPiece(unk_token=_SPECIAL_TOKENS["wordpiece"]["unk"]))
+    hf.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                               strip_accents=lowercase, lowercase=lowercase)
+    hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    # cleanup=False: decoding must not rewrite words ("do not" -> "don't").
+    hf.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    return hf
+
+
+def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int | None = None,
+                    lowercase: bool = False) -> Tokenizer:
+    """Train a "bpe" or "wordpiece" tokenizer on `texts` (or return ByteTokenizer for "byte").
+
+    vocab_size counts the special tokens; BPE needs at least 259 (256 bytes + 3 specials).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind == "byte":
+        return ByteTokenizer()
+    from tokenizers import pre_tokenizers, trainers
+
+    vocab_size = DEFAULT_VOCAB_SIZE[kind] if vocab_size is None else int(vocab_size)
+    specials = list(_SPECIAL_TOKENS[kind].values())
+    if kind == "bpe":
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+        trainer_cls = trainers.BpeTrainer
+    else:
+        alphabet = [c for c in string.printable if not c.isspace()]
+        if lowercase:
+            alphabet = sorted({c.lower() for c in alphabet})
+        trainer_cls = trainers.WordPieceTrainer
+    if vocab_size < len(specials) + len(alphabet):
+        raise ValueError(f"vocab_size must be at least {len(specials) + len(alphabet)} for {kind} "
+                         f"({len(specials)} specials + initial alphabet), got {vocab_size}")
+    hf = _new_hf_tokenizer(kind, lowercase)
+    trainer = trainer_cls(vocab_size=vocab_size, special_tokens=specials,
+                          initial_alphabet=alphabet, show_progress=False)
+    hf.train_from_iterator(texts, trainer=trainer)
+    if kind == "wordpiece":
+        hf = _canonical_wordpiece(hf, specials)
+    return HFTokenizer(hf)
+
+
+def _canonical_wordpiece(hf, specials: list[str]):
+    """Renumber a trained WordPiece vocabulary: specials, then by (is "##" piece, length, text).
+
+    The HF WordPiece trainer numbers tokens partly in hash-map order, so two
+    trainings on the same text give different ids. WordPiece encoding depends
+    only on the set of tokens, so renumbering changes no tokenization.
+    """
+    from tokenizers import Tokenizer as HF
+
+    record = json.loads(hf.to_str())
+    vocab = record["model"]["vocab"]
+    rest = sorted(set(vocab) - set(specials), key=lambda t: (t.startswith("##"), len(t), t))
+    record["model"]["vocab"] = {token: i for i, token in enumerate(specials + rest)}
+    for added in record.get("added_tokens", []):
+        added["id"] = record["model"]["vocab"][added["content"]]
+    return HF.from_str(json.dumps(record))
+
+
+def _parse_tokenizer_json(text: str) -> Tokenizer:
+    record = json.loads(text)
+    if isinstance(record, dict) and record.get(_BYTE_MARKER) == 1:
+        return ByteTokenizer()
+    from tokenizers import Tokenizer as HF
+
+    return HFTokenizer(HF.from_str(text))
+
+
+def load_tokenizer(path, rebuild: str | None = None) -> Tokenizer:
+    """A tokenizer saved with `Tokenizer.save` (any kind), or any BPE/WordPiece tokenizer.json
+    whose special tokens follow this module's names.
+
+    Raises MissingDataError / CorruptDataError; `rebuild` is the command named in the message.
+    """
+    path = Path(path)
+    rebuild = rebuild or f"rm {path}   (it is retrained on next use)"
+    if not path.is_file():
+        raise paths.missing(path, rebuild)
+    try:
+        return _parse_tokenizer_json(path.read_text(encoding="utf-8"))
+    except Exception as err:  # HF raises its own exception types for malformed JSON
+        raise paths.corrupt(path, f"{type(err).__name__}: {err}", rebuild) from err
+
+
+def tokenizer_name(kind: str, corpus: str, vocab_size: int | None = None) -> str:
+    """File stem of a tokenizer: "<corpus>-<kind>-<vocab_size>"."""
+    vocab_size = DEFAULT_VOCAB_SIZE[kind] if vocab_size is None else int(vocab_size)
+    return f"{corpus}-{kind}-{vocab_size}"
+
+
+def get_tokenizer(kind: str = "bpe", corpus: str = "shakespeare", vocab_size: int | None = None,
+                  data_dir=None) -> Tokenizer:
+    """The tokenizer of `kind` for `corpus`: shipped, cached, or trained on the corpus's train split.
+
+    Training uses only the training documents of `corpus_lib.split_documents`, so
+    the validation split stays unseen. The result is cached as
+    `<data_dir>/tokenizers/<corpus>-<kind>-<vocab_size>.json`.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind == "byte":
+        if vocab_size not in (None, DEFAULT_VOCAB_SIZE["byte"]):
+            raise ValueError(f"vocab_size of a byte tokenizer is {DEFAULT_VOCAB_SIZE['byte']}, "
+                             f"got {vocab_size}")
+        return ByteTokenizer()
+    name = tokenizer_name(kind, corpus, vocab_size) + ".json"
+    shipped = paths.REPO_DATA_DIR / "tokenizers"
+    if (shipped / name).is_file():
+        rebuild = "git checkout -- data/tokenizers   (or: python experiments/build_corpus.py --embedded)"
+        paths.verify_checksums(shipped, rebuild, names=[name])
+        return load_tokenizer(shipped / name, rebuild)
+    cached = paths.resolve_data_dir(data_dir) / "tokenizers" / name
+    if cached.is_file():
+        return load_tokenizer(cached)
+    documents = corpus_lib.split_documents(corpus_lib.load_corpus(corpus, data_dir))["train"]
+    tokenizer = train_tokenizer(kind, (d.text for d in documents), vocab_size)
+    tokenizer.save(cached)
+    return tokenizer

@@ -1,0 +1,117 @@
+"""TFDS local builders: build, read back with tfds.data_source (no TensorFlow), splits, damage."""
+
+from __future__ import annotations
+
+import importlib.abc
+import sys
+
+import numpy as np
+import pytest
+
+from cottention_jax.data import builders, corpus, paths, tasks, tokenization
+from tests.data._fixtures import fresh_rng, random_documents, random_prose, write_mixed_corpus
+
+
+class _RefuseTensorFlow(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow" or name.startswith("tensorflow."):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+        return None
+
+
+@pytest.fixture
+def no_tensorflow(monkeypatch):
+    """Make `import tensorflow` fail, as on a machine without it; check it was never imported."""
+    already = "tensorflow" in sys.modules  # only where TF is installed and something loaded it
+    if not already:
+        monkeypatch.setattr(sys, "meta_path", [_RefuseTensorFlow(), *sys.meta_path])
+    yield
+    assert already or "tensorflow" not in sys.modules
+
+
+@pytest.fixture(scope="module")
+def default_dataset(tmp_path_factory):
+    """The default dataset (embedded Shakespeare, shipped BPE tokenizer), built as `make run` would."""
+    return builders.load_text_dataset("shakespeare", "bpe", data_dir=tmp_path_factory.mktemp("data"))
+
+
+def test_default_dataset_builds_and_splits_by_document(default_dataset):
+    ds = default_dataset
+    docs = {d.doc_id: d for d in corpus.load_embedded_corpus()}
+    split = corpus.split_documents(docs.values())
+    for name in ("train", "validation"):
+        assert ds.doc_ids[name] == [d.doc_id for d in split[name]]
+    assert not set(ds.doc_ids["train"]) & set(ds.doc_ids["validation"])
+    assert ds.tokenizer.to_json() == tokenization.get_tokenizer("bpe").to_json()
+    for name, doc_id in [("train", ds.doc_ids["train"][3]), ("validation", ds.doc_ids["validation"][1])]:
+        tokens = ds.documents[name][ds.doc_ids[name].index(doc_id)]
+        assert tokens.dtype == np.int32
+        assert ds.tokenizer.decode(tokens) == docs[doc_id].text  # the whole work, exactly
+    assert (paths.default_data_dir() / "tfds") not in ds.path.parents
+
+
+def test_build_and_read_without_tensorflow(tmp_path, no_tensorflow):
+    documents = random_documents(fresh_rng(), 10, 12, groups=7)
+    write_mixed_corpus(tmp_path, documents)
+    ds = builders.load_text_dataset("mixed", "bpe", vocab_size=300, data_dir=tmp_path)
+    assert ds.name == "mixed_bpe300"
+    assert ds.path == tmp_path / "tfds" / "cottention_text" / "mixed_bpe300" / "1.0.0"
+    assert sorted(p.name for p in ds.path.glob("*.array_record-*")) == [
+        "cottention_text-train.array_record-00000-of-00001",
+        "cottention_text-validation.array_record-00000-of-00001"]
+    by_id = {d.doc_id: d for d in documents}
+    train_groups = {by_id[i].group for i in ds.doc_ids["train"]}
+    assert not train_groups & {by_id[i].group for i in ds.doc_ids["validation"]}
+    assert len(ds.doc_ids["train"]) + len(ds.doc_ids["validation"]) == 10
+    for name in ("train", "validation"):
+        for doc_id, tokens in zip(ds.doc_ids[name], ds.documents[name]):
+            assert ds.tokenizer.decode(tokens) == by_id[doc_id].text
+    # The tokenizer stored with the dataset is the cached one, trained on the training split.
+    cached = tokenization.load_tokenizer(tmp_path / "tokenizers" / "mixed-bpe-300.json")
+    assert cached.to_json() == ds.tokenizer.to_json()
+    # Loading again reads the same data and does not rebuild.
+    stamp = (ds.path / "dataset_info.json").stat().st_mtime_ns
+    again = builders.load_text_dataset("mixed", "bpe", vocab_size=300, data_dir=tmp_path)
+    assert (ds.path / "dataset_info.json").stat().st_mtime_ns == stamp
+    assert all(np.array_equal(x, y) for x, y in zip(again.train, ds.train))
+
+
+def test_missing_and_damaged_datasets(tmp_path):
+    write_mixed_corpus(tmp_path, random_documents(fresh_rng(), 4, 6))
+    with pytest.raises(paths.MissingDataError, match="build_corpus.py --prepare --corpus mixed "
+                                                     "--tokenizer byte --vocab-size 263"):
+        builders.load_text_dataset("mixed", "byte", data_dir=tmp_path, build=False)
+    ds = builders.load_text_dataset("mixed", "byte", data_dir=tmp_path)
+    shard = next(ds.path.glob("cottention_text-train.array_record-*"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(paths.CorruptDataError,
+                       match=f"is corrupt .*\n.*rm -rf {ds.path} && python experiments/build_corpus.py"):
+        builders.load_text_dataset("mixed", "byte", data_dir=tmp_path)
+    (ds.path / paths.CHECKSUM_FILE).unlink()
+    with pytest.raises(paths.MissingDataError, match="SHA256SUMS does not exist"):
+        builders.load_text_dataset("mixed", "byte", data_dir=tmp_path)
+    with pytest.raises(ValueError, match="tokenizer must be one of .*got 'chars'"):
+        builders.load_text_dataset("mixed", "chars", data_dir=tmp_path)
+
+
+def test_task_dataset_round_trip(tmp_path, no_tensorflow):
+    rng = fresh_rng()
+    write_mixed_corpus(tmp_path, random_documents(rng, 6, 15))
+    examples = [{"id": f"p{i}", "text_a": random_prose(rng, 1), "text_b": random_prose(rng, 1),
+                 "label": int(rng.integers(2)), "split": tasks.TASK_SPLITS[int(rng.integers(3))]}
+                for i in range(40)]
+    tasks.write_task("paraphrase", examples, "# synthetic\n", tmp_path)
+    ds = builders.load_task_dataset("paraphrase", "mixed", "wordpiece", 120, data_dir=tmp_path)
+    assert ds.is_pair and ds.label_names == ("different", "same")
+    for name, split in ds.splits.items():
+        expected = [e for e in examples if e["split"] == name]
+        assert len(split) == len(expected)
+        assert np.array_equal(split.labels, [e["label"] for e in expected])
+        for i, example in enumerate(expected):
+            assert split.texts_a[i] == example["text_a"]
+            decoded = ds.tokenizer.decode(split.ids_b[i])
+            assert "".join(decoded.split()) == "".join(example["text_b"].split())
+    with pytest.raises(paths.MissingDataError, match="build_tasks.py --task sentiment"):
+        builders.load_task_dataset("sentiment", "mixed", "wordpiece", 120, data_dir=tmp_path)

@@ -1,0 +1,143 @@
+"""Tokenizers: round trips, special ids, training determinism, save/load, and damaged files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from cottention_jax.data import corpus, paths, tokenization
+from tests.data._fixtures import fresh_rng, random_documents, random_prose, write_mixed_corpus
+
+
+def _random_unicode(rng, n: int) -> str:
+    """Mixed ASCII, accented Latin, Greek, CJK, emoji and whitespace."""
+    pools = ["abcXYZ 019.,;!?'\"\n\t", "éüßçøÅ", "αβγδΩ", "漢字かなカナ", "🙂🚀👍🏽", "  \n\n"]
+    return "".join(rng.choice(list(pools[int(rng.integers(len(pools)))])) for _ in range(n))
+
+
+@pytest.fixture(scope="module")
+def shakespeare_passages():
+    """Random passages (300-2000 characters) of the embedded corpus."""
+    rng = fresh_rng()
+    docs = corpus.load_embedded_corpus()
+    out = []
+    for _ in range(8):
+        text = docs[int(rng.integers(len(docs)))].text
+        start = int(rng.integers(0, len(text) - 2000))
+        out.append(text[start:start + int(rng.integers(300, 2000))])
+    return out
+
+
+def test_byte_tokenizer_round_trip_and_specials():
+    tok = tokenization.ByteTokenizer()
+    text = _random_unicode(fresh_rng(), 300)
+    ids = tok.encode(text)
+    assert ids == list(text.encode("utf-8"))
+    assert tok.decode(ids) == text
+    assert tok.vocab_size == 263
+    specials = [tok.pad_id, tok.bos_id, tok.eos_id, tok.cls_id, tok.sep_id, tok.mask_id, tok.unk_id]
+    assert sorted(specials) == list(range(256, 263))
+    assert tok.decode([tok.bos_id] + ids + [tok.eos_id, tok.pad_id]) == text  # specials dropped
+    assert tok.decode([0xE2, 0x82]) == "\ufffd"  # a cut UTF-8 sequence decodes, replaced
+
+
+def test_bpe_round_trip_is_exact(shakespeare_passages):
+    tok = tokenization.get_tokenizer("bpe", "shakespeare", 4096)
+    assert (tok.kind, tok.vocab_size) == ("bpe", 4096)
+    assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 1, 2)
+    assert tok.cls_id is None and tok.mask_id is None
+    texts = shakespeare_passages + [_random_unicode(fresh_rng(), 400)]
+    for text, ids in zip(texts, tok.encode_batch(texts)):
+        assert ids == tok.encode(text)
+        assert not set(ids) & set(tok.all_special_ids)
+        assert tok.decode(ids) == text
+        assert tok.decode([tok.bos_id] + ids + [tok.eos_id]) == text
+    # Sub-word units really merge: far fewer tokens than bytes on English text.
+    passage = shakespeare_passages[0]
+    assert len(tok.encode(passage)) < 0.5 * len(passage.encode())
+
+
+def test_wordpiece_round_trip_up_to_whitespace(shakespeare_passages):
+    tok = tokenization.get_tokenizer("wordpiece", "shakespeare", 4096)
+    assert (tok.kind, tok.vocab_size) == ("wordpiece", 4096)
+    assert [tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id] == [0, 1, 2, 3, 4]
+    assert tok.bos_id is None and tok.eos_id is None
+    for text in shakespeare_passages:
+        ids = tok.encode(text)
+        assert tok.unk_id not in ids
+        assert "".join(tok.decode(ids).split()) == "".join(text.split())
+    assert tok.unk_id in tok.encode("snow \u2603 snow")  # a character it never saw
+
+
+def test_training_is_deterministic_and_saves(tmp_path):
+    rng = fresh_rng()
+    texts = [random_prose(rng, 30) for _ in range(5)]
+    first = tokenization.train_tokenizer("bpe", texts, 300)
+    second = tokenization.train_tokenizer("bpe", texts, 300)
+    assert first.to_json() == second.to_json()
+    assert first.vocab_size == 300
+    loaded = tokenization.load_tokenizer(first.save(tmp_path / "tokenizer.json"))
+    sample = random_prose(rng, 5)
+    assert loaded.encode(sample) == first.encode(sample)
+    assert loaded.special_ids == first.special_ids
+    byte = tokenization.load_tokenizer(tokenization.ByteTokenizer().save(tmp_path / "byte.json"))
+    assert isinstance(byte, tokenization.ByteTokenizer)
+
+
+def test_wordpiece_ids_are_canonical_and_save(tmp_path):
+    """HF's WordPiece trainer breaks count ties in hash order (its token set can differ at the
+    cut-off between runs), so ids are renumbered canonically and the saved file is the record."""
+    rng = fresh_rng()
+    tok = tokenization.train_tokenizer("wordpiece", [random_prose(rng, 30) for _ in range(5)], 150)
+    vocab = json.loads(tok.to_json())["model"]["vocab"]
+    ordered = sorted(vocab, key=vocab.get)
+    assert ordered[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    rest = ordered[5:]
+    assert rest == sorted(rest, key=lambda t: (t.startswith("##"), len(t), t))
+    assert len(vocab) == tok.vocab_size == 150
+    loaded = tokenization.load_tokenizer(tok.save(tmp_path / "wordpiece.json"))
+    sample = random_prose(rng, 5)
+    assert loaded.encode(sample) == tok.encode(sample)
+    assert "".join(loaded.decode(loaded.encode(sample)).split()) == "".join(sample.split())
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="vocab_size must be at least 259 for bpe.*got 100"):
+        tokenization.train_tokenizer("bpe", ["some text"], 100)
+    with pytest.raises(ValueError, match="kind must be one of.*'sentencepiece'"):
+        tokenization.train_tokenizer("sentencepiece", ["some text"], 1000)
+    with pytest.raises(ValueError, match="vocab_size of a byte tokenizer is 263, got 512"):
+        tokenization.get_tokenizer("byte", vocab_size=512)
+
+
+def test_get_tokenizer_trains_once_and_caches(tmp_path):
+    write_mixed_corpus(tmp_path, random_documents(fresh_rng(), 6, 15))
+    tok = tokenization.get_tokenizer("bpe", "mixed", 300, data_dir=tmp_path)
+    cached = tmp_path / "tokenizers" / "mixed-bpe-300.json"
+    assert cached.is_file()
+    assert tokenization.get_tokenizer("bpe", "mixed", 300, data_dir=tmp_path).to_json() == tok.to_json()
+    # Trained on the training split only.
+    train = corpus.split_documents(corpus.load_corpus("mixed", tmp_path))["train"]
+    expected = tokenization.train_tokenizer("bpe", [d.text for d in train], 300)
+    assert expected.to_json() == tok.to_json()
+
+
+def test_missing_and_corrupt_tokenizer_files(tmp_path, monkeypatch):
+    with pytest.raises(paths.MissingDataError, match="nope.json does not exist"):
+        tokenization.load_tokenizer(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"model": {"type": "BPE", "vocab"', encoding="utf-8")
+    with pytest.raises(paths.CorruptDataError, match=r"bad.json is corrupt.*\n.*rm .*bad.json"):
+        tokenization.load_tokenizer(bad)
+    # A shipped tokenizer that was altered fails its checksum and names the restore command.
+    repo = tmp_path / "repo"
+    shutil.copytree(paths.REPO_DATA_DIR / "tokenizers", repo / "tokenizers")
+    shipped = repo / "tokenizers" / "shakespeare-bpe-4096.json"
+    record = json.loads(shipped.read_text(encoding="utf-8"))
+    record["model"]["vocab"]["zzz"] = 4095
+    shipped.write_text(json.dumps(record), encoding="utf-8")
+    monkeypatch.setattr(paths, "REPO_DATA_DIR", repo)
+    with pytest.raises(paths.CorruptDataError, match="SHA-256 differs.*\n.*git checkout -- data/tokenizers"):
+        tokenization.get_tokenizer("bpe", "shakespeare", 4096)
