@@ -3,8 +3,12 @@
 Every kernel walks the chunks of one sequence segment with a `lax.fori_loop`
 and carries one d x d state block in float32 registers; grid programs never
 share state, so they may run in any order (interpret mode runs them in
-sequence, a GPU at once). Grid of every kernel: (batch, query head,
-head-dim block, segment). Conventions, per program:
+sequence, a GPU at once). Grid of every kernel: (head-dim block, batch,
+query head, segment). The head-dim block comes first so that it varies
+fastest in the launch order (Pallas folds the leading grid axes into CUDA's x
+axis, first axis fastest): the programs that read the same q / k / v rows for
+different blocks run side by side and share those reads through L2.
+Conventions, per program:
 
   refs cover the whole padded sequence Tp of one (batch, head); `_rows(c)`
   selects chunk c (C rows). `w` is key_scale for the head, (Tp,) float32.
@@ -189,22 +193,22 @@ def _segment_sum_kernel(x_ref, y_ref, *refs, plan: Plan, scaled: bool):
 # ----------------------------------------------------------------------------- block specs
 
 def _seq_spec(tp: int, width: int, head_of, blocked: bool) -> pl.BlockSpec:
-    """A (Tp, width) window of a (B, Tp, heads, D) array; grid (b, h, j, s)."""
+    """A (Tp, width) window of a (B, Tp, heads, D) array; grid (j, b, h, s)."""
     if blocked:
-        return pl.BlockSpec((_SQ, tp, _SQ, width), lambda b, h, j, s: (b, 0, head_of(h), j))
-    return pl.BlockSpec((_SQ, tp, _SQ, width), lambda b, h, j, s: (b, 0, head_of(h), 0))
+        return pl.BlockSpec((_SQ, tp, _SQ, width), lambda j, b, h, s: (b, 0, head_of(h), j))
+    return pl.BlockSpec((_SQ, tp, _SQ, width), lambda j, b, h, s: (b, 0, head_of(h), 0))
 
 
 def _scale_spec(tp: int) -> pl.BlockSpec:
     """key_scale, transposed to (B, H, Tp)."""
-    return pl.BlockSpec((_SQ, _SQ, tp), lambda b, h, j, s: (b, h, 0))
+    return pl.BlockSpec((_SQ, _SQ, tp), lambda j, b, h, s: (b, h, 0))
 
 
 def _state_spec(rows: int, cols: int, block_rows: bool) -> pl.BlockSpec:
     """A (rows, cols) block of a (B, H, n_segments, Dk, Dv) state array, by segment."""
     if block_rows:
-        return pl.BlockSpec((_SQ, _SQ, _SQ, rows, cols), lambda b, h, j, s: (b, h, s, j, 0))
-    return pl.BlockSpec((_SQ, _SQ, _SQ, rows, cols), lambda b, h, j, s: (b, h, s, 0, j))
+        return pl.BlockSpec((_SQ, _SQ, _SQ, rows, cols), lambda j, b, h, s: (b, h, s, j, 0))
+    return pl.BlockSpec((_SQ, _SQ, _SQ, rows, cols), lambda j, b, h, s: (b, h, s, 0, j))
 
 
 def _own_head(h):
@@ -235,7 +239,7 @@ def forward(q, k, v, w, s_in, plan: Plan, interpret: bool):
     kv_head = _kv_head(plan.group)
     return _call(
         _forward_kernel, plan, "cosine_linear_attention_fwd",
-        grid=(b, h, dv // bv, plan.n_segments),
+        grid=(dv // bv, b, h, plan.n_segments),
         in_specs=[_seq_spec(tp, dk, _own_head, False), _seq_spec(tp, dk, kv_head, False),
                   _seq_spec(tp, bv, kv_head, True), _scale_spec(tp), _state_spec(dk, bv, False)],
         out_specs=[_seq_spec(tp, bv, _own_head, True), _state_spec(dk, bv, False)],
@@ -252,7 +256,7 @@ def backward_dq(k, v, w, do, h_in, plan: Plan, interpret: bool):
     kv_head = _kv_head(plan.group)
     return _call(
         _dq_kernel, plan, "cosine_linear_attention_dq",
-        grid=(b, h, dk // bk, plan.n_segments),
+        grid=(dk // bk, b, h, plan.n_segments),
         in_specs=[_seq_spec(tp, bk, kv_head, True), _seq_spec(tp, dv, kv_head, False),
                   _scale_spec(tp), _seq_spec(tp, dv, _own_head, False), _state_spec(bk, dv, True)],
         out_specs=_seq_spec(tp, bk, _own_head, True),
@@ -266,10 +270,10 @@ def backward_dk(q, k, v, w, do, g_in, dk_dtype, plan: Plan, interpret: bool):
     dv = v.shape[-1]
     bk = plan.block_k
     kv_head = _kv_head(plan.group)
-    dw_spec = pl.BlockSpec((_SQ, _SQ, _SQ, tp), lambda b_, h_, j, s: (b_, h_, j, 0))
+    dw_spec = pl.BlockSpec((_SQ, _SQ, _SQ, tp), lambda j, b_, h_, s: (b_, h_, j, 0))
     return _call(
         _dk_kernel, plan, "cosine_linear_attention_dk",
-        grid=(b, h, dk // bk, plan.n_segments),
+        grid=(dk // bk, b, h, plan.n_segments),
         in_specs=[_seq_spec(tp, bk, _own_head, True), _seq_spec(tp, bk, kv_head, True),
                   _seq_spec(tp, dv, kv_head, False), _scale_spec(tp),
                   _seq_spec(tp, dv, _own_head, False), _state_spec(bk, dv, True)],
@@ -287,7 +291,7 @@ def backward_dv(q, k, w, do, g_in, dv_dtype, plan: Plan, interpret: bool):
     kv_head = _kv_head(plan.group)
     return _call(
         _dv_kernel, plan, "cosine_linear_attention_dv",
-        grid=(b, h, dv // bv, plan.n_segments),
+        grid=(dv // bv, b, h, plan.n_segments),
         in_specs=[_seq_spec(tp, dk, _own_head, False), _seq_spec(tp, dk, kv_head, False),
                   _scale_spec(tp), _seq_spec(tp, bv, _own_head, True), _state_spec(dk, bv, False)],
         out_specs=[_seq_spec(tp, bv, _own_head, True), _state_spec(dk, bv, False)],
@@ -313,7 +317,7 @@ def segment_sums(x, y, w, heads: int, x_group: int, y_group: int, plan: Plan, in
     kernel = functools.partial(_segment_sum_kernel, scaled=w is not None)
     return _call(
         kernel, plan, "cosine_linear_attention_segment_sums",
-        grid=(b, heads, dv // bv, plan.n_segments), in_specs=in_specs,
+        grid=(dv // bv, b, heads, plan.n_segments), in_specs=in_specs,
         out_specs=_state_spec(dk, bv, False),
         out_shape=jax.ShapeDtypeStruct((b, heads, plan.n_segments, dk, dv), _F32),
         interpret=interpret)(*args)

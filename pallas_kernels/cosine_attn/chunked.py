@@ -16,10 +16,10 @@ with the chunked algorithm of `xla.py` (chunk size C, in-chunk causal mask M):
             dv = sum_{h in group} dV,  d S0 = G_{-1}.
 
 Work split (see benchmarks/NOTES.md for the reasoning and the byte/FLOP counts):
-  forward  grid (B, H, Dv/BV, segments): each program owns S[:, v-block] (Dk, BV);
-  dQ       grid (B, H, Dk/BK, segments): S[k-block, :] (BK, Dv);
-  dK~      grid (B, H, Dk/BK, segments): G[k-block, :] (BK, Dv), reverse order;
-  dV       grid (B, H, Dv/BV, segments): G[:, v-block] (Dk, BV), reverse order.
+  forward  grid (Dv/BV, B, H, segments): each program owns S[:, v-block] (Dk, BV);
+  dQ       grid (Dk/BK, B, H, segments): S[k-block, :] (BK, Dv);
+  dK~      grid (Dk/BK, B, H, segments): G[k-block, :] (BK, Dv), reverse order;
+  dV       grid (Dv/BV, B, H, segments): G[:, v-block] (Dk, BV), reverse order.
 Each program walks its chunks with a fori_loop and keeps its state block in
 float32 registers; the C x C block is recomputed where a program needs it.
 With segments > 1 the sequence is cut into that many pieces that run in
@@ -51,7 +51,7 @@ from pallas_kernels.cosine_attn import _kernels
 __all__ = ["BlockSizes", "causal_linear_attention"]
 
 _F32 = jnp.float32
-_MIN_PROGRAMS = 2 * 132          # two resident programs per SM of an H100 (132 SMs)
+_MIN_PROGRAMS = 132              # one program per SM of an H100; fewer leaves SMs idle
 _MIN_CHUNKS_PER_SEGMENT = 16     # below this the per-segment start-up is not worth it
 
 
@@ -72,8 +72,10 @@ class BlockSizes:
     block_k:    d_k columns per program of the dQ and dK kernels.
     block_v:    d_v columns per program of the forward and dV kernels.
     num_warps, num_stages: Triton launch parameters for every kernel.
-    segments:   sequence pieces run in parallel; None picks enough to give
-                about two programs per H100 SM, keeping >= 16 chunks each.
+    segments:   sequence pieces run in parallel; None picks 1 unless the grid
+                would have fewer programs than an H100 has SMs (132), then
+                doubles it while every segment keeps >= 16 chunks. Each extra
+                segment costs one more read of k, v (and q, dO in the backward).
     Block sizes larger than the (padded) head dim are clipped to it.
     """
 
