@@ -1,0 +1,209 @@
+"""Training configuration: frozen dataclasses, named presets, `key=value` overrides, JSON round trip.
+
+A run is described by one `TrainConfig`; variants are derived with
+`dataclasses.replace` or `apply_overrides(config, ["model.attention=softmax", "steps=500"])`,
+never by copying. The config is saved with every checkpoint (`to_dict`) and read
+back with `from_dict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+from cottention_jax.models.bert import BertConfig, bert_config
+from cottention_jax.models.gpt import GPTConfig, gpt_config
+
+__all__ = ["DataConfig", "OptimConfig", "TRAIN_PRESETS", "TASK_KINDS", "TrainConfig", "apply_overrides",
+           "finetune_config", "from_dict", "to_dict", "train_preset"]
+
+TASK_KINDS = ("gpt", "bert-mlm", "bert-classify")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """What to read and how to batch it (see cottention_jax.data)."""
+
+    corpus: str = "shakespeare"        # text corpus for gpt / bert-mlm
+    tokenizer: str = "bpe"             # "bpe" (GPT), "wordpiece" (BERT) or "byte"
+    vocab_size: int | None = None      # None: the tokenizer's default size
+    task: str | None = None            # labelled task for bert-classify: "sentiment" or "paraphrase"
+    seq_len: int = 256
+    batch_size: int = 16
+    data_dir: str | None = None        # None: $COTTENTION_DATA_DIR or ~/.cache/cottention_jax
+    seed: int = 0                      # shuffling and masking
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up then decay, global-norm clipping, gradient accumulation."""
+
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    schedule: str = "cosine"           # decay after warm-up: "cosine", "linear" or "constant"
+    end_lr_ratio: float = 0.1          # final learning rate / peak
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.98
+    eps: float = 1e-8
+    grad_clip: float = 1.0             # max global gradient norm (0: no clipping)
+    accumulate_steps: int = 1          # micro-batches per optimizer step
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One training run: the task kind, the model, the data, the optimizer and the loop."""
+
+    kind: str = "gpt"                  # one of TASK_KINDS
+    model: GPTConfig | BertConfig = dataclasses.field(default_factory=lambda: gpt_config("small"))
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    steps: int = 1000                  # optimizer steps
+    eval_every: int = 100
+    eval_batches: int = 16             # validation batches per evaluation (0: the whole split)
+    log_every: int = 10
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    sharding: str = "none"             # "none", "data" (data parallel) or "fsdp" (parameters sharded too)
+    seed: int = 0                      # parameter initialisation and dropout
+    init_from: str | None = None       # bert-classify: a bert-mlm workdir whose latest checkpoint starts the encoder
+    sample_tokens: int = 200           # gpt: tokens generated at the end (0: none)
+    sample_prompt: str = "ROMEO:\n"
+
+    def __post_init__(self):
+        if self.kind not in TASK_KINDS:
+            raise ValueError(f"kind must be one of {TASK_KINDS}; got {self.kind!r}")
+        expected = GPTConfig if self.kind == "gpt" else BertConfig
+        if not isinstance(self.model, expected):
+            raise ValueError(f"kind={self.kind!r} needs a {expected.__name__}; got {type(self.model).__name__}")
+        if self.sharding not in ("none", "data", "fsdp"):
+            raise ValueError(f"sharding must be 'none', 'data' or 'fsdp'; got {self.sharding!r}")
+        if self.kind == "bert-classify" and self.data.task is None:
+            raise ValueError("kind='bert-classify' needs data.task ('sentiment' or 'paraphrase')")
+        for name in ("steps", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+
+
+def _gpt(name, model_overrides=None, **kw):
+    return TrainConfig(kind="gpt", model=gpt_config(name, **(model_overrides or {})), **kw)
+
+
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    # seconds on a CPU: tests
+    "gpt-tiny": _gpt("tiny", {"max_len": 64}, data=DataConfig(vocab_size=512, seq_len=64, batch_size=8),
+                     optim=OptimConfig(learning_rate=3e-3, warmup_steps=5), steps=20, eval_every=10,
+                     eval_batches=2, log_every=5, checkpoint_every=10, sample_tokens=20),
+    # make run: a few minutes on a 2-core CPU
+    "gpt-small": _gpt("small", {"vocab_size": 2048, "max_len": 128},
+                      data=DataConfig(vocab_size=2048, seq_len=128, batch_size=16),
+                      optim=OptimConfig(learning_rate=2e-3, warmup_steps=30), steps=300, eval_every=50,
+                      eval_batches=8, log_every=10, checkpoint_every=100),
+    # the paper's GPT-J-style 300M decoder, for a GPU
+    "gpt-300m": _gpt("gptj-300m", {"dtype": "bfloat16"},
+                     data=DataConfig(corpus="mixed", vocab_size=32768, seq_len=1024, batch_size=32),
+                     optim=OptimConfig(learning_rate=3e-4, warmup_steps=1000, weight_decay=0.1, b2=0.95),
+                     steps=50_000, eval_every=1000, eval_batches=50, log_every=50, checkpoint_every=1000),
+    "bert-tiny": TrainConfig(kind="bert-mlm", model=bert_config("tiny", max_len=64),
+                             data=DataConfig(tokenizer="wordpiece", vocab_size=512, seq_len=64, batch_size=8),
+                             optim=OptimConfig(learning_rate=3e-3, warmup_steps=5), steps=20, eval_every=10,
+                             eval_batches=2, log_every=5, checkpoint_every=10, sample_tokens=0),
+    "bert-small": TrainConfig(kind="bert-mlm", model=bert_config("small", vocab_size=4096, max_len=128),
+                              data=DataConfig(tokenizer="wordpiece", vocab_size=4096, seq_len=128, batch_size=32),
+                              optim=OptimConfig(learning_rate=1e-3, warmup_steps=50), steps=1000, eval_every=100,
+                              eval_batches=8, checkpoint_every=200, sample_tokens=0),
+    "bert-base": TrainConfig(kind="bert-mlm", model=bert_config("base", dtype="bfloat16"),
+                             data=DataConfig(corpus="mixed", tokenizer="wordpiece", vocab_size=30522, seq_len=128,
+                                             batch_size=256),
+                             optim=OptimConfig(learning_rate=1e-4, warmup_steps=10_000, schedule="linear",
+                                               end_lr_ratio=0.0, weight_decay=0.01, b2=0.999),
+                             steps=1_000_000, eval_every=5000, eval_batches=50, checkpoint_every=5000,
+                             sample_tokens=0),
+}
+
+
+def train_preset(name: str, overrides: Sequence[str] = ()) -> TrainConfig:
+    """TRAIN_PRESETS[name] with `key=value` overrides applied."""
+    if name not in TRAIN_PRESETS:
+        raise ValueError(f"unknown training preset {name!r}; choose from {sorted(TRAIN_PRESETS)}")
+    return apply_overrides(TRAIN_PRESETS[name], overrides)
+
+
+def finetune_config(pretrain: TrainConfig, task: str, init_from: str | None) -> TrainConfig:
+    """Classification finetuning of a bert-mlm config on a labelled task ("sentiment" or "paraphrase").
+
+    Same model and tokenizer; a lower learning rate, a short schedule, and
+    evaluation on the task's validation split (the test split is reported at the end).
+    """
+    if pretrain.kind != "bert-mlm":
+        raise ValueError(f"finetuning starts from a bert-mlm config; got kind={pretrain.kind!r}")
+    steps = max(100, pretrain.steps // 5)
+    return dataclasses.replace(
+        pretrain, kind="bert-classify", init_from=init_from,
+        data=dataclasses.replace(pretrain.data, task=task, batch_size=min(pretrain.data.batch_size, 32)),
+        optim=dataclasses.replace(pretrain.optim, learning_rate=pretrain.optim.learning_rate / 5,
+                                  warmup_steps=max(steps // 10, 1), schedule="linear", end_lr_ratio=0.0),
+        steps=steps, eval_every=max(steps // 5, 1), eval_batches=0, checkpoint_every=max(steps // 2, 1))
+
+
+# ----------------------------------------------------------------------------- overrides
+
+def _parse_value(raw: str, annotation: str, field_name: str) -> Any:
+    """Convert the text of an override to the field's declared type."""
+    text = raw.strip()
+    if text.lower() in ("none", "null") and "None" in annotation:
+        return None
+    kinds = [k for k in ("bool", "int", "float", "str") if k in annotation.replace("|", " ").split()]
+    for kind in kinds:
+        try:
+            if kind == "bool":
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(text)
+                return text.lower() in ("true", "1", "yes")
+            return {"int": int, "float": float, "str": str}[kind](text)
+        except ValueError:
+            continue
+    raise ValueError(f"cannot set {field_name} (type {annotation}) to {raw!r}")
+
+
+def _replace_path(obj, path: list[str], raw: str, full: str):
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    name = path[0]
+    if name not in fields:
+        raise ValueError(f"unknown config key {full!r}: {type(obj).__name__} has no field {name!r} "
+                         f"(fields: {', '.join(sorted(fields))})")
+    current = getattr(obj, name)
+    if len(path) > 1:
+        if not dataclasses.is_dataclass(current):
+            raise ValueError(f"config key {full!r}: {name!r} is not a section")
+        return dataclasses.replace(obj, **{name: _replace_path(current, path[1:], raw, full)})
+    annotation = fields[name].type
+    annotation = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    return dataclasses.replace(obj, **{name: _parse_value(raw, annotation, full)})
+
+
+def apply_overrides(config, overrides: Sequence[str]):
+    """Apply `section.key=value` strings in order, e.g. ["model.attention=softmax", "steps=50"]."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override must look like key=value; got {item!r}")
+        key, raw = item.split("=", 1)
+        config = _replace_path(config, key.strip().split("."), raw, key.strip())
+    return config
+
+
+# ----------------------------------------------------------------------------- JSON
+
+def to_dict(config: TrainConfig) -> dict:
+    """Plain JSON-able dict of a TrainConfig."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(d: dict) -> TrainConfig:
+    """Inverse of `to_dict`."""
+    model_cls = GPTConfig if d["kind"] == "gpt" else BertConfig
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{**{k: v for k, v in d.items() if k in known},
+                          "model": model_cls(**d["model"]), "data": DataConfig(**d["data"]),
+                          "optim": OptimConfig(**d["optim"])})
+

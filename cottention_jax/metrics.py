@@ -1,0 +1,92 @@
+"""Training metrics: JSON lines and TensorBoard event files, and the end-of-run plot.
+
+Each record is {"step": int, "split": "train" | "eval" | ..., <name>: float, ...}.
+On resume from step s, records after s (from the interrupted run) are dropped so
+the files describe one consistent run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import matplotlib
+from tensorboardX import SummaryWriter
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["MetricsWriter", "plot_training_curves", "read_metrics", "safe_exp"]
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """All records of a metrics.jsonl file (empty if it does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricsWriter:
+    """Append records to workdir/metrics.jsonl and workdir/tensorboard/.
+
+    resume_step: drop records with step > resume_step left by an interrupted run.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, resume_step: int | None = None):
+        self.path = Path(workdir) / "metrics.jsonl"
+        if resume_step is not None and self.path.exists():
+            kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        elif resume_step is None and self.path.exists():
+            self.path.unlink()
+        purge = None if resume_step is None else resume_step + 1
+        self.tb = SummaryWriter(str(Path(workdir) / "tensorboard"), purge_step=purge)
+
+    def write(self, step: int, split: str, **scalars: float) -> None:
+        record = {"step": int(step), "split": split, **{k: float(v) for k, v in scalars.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        for name, value in scalars.items():
+            self.tb.add_scalar(f"{split}/{name}", float(value), int(step))
+
+    def close(self) -> None:
+        self.tb.close()
+
+
+def plot_training_curves(metrics_path: str | os.PathLike, png_path: str | os.PathLike, title: str = "") -> None:
+    """Loss (train and eval), the eval quality metric and the mean stabilizer exponent per layer over steps."""
+    records = read_metrics(metrics_path)
+    train = [r for r in records if r["split"] == "train"]
+    evals = [r for r in records if r["split"] == "eval"]
+    stab = [r for r in records if r["split"] == "stabilizer"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], label="train", alpha=0.7)
+    axes[0].plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="validation")
+    axes[0].set(xlabel="step", ylabel="loss (nats)", title="loss")
+    quality = next((k for k in ("perplexity", "accuracy") if evals and k in evals[0]), None)
+    if quality:
+        values = [r[quality] for r in evals]
+        axes[1].plot([r["step"] for r in evals], values, "o-", color="C1")
+        if quality == "perplexity" and values and max(values) / max(min(values), 1e-9) > 20:
+            axes[1].set_yscale("log")
+        axes[1].set(xlabel="step", ylabel=quality, title=f"validation {quality}")
+    layers = sorted({k for r in stab for k in r if k.startswith("layer")}, key=lambda k: int(k[5:]))
+    for name in layers:
+        axes[2].plot([r["step"] for r in stab], [r[name] for r in stab], label=name)
+    axes[2].set(xlabel="step", ylabel="mean sigmoid(m)", title="stabilizer exponent per layer")
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+
+
+def safe_exp(x: float) -> float:
+    """exp(x) that saturates instead of overflowing (perplexity of an untrained model)."""
+    return math.exp(min(x, 700.0))

@@ -1,0 +1,298 @@
+"""Training and evaluation for GPT (causal LM), BERT MLM pretraining and BERT classification.
+
+`train_and_evaluate(config, workdir)` is the whole run:
+  data (cottention_jax.data) -> model -> Optax AdamW (warm-up + decay, clipping,
+  accumulation) -> nnx.jit steps on a named mesh (optional) -> periodic evaluation
+  and stabilizer logging -> Orbax checkpoints {model, optimizer, step} + iterator
+  state + config -> plot, generated sample, summary.json.
+Re-running with the same workdir resumes from the latest checkpoint and continues
+exactly as if never interrupted (same batches, same dropout, same losses).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm import tqdm
+
+from cottention_jax import data as data_lib
+from cottention_jax import decoding
+from cottention_jax.checkpoint import Checkpointer
+from cottention_jax.configs import OptimConfig, TrainConfig, from_dict, to_dict
+from cottention_jax.metrics import MetricsWriter, plot_training_curves, safe_exp
+from cottention_jax.models import GPT, Bert
+from cottention_jax.objectives import LOSSES
+from cottention_jax.sharding import batch_sharding, make_mesh, shard_training_state
+
+__all__ = ["DataBundle", "build_model", "build_optimizer", "evaluate", "learning_rate_schedule",
+           "prepare_data", "stabilizer_values", "train_and_evaluate"]
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+def learning_rate_schedule(optim: OptimConfig, total_steps: int) -> optax.Schedule:
+    """Linear warm-up from 0 to the peak, then cosine/linear decay to peak * end_lr_ratio, or constant."""
+    peak, end = optim.learning_rate, optim.learning_rate * optim.end_lr_ratio
+    warmup = min(optim.warmup_steps, max(total_steps - 1, 0))
+    decay_steps = max(total_steps - warmup, 1)
+    if optim.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, warmup + decay_steps, end)
+    if optim.schedule == "linear":
+        decay = optax.linear_schedule(peak, end, decay_steps)
+    elif optim.schedule == "constant":
+        decay = optax.constant_schedule(peak)
+    else:
+        raise ValueError(f"optim.schedule must be 'cosine', 'linear' or 'constant'; got {optim.schedule!r}")
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def _decay_mask(params):
+    """Weight decay on matrices only: not on biases, norms, or the stabilizers (their decay is a result)."""
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def build_optimizer(model: nnx.Module, optim: OptimConfig, total_steps: int) -> nnx.Optimizer:
+    """AdamW (+ global-norm clipping, + optax.MultiSteps accumulation) over the model's nnx.Param."""
+    schedule = learning_rate_schedule(optim, total_steps)
+    parts = [optax.clip_by_global_norm(optim.grad_clip)] if optim.grad_clip > 0 else []
+    parts.append(optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
+                             weight_decay=optim.weight_decay, mask=_decay_mask))
+    tx = optax.chain(*parts)
+    if optim.accumulate_steps > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=optim.accumulate_steps)
+    return nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+def build_model(config: TrainConfig, seed: int | None = None) -> nnx.Module:
+    """GPT for kind "gpt", Bert otherwise; params from `seed`, dropout from `seed + 1`."""
+    seed = config.seed if seed is None else seed
+    rngs = nnx.Rngs(params=seed, dropout=seed + 1)
+    return GPT(config.model, rngs=rngs) if config.kind == "gpt" else Bert(config.model, rngs=rngs)
+
+
+@dataclasses.dataclass
+class DataBundle:
+    """What a run reads: the tokenizer, the resumable training iterator and finite evaluation splits."""
+
+    tokenizer: Any
+    train: Any                                            # get_state() / set_state() / __next__
+    eval_splits: dict[str, Callable[[], Iterator[dict]]]  # name -> fresh iterator over that split
+    description: str
+
+
+def prepare_data(config: TrainConfig) -> DataBundle:
+    """Load (building on first use) the dataset of `config.data` for `config.kind`."""
+    d = config.data
+    if config.kind == "bert-classify":
+        task = data_lib.load_task_dataset(d.task, corpus=d.corpus, tokenizer=d.tokenizer,
+                                          vocab_size=d.vocab_size, data_dir=d.data_dir)
+        tok = task.tokenizer
+
+        def split(name):
+            s = task.splits[name]
+            return lambda: data_lib.classification_eval_batches(s.ids_a, s.ids_b, s.labels, tok, d.batch_size,
+                                                                d.seq_len)
+        train = data_lib.ClassificationBatches.from_split(task.splits["train"], tok, d.batch_size, d.seq_len,
+                                                          seed=d.seed)
+        sizes = {k: len(v) for k, v in task.splits.items()}
+        return DataBundle(tok, train, {"eval": split("validation"), "test": split("test")},
+                          f"task {d.task} ({sizes})")
+    ds = data_lib.load_text_dataset(d.corpus, tokenizer=d.tokenizer, vocab_size=d.vocab_size,
+                                    data_dir=d.data_dir)
+    tok = ds.tokenizer
+    if config.kind == "gpt":
+        train = data_lib.GPTBatches(ds.train, tok, d.batch_size, d.seq_len, seed=d.seed)
+        evals = {"eval": lambda: data_lib.gpt_eval_batches(ds.validation, tok, d.batch_size, d.seq_len)}
+    else:
+        train = data_lib.MLMBatches(ds.train, tok, d.batch_size, d.seq_len, seed=d.seed)
+        evals = {"eval": lambda: data_lib.mlm_eval_batches(ds.validation, tok, d.batch_size, d.seq_len,
+                                                           seed=d.seed)}
+    desc = (f"corpus {ds.name}: {len(ds.train)} train / {len(ds.validation)} validation documents, "
+            f"{ds.num_tokens('train'):,} / {ds.num_tokens('validation'):,} tokens")
+    return DataBundle(tok, train, evals, desc)
+
+
+def stabilizer_values(model: nnx.Module) -> list[np.ndarray]:
+    """sigmoid(m) of every cosine attention layer, in layer order: a list of (heads,) arrays."""
+    found = []
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        if path[-1] == "stabilizer":
+            found.append((path, np.asarray(jax.nn.sigmoid(var[...]))))
+    return [v for _, v in sorted(found, key=lambda pv: [str(p).zfill(4) for p in pv[0]])]
+
+
+def _put(batch: dict, sharding) -> dict:
+    return {k: jnp.asarray(v) if sharding is None else jax.device_put(v, sharding) for k, v in batch.items()}
+
+
+def evaluate(model, eval_step, batches: Iterator[dict], max_batches: int, sharding=None) -> dict:
+    """Exact mean loss and accuracy over up to max_batches batches (0: all)."""
+    model.eval()
+    totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+    for i, batch in enumerate(batches):
+        if max_batches and i >= max_batches:
+            break
+        sums = eval_step(model, _put(batch, sharding))
+        for k in totals:
+            totals[k] += float(sums[k])
+    model.train()
+    loss = totals["loss_sum"] / max(totals["count"], 1.0)
+    return {"loss": loss, "accuracy": totals["correct"] / max(totals["count"], 1.0),
+            "perplexity": safe_exp(loss), "count": totals["count"]}
+
+
+# ----------------------------------------------------------------------------- the run
+
+def _check_resumable(saved: dict, config: TrainConfig) -> None:
+    """Resuming with a different model, data, optimizer or seed would not continue the same run."""
+    current = to_dict(config)
+    for key in ("kind", "model", "data", "optim", "seed", "steps"):
+        if saved.get(key) != current[key]:
+            raise ValueError(f"the checkpoint in this workdir was written with a different {key!r}: "
+                             f"saved {saved.get(key)!r}, now {current[key]!r}. Use a new workdir.")
+
+
+def _init_from_pretrained(model: nnx.Module, workdir: str) -> str:
+    """Copy the encoder parameters of a bert-mlm run's latest checkpoint into `model` (heads of matching shape too)."""
+    ckpt = Checkpointer(Path(workdir) / "checkpoints", save_every=1, keep=1)
+    saved = from_dict(ckpt.read_config())
+    pre_model = build_model(saved)
+    ckpt.restore(pre_model, build_optimizer(pre_model, saved.optim, saved.steps))
+    ckpt.close()
+    params = nnx.state(model, nnx.Param)
+    pretrained = dict(nnx.to_flat_state(nnx.state(pre_model, nnx.Param)))
+    flat = list(nnx.to_flat_state(params))
+    copied = 0
+    for path, var in flat:
+        source = pretrained.get(path)
+        if source is not None and source[...].shape == var[...].shape and path[0] != "classifier":
+            var[...] = source[...]
+            copied += 1
+    nnx.update(model, params)
+    return f"initialised {copied} of {len(flat)} parameter arrays from {workdir} (step {ckpt.latest_step()})"
+
+
+def train_and_evaluate(config: TrainConfig, workdir: str | Path, *, progress: bool = True) -> dict:
+    """Train `config` in `workdir` (resuming if it holds a checkpoint); return the summary dict."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = tqdm.write if progress else (lambda *_: None)
+    data = prepare_data(config)
+    if config.model.vocab_size != data.tokenizer.vocab_size:
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model,
+                                                                       vocab_size=data.tokenizer.vocab_size))
+    log(f"data: {data.description}; tokenizer vocabulary {data.tokenizer.vocab_size}")
+
+    model = build_model(config)
+    if config.init_from:
+        log(_init_from_pretrained(model, config.init_from))
+    optimizer = build_optimizer(model, config.optim, config.steps)
+    mesh = make_mesh(config.sharding)
+    sharding = None
+    if mesh is not None:
+        if config.data.batch_size % mesh.devices.size:
+            raise ValueError(f"data.batch_size ({config.data.batch_size}) must be divisible by the "
+                             f"{mesh.devices.size} devices for sharding={config.sharding!r}")
+        shard_training_state(model, optimizer, mesh, fsdp=config.sharding == "fsdp")
+        sharding = batch_sharding(mesh)
+    n_params = sum(int(np.prod(v[...].shape)) for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    log(f"model: {config.kind} {config.model.attention} attention, {n_params:,} parameters, "
+        f"{jax.device_count()} {jax.default_backend()} device(s), sharding={config.sharding}")
+
+    ckpt = Checkpointer(workdir / "checkpoints", save_every=config.checkpoint_every, keep=config.keep_checkpoints)
+    start = 0
+    if ckpt.latest_step() is not None:
+        _check_resumable(ckpt.read_config(), config)
+        start, data_state, _ = ckpt.restore(model, optimizer)
+        data.train.set_state(data_state)
+        log(f"resumed from step {start}")
+    (workdir / "config.json").write_text(json.dumps(to_dict(config), indent=1))
+    writer = MetricsWriter(workdir, resume_step=start if start else None)
+
+    objective = LOSSES[config.kind]
+
+    @nnx.jit
+    def train_step(model, optimizer, batch):
+        (loss, sums), grads = nnx.value_and_grad(objective, has_aux=True)(model, batch)
+        optimizer.update(model, grads)
+        return loss, optax.global_norm(grads)
+
+    @nnx.jit
+    def eval_step(model, batch):
+        return objective(model, batch)[1]
+
+    schedule = learning_rate_schedule(config.optim, config.steps)
+    tokens_per_step = config.data.batch_size * config.data.seq_len * config.optim.accumulate_steps
+    history, window, window_start = [], [], time.perf_counter()
+    last_eval: dict = {}
+
+    def run_eval(step):
+        nonlocal last_eval
+        last_eval = evaluate(model, eval_step, data.eval_splits["eval"](), config.eval_batches, sharding)
+        writer.write(step, "eval", **{k: v for k, v in last_eval.items() if k != "count"})
+        stab = stabilizer_values(model)
+        if stab:
+            writer.write(step, "stabilizer", **{f"layer{i}": float(v.mean()) for i, v in enumerate(stab)})
+            writer.write(step, "stabilizer_heads",
+                         **{f"layer{i}_head{h}": float(x) for i, v in enumerate(stab) for h, x in enumerate(v)})
+        quality = (f"perplexity {last_eval['perplexity']:.2f}" if config.kind == "gpt"
+                   else f"accuracy {last_eval['accuracy']:.4f}")
+        log(f"step {step:>6}: validation loss {last_eval['loss']:.4f}, {quality}")
+
+    bar = tqdm(total=config.steps, initial=start, desc=f"train {config.kind}/{config.model.attention}",
+               unit="step", disable=not progress, dynamic_ncols=True)
+    if start == 0:
+        run_eval(0)
+    for step in range(start + 1, config.steps + 1):
+        for _ in range(config.optim.accumulate_steps):
+            loss, grad_norm = train_step(model, optimizer, _put(next(data.train), sharding))
+        window.append((float(loss), float(grad_norm)))
+        history.append(float(loss))
+        if step % config.log_every == 0 or step == config.steps:
+            elapsed = time.perf_counter() - window_start
+            losses, norms = zip(*window)
+            rate = len(window) * tokens_per_step / elapsed
+            writer.write(step, "train", loss=float(np.mean(losses)), grad_norm=float(np.mean(norms)),
+                         learning_rate=float(schedule(step - 1)), tokens_per_second=rate)
+            bar.set_postfix(loss=f"{np.mean(losses):.3f}", tok_s=f"{rate:,.0f}")
+            window, window_start = [], time.perf_counter()
+        if step % config.eval_every == 0 or step == config.steps:
+            run_eval(step)
+        ckpt.save(step, model, optimizer, data.train.get_state(), to_dict(config), force=step == config.steps)
+        bar.update(1)
+    bar.close()
+    ckpt.close()
+    writer.close()
+
+    summary = {"kind": config.kind, "attention": config.model.attention, "steps": config.steps,
+               "parameters": n_params, "final_eval": last_eval, "workdir": str(workdir)}
+    if "test" in data.eval_splits:
+        summary["test"] = evaluate(model, eval_step, data.eval_splits["test"](), 0, sharding)
+        log(f"held-out test accuracy {summary['test']['accuracy']:.4f} on {summary['test']['count']:.0f} examples")
+    stab = stabilizer_values(model)
+    if stab:
+        summary["stabilizer_mean_per_layer"] = [float(v.mean()) for v in stab]
+    plot_training_curves(workdir / "metrics.jsonl", workdir / "training.png",
+                         f"{config.kind} / {config.model.attention} attention")
+    if config.kind == "gpt" and config.sample_tokens:
+        summary["sample"] = _sample(model, data.tokenizer, config)
+        (workdir / "sample.txt").write_text(summary["sample"])
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _sample(model, tokenizer, config: TrainConfig) -> str:
+    """Text generated after config.sample_prompt through the RNN / KV-cache decoding path."""
+    prompt = jnp.asarray([tokenizer.encode(config.sample_prompt)], jnp.int32)
+    tokens = decoding.generate(model, prompt, max_new_tokens=config.sample_tokens,
+                               key=jax.random.PRNGKey(config.seed), temperature=0.8, top_k=40)
+    return config.sample_prompt + tokenizer.decode([int(t) for t in tokens[0]])

@@ -1,0 +1,189 @@
+"""Training end to end on the embedded Shakespeare corpus, with tiny configs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from cottention_jax.checkpoint import Checkpointer
+from cottention_jax.configs import apply_overrides, from_dict, to_dict, train_preset
+from cottention_jax.metrics import read_metrics
+from cottention_jax.train import build_model, build_optimizer, learning_rate_schedule, prepare_data, train_and_evaluate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """One data directory for the module: the tiny datasets are built once."""
+    return str(tmp_path_factory.mktemp("data"))
+
+
+def _config(preset, data_dir, *overrides):
+    return apply_overrides(train_preset(preset), [f"data.data_dir={data_dir}", *overrides])
+
+
+@pytest.mark.parametrize("attention", ["cosine", "softmax"])
+@pytest.mark.parametrize("preset", ["gpt-tiny", "bert-tiny"])
+def test_a_few_steps_lower_the_loss_on_real_text(preset, attention, data_dir, tmp_path):
+    cfg = _config(preset, data_dir, f"model.attention={attention}", "steps=25", "eval_every=25",
+                  "checkpoint_every=25", "sample_tokens=8")
+    summary = train_and_evaluate(cfg, tmp_path, progress=False)
+    evals = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "eval"]
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == 25
+    assert evals[-1]["loss"] < evals[0]["loss"] - 0.5, evals
+    assert (tmp_path / "training.png").stat().st_size > 10_000
+    assert list((tmp_path / "tensorboard").iterdir())
+    if attention == "cosine":
+        stab = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "stabilizer"]
+        assert len(stab) == 2 and {"layer0", "layer1"} <= set(stab[-1])
+        assert len(summary["stabilizer_mean_per_layer"]) == 2
+    if preset == "gpt-tiny":
+        assert summary["sample"].startswith(cfg.sample_prompt) and len(summary["sample"]) > len(cfg.sample_prompt)
+
+
+def test_learning_rate_schedule_warms_up_and_decays():
+    cfg = train_preset("gpt-tiny", ["optim.warmup_steps=10", "optim.learning_rate=1e-3",
+                                    "optim.end_lr_ratio=0.1"])
+    lr = learning_rate_schedule(cfg.optim, 100)
+    assert float(lr(0)) == 0.0 and abs(float(lr(10)) - 1e-3) < 1e-9
+    assert abs(float(lr(99)) - 1e-4) < 2e-6 and float(lr(50)) < float(lr(20))
+
+
+def test_checkpoint_round_trip(data_dir, tmp_path):
+    cfg = _config("gpt-tiny", data_dir, "model.dropout_rate=0.1")
+    data = prepare_data(cfg)
+    model = build_model(cfg)
+    opt = build_optimizer(model, cfg.optim, cfg.steps)
+    grads = jax.tree.map(jnp.ones_like, nnx.state(model, nnx.Param))
+    opt.update(model, grads)                      # a non-trivial optimizer state
+    next(data.train), next(data.train)
+    ckpt = Checkpointer(tmp_path, save_every=1, keep=2)
+    ckpt.save(7, model, opt, data.train.get_state(), to_dict(cfg))
+    ckpt.wait()
+
+    fresh, fresh_data = build_model(cfg, seed=123), prepare_data(cfg)
+    fresh_opt = build_optimizer(fresh, cfg.optim, cfg.steps)
+    step, data_state, saved_cfg = ckpt.restore(fresh, fresh_opt)
+    ckpt.close()
+    assert step == 7 and from_dict(saved_cfg) == cfg
+    fresh_data.train.set_state(data_state)
+    for a, b in zip(jax.tree.leaves(nnx.state((model, opt))), jax.tree.leaves(nnx.state((fresh, fresh_opt)))):
+        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(next(fresh_data.train)["inputs"], next(data.train)["inputs"])
+
+
+def _train_cmd(workdir, data_dir, steps):
+    return [sys.executable, str(REPO / "experiments" / "train_gpt.py"), "--preset", "gpt-tiny", "--no-progress",
+            "--workdir", str(workdir), "--set", f"data.data_dir={data_dir}", "--set", f"steps={steps}",
+            "--set", "log_every=1", "--set", "checkpoint_every=10", "--set", "eval_every=1000",
+            "--set", "sample_tokens=0", "--set", "model.dropout_rate=0.1"]
+
+
+def _complete_checkpoints(workdir):
+    root = Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.exists() else []
+
+
+def test_sigkill_then_resume_gives_the_same_losses(data_dir, tmp_path):
+    steps = 200
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(_train_cmd(killed, data_dir, steps), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if any(s >= 20 for s in _complete_checkpoints(killed)):
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "training ended before it could be killed mid-run"
+    assert not (killed / "summary.json").exists()
+    resumed_from = max(_complete_checkpoints(killed))
+
+    subprocess.run(_train_cmd(killed, data_dir, steps), env=env, check=True, capture_output=True)
+    subprocess.run(_train_cmd(clean, data_dir, steps), env=env, check=True, capture_output=True)
+    losses = {name: {r["step"]: r["loss"] for r in read_metrics(d / "metrics.jsonl") if r["split"] == "train"}
+              for name, d in (("killed", killed), ("clean", clean))}
+    assert sorted(losses["killed"]) == list(range(1, steps + 1))
+    after = [s for s in range(resumed_from + 1, steps + 1)]
+    assert [losses["killed"][s] for s in after] == [losses["clean"][s] for s in after]   # bit for bit
+
+
+SHARDED_SCRIPT = r"""
+import json, sys
+import jax, numpy as np
+from flax import nnx
+from cottention_jax.configs import train_preset
+from cottention_jax.objectives import gpt_objective
+from cottention_jax.sharding import batch_sharding, make_mesh, shard_training_state
+from cottention_jax.train import build_model, build_optimizer, prepare_data
+
+cfg = train_preset("gpt-tiny", [f"data.data_dir={sys.argv[1]}", "model.dropout_rate=0.0"])
+batches = [next(prepare_data(cfg).train) for _ in range(3)]
+out = {"devices": jax.device_count()}
+for kind in ("none", "data", "fsdp"):
+    model = build_model(cfg); opt = build_optimizer(model, cfg.optim, cfg.steps)
+    mesh = make_mesh(kind)
+    put = (lambda b: b) if mesh is None else (lambda b: jax.device_put(b, batch_sharding(mesh)))
+    if mesh is not None:
+        shard_training_state(model, opt, mesh, fsdp=kind == "fsdp")
+
+    @nnx.jit
+    def step(model, opt, batch):
+        (loss, _), grads = nnx.value_and_grad(gpt_objective, has_aux=True)(model, batch)
+        opt.update(model, grads)
+        return loss
+
+    losses = [float(step(model, opt, put(b))) for b in batches]
+    kernel = model.blocks[0].mlp.fc_in.kernel[...]
+    out[kind] = {"losses": losses, "param": np.asarray(kernel).tolist(),
+                 "sharding": str(kernel.sharding.spec) if mesh is not None else ""}
+print(json.dumps(out))
+"""
+
+
+def test_sharded_training_step_equals_single_device(data_dir):
+    prepare_data(_config("gpt-tiny", data_dir))           # build the dataset here, not in 8-device land
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    run = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, data_dir], env=env, check=True,
+                         capture_output=True, text=True)
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 8
+    assert "data" in out["fsdp"]["sharding"]                 # fsdp really splits the parameters
+    for kind in ("data", "fsdp"):
+        np.testing.assert_allclose(out[kind]["losses"], out["none"]["losses"], rtol=1e-5)
+        np.testing.assert_allclose(out[kind]["param"], out["none"]["param"], rtol=1e-4, atol=1e-6)
+
+
+def test_resume_refuses_a_different_config(data_dir, tmp_path):
+    cfg = _config("gpt-tiny", data_dir, "steps=10", "checkpoint_every=10", "eval_every=10", "sample_tokens=0")
+    train_and_evaluate(cfg, tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"different 'model'"):
+        train_and_evaluate(apply_overrides(cfg, ["model.attention=softmax"]), tmp_path, progress=False)
+
+
+def test_cli_print_config_and_errors(tmp_path):
+    run = subprocess.run([sys.executable, str(REPO / "experiments" / "train_bert.py"), "--finetune",
+                          "--task", "paraphrase", "--set", "steps=7", "--print-config"],
+                         check=True, capture_output=True, text=True)
+    cfg = from_dict(json.loads(run.stdout))
+    assert (cfg.kind, cfg.data.task, cfg.steps, cfg.init_from) == ("bert-classify", "paraphrase", 7, "runs/bert-small")
+    with pytest.raises(ValueError, match=r"unknown config key 'model.atention'"):
+        apply_overrides(cfg, ["model.atention=softmax"])
+    with pytest.raises(ValueError, match=r"cannot set steps \(type int\) to 'many'"):
+        apply_overrides(cfg, ["steps=many"])
+    with pytest.raises(ValueError, match=r"kind='bert-classify' needs data.task"):
+        apply_overrides(cfg, ["data.task=none"])
