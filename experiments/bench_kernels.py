@@ -16,10 +16,11 @@ Implementations, all causal, layout (B, T, H, D), one call each:
   fla      flash-linear-attention's chunk_linear_attn (PyTorch/Triton), if `fla` imports
 For every (impl, head dim, mode) a fresh process runs the sequence lengths in
 increasing order, so the allocator's peak (`peak_bytes_in_use`) is that of the
-row just measured (--smoke runs everything in one worker process). Modes: "fwd" (out = f(q, k, v)) and "fwd+bwd" (the VJP in
-q, k, v from a random dO). Timing: warm-up calls, then the median of many
-synchronised runs. Each worker checks its first sequence length against a
-float32 reference (batch element 0). FLOP and byte models: benchmarks/NOTES.md.
+row just measured (--smoke runs everything in one worker process). Modes:
+"fwd" (out = f(q, k, v)) and "fwd+bwd" (the VJP in q, k, v from a random dO).
+Timing: warm-up calls, then the median of many synchronised runs. Each worker
+checks its first sequence length against a float32 reference (batch element
+0). FLOP and byte models: benchmarks/NOTES.md.
 
 Writes benchmarks/results/<device>.json and a Markdown table beside it (for the
 README); --smoke writes only to --out or a temporary directory.
@@ -235,14 +236,14 @@ def _check(impl, mode, fn, args):
     return max(rel(a, e) for a, e in zip(got, want))
 
 
-def _softmax_implementation(smoke):
-    """"cudnn" where it lowers here, else None (XLA)."""
+def _softmax_implementation(smoke, d, dtype):
+    """"cudnn" where it compiles here for this head dim and dtype, else None (XLA)."""
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
 
     if smoke or jax.default_backend() != "gpu":
         return None
-    x = jnp.zeros((1, 128, 1, 64), jnp.bfloat16)
+    x = jnp.zeros((1, 128, 1, d), dtype)
     try:
         jax.jit(lambda x: jax.nn.dot_product_attention(x, x, x, is_causal=True,
                                                        implementation="cudnn")).lower(x).compile()
@@ -267,7 +268,7 @@ def _measure(args, impl: str, d: int, mode: str) -> list[dict]:
     device = describe_device()["device"]
     stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
     limit = (stats or {}).get("bytes_limit")
-    softmax_impl = _softmax_implementation(args.smoke) if impl == "softmax" else None
+    softmax_impl = _softmax_implementation(args.smoke, d, dtype) if impl == "softmax" else None
     pallas_variant = ("interpret " if args.smoke else "") + args.pallas_config
     variant = {"softmax": softmax_impl or "xla", "pallas": pallas_variant}.get(impl, "")
     step, fn = _build(impl, mode, args.smoke, softmax_impl, args.pallas_config)
@@ -326,11 +327,14 @@ def run_fla_worker(args) -> list[dict]:
             shape = (args.batch, t, args.heads, d)
             q, k, v, do = (torch.randn(shape, device="cuda", dtype=torch.float32) for _ in range(4))
             q, k = (torch.nn.functional.normalize(x, dim=-1) for x in (q, k))
-            q, k, v, do = (x.to(dtype).requires_grad_(mode == "fwd+bwd") for x in (q, k, v, do))
+            q, k, v = (x.to(dtype).requires_grad_(mode == "fwd+bwd") for x in (q, k, v))
+            do = do.to(dtype)
             def call():
+                if mode == "fwd":      # no autograd graph, as the JAX forward rows
+                    with torch.no_grad():
+                        return chunk_linear_attn(q, k, v, **options)[0]
                 out = chunk_linear_attn(q, k, v, **options)[0]
-                if mode == "fwd+bwd":
-                    torch.autograd.grad(out, (q, k, v), do)
+                return torch.autograd.grad(out, (q, k, v), do)
             for _ in range(args.warmup):
                 call()
             torch.cuda.synchronize()

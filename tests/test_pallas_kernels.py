@@ -232,7 +232,7 @@ def _loss_and_grads(block_sizes):
 @pytest.mark.skipif(not hasattr(jax.sharding, "AbstractDevice"),
                     reason=f"jax {jax.__version__} has no jax.sharding.AbstractDevice to target an H100")
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32], ids=lambda d: jnp.dtype(d).name)
-@pytest.mark.parametrize("dim", [64, 96, 128])
+@pytest.mark.parametrize("dim", [64, 96, 128, 256])
 @pytest.mark.parametrize("segments", [1, 2])
 def test_forward_and_backward_lower_for_cuda(dim, dtype, segments):
     """Lower fwd + bwd (GQA; T = 700 pads to 704, not a power of two) to Triton IR for sm_90."""
