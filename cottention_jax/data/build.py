@@ -231,6 +231,10 @@ def build_mixed_corpus(data_dir=None, selected: Sequence[str] = MIXED_SOURCES, w
         f"{len(documents)} documents, {sum(len(d.text) for d in documents):,} characters.", ""])
     directory = corpus_lib.corpus_dir("mixed", data_dir)
     corpus_lib.write_corpus(directory, "mixed", documents, provenance)
+    # Tokenizers cached for the previous version of the corpus would no longer match it.
+    for stale in sorted((paths.resolve_data_dir(data_dir) / "tokenizers").glob("mixed-*.json")):
+        stale.unlink()
+        log(f"removed {stale} (trained on the previous mixed corpus)")
     log(f"wrote {directory}: {len(documents)} documents, "
         f"{sum(len(d.text) for d in documents) / 1e6:.1f} M characters")
     return directory

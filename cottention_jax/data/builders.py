@@ -13,13 +13,16 @@ Both write `array_record` shards under `<data_dir>/tfds/`, store the tokenizer's
 JSON in the dataset metadata (so a dataset always decodes with the tokenizer it
 was made with), and are read back with `tfds.data_source`, which needs no
 TensorFlow. `load_text_dataset` / `load_task_dataset` build on first use (seconds
-for the default Shakespeare dataset), verify the shards against SHA256SUMS and
-return the token arrays in memory, in a fixed order.
+for the default Shakespeare dataset), verify the shards against SHA256SUMS, check
+that the dataset was made from the current records file and tokenizer (else it
+is out of date and the error says how to rebuild it), and return the token
+arrays in memory, in a fixed order.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +74,28 @@ def _tokenizer_for(config) -> tokenization.Tokenizer:
                                       config.source_dir)
 
 
+def _source_fingerprint(config, tokenizer: tokenization.Tokenizer) -> dict[str, str]:
+    """SHA-256 of what a dataset is made from: the records file (per its SHA256SUMS) and the
+    tokenizer JSON. A dataset whose fingerprint differs from the current one is out of date."""
+    if isinstance(config, TaskConfig):
+        directory, name = tasks_lib.task_dir(config.task, config.source_dir), f"{config.task}.jsonl.gz"
+        rebuild = tasks_lib.task_rebuild_command(config.task, config.source_dir)
+    else:
+        directory = corpus_lib.corpus_dir(config.corpus, config.source_dir)
+        name, rebuild = f"{config.corpus}.jsonl.gz", corpus_lib.rebuild_command(config.corpus)
+    return {"records": paths.read_checksums(directory, rebuild)[name],
+            "tokenizer": hashlib.sha256(tokenizer.to_json().encode("utf-8")).hexdigest()}
+
+
+def _check_up_to_date(config, source, dataset_dir: Path, rebuild: str) -> None:
+    built = dict(source.dataset_info.metadata.get("sources") or {})
+    current = _source_fingerprint(config, _tokenizer_for(config))
+    stale = [key for key in current if built.get(key) != current[key]]
+    if stale:
+        raise paths.stale(dataset_dir, f"built from another version of its {' and '.join(stale)}",
+                          rebuild)
+
+
 class CottentionText(tfds.core.GeneratorBasedBuilder):
     """Documents of a corpus as token-id sequences, split by document."""
 
@@ -93,7 +118,8 @@ class CottentionText(tfds.core.GeneratorBasedBuilder):
         cfg = self.builder_config
         documents = corpus_lib.load_corpus(cfg.corpus, cfg.source_dir)
         tokenizer = _tokenizer_for(cfg)
-        self.info.metadata.update(tokenizer_json=tokenizer.to_json(), corpus=cfg.corpus)
+        self.info.metadata.update(tokenizer_json=tokenizer.to_json(), corpus=cfg.corpus,
+                                  sources=_source_fingerprint(cfg, tokenizer))
         split = corpus_lib.split_documents(documents)
         return {name: self._generate_examples(docs, tokenizer) for name, docs in split.items()}
 
@@ -129,7 +155,8 @@ class CottentionTask(tfds.core.GeneratorBasedBuilder):
         cfg = self.builder_config
         examples = tasks_lib.load_task_examples(cfg.task, cfg.source_dir)
         tokenizer = _tokenizer_for(cfg)
-        self.info.metadata.update(tokenizer_json=tokenizer.to_json(), task=cfg.task)
+        self.info.metadata.update(tokenizer_json=tokenizer.to_json(), task=cfg.task,
+                                  sources=_source_fingerprint(cfg, tokenizer))
         by_split = {name: [] for name in tasks_lib.TASK_SPLITS}
         for index, example in enumerate(examples):
             by_split[example["split"]].append((index, example))
@@ -272,6 +299,7 @@ def load_text_dataset(corpus: str = "shakespeare", tokenizer: str = "bpe",
                f"--tokenizer {tokenizer} --vocab-size {vocab_size} --data-dir {root}")
     sources = _open_sources(CottentionText, config, tfds_dir, dataset_dir, build, command)
     rebuild = _rebuild_hint(dataset_dir, command)
+    _check_up_to_date(config, sources["train"], dataset_dir, rebuild)
     documents, doc_ids = {}, {}
     for split in ("train", "validation"):
         records = sorted(_read_all(sources[split], dataset_dir, rebuild), key=lambda r: r["doc_id"])
@@ -301,6 +329,7 @@ def load_task_dataset(task: str = "sentiment", corpus: str = "shakespeare",
                f"--tokenizer {tokenizer} --vocab-size {vocab_size} --data-dir {root}")
     sources = _open_sources(CottentionTask, config, tfds_dir, dataset_dir, build, command)
     rebuild = _rebuild_hint(dataset_dir, command)
+    _check_up_to_date(config, sources["train"], dataset_dir, rebuild)
     splits = {}
     for split in tasks_lib.TASK_SPLITS:
         records = sorted(_read_all(sources[split], dataset_dir, rebuild), key=lambda r: int(r["index"]))

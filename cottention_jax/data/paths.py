@@ -53,7 +53,8 @@ class MissingDataError(FileNotFoundError):
 
 
 class CorruptDataError(ValueError):
-    """A data file is unreadable or fails its checksum; the message says how to rebuild it."""
+    """A data file is unreadable, fails its checksum or is out of date; the message says how
+    to rebuild it."""
 
 
 def missing(path, rebuild: str) -> MissingDataError:
@@ -62,6 +63,10 @@ def missing(path, rebuild: str) -> MissingDataError:
 
 def corrupt(path, detail: str, rebuild: str) -> CorruptDataError:
     return CorruptDataError(f"data file {path} is corrupt ({detail}). Rebuild it with:\n    {rebuild}")
+
+
+def stale(path, detail: str, rebuild: str) -> CorruptDataError:
+    return CorruptDataError(f"data at {path} is out of date ({detail}). Rebuild it with:\n    {rebuild}")
 
 
 def default_data_dir() -> Path:

@@ -25,6 +25,7 @@ import lzma
 import re
 import struct
 import tarfile
+import warnings
 import zlib
 from pathlib import Path
 
@@ -94,7 +95,9 @@ _AUSTEN_TITLES = {
 def _r_unserialize(data: bytes):
     import rdata  # optional: only the mixed-corpus build needs it
 
-    return rdata.conversion.convert(rdata.parser.parse_data(data))
+    with warnings.catch_warnings():  # lazy-load values carry no file-type header; rdata says so
+        warnings.simplefilter("ignore", UserWarning)
+        return rdata.conversion.convert(rdata.parser.parse_data(data))
 
 
 def _lazyload_value(blob: bytes) -> bytes:

@@ -6,10 +6,14 @@
   Sentences rated within +-0.5 of neutral are dropped (as SST-2 drops neutral
   phrases); duplicates are kept once.
 - `paraphrase` (sentence pair, labels different/same): a verse of the King James
-  Version beside a verse of the World English Bible. Same reference -> "same";
-  otherwise the WEB verse of the same chapter sharing the most words with the
-  KJV verse -> "different" (hard negatives: same names, same topic). Half of the
-  references give a positive, half a negative; the order of the two texts is random.
+  Version beside World English Bible text. Same reference -> "same". A negative
+  pairs the KJV verse with the WEB verse of the same chapter sharing the most
+  words with it (same names, same topic), either whole ("other_verse") or spliced
+  with the true WEB verse, half of one and half of the other ("spliced": half the
+  words still match). Half of the references give a positive, half a negative,
+  half of the negatives spliced; the order of the two texts is random. On the
+  real data a word-overlap threshold scores about 85% on the test split (92%
+  without the spliced negatives), so the task is learnable but not trivial.
 
 Splits (train/validation/test = 80/10/10) come from a SHA-256 of a key, so they
 are fixed whatever the machine: the sentence for sentiment, the chapter for
@@ -19,7 +23,8 @@ machine by `python experiments/build_tasks.py` into `<data_dir>/tasks/<task>/`,
 never committed.
 
 An example is a dict {"id", "text_a", "text_b" ("" for single sentences),
-"label" (int), "split"}.
+"label" (int), "split"}; paraphrase examples also carry "kind" ("same",
+"other_verse" or "spliced") for analysis.
 """
 
 from __future__ import annotations
@@ -92,16 +97,29 @@ def _jaccard(a: frozenset, b: frozenset) -> float:
     return len(a & b) / max(len(a | b), 1)
 
 
+def _splice(true: str, other: str, first_half_true: bool) -> str:
+    """Half the words of one verse followed by the other half of the other verse."""
+    t, o = true.split(), other.split()
+    if first_half_true:
+        return " ".join(t[:len(t) // 2] + o[len(o) // 2:])
+    return " ".join(o[:len(o) // 2] + t[len(t) // 2:])
+
+
 def build_paraphrase_examples(first: Mapping[tuple[str, int, int], str],
-                              second: Mapping[tuple[str, int, int], str]) -> list[dict]:
+                              second: Mapping[tuple[str, int, int], str],
+                              spliced_fraction: float = 0.5) -> list[dict]:
     """Verse pairs from two verse-aligned translations {(book, chapter, verse): text}.
 
-    For each reference present in both (in `first`'s order): a fair coin fixed by
-    the reference chooses a positive (first[ref], second[ref]) or a negative
-    (first[ref], second[other]) where `other` is the verse of the same chapter
-    whose words overlap most (Jaccard) with first[ref]. A chapter of one verse
-    gives only positives. A second coin swaps text_a and text_b.
+    For each reference present in both (in `first`'s order), coins fixed by the
+    reference choose: a positive (first[ref], second[ref]) or a negative
+    (first[ref], X) where `other` is the verse of the same chapter (with a
+    different text) whose words overlap most (Jaccard) with first[ref], and X is
+    second[other] or, with probability spliced_fraction, a splice of second[ref]
+    and second[other]. A chapter with no such verse gives only positives. A last
+    coin swaps text_a and text_b.
     """
+    if not 0.0 <= spliced_fraction <= 1.0:
+        raise ValueError(f"spliced_fraction must be in [0, 1], got {spliced_fraction}")
     refs = [ref for ref in first if ref in second]
     by_chapter: dict[tuple[str, int], list[tuple[str, int, int]]] = defaultdict(list)
     for ref in refs:
@@ -111,19 +129,24 @@ def build_paraphrase_examples(first: Mapping[tuple[str, int, int], str],
     for book, chapter, verse in refs:
         ref = (book, chapter, verse)
         key = f"{book}.{chapter}.{verse}"
-        others = [r for r in by_chapter[(book, chapter)] if r != ref]
-        positive = _unit_hash(f"paraphrase-label:{key}") < 0.5 or not others
-        if positive:
-            partner = ref
-        else:
+        others = [r for r in by_chapter[(book, chapter)] if second[r] != second[ref]]
+        partner, kind, text_b = ref, "same", second[ref]
+        if others and _unit_hash(f"paraphrase-label:{key}") >= 0.5:
             anchor = _words(first[ref])
             # Most overlapping verse; ties go to the earliest verse.
             partner = max(others, key=lambda r: (_jaccard(anchor, words_second[r]), -r[2]))
-        text_a, text_b = first[ref], second[partner]
+            kind, text_b = "other_verse", second[partner]
+            if _unit_hash(f"paraphrase-splice:{key}") < spliced_fraction:
+                spliced = _splice(second[ref], second[partner],
+                                  _unit_hash(f"paraphrase-side:{key}") < 0.5)
+                if spliced != second[ref]:
+                    kind, text_b = "spliced", spliced
+        text_a = first[ref]
         if _unit_hash(f"paraphrase-order:{key}") < 0.5:
             text_a, text_b = text_b, text_a
         examples.append({"id": f"{key}~{partner[2]}", "text_a": text_a, "text_b": text_b,
-                         "label": int(positive), "split": _split_of(f"paraphrase:{book}.{chapter}")})
+                         "label": int(kind == "same"), "kind": kind,
+                         "split": _split_of(f"paraphrase:{book}.{chapter}")})
     return examples
 
 

@@ -58,6 +58,12 @@ _SPECIAL_TOKENS = {
     "wordpiece": {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"},
 }
 _BYTE_MARKER = "cottention_byte_tokenizer"
+# Always in a WordPiece vocabulary, seen in training or not, so that modern text
+# (typographic quotes and dashes, accented letters) does not turn into [UNK].
+_EXTRA_WORDPIECE_CHARS = ("\u2018\u2019\u201c\u201d\u2013\u2014\u2026\u00ab\u00bb\u00a1\u00bf"
+                          "\u00e0\u00e1\u00e2\u00e3\u00e4\u00e5\u00e6\u00e7\u00e8\u00e9\u00ea\u00eb"
+                          "\u00ec\u00ed\u00ee\u00ef\u00f1\u00f2\u00f3\u00f4\u00f5\u00f6\u00f8\u00f9"
+                          "\u00fa\u00fb\u00fc\u00fd\u00ff\u00df\u0153")
 
 
 class Tokenizer:
@@ -209,33 +215,45 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int | None = No
         alphabet = pre_tokenizers.ByteLevel.alphabet()
         trainer_cls = trainers.BpeTrainer
     else:
-        alphabet = [c for c in string.printable if not c.isspace()]
+        alphabet = [c for c in string.printable if not c.isspace()] + list(_EXTRA_WORDPIECE_CHARS)
         if lowercase:
             alphabet = sorted({c.lower() for c in alphabet})
         trainer_cls = trainers.WordPieceTrainer
-    if vocab_size < len(specials) + len(alphabet):
-        raise ValueError(f"vocab_size must be at least {len(specials) + len(alphabet)} for {kind} "
-                         f"({len(specials)} specials + initial alphabet), got {vocab_size}")
+    # WordPiece also keeps a "##" continuation piece for every alphabet character.
+    minimum = len(specials) + len(alphabet) * (2 if kind == "wordpiece" else 1)
+    if vocab_size < minimum:
+        raise ValueError(f"vocab_size must be at least {minimum} for {kind} "
+                         f"({len(specials)} specials + alphabet), got {vocab_size}")
     hf = _new_hf_tokenizer(kind, lowercase)
     trainer = trainer_cls(vocab_size=vocab_size, special_tokens=specials,
                           initial_alphabet=alphabet, show_progress=False)
     hf.train_from_iterator(texts, trainer=trainer)
     if kind == "wordpiece":
-        hf = _canonical_wordpiece(hf, specials)
+        hf = _canonical_wordpiece(hf, specials, alphabet)
     return HFTokenizer(hf)
 
 
-def _canonical_wordpiece(hf, specials: list[str]):
-    """Renumber a trained WordPiece vocabulary: specials, then by (is "##" piece, length, text).
+def _canonical_wordpiece(hf, specials: list[str], alphabet: list[str]):
+    """Complete and renumber a trained WordPiece vocabulary.
 
-    The HF WordPiece trainer numbers tokens partly in hash-map order, so two
-    trainings on the same text give different ids. WordPiece encoding depends
-    only on the set of tokens, so renumbering changes no tokenization.
+    1. Every alphabet character gets its "##" continuation piece too (else a word
+       such as "15" is one [UNK] when "5" never followed a digit in training);
+       room is made by dropping the latest-learned pieces, so the size holds.
+    2. Ids: specials, then by (is "##" piece, length, text). The HF trainer
+       numbers tokens partly in hash-map order; WordPiece encoding depends only
+       on the set of tokens, so renumbering changes no tokenization.
     """
     from tokenizers import Tokenizer as HF
 
     record = json.loads(hf.to_str())
     vocab = record["model"]["vocab"]
+    needed = list(alphabet) + ["##" + c for c in alphabet]
+    missing = [t for t in needed if t not in vocab]
+    keep = set(specials) | set(needed)
+    latest_first = sorted((t for t in vocab if t not in keep), key=vocab.get, reverse=True)
+    for token in latest_first[:len(missing)]:
+        del vocab[token]
+    vocab.update(dict.fromkeys(missing, -1))
     rest = sorted(set(vocab) - set(specials), key=lambda t: (t.startswith("##"), len(t), t))
     record["model"]["vocab"] = {token: i for i, token in enumerate(specials + rest)}
     for added in record.get("added_tokens", []):

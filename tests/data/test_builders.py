@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.abc
+import shutil
 import sys
 
 import numpy as np
@@ -96,6 +97,19 @@ def test_missing_and_damaged_datasets(tmp_path):
         builders.load_text_dataset("mixed", "chars", data_dir=tmp_path)
 
 
+def test_dataset_of_an_older_corpus_is_out_of_date(tmp_path):
+    rng = fresh_rng()
+    write_mixed_corpus(tmp_path, random_documents(rng, 4, 6))
+    ds = builders.load_text_dataset("mixed", "byte", data_dir=tmp_path)
+    write_mixed_corpus(tmp_path, random_documents(rng, 5, 6))  # the corpus was rebuilt
+    with pytest.raises(paths.CorruptDataError, match=r"is out of date \(built from another version "
+                                                     rf"of its records\)\..*\n.*rm -rf {ds.path} &&"):
+        builders.load_text_dataset("mixed", "byte", data_dir=tmp_path)
+    shutil.rmtree(ds.path)
+    assert len(builders.load_text_dataset("mixed", "byte", data_dir=tmp_path).doc_ids["train"]) == 4
+
+
+
 def test_task_dataset_round_trip(tmp_path, no_tensorflow):
     rng = fresh_rng()
     write_mixed_corpus(tmp_path, random_documents(rng, 6, 15))
@@ -103,7 +117,7 @@ def test_task_dataset_round_trip(tmp_path, no_tensorflow):
                  "label": int(rng.integers(2)), "split": tasks.TASK_SPLITS[int(rng.integers(3))]}
                 for i in range(40)]
     tasks.write_task("paraphrase", examples, "# synthetic\n", tmp_path)
-    ds = builders.load_task_dataset("paraphrase", "mixed", "wordpiece", 120, data_dir=tmp_path)
+    ds = builders.load_task_dataset("paraphrase", "mixed", "wordpiece", 400, data_dir=tmp_path)
     assert ds.is_pair and ds.label_names == ("different", "same")
     for name, split in ds.splits.items():
         expected = [e for e in examples if e["split"] == name]
@@ -114,4 +128,4 @@ def test_task_dataset_round_trip(tmp_path, no_tensorflow):
             decoded = ds.tokenizer.decode(split.ids_b[i])
             assert "".join(decoded.split()) == "".join(example["text_b"].split())
     with pytest.raises(paths.MissingDataError, match="build_tasks.py --task sentiment"):
-        builders.load_task_dataset("sentiment", "mixed", "wordpiece", 120, data_dir=tmp_path)
+        builders.load_task_dataset("sentiment", "mixed", "wordpiece", 400, data_dir=tmp_path)

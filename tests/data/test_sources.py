@@ -131,27 +131,38 @@ def test_paraphrase_examples():
     first[("Solo", 1, 1)], second[("Solo", 1, 1)] = "Only verse here.", "The only verse."
     examples = tasks.build_paraphrase_examples(first, second)
     assert len(examples) == len(first)
-    labels = [e["label"] for e in examples]
-    assert 0.35 < sum(labels) / len(labels) < 0.65
-    by_text = {text: ref for ref, text in second.items()}
-    by_text.update({text: ref for ref, text in first.items()})
+    kinds = collections.Counter(e["kind"] for e in examples)
+    assert 0.35 < kinds["same"] / len(examples) < 0.65
+    assert kinds["spliced"] > 0.1 * len(examples) and kinds["other_verse"] > 0.1 * len(examples)
     split_of_chapter = {}
     for example, ref in zip(examples, first):
-        a, b = by_text[example["text_a"]], by_text[example["text_b"]]
-        assert {example["text_a"], example["text_b"]} & {first[ref]}  # the anchor is always there
-        other = b if example["text_a"] == first[ref] else a
-        assert other[:2] == ref[:2]                                    # same book and chapter
-        assert (other == ref) == bool(example["label"])
+        assert first[ref] in (example["text_a"], example["text_b"])      # the anchor, whole
+        other_text = example["text_b"] if example["text_a"] == first[ref] else example["text_a"]
+        partner = (ref[0], ref[1], int(example["id"].split("~")[1]))     # same book and chapter
+        assert example["label"] == int(example["kind"] == "same")
+        if example["kind"] == "same":
+            assert partner == ref and other_text == second[ref]
+        elif example["kind"] == "other_verse":
+            assert partner != ref and other_text == second[partner]
+        else:
+            t, o = second[ref].split(), second[partner].split()
+            assert other_text in (" ".join(t[:len(t) // 2] + o[len(o) // 2:]),
+                                  " ".join(o[:len(o) // 2] + t[len(t) // 2:]))
+            assert other_text != second[ref]
         split_of_chapter.setdefault(ref[:2], set()).add(example["split"])
     assert all(len(s) == 1 for s in split_of_chapter.values())         # a chapter is in one split
     assert examples[-1]["label"] == 1                                  # one-verse chapter
     assert tasks.build_paraphrase_examples(first, second) == examples
+    only_whole = tasks.build_paraphrase_examples(first, second, spliced_fraction=0.0)
+    assert not any(e["kind"] == "spliced" for e in only_whole)
+    with pytest.raises(ValueError, match="spliced_fraction must be in \\[0, 1\\], got 2"):
+        tasks.build_paraphrase_examples(first, second, spliced_fraction=2)
 
 
 def test_paraphrase_negative_is_the_most_overlapping_verse():
     first = {("B", 1, 1): "red fox jumps high", ("B", 1, 2): "cold rain falls", ("B", 1, 3): "x y"}
     second = {("B", 1, 1): "a red fox jumps", ("B", 1, 2): "red fox and rain", ("B", 1, 3): "q"}
-    for example in tasks.build_paraphrase_examples(first, second):
+    for example in tasks.build_paraphrase_examples(first, second, spliced_fraction=0.0):
         if example["id"].startswith("B.1.1~") and example["label"] == 0:
             assert example["id"] == "B.1.1~2"
 
