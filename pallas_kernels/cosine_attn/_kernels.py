@@ -29,10 +29,10 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-try:  # jax >= 0.10.2 (the range this project supports)
-    from jax.experimental.pallas.triton import CompilerParams as _TritonParams
-except ImportError:  # pragma: no cover - older jax spelled it TritonCompilerParams
-    from jax.experimental.pallas import TritonCompilerParams as _TritonParams  # type: ignore
+# The Triton compiler parameters are `jax.experimental.pallas.triton.CompilerParams` in every
+# jax this project supports (checked in 0.10.2 and 0.12); passing them explicitly is what
+# selects the Triton backend (jax 0.10 / 0.11 would otherwise pick Mosaic GPU).
+from jax.experimental.pallas.triton import CompilerParams as _TritonParams
 
 _F32 = jnp.float32
 _SQ = pl.squeezed  # a block dimension of size 1 that the kernel does not see
