@@ -15,6 +15,7 @@ whose factor multiplies the output rows instead).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -174,7 +175,8 @@ def cosine_attention(
         prefix scan, linear memory) or "pallas" (GPU kernels); None picks
         "pallas" for causal attention on GPU and "xla" otherwise.
         Bidirectional attention is two matmuls, q^ (K^T V), for xla and pallas.
-      chunk_size: chunk length of the xla scan (default 64).
+      chunk_size: chunk length of the xla scan / the Pallas kernels (default 64; a power
+        of two >= 16 for pallas).
       interpret: pallas only; run the kernels in Pallas interpret mode (CPU).
 
     Returns:
@@ -184,6 +186,9 @@ def cosine_attention(
     _check_inputs(q, k, v, stabilizer, causal, padding_mask, initial_state, return_state,
                   stabilize, implementation)
     impl = implementation or default_implementation(causal)
+    if impl == "pallas" and causal and not interpret and jax.default_backend() != "gpu":
+        raise ValueError(f"implementation='pallas' needs a GPU (JAX's backend is {jax.default_backend()!r}); "
+                         "pass interpret=True to run the kernels on the CPU, or use 'xla'")
     b, t, h, dk = q.shape
     dv = v.shape[-1]
     state0 = initial_state or init_cosine_attention_state(b, h, dk, dv)
@@ -223,7 +228,12 @@ def _causal_linear(q, k, v, stabilizer, padding_mask, state0, stabilize, impl, c
     kv0 = state0.kv.astype(jnp.float32)
     if impl == "pallas":
         from pallas_kernels.cosine_attn import chunked  # noqa: PLC0415  (imports Pallas lazily)
-        out, kv = chunked.causal_linear_attention(qn, kn, vz, key_scale, kv0, interpret=interpret)
+        sizes = None
+        if chunk_size is not None:
+            sizes = dataclasses.replace(chunked.BlockSizes.get_default(q.dtype, q.shape[-1], v.shape[-1]),
+                                        chunk=chunk_size)
+        out, kv = chunked.causal_linear_attention(qn, kn, vz, key_scale, kv0, interpret=interpret,
+                                                  block_sizes=sizes)
     else:
         out, kv = _xla.chunked_linear_attention(qn, kn, vz, key_scale, kv0,
                                                 chunk_size or _xla.DEFAULT_CHUNK)

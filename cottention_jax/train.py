@@ -270,6 +270,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path, *, progress: bo
         ckpt.save(step, model, optimizer, data.train.get_state(), to_dict(config), force=step == config.steps)
         bar.update(1)
     bar.close()
+    if not last_eval:          # the workdir held a finished run: evaluate it again for the summary
+        run_eval(config.steps)
     ckpt.close()
     writer.close()
 

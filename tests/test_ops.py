@@ -283,6 +283,9 @@ def test_bad_options():
         ca.cosine_attention(q, k, v, m, causal=True, padding_mask=jnp.ones((2, 5), jnp.int32))
     with pytest.raises(ValueError, match=r"implementation must be one of .*'cuda'"):
         ca.cosine_attention(q, k, v, m, causal=True, implementation="cuda")
+    if jax.default_backend() != "gpu":
+        with pytest.raises(ValueError, match=r"implementation='pallas' needs a GPU.*interpret=True"):
+            ca.cosine_attention(q, k, v, m, causal=True, implementation="pallas")
     with pytest.raises(ValueError, match=r"stabilize must be one of .*'key'"):
         ca.cosine_attention(q, k, v, m, causal=True, stabilize="key")
     state = ca.init_cosine_attention_state(2, 4, 8, 8)
