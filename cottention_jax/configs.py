@@ -94,9 +94,9 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
     "gpt-tiny": _gpt("tiny", {"max_len": 64}, data=DataConfig(vocab_size=512, seq_len=64, batch_size=8),
                      optim=OptimConfig(learning_rate=3e-3, warmup_steps=5), steps=20, eval_every=10,
                      eval_batches=2, log_every=5, checkpoint_every=10, sample_tokens=20),
-    # make run: a few minutes on a 2-core CPU
-    "gpt-small": _gpt("small", {"vocab_size": 2048, "max_len": 128},
-                      data=DataConfig(vocab_size=2048, seq_len=128, batch_size=16),
+    # make run: a few minutes on a 2-core CPU, with the BPE vocabulary that ships in data/tokenizers
+    "gpt-small": _gpt("small", {"vocab_size": 4096, "max_len": 128},
+                      data=DataConfig(vocab_size=4096, seq_len=128, batch_size=16),
                       optim=OptimConfig(learning_rate=2e-3, warmup_steps=30), steps=300, eval_every=50,
                       eval_batches=8, log_every=10, checkpoint_every=100),
     # the paper's GPT-J-style 300M decoder, for a GPU

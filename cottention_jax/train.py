@@ -185,7 +185,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path, *, progress: bo
     """Train `config` in `workdir` (resuming if it holds a checkpoint); return the summary dict."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    log = tqdm.write if progress else (lambda *_: None)
+    log = tqdm.write                      # log lines print with or without the progress bar
     data = prepare_data(config)
     if config.model.vocab_size != data.tokenizer.vocab_size:
         config = dataclasses.replace(config, model=dataclasses.replace(config.model,

@@ -187,3 +187,36 @@ def test_cli_print_config_and_errors(tmp_path):
         apply_overrides(cfg, ["steps=many"])
     with pytest.raises(ValueError, match=r"kind='bert-classify' needs data.task"):
         apply_overrides(cfg, ["data.task=none"])
+
+
+def _write_synthetic_sentiment(data_dir, n=600):
+    """A learnable stand-in for the real task (which is built from the registries): words of
+    praise vs words of scorn in Shakespearean sentences."""
+    from cottention_jax.data import tasks
+    rng = np.random.default_rng(0)
+    good = "sweet gentle noble fair honest worthy kind".split()
+    bad = "vile foul base false wretched cursed rotten".split()
+    filler = "my lord the king doth speak of thee and thy house this day".split()
+    examples = []
+    for i in range(n):
+        label = i % 2
+        words = list(rng.choice(filler, 6)) + list(rng.choice(good if label else bad, 2))
+        rng.shuffle(words)
+        split = "train" if i < 400 else ("validation" if i < 500 else "test")
+        examples.append({"id": f"s{i}", "text_a": " ".join(words), "text_b": "", "label": label, "split": split})
+    tasks.write_task("sentiment", examples, "# synthetic test task\n", data_dir)
+
+
+def test_bert_pretrain_then_finetune(data_dir, tmp_path):
+    _write_synthetic_sentiment(data_dir)
+    pre = _config("bert-tiny", data_dir, "steps=10", "checkpoint_every=10", "eval_every=10")
+    train_and_evaluate(pre, tmp_path / "mlm", progress=False)
+    run = subprocess.run([sys.executable, str(REPO / "experiments" / "train_bert.py"), "--preset", "bert-tiny",
+                          "--finetune", "--task", "sentiment", "--init-from", str(tmp_path / "mlm"),
+                          "--workdir", str(tmp_path / "ft"), "--no-progress", "--set", f"data.data_dir={data_dir}",
+                          "--set", "steps=60", "--set", "optim.learning_rate=2e-3"],
+                         check=True, capture_output=True, text=True)
+    summary = json.loads((tmp_path / "ft" / "summary.json").read_text())
+    assert summary["kind"] == "bert-classify" and summary["test"]["count"] == 100
+    assert summary["test"]["accuracy"] >= 0.9, summary["test"]
+    assert "initialised" in run.stdout + run.stderr
