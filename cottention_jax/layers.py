@@ -28,6 +28,8 @@ from cottention_jax.ops import (CosineAttentionState, cosine_attention, cosine_a
 
 __all__ = ["CosineAttention", "SoftmaxAttention", "apply_rope", "positions_from_mask"]
 
+# The Taylor / linear variants of the second paper: cottention_jax.rnn_attention.RecurrentSoftmaxAttention.
+
 _default_kernel_init = nnx.initializers.lecun_normal()
 
 
@@ -63,7 +65,8 @@ def apply_rope(x: jax.Array, positions: jax.Array, rotary_dim: int, base: float 
 class _ProjectedAttention(nnx.Module):
     """Projections, rotary embedding and output shared by both attention types.
 
-    Subclasses implement `_attend(q, k, v, padding_mask, decode) -> (B, T, H, Dv)`.
+    Subclasses implement `_attend(q, k, v, padding_mask, decode, inputs) -> (B, T, H, Dv)`
+    (inputs: the layer's query-side input, for layers that compute gates from it).
     """
 
     def __init__(self, num_heads: int, in_features: int, qkv_features: int | None = None,
@@ -115,7 +118,7 @@ class _ProjectedAttention(nnx.Module):
         decode = self.decode if decode is None else decode
         if decode and not self.causal:
             raise ValueError("decode=True needs a causal attention layer (causal=True)")
-        out = self._attend(q, k, v, padding_mask, decode)
+        out = self._attend(q, k, v, padding_mask, decode, inputs_q)
         return self.out(out)
 
     def _check_cache(self, cache) -> None:
@@ -156,7 +159,8 @@ class CosineAttention(_ProjectedAttention):
         self.cached_kv = nnx.Cache(state.kv)
         self.cached_count = nnx.Cache(state.count)
 
-    def _attend(self, q, k, v, padding_mask, decode):
+    def _attend(self, q, k, v, padding_mask, decode, inputs):
+        del inputs
         stab = self.stabilizer[...]
         if not decode:
             return cosine_attention(q, k, v, stab, causal=self.causal, padding_mask=padding_mask,
@@ -205,7 +209,8 @@ class SoftmaxAttention(_ProjectedAttention):
         self.cache_mask = nnx.Cache(jnp.zeros((b, length), bool))
         self.cache_index = nnx.Cache(jnp.array(0, jnp.int32))
 
-    def _attend(self, q, k, v, padding_mask, decode):
+    def _attend(self, q, k, v, padding_mask, decode, inputs):
+        del inputs
         b, t = q.shape[:2]
         real = jnp.ones((b, t), bool) if padding_mask is None else padding_mask
         if not decode:

@@ -9,7 +9,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cottention_jax import recurrent_softmax as rs
 from cottention_jax.layers import CosineAttention, SoftmaxAttention
+from cottention_jax.rnn_attention import RecurrentSoftmaxAttention
 
 __all__ = ["ATTENTION_TYPES", "FeedForward", "attention_names", "make_attention", "preset"]
 
@@ -17,15 +19,24 @@ ATTENTION_TYPES = {"cosine": CosineAttention, "softmax": SoftmaxAttention}
 
 
 def attention_names() -> tuple[str, ...]:
-    """Every value the models' `attention=` switch accepts."""
-    return tuple(ATTENTION_TYPES)
+    """Every value the models' `attention=` switch accepts: "cosine", "softmax", and the
+    recurrent-softmax variants of `cottention_jax.recurrent_softmax.VARIANTS` (causal models only)."""
+    return tuple(ATTENTION_TYPES) + tuple(sorted(rs.VARIANTS))
 
 
 def make_attention(kind: str, **kwargs) -> nnx.Module:
-    """Build the attention layer named `kind` ("cosine" or "softmax") with layer kwargs."""
-    if kind not in ATTENTION_TYPES:
-        raise ValueError(f"attention must be one of {attention_names()}; got {kind!r}")
-    return ATTENTION_TYPES[kind](**kwargs)
+    """Build the attention layer named `kind` with layer kwargs.
+
+    "cosine" -> CosineAttention, "softmax" -> SoftmaxAttention, a VARIANTS name (e.g.
+    "taylor2", "taylor2-l2norm", "linear-elu") -> RecurrentSoftmaxAttention(variant=kind).
+    """
+    if kind in ATTENTION_TYPES:
+        return ATTENTION_TYPES[kind](**kwargs)
+    if kind in rs.VARIANTS:
+        if not kwargs.get("causal", False):
+            raise ValueError(f"attention={kind!r} is causal only (a decoder); BERT needs 'cosine' or 'softmax'")
+        return RecurrentSoftmaxAttention(variant=kind, **kwargs)
+    raise ValueError(f"attention must be one of {attention_names()}; got {kind!r}")
 
 
 class FeedForward(nnx.Module):
