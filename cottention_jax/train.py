@@ -276,7 +276,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path, *, progress: bo
     writer.close()
 
     summary = {"kind": config.kind, "attention": config.model.attention, "steps": config.steps,
-               "parameters": n_params, "final_eval": last_eval, "workdir": str(workdir)}
+               "parameters": n_params, "vocab_size": config.model.vocab_size, "final_eval": last_eval,
+               "workdir": str(workdir)}
     if "test" in data.eval_splits:
         summary["test"] = evaluate(model, eval_step, data.eval_splits["test"](), 0, sharding)
         log(f"held-out test accuracy {summary['test']['accuracy']:.4f} on {summary['test']['count']:.0f} examples")

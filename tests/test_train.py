@@ -220,3 +220,17 @@ def test_bert_pretrain_then_finetune(data_dir, tmp_path):
     assert summary["kind"] == "bert-classify" and summary["test"]["count"] == 100
     assert summary["test"]["accuracy"] >= 0.9, summary["test"]
     assert "initialised" in run.stdout + run.stderr
+
+
+def test_ablation_script_runs_and_tabulates(data_dir, tmp_path):
+    subprocess.run([sys.executable, str(REPO / "experiments" / "softmax_rnn_ablation.py"), "--preset", "gpt-tiny",
+                    "--variants", "softmax", "taylor2-gate", "--root", str(tmp_path), "--no-progress",
+                    "--set", f"data.data_dir={data_dir}", "--set", "steps=6", "--set", "eval_every=3"],
+                   check=True, capture_output=True, text=True)
+    rows = json.loads((tmp_path / "ablation.json").read_text())
+    assert [r["variant"] for r in rows] == ["softmax", "taylor2-gate"]
+    assert all(r["step_memory_MiB"] > 0 and r["tokens_per_second"] > 0 and np.isfinite(r["val_loss"]) for r in rows)
+    assert rows[1]["parameters"] > rows[0]["parameters"]          # the gate projection
+    table = (tmp_path / "ablation.md").read_text()
+    assert "| taylor2-gate |" in table and "| softmax |" in table
+    assert (tmp_path / "loss_curves.png").stat().st_size > 10_000
