@@ -46,7 +46,7 @@ def _sub_jaxprs(params):
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_no_quadratic_or_per_position_state_intermediates(causal):
-    t, d = 2048, 16
+    t, d = 2048, 32
     q, k, v, m = random_qkv(fresh_key(), 1, t, 1, 1, d, d)
     jaxpr = jax.make_jaxpr(_loss("xla", causal))(q, k, v, m).jaxpr
     largest = _largest_intermediate(jaxpr)
