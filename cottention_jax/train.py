@@ -34,7 +34,7 @@ from cottention_jax.objectives import LOSSES
 from cottention_jax.sharding import batch_sharding, make_mesh, shard_training_state
 
 __all__ = ["DataBundle", "build_model", "build_optimizer", "evaluate", "learning_rate_schedule",
-           "prepare_data", "stabilizer_values", "train_and_evaluate"]
+           "make_train_step", "prepare_data", "stabilizer_values", "train_and_evaluate"]
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -130,6 +130,19 @@ def stabilizer_values(model: nnx.Module) -> list[np.ndarray]:
     return [v for _, v in sorted(found, key=lambda pv: [str(p).zfill(4) for p in pv[0]])]
 
 
+def make_train_step(kind: str):
+    """A jitted step (model, optimizer, batch) -> (loss, gradient norm) that updates both in place."""
+    objective = LOSSES[kind]
+
+    @nnx.jit
+    def train_step(model, optimizer, batch):
+        (loss, _), grads = nnx.value_and_grad(objective, has_aux=True)(model, batch)
+        optimizer.update(model, grads)
+        return loss, optax.global_norm(grads)
+
+    return train_step
+
+
 def _put(batch: dict, sharding) -> dict:
     return {k: jnp.asarray(v) if sharding is None else jax.device_put(v, sharding) for k, v in batch.items()}
 
@@ -219,12 +232,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path, *, progress: bo
     writer = MetricsWriter(workdir, resume_step=start if start else None)
 
     objective = LOSSES[config.kind]
-
-    @nnx.jit
-    def train_step(model, optimizer, batch):
-        (loss, sums), grads = nnx.value_and_grad(objective, has_aux=True)(model, batch)
-        optimizer.update(model, grads)
-        return loss, optax.global_norm(grads)
+    train_step = make_train_step(config.kind)
 
     @nnx.jit
     def eval_step(model, batch):
