@@ -83,10 +83,12 @@ def format_table(rows: list[dict]) -> str:
 def plot_loss_curves(rows: list[dict], png_path: str | Path, title: str = "") -> None:
     """Validation loss over steps, one line per variant."""
     fig, ax = plt.subplots(figsize=(9, 5))
-    for r in sorted(rows, key=lambda r: r["val_loss"]):
+    colors = plt.cm.tab20.colors                     # distinct colours for up to 20 variants
+    for i, r in enumerate(sorted(rows, key=lambda r: r["val_loss"])):
         evals = [e for e in read_metrics(Path(r["workdir"]) / "metrics.jsonl") if e["split"] == "eval"]
-        ax.plot([e["step"] for e in evals], [e["loss"] for e in evals], "o-", ms=3,
+        ax.plot([e["step"] for e in evals], [e["loss"] for e in evals], "o-", ms=3, color=colors[i % 20],
                 label=f"{r['variant']} ({r['val_loss']:.3f})")
+    ax.set_ylim(top=min(ax.get_ylim()[1], 6.5))       # the shared first evaluation would flatten the rest
     ax.set(xlabel="step", ylabel="validation loss (nats)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)

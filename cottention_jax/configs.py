@@ -112,8 +112,9 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
                              eval_batches=16, log_every=10, checkpoint_every=300, sample_tokens=0),
     "gpt-ablation-gpu": _gpt("small", {"num_layers": 6, "d_model": 512, "num_heads": 8, "ff_dim": 2048,
                                        "rotary_dim": 32, "vocab_size": 4096, "max_len": 512},
-                             data=DataConfig(corpus="mixed", vocab_size=4096, seq_len=512, batch_size=32),
-                             optim=OptimConfig(learning_rate=1e-3, warmup_steps=200), steps=5000, eval_every=250,
+                             # the embedded corpus runs anywhere; --set data.corpus=mixed after `make corpus`
+                             data=DataConfig(vocab_size=4096, seq_len=512, batch_size=16),
+                             optim=OptimConfig(learning_rate=1e-3, warmup_steps=100), steps=1500, eval_every=100,
                              eval_batches=32, log_every=50, checkpoint_every=1000, sample_tokens=0),
     "bert-tiny": TrainConfig(kind="bert-mlm", model=bert_config("tiny", max_len=64),
                              data=DataConfig(tokenizer="wordpiece", vocab_size=512, seq_len=64, batch_size=8),
