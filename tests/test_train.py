@@ -149,8 +149,10 @@ for kind in ("none", "data", "fsdp"):
 
     losses = [float(step(model, opt, put(b))) for b in batches]
     kernel = model.blocks[0].mlp.fc_in.kernel[...]
+    batch = put(batches[0])["inputs"]
     out[kind] = {"losses": losses, "param": np.asarray(kernel).tolist(),
-                 "sharding": str(kernel.sharding.spec) if mesh is not None else ""}
+                 "sharding": str(kernel.sharding.spec) if mesh is not None else "",
+                 "batch_shards": len({s.index for s in batch.addressable_shards}) if mesh is not None else 1}
 print(json.dumps(out))
 """
 
@@ -163,6 +165,7 @@ def test_sharded_training_step_equals_single_device(data_dir):
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["devices"] == 8
     assert "data" in out["fsdp"]["sharding"]                 # fsdp really splits the parameters
+    assert out["data"]["batch_shards"] == out["fsdp"]["batch_shards"] == 8   # and both split the batch
     for kind in ("data", "fsdp"):
         np.testing.assert_allclose(out[kind]["losses"], out["none"]["losses"], rtol=1e-5)
         np.testing.assert_allclose(out[kind]["param"], out["none"]["param"], rtol=1e-4, atol=1e-6)
