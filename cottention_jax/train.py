@@ -138,7 +138,7 @@ def make_train_step(kind: str):
     def train_step(model, optimizer, batch):
         (loss, _), grads = nnx.value_and_grad(objective, has_aux=True)(model, batch)
         optimizer.update(model, grads)
-        return loss, optax.global_norm(grads)
+        return loss, optax.tree_utils.tree_norm(grads)
 
     return train_step
 
