@@ -13,7 +13,7 @@ from cottention_jax import recurrent_softmax as rs
 from cottention_jax.layers import CosineAttention, SoftmaxAttention
 from cottention_jax.rnn_attention import RecurrentSoftmaxAttention
 
-__all__ = ["ATTENTION_TYPES", "FeedForward", "attention_names", "make_attention", "preset"]
+__all__ = ["ATTENTION_TYPES", "FeedForward", "attention_names", "check_model_config", "make_attention", "preset"]
 
 ATTENTION_TYPES = {"cosine": CosineAttention, "softmax": SoftmaxAttention}
 
@@ -22,6 +22,15 @@ def attention_names() -> tuple[str, ...]:
     """Every value the models' `attention=` switch accepts: "cosine", "softmax", and the
     recurrent-softmax variants of `cottention_jax.recurrent_softmax.VARIANTS` (causal models only)."""
     return tuple(ATTENTION_TYPES) + tuple(sorted(rs.VARIANTS))
+
+
+def check_model_config(config, *, causal: bool) -> None:
+    """The checks every model config shares: head split, attention name (causal-only variants need causal)."""
+    if config.d_model % config.num_heads:
+        raise ValueError(f"d_model ({config.d_model}) must be divisible by num_heads ({config.num_heads})")
+    allowed = attention_names() if causal else tuple(ATTENTION_TYPES)
+    if config.attention not in allowed:
+        raise ValueError(f"attention must be one of {allowed}; got {config.attention!r}")
 
 
 def make_attention(kind: str, **kwargs) -> nnx.Module:

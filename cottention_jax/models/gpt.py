@@ -18,7 +18,7 @@ import optax
 from flax import nnx
 
 from cottention_jax.layers import positions_from_mask
-from cottention_jax.models.common import FeedForward, attention_names, make_attention, preset
+from cottention_jax.models.common import FeedForward, check_model_config, make_attention, preset
 
 __all__ = ["GPT", "GPTConfig", "GPT_PRESETS", "gpt_config", "lm_loss", "perplexity"]
 
@@ -47,10 +47,7 @@ class GPTConfig:
     param_dtype: str = "float32"
 
     def __post_init__(self):
-        if self.d_model % self.num_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})")
-        if self.attention not in attention_names():
-            raise ValueError(f"attention must be one of {attention_names()}; got {self.attention!r}")
+        check_model_config(self, causal=True)
 
     @property
     def head_dim(self) -> int:
