@@ -321,11 +321,13 @@ def _bench_module():
 
 
 def test_bench_pallas_configs_parse_into_block_sizes():
+    from cottention_jax.kernel_bench import block_sizes_from_text  # noqa: PLC0415
+
     bench = _bench_module()
-    assert bench._block_sizes("default") is None
-    assert bench._block_sizes("32,16,64,4,3,auto") == chunked.BlockSizes(
+    assert block_sizes_from_text("default") is None
+    assert block_sizes_from_text("32,16,64,4,3,auto") == chunked.BlockSizes(
         chunk=32, block_k=16, block_v=64, num_warps=4, num_stages=3, segments=None)
-    assert bench._block_sizes("64,64,128,8,2,4").segments == 4
+    assert block_sizes_from_text("64,64,128,8,2,4").segments == 4
     args = bench.parse_args(["--pallas-configs", "default", "64,64,64,4,2,auto"])
     assert args.pallas_configs == ["default", "64,64,64,4,2,auto"]
     with pytest.raises(SystemExit):
