@@ -52,8 +52,7 @@ def run_ablation(base: TrainConfig, variants: list[str], root: str | Path, progr
         config = dataclasses.replace(base, model=dataclasses.replace(base.model, attention=variant))
         workdir = Path(root) / variant
         summary = train_and_evaluate(config, workdir, progress=progress)
-        config = dataclasses.replace(config, model=dataclasses.replace(
-            config.model, vocab_size=summary.get("vocab_size", config.model.vocab_size)))
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, vocab_size=summary["vocab_size"]))
         train = [r for r in read_metrics(workdir / "metrics.jsonl") if r["split"] == "train"]
         rates = [r["tokens_per_second"] for r in train[1:]] or [r["tokens_per_second"] for r in train]
         memory = train_step_memory_bytes(config)

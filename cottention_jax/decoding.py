@@ -75,38 +75,42 @@ def prefill(model: nnx.Module, prompt: jax.Array, prompt_mask: jax.Array | None 
     return model(prompt, padding_mask=prompt_mask, decode=True)[:, -1]
 
 
-def make_decode_step(model: nnx.Module) -> tuple[Callable, nnx.State]:
-    """A jitted single-token step `(cache, tokens (B,)) -> (logits (B, V), cache)` and the current cache.
+def _cached_call(graphdef, cache, rest, tokens, padding_mask=None):
+    """One decode-mode call of the model rebuilt from its parts: (last logits (B, V), new cache)."""
+    model = nnx.merge(graphdef, cache, rest)
+    logits = model(tokens, padding_mask=padding_mask, decode=True)[:, -1]
+    return logits, nnx.state(model, nnx.Cache)
 
-    Call after `prefill` (or `model.init_cache`). The step closes over the
-    parameters; only the cache goes in and out.
+
+def make_decode_step(model: nnx.Module) -> tuple[Callable, nnx.State]:
+    """A jitted step `(cache, tokens) -> (last logits (B, V), cache)` and the current cache.
+
+    tokens: (B,) for one new token per row, or (B, T) for a chunk (e.g. a long prompt
+    prefilled piece by piece). Call after `prefill` or `model.init_cache`. The step
+    closes over the parameters; only the cache goes in and out.
     """
     graphdef, cache, rest = nnx.split(model, nnx.Cache, ...)
 
     @jax.jit
     def step(cache, tokens):
-        m = nnx.merge(graphdef, cache, rest)
-        logits = m(tokens[:, None], decode=True)[:, -1]
-        return logits, nnx.state(m, nnx.Cache)
+        tokens = tokens[:, None] if tokens.ndim == 1 else tokens
+        return _cached_call(graphdef, cache, rest, tokens)
 
     return step, cache
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_k"))
 def _generate(graphdef, cache, rest, prompt, prompt_mask, key, *, max_new_tokens, temperature, top_k):
-    model = nnx.merge(graphdef, cache, rest)
-    logits = model(prompt, padding_mask=prompt_mask, decode=True)[:, -1]     # prefill: (B, V)
+    logits, cache = _cached_call(graphdef, cache, rest, prompt, prompt_mask)   # prefill: (B, V)
 
     def body(carry, _):
         cache, logits, key = carry
         key, sub = jax.random.split(key)
         tokens = sample_logits(logits, sub, temperature=temperature, top_k=top_k)
-        m = nnx.merge(graphdef, cache, rest)
-        logits = m(tokens[:, None], decode=True)[:, -1]
-        return (nnx.state(m, nnx.Cache), logits, key), tokens
+        logits, cache = _cached_call(graphdef, cache, rest, tokens[:, None])
+        return (cache, logits, key), tokens
 
-    init = (nnx.state(model, nnx.Cache), logits, key)
-    (cache, _, _), tokens = jax.lax.scan(body, init, None, length=max_new_tokens)
+    (cache, _, _), tokens = jax.lax.scan(body, (cache, logits, key), None, length=max_new_tokens)
     return tokens.T, cache
 
 

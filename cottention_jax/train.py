@@ -27,6 +27,7 @@ from tqdm import tqdm
 from cottention_jax import data as data_lib
 from cottention_jax import decoding
 from cottention_jax.checkpoint import Checkpointer
+from cottention_jax.layers import CosineAttention
 from cottention_jax.configs import OptimConfig, TrainConfig, from_dict, to_dict
 from cottention_jax.metrics import MetricsWriter, plot_training_curves, safe_exp
 from cottention_jax.models import GPT, Bert
@@ -123,11 +124,8 @@ def prepare_data(config: TrainConfig) -> DataBundle:
 
 def stabilizer_values(model: nnx.Module) -> list[np.ndarray]:
     """sigmoid(m) of every cosine attention layer, in layer order: a list of (heads,) arrays."""
-    found = []
-    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        if path[-1] == "stabilizer":
-            found.append((path, np.asarray(jax.nn.sigmoid(var[...]))))
-    return [v for _, v in sorted(found, key=lambda pv: [str(p).zfill(4) for p in pv[0]])]
+    return [np.asarray(jax.nn.sigmoid(layer.stabilizer[...]))
+            for _, layer in nnx.iter_graph(model) if isinstance(layer, CosineAttention)]
 
 
 def make_train_step(kind: str):

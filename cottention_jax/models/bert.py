@@ -12,11 +12,11 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 from cottention_jax.layers import positions_from_mask
-from cottention_jax.models.common import FeedForward, check_model_config, make_attention, preset
+from cottention_jax.models.common import (FeedForward, check_model_config, make_attention, preset,
+                                         weighted_cross_entropy)
 
 __all__ = ["Bert", "BertConfig", "BERT_PRESETS", "bert_config", "classification_loss", "mlm_loss"]
 
@@ -141,11 +141,9 @@ class Bert(nnx.Module):
 
 def mlm_loss(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:
     """Mean cross-entropy over the selected positions: logits (B, T, V), labels/weights (B, T)."""
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    weights = weights.astype(jnp.float32)
-    return (losses * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+    return weighted_cross_entropy(logits, labels, weights)[0]
 
 
 def classification_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean cross-entropy: logits (B, C), labels (B,) int."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return weighted_cross_entropy(logits, labels)[0]

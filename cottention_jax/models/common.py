@@ -7,13 +7,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 from cottention_jax import recurrent_softmax as rs
 from cottention_jax.layers import CosineAttention, SoftmaxAttention
 from cottention_jax.rnn_attention import RecurrentSoftmaxAttention
 
-__all__ = ["ATTENTION_TYPES", "FeedForward", "attention_names", "check_model_config", "make_attention", "preset"]
+__all__ = ["ATTENTION_TYPES", "FeedForward", "attention_names", "check_model_config", "make_attention", "preset",
+           "weighted_cross_entropy"]
 
 ATTENTION_TYPES = {"cosine": CosineAttention, "softmax": SoftmaxAttention}
 
@@ -65,3 +67,17 @@ def preset(presets: dict[str, Any], name: str, **overrides):
     if name not in presets:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(presets)}")
     return dataclasses.replace(presets[name], **overrides)
+
+
+def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None):
+    """Mean cross-entropy (nats) over weighted positions, and the sums behind it.
+
+    logits (..., V), labels (...) int, weights (...) or None (all 1). Returns
+    (loss_sum / max(count, 1), {"loss_sum", "correct", "count"}): the sums let an
+    evaluation over many batches divide once, so padding (weight 0) never counts.
+    """
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    weights = jnp.ones(losses.shape, jnp.float32) if weights is None else weights.astype(jnp.float32)
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    sums = {"loss_sum": (losses * weights).sum(), "correct": (correct * weights).sum(), "count": weights.sum()}
+    return sums["loss_sum"] / jnp.maximum(sums["count"], 1.0), sums

@@ -14,11 +14,11 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 from cottention_jax.layers import positions_from_mask
-from cottention_jax.models.common import FeedForward, check_model_config, make_attention, preset
+from cottention_jax.models.common import (FeedForward, check_model_config, make_attention, preset,
+                                         weighted_cross_entropy)
 
 __all__ = ["GPT", "GPTConfig", "GPT_PRESETS", "gpt_config", "lm_loss", "perplexity"]
 
@@ -141,11 +141,7 @@ class GPT(nnx.Module):
 
 def lm_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None) -> jax.Array:
     """Mean next-token cross-entropy (nats): logits (B, T, V), targets (B, T) int, weights (B, T)."""
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
-    if weights is None:
-        return losses.mean()
-    weights = weights.astype(jnp.float32)
-    return (losses * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+    return weighted_cross_entropy(logits, targets, weights)[0]
 
 
 def perplexity(mean_loss) -> jax.Array:
