@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -47,3 +48,19 @@ def padding_mask(kind: str, b: int, t: int, key=None):
     if kind == "left":
         return pos >= (t - lengths)[:, None]
     raise ValueError(kind)
+
+
+def export_for_h100(fn, *args):
+    """jax.export of jit(fn) for platform cuda with an abstract H100 as the target device.
+
+    This runs the Pallas -> Triton lowering (power-of-two shapes, dot operand types, supported
+    ops) without a GPU; PTX compilation and execution still need one.
+    """
+    from jax.sharding import AbstractDevice, AbstractMesh, use_abstract_mesh  # noqa: PLC0415
+
+    h100 = AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="cuda")
+    # Pallas/Triton calls have no export compatibility guarantee; this only checks the lowering.
+    unchecked = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+    with warnings.catch_warnings(), use_abstract_mesh(AbstractMesh((1,), ("x",), abstract_device=h100)):
+        warnings.simplefilter("ignore", DeprecationWarning)  # the Triton backend's deprecation notice
+        return jax.export.export(jax.jit(fn), platforms=["cuda"], disabled_checks=unchecked)(*args)

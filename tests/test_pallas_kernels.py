@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +22,7 @@ import pytest
 
 import cottention_jax as ca
 from pallas_kernels.cosine_attn import chunked, reference
-from tests._util import fresh_key, padding_mask, random_qkv, rel_error
+from tests._util import export_for_h100, fresh_key, padding_mask, random_qkv, rel_error
 
 F32_TOL, LOW_TOL = 1e-5, 2e-2  # float32 (interpret mode is exact f32); bf16 / fp16
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -210,18 +209,6 @@ def test_core_rejects_bad_shapes():
 
 # ----------------------------------------------------------------------------- CUDA lowering without a GPU
 
-def _export_for_h100(fn, *args):
-    """jax.export for platform cuda with an abstract H100 as the target device."""
-    from jax.sharding import AbstractDevice, AbstractMesh, use_abstract_mesh  # noqa: PLC0415
-
-    h100 = AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="cuda")
-    # Pallas/Triton calls have no export compatibility guarantee; this only checks the lowering.
-    unchecked = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
-    with warnings.catch_warnings(), use_abstract_mesh(AbstractMesh((1,), ("x",), abstract_device=h100)):
-        warnings.simplefilter("ignore", DeprecationWarning)  # the Triton backend's deprecation notice
-        return jax.export.export(jax.jit(fn), platforms=["cuda"], disabled_checks=unchecked)(*args)
-
-
 def _loss_and_grads(block_sizes):
     def loss(q, k, v, key_scale, s0):
         out, final = chunked.causal_linear_attention(q, k, v, key_scale, s0, block_sizes=block_sizes)
@@ -242,7 +229,7 @@ def test_forward_and_backward_lower_for_cuda(dim, dtype, segments):
             spec((b, t, h), jnp.float32), spec((b, h, dim, dim), jnp.float32))
     sizes = chunked.BlockSizes.get_default(dtype, dim, dim)
     sizes = chunked.BlockSizes(**{**sizes.__dict__, "segments": segments})
-    exported = _export_for_h100(_loss_and_grads(sizes), *args)
+    exported = export_for_h100(_loss_and_grads(sizes), *args)
     module = exported.mlir_module()
     # forward, dQ, dK, dV kernels; with segments also the per-segment sums (fwd: K~^T V;
     # bwd: K~^T V again and Q^T dO).
