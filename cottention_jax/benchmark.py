@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import jax
 
-__all__ = ["compiled_memory_bytes", "describe_device", "device_peak_bytes", "host_memory_bytes",
+__all__ = ["compiled_bytes", "compiled_memory_bytes", "describe_device", "device_peak_bytes", "host_memory_bytes",
            "median_time"]
 
 
@@ -41,7 +41,12 @@ def compiled_memory_bytes(jitted: Callable[..., Any], *args) -> int | None:
     Known before running (so a program that cannot fit need not be run), and
     the same figure on every backend; None where the backend gives no analysis.
     """
-    analysis = jitted.lower(*args).compile().memory_analysis()
+    return compiled_bytes(jitted.lower(*args).compile())
+
+
+def compiled_bytes(compiled) -> int | None:
+    """`compiled_memory_bytes` of an already compiled executable (`jit(f).lower(...).compile()`)."""
+    analysis = compiled.memory_analysis()
     if analysis is None:
         return None
     return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes

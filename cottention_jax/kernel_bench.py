@@ -1,12 +1,12 @@
 """Measuring the causal linear-attention kernels (used by experiments/bench_kernels.py).
 
 A model of the work of one call (useful FLOPs, least HBM bytes, the device's peak
-bandwidth), the JAX measurement of one (implementation, head dim, mode) over the
-sequence lengths, and the results' throughput and Markdown table. Implementations:
-  pallas   pallas_kernels.cosine_attn.chunked (once per pallas config: "default" or
-           chunk,block_k,block_v,num_warps,num_stages,segments|auto)
+bandwidth), the JAX measurement of every (implementation, mode, sequence length) at
+one head dim in one process, and the results' throughput and Markdown table.
+Implementations:
+  pallas   pallas_kernels.cosine_attn.chunked with its default (tuned) block sizes
   xla      pallas_kernels.cosine_attn.xla (chunk-parallel jnp)
-  softmax  jax.nn.dot_product_attention(is_causal=True), cuDNN flash where it compiles
+  softmax  jax.nn.dot_product_attention(is_causal=True): cuDNN flash on a GPU, XLA elsewhere
   naive    the quadratic form ((Q K~^T) * M) V
   fla      flash-linear-attention (PyTorch), measured by experiments/bench_fla_worker.py
 Modes: "fwd" and "fwd+bwd" (the VJP in q, k, v from a random dO). FLOP and byte
@@ -16,16 +16,15 @@ models: benchmarks/NOTES.md.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
 
-from cottention_jax.benchmark import compiled_memory_bytes, describe_device, device_peak_bytes, median_time
+from cottention_jax.benchmark import compiled_bytes, median_time
 from pallas_kernels.cosine_attn import chunked, reference, xla
 
-__all__ = ["BenchSettings", "IMPLS", "MODES", "block_sizes_from_text", "flops", "markdown_table",
-           "measure_jax", "min_bytes", "peak_bandwidth", "with_throughput"]
+__all__ = ["BenchSettings", "IMPLS", "MODES", "check_error", "flops", "markdown_table", "measure_jax",
+           "min_bytes", "peak_bandwidth", "with_throughput"]
 
 IMPLS = ("pallas", "xla", "softmax", "naive", "fla")
 MODES = ("fwd", "fwd+bwd")
@@ -48,16 +47,6 @@ class BenchSettings:
     repeats: int
     max_seconds: float
     smoke: bool = False          # tiny shapes, Pallas in interpret mode (CPU)
-
-
-def block_sizes_from_text(text: str):
-    """None (the wrapper's defaults) or a chunked.BlockSizes from a --pallas-configs entry."""
-    if text == "default":
-        return None
-    *sizes, segments = text.split(",")
-    chunk, block_k, block_v, num_warps, num_stages = map(int, sizes)
-    return chunked.BlockSizes(chunk=chunk, block_k=block_k, block_v=block_v, num_warps=num_warps,
-                              num_stages=num_stages, segments=None if segments == "auto" else int(segments))
 
 
 # ----------------------------------------------------------------------------- models of work
@@ -93,16 +82,14 @@ def peak_bandwidth(device_kind: str) -> float | None:
 
 # ----------------------------------------------------------------------------- the JAX measurement
 
-def _jax_fn(impl: str, smoke: bool, pallas_config: str = "default"):
+def _jax_fn(impl: str, smoke: bool):
     """f(q, k, v, key_scale) -> out for one implementation."""
 
     def state0(q, v):
         return jnp.zeros((q.shape[0], q.shape[2], q.shape[3], v.shape[3]), jnp.float32)
 
     if impl == "pallas":
-        sizes = block_sizes_from_text(pallas_config)
-        return lambda q, k, v, w: chunked.causal_linear_attention(
-            q, k, v, w, state0(q, v), interpret=smoke, block_sizes=sizes)[0]
+        return lambda q, k, v, w: chunked.causal_linear_attention(q, k, v, w, state0(q, v), interpret=smoke)[0]
     if impl == "xla":
         return lambda q, k, v, w: xla.chunked_linear_attention(q, k, v, w, state0(q, v))[0]
     if impl == "naive":
@@ -113,11 +100,8 @@ def _jax_fn(impl: str, smoke: bool, pallas_config: str = "default"):
             scores = jnp.where(jnp.tril(jnp.ones((t, t), bool)), scores, 0.0).astype(q.dtype)
             return jnp.einsum("bhts,bshe->bthe", scores, v)
         return naive
-
-    def softmax(q, k, v, w, implementation):
-        del w
-        return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
-    return softmax
+    implementation = None if smoke or jax.default_backend() != "gpu" else "cudnn"   # cuDNN flash on a GPU
+    return lambda q, k, v, w: jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
 
 
 def _reference_fn(impl: str):
@@ -151,85 +135,86 @@ def _inputs(b, t, h, d, dtype, seed):
     return [q, k, v, w, do]
 
 
-def _build(impl, mode, smoke, softmax_impl, pallas_config):
-    """The jitted call that is timed: args (q, k, v, w, dO)."""
-
-    fn = _jax_fn(impl, smoke, pallas_config)
-    if impl == "softmax":
-        fn = functools.partial(fn, implementation=softmax_impl)
+def _timed_call(fn, mode):
+    """The call that is timed, args (q, k, v, w, dO): the output, or the VJP in q, k, v."""
     if mode == "fwd":
-        return jax.jit(lambda q, k, v, w, do: fn(q, k, v, w)), fn
+        return lambda q, k, v, w, do: fn(q, k, v, w)
+
     def fwd_bwd(q, k, v, w, do):
         out, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, w), q, k, v)
         return vjp(do)
-    return jax.jit(fwd_bwd), fn
+    return fwd_bwd
 
 
-def _check(impl, mode, fn, args):
-    """Max relative error (Frobenius) of out or (dq, dk, dv) vs the float32 reference, batch 0."""
+def check_error(impl: str, mode: str, d: int, settings: BenchSettings) -> float:
+    """Max relative error (Frobenius) of out or (dq, dk, dv) vs the float32 reference, on a slice
+    (batch 1, <= 512 positions, <= 4 heads) so the check costs little at any benchmark size."""
+    q, k, v, w, do = _inputs(1, min(512, max(settings.seqs)), min(4, settings.heads), d, settings.dtype, seed=7)
+    got = jax.jit(_timed_call(_jax_fn(impl, settings.smoke), mode))(q, k, v, w, do)
+    want = jax.jit(_timed_call(_reference_fn(impl), mode))(q, k, v, w, do.astype(jnp.float32))
+    got, want = jax.tree.leaves(got), jax.tree.leaves(want)
 
-    q, k, v, w, do = (x[:1] for x in args)
-    ref = _reference_fn(impl)
     def rel(a, e):
         a, e = jnp.asarray(a, jnp.float32), jnp.asarray(e, jnp.float32)
         return float(jnp.linalg.norm(a - e) / jnp.maximum(jnp.linalg.norm(e), 1e-30))
-    if mode == "fwd":
-        return rel(fn(q, k, v, w), ref(q, k, v, w))
-    got = jax.vjp(lambda q, k, v: fn(q, k, v, w), q, k, v)[1](do)
-    want = jax.vjp(lambda q, k, v: ref(q, k, v, w), q, k, v)[1](do.astype(jnp.float32))
     return max(rel(a, e) for a, e in zip(got, want))
 
 
-def _softmax_implementation(smoke, d, dtype):
-    """"cudnn" where it compiles here for this head dim and dtype, else None (XLA)."""
-
-    if smoke or jax.default_backend() != "gpu":
-        return None
-    x = jnp.zeros((1, 128, 1, d), dtype)
-    try:
-        jax.jit(lambda x: jax.nn.dot_product_attention(x, x, x, is_causal=True,
-                                                       implementation="cudnn")).lower(x).compile()
-        return "cudnn"
-    except Exception:  # noqa: BLE001  (no cuDNN flash for this build / device)
-        return None
+def _fits(impl: str, t: int, settings: BenchSettings, limit: int | None) -> bool:
+    """Quadratic forms (naive; softmax off-GPU) are skipped when the T x T scores exceed 60% of memory."""
+    quadratic = impl == "naive" or (impl == "softmax" and (settings.smoke or jax.default_backend() != "gpu"))
+    return not (quadratic and limit and 4.0 * settings.batch * settings.heads * t * t * 4 > 0.6 * limit)
 
 
-def measure_jax(impl: str, d: int, mode: str, settings: BenchSettings, pallas_config: str = "default") -> list[dict]:
-    """Rows for one implementation, head dim and mode over settings.seqs (increasing), each checked
-    (first length) against a float32 reference, timed, and with compiled and peak memory."""
+def measure_jax(impls, d: int, settings: BenchSettings, log=print) -> list[dict]:
+    """Rows for every (impl, mode, seq) at head dim d, in one process.
+
+    For each sequence length the inputs are made once and shared; each (impl, mode)
+    is compiled once (`lower().compile()`: its memory analysis and its timing use that
+    one executable), then timed. After an (impl, mode) fails (e.g. out of memory) its
+    longer sequences are skipped. Memory is XLA's buffer assignment of the call
+    (arguments + outputs + temporaries), exact per call without a process per row.
+    """
     dtype = jnp.dtype(settings.dtype)
-    device = describe_device()["device"]
     stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
     limit = (stats or {}).get("bytes_limit")
-    softmax_impl = _softmax_implementation(settings.smoke, d, dtype) if impl == "softmax" else None
-    pallas_variant = ("interpret " if settings.smoke else "") + pallas_config
-    variant = {"softmax": softmax_impl or "xla", "pallas": pallas_variant}.get(impl, "")
-    step, fn = _build(impl, mode, settings.smoke, softmax_impl, pallas_config)
-    rows, failed = [], None
-    for i, t in enumerate(sorted(settings.seqs)):
-        row = {"impl": impl, "variant": variant, "mode": mode, "batch": settings.batch, "seq": t,
-               "heads": settings.heads, "head_dim": d, "dtype": dtype.name}
-        quadratic = impl == "naive" or (impl == "softmax" and softmax_impl is None)
-        if failed:
-            rows.append({**row, "status": f"skipped after {failed}"})
-            continue
-        if quadratic and limit and 4.0 * settings.batch * settings.heads * t * t * 4 > 0.6 * limit:
-            rows.append({**row, "status": "skipped: T x T scores do not fit"})
-            continue
-        try:
-            inputs = _inputs(settings.batch, t, settings.heads, d, dtype, seed=t)
-            row["compiled_bytes"] = compiled_memory_bytes(step, *inputs)
-            row["max_rel_error"] = _check(impl, mode, fn, inputs) if i == 0 else None
-            row.update(median_time(step, *inputs, warmup=settings.warmup, repeats=settings.repeats,
-                                   max_seconds=settings.max_seconds))
-            row["peak_bytes"] = device_peak_bytes()
-            row["status"] = "ok"
-            del inputs
-        except Exception as err:  # noqa: BLE001  (an out-of-memory or lowering failure is a result)
-            failed = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
-            row["status"] = f"error: {failed}"
-        rows.append(row)
-        print(f"[{device}] {impl:8s} {mode:8s} d={d} T={t}: {row['status']}", flush=True)
+    variant = {"softmax": "xla" if settings.smoke or jax.default_backend() != "gpu" else "cudnn",
+               "pallas": "interpret" if settings.smoke else "tuned defaults"}
+    fns = {impl: _jax_fn(impl, settings.smoke) for impl in impls}
+    rows, failed = [], {}
+    for t in sorted(settings.seqs):
+        inputs = _inputs(settings.batch, t, settings.heads, d, dtype, seed=t)
+        for impl in impls:
+            for mode in MODES:
+                row = {"impl": impl, "variant": variant.get(impl, ""), "mode": mode, "batch": settings.batch,
+                       "seq": t, "heads": settings.heads, "head_dim": d, "dtype": dtype.name}
+                if (impl, mode) in failed:
+                    row["status"] = f"skipped after {failed[impl, mode]}"
+                elif not _fits(impl, t, settings, limit):
+                    row["status"] = "skipped: T x T scores do not fit"
+                else:
+                    try:
+                        compiled = jax.jit(_timed_call(fns[impl], mode)).lower(*inputs).compile()
+                        row["compiled_bytes"] = compiled_bytes(compiled)
+                        row.update(median_time(compiled, *inputs, warmup=settings.warmup, repeats=settings.repeats,
+                                               max_seconds=settings.max_seconds))
+                        row["status"] = "ok"
+                        del compiled
+                    except Exception as err:  # noqa: BLE001  (an out-of-memory or lowering failure is a result)
+                        failed[impl, mode] = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
+                        row["status"] = f"error: {failed[impl, mode]}"
+                rows.append(row)
+                log(f"{impl:8s} {mode:8s} d={d} T={t}: {row['status']}")
+        del inputs
+    for impl in impls:                     # correctness, once per (impl, mode), on a small slice
+        for mode in MODES:
+            try:
+                error = check_error(impl, mode, d, settings)
+            except Exception:  # noqa: BLE001  (the rows already carry the failure)
+                error = None
+            for row in rows:
+                if row["impl"] == impl and row["mode"] == mode:
+                    row["max_rel_error"] = error
     return rows
 
 
@@ -253,15 +238,18 @@ def with_throughput(row: dict, bandwidth: float | None) -> dict:
 def markdown_table(result: dict) -> str:
     head = (f"Causal attention, {result['dtype']}, B={result['batch']}, H={result['heads']} on "
             f"{result['device']}, jax {result['jax_version']}, {result['date']}"
-            f"{' (SMOKE: tiny shapes, CPU interpret mode; not a measurement)' if result['smoke'] else ''}\n\n")
-    lines = ["| impl | mode | D | T | ms | TFLOP/s | GB/s | % mem roofline | peak MiB | status |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+            f"{' (SMOKE: tiny shapes, CPU interpret mode; not a measurement)' if result['smoke'] else ''}. "
+            "Memory: XLA's buffer assignment of the call (JAX rows), the allocator's peak (FLA, marked *).\n\n")
+    lines = ["| impl | mode | D | T | ms | TFLOP/s | GB/s | % mem roofline | memory MiB | max rel. error | status |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         ok = r.get("status") == "ok"
         fmt = lambda key, spec: format(r[key], spec) if ok and r.get(key) is not None else "-"  # noqa: E731
         roof = f"{100 * r['roofline_fraction']:.0f}" if ok and r.get("roofline_fraction") else "-"
-        peak = f"{r['peak_bytes'] / 2**20:.0f}" if r.get("peak_bytes") else "-"
+        memory = (f"{r['compiled_bytes'] / 2**20:.0f}" if r.get("compiled_bytes") else
+                  f"{r['peak_bytes'] / 2**20:.0f}*" if r.get("peak_bytes") else "-")
+        error = f"{r['max_rel_error']:.1e}" if r.get("max_rel_error") is not None else "-"
         name = r["impl"] + (f" ({r['variant']})" if r.get("variant") else "")
         lines.append(f"| {name} | {r['mode']} | {r['head_dim']} | {r['seq']} | {fmt('median_ms', '.3f')} | "
-                     f"{fmt('tflops', '.1f')} | {fmt('gbps', '.0f')} | {roof} | {peak} | {r['status']} |")
+                     f"{fmt('tflops', '.1f')} | {fmt('gbps', '.0f')} | {roof} | {memory} | {error} | {r['status']} |")
     return head + "\n".join(lines) + "\n"

@@ -1,6 +1,8 @@
 """Worker of bench_kernels.py: flash-linear-attention's chunk_linear_attn (PyTorch/Triton), the
 external yardstick, on the same shapes as the JAX rows. A process of its own that never imports jax,
-so neither framework's allocator sees the other. Writes its rows as JSON to --out.
+so neither framework's allocator sees the other. Every (head dim, mode, length) runs in this one
+process; if torch, CUDA or fla is missing, every row says so (no separate probe). Writes its rows as
+JSON to --out.
 """
 
 import argparse
@@ -11,12 +13,21 @@ import statistics
 import sys
 
 
-def measure(args) -> list[dict]:
+def _unavailable() -> str | None:
+    """Why FLA cannot run here, or None."""
+    try:
+        import torch  # noqa: PLC0415
+        import fla.ops.linear_attn  # noqa: F401, PLC0415
+    except Exception as err:  # noqa: BLE001
+        return f"not run: flash-linear-attention does not import here ({type(err).__name__}: {err})"[:200]
+    return None if torch.cuda.is_available() else "not run: torch sees no CUDA device"
+
+
+def measure(args, d: int, mode: str) -> list[dict]:
     """flash-linear-attention's chunk_linear_attn on the same shapes; never imports jax."""
     import torch  # noqa: PLC0415
     from fla.ops.linear_attn import chunk_linear_attn  # noqa: PLC0415
 
-    d, mode = args.head_dim, args.mode
     dtype = getattr(torch, args.dtype)
     options = {"scale": 1.0, "normalize": False}
     if "head_first" in inspect.signature(chunk_linear_attn).parameters:
@@ -54,14 +65,15 @@ def measure(args) -> list[dict]:
         except Exception as err:  # noqa: BLE001
             row["status"] = f"error: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
         rows.append(row)
+        q = k = v = do = None             # free this length's tensors before the next one
+        torch.cuda.empty_cache()
         print(f"[fla] {mode:8s} d={d} T={t}: {row['status']}", flush=True)
     return rows
 
 
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--head-dim", type=int, required=True)
-    p.add_argument("--mode", choices=["fwd", "fwd+bwd"], required=True)
+    p.add_argument("--dims", type=int, nargs="+", required=True)
     p.add_argument("--seqs", type=int, nargs="+", required=True)
     p.add_argument("--batch", type=int, required=True)
     p.add_argument("--heads", type=int, required=True)
@@ -71,7 +83,16 @@ def main(argv):
     p.add_argument("--max-seconds", type=float, default=20.0)
     p.add_argument("--out", type=pathlib.Path, required=True)
     args = p.parse_args(argv)
-    args.out.write_text(json.dumps(measure(args)))
+    why = _unavailable()
+    modes = ("fwd", "fwd+bwd")
+    if why:
+        print(f"[fla] {why}", flush=True)
+        rows = [{"impl": "fla", "variant": "chunk_linear_attn", "mode": m, "batch": args.batch, "seq": t,
+                 "heads": args.heads, "head_dim": d, "dtype": args.dtype, "status": why}
+                for d in args.dims for m in modes for t in args.seqs]
+    else:
+        rows = [row for d in args.dims for m in modes for row in measure(args, d, m)]
+    args.out.write_text(json.dumps(rows))
 
 
 if __name__ == "__main__":

@@ -3,4 +3,6 @@
 reference.py  the quadratic float32 specification (the truth every other form is tested against)
 xla.py        chunked prefix scan in jnp + lax.scan with a two-sweep custom_vjp (any backend)
 chunked.py    the same chunked algorithm as Pallas (Triton) GPU kernels
+launch_table.py  the kernels' tuned launch parameters by device, dtype and head dim (a JSON table)
+tune.py       measures those parameters on a GPU (experiments/tune_kernels.py)
 """

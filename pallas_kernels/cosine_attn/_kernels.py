@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,23 +41,28 @@ _SQ = pl.squeezed  # a block dimension of size 1 that the kernel does not see
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """Static facts a kernel needs: every size here is a power of two except the counts."""
+    """Static facts the kernels of one pass (forward or backward) need; hashable.
+
+    Every size here is a power of two except the counts. forward / dq / dk / dv
+    are `chunked.KernelLaunch`es (block, num_warps, num_stages), their blocks
+    already clipped to the padded head dims.
+    """
 
     chunk: int                 # C, positions per chunk
     n_chunks: int              # Tp / C
     chunks_per_segment: int    # chunks walked by one program
     n_segments: int            # ceil(n_chunks / chunks_per_segment)
     group: int                 # query heads per kv head (GQA)
-    block_k: int               # BK, d_k columns per dQ / dK program
-    block_v: int               # BV, d_v columns per forward / dV program
-    num_warps: int
-    num_stages: int
+    forward: Any               # BV = forward.block, d_v columns per forward program
+    dq: Any                    # BK = dq.block, d_k columns per dQ program
+    dk: Any                    # BK = dk.block, d_k columns per dK~ program
+    dv: Any                    # BV = dv.block, d_v columns per dV program
     precision: lax.Precision | None  # HIGHEST for float32 inputs (IEEE dots), else None
 
 
-def compiler_params(plan: Plan):
+def compiler_params(launch):
     """Explicit Triton parameters: this is also what routes the call to the Triton backend."""
-    return _TritonParams(num_warps=plan.num_warps, num_stages=plan.num_stages)
+    return _TritonParams(num_warps=launch.num_warps, num_stages=launch.num_stages)
 
 
 # ----------------------------------------------------------------------------- in-kernel helpers
@@ -219,10 +225,10 @@ def _kv_head(group: int):
     return lambda h: h // group
 
 
-def _call(kernel, plan: Plan, name: str, grid, in_specs, out_specs, out_shape, interpret: bool):
+def _call(kernel, plan: Plan, launch, name: str, grid, in_specs, out_specs, out_shape, interpret: bool):
     return pl.pallas_call(
         functools.partial(kernel, plan=plan), out_shape=out_shape, grid=grid,
-        in_specs=in_specs, out_specs=out_specs, compiler_params=compiler_params(plan),
+        in_specs=in_specs, out_specs=out_specs, compiler_params=compiler_params(launch),
         interpret=interpret, name=name)
 
 
@@ -235,10 +241,10 @@ def forward(q, k, v, w, s_in, plan: Plan, interpret: bool):
     """
     b, tp, h, dk = q.shape
     dv = v.shape[-1]
-    bv = plan.block_v
+    bv = plan.forward.block
     kv_head = _kv_head(plan.group)
     return _call(
-        _forward_kernel, plan, "cosine_linear_attention_fwd",
+        _forward_kernel, plan, plan.forward, "cosine_linear_attention_fwd",
         grid=(dv // bv, b, h, plan.n_segments),
         in_specs=[_seq_spec(tp, dk, _own_head, False), _seq_spec(tp, dk, kv_head, False),
                   _seq_spec(tp, bv, kv_head, True), _scale_spec(tp), _state_spec(dk, bv, False)],
@@ -252,10 +258,10 @@ def backward_dq(k, v, w, do, h_in, plan: Plan, interpret: bool):
     """k (B,Tp,KV,Dk), v (B,Tp,KV,Dv), w (B,H,Tp), do (B,Tp,H,Dv), h_in (B,H,NS,Dk,Dv) -> dq (B,Tp,H,Dk)."""
     b, tp, h, dv = do.shape
     dk = k.shape[-1]
-    bk = plan.block_k
+    bk = plan.dq.block
     kv_head = _kv_head(plan.group)
     return _call(
-        _dq_kernel, plan, "cosine_linear_attention_dq",
+        _dq_kernel, plan, plan.dq, "cosine_linear_attention_dq",
         grid=(dk // bk, b, h, plan.n_segments),
         in_specs=[_seq_spec(tp, bk, kv_head, True), _seq_spec(tp, dv, kv_head, False),
                   _scale_spec(tp), _seq_spec(tp, dv, _own_head, False), _state_spec(bk, dv, True)],
@@ -268,11 +274,11 @@ def backward_dk(q, k, v, w, do, g_in, dk_dtype, plan: Plan, interpret: bool):
     """-> dk_per_head (B,Tp,H,Dk) = w dK~ in dk_dtype, dw_parts (B,H,Dk/BK,Tp) float32."""
     b, tp, h, dk = q.shape
     dv = v.shape[-1]
-    bk = plan.block_k
+    bk = plan.dk.block
     kv_head = _kv_head(plan.group)
     dw_spec = pl.BlockSpec((_SQ, _SQ, _SQ, tp), lambda j, b_, h_, s: (b_, h_, j, 0))
     return _call(
-        _dk_kernel, plan, "cosine_linear_attention_dk",
+        _dk_kernel, plan, plan.dk, "cosine_linear_attention_dk",
         grid=(dk // bk, b, h, plan.n_segments),
         in_specs=[_seq_spec(tp, bk, _own_head, True), _seq_spec(tp, bk, kv_head, True),
                   _seq_spec(tp, dv, kv_head, False), _scale_spec(tp),
@@ -287,10 +293,10 @@ def backward_dv(q, k, w, do, g_in, dv_dtype, plan: Plan, interpret: bool):
     """-> dv_per_head (B,Tp,H,Dv) in dv_dtype, g_out (B,H,NS,Dk,Dv) float32 = G at segment start."""
     b, tp, h, dk = q.shape
     dv = do.shape[-1]
-    bv = plan.block_v
+    bv = plan.dv.block
     kv_head = _kv_head(plan.group)
     return _call(
-        _dv_kernel, plan, "cosine_linear_attention_dv",
+        _dv_kernel, plan, plan.dv, "cosine_linear_attention_dv",
         grid=(dv // bv, b, h, plan.n_segments),
         in_specs=[_seq_spec(tp, dk, _own_head, False), _seq_spec(tp, dk, kv_head, False),
                   _scale_spec(tp), _seq_spec(tp, bv, _own_head, True), _state_spec(dk, bv, False)],
@@ -300,15 +306,16 @@ def backward_dv(q, k, w, do, g_in, dv_dtype, plan: Plan, interpret: bool):
         interpret=interpret)(q, k, w, do, g_in)
 
 
-def segment_sums(x, y, w, heads: int, x_group: int, y_group: int, plan: Plan, interpret: bool):
+def segment_sums(x, y, w, heads: int, x_group: int, y_group: int, plan: Plan, launch, interpret: bool):
     """Per-segment sum_i (w_i x_i)^T y_i for every query head: -> (B, heads, NS, Dk, Dv) float32.
 
     x (B,Tp,X,Dk) is read at head h // x_group, y (B,Tp,Y,Dv) at h // y_group;
-    w (B,heads,Tp) or None (no scaling).
+    w (B,heads,Tp) or None (no scaling). Launched with `launch` (blocks of d_v),
+    the parameters of the kernel these sums feed.
     """
     b, tp, _, dk = x.shape
     dv = y.shape[-1]
-    bv = plan.block_v
+    bv = launch.block
     in_specs = [_seq_spec(tp, dk, _kv_head(x_group), False), _seq_spec(tp, bv, _kv_head(y_group), True)]
     args = [x, y]
     if w is not None:
@@ -316,7 +323,7 @@ def segment_sums(x, y, w, heads: int, x_group: int, y_group: int, plan: Plan, in
         args.append(w)
     kernel = functools.partial(_segment_sum_kernel, scaled=w is not None)
     return _call(
-        kernel, plan, "cosine_linear_attention_segment_sums",
+        kernel, plan, launch, "cosine_linear_attention_segment_sums",
         grid=(dv // bv, b, heads, plan.n_segments), in_specs=in_specs,
         out_specs=_state_spec(dk, bv, False),
         out_shape=jax.ShapeDtypeStruct((b, heads, plan.n_segments, dk, dv), _F32),

@@ -46,9 +46,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pallas_kernels.cosine_attn import _kernels
+from pallas_kernels.cosine_attn import _kernels, launch_table
 
-__all__ = ["BlockSizes", "causal_linear_attention"]
+__all__ = ["BlockSizes", "KernelLaunch", "causal_linear_attention"]
 
 _F32 = jnp.float32
 _MIN_PROGRAMS = 132              # one program per SM of an H100; fewer leaves SMs idle
@@ -65,71 +65,133 @@ def _padded_dim(d: int) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class BlockSizes:
-    """Tile sizes and launch parameters of the kernels (static; hashable).
+class KernelLaunch:
+    """Launch parameters of one kernel (static; hashable).
 
-    chunk:      C, positions per chunk (C x C in-chunk block).
-    block_k:    d_k columns per program of the dQ and dK kernels.
-    block_v:    d_v columns per program of the forward and dV kernels.
-    num_warps, num_stages: Triton launch parameters for every kernel.
-    segments:   sequence pieces run in parallel; None picks 1 unless the grid
+    block:      head-dim columns per program: of d_v for the forward and dV
+                kernels, of d_k for dQ and dK~ (clipped to the padded head dim).
+    num_warps, num_stages: Triton's warps per program and software-pipeline stages.
+    """
+
+    block: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def __post_init__(self):
+        if not (_is_pow2(self.block) and self.block >= 16):
+            raise ValueError(f"KernelLaunch.block must be a power of two >= 16 (Triton needs "
+                             f"power-of-two tiles); got block={self.block}")
+        if not (_is_pow2(self.num_warps) and self.num_warps <= 32):
+            raise ValueError(f"KernelLaunch.num_warps must be a power of two <= 32; got {self.num_warps}")
+        if self.num_stages < 1:
+            raise ValueError(f"KernelLaunch.num_stages must be >= 1; got {self.num_stages}")
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSizes:
+    """Tile sizes and launch parameters of the four kernels (static; hashable).
+
+    chunk:      C, positions per chunk (C x C in-chunk block), shared by all kernels.
+    forward, dq, dk, dv: a `KernelLaunch` per kernel; the best launch differs
+                between them (see benchmarks/NOTES.md).
+    segments:   sequence pieces run in parallel; None picks 1 unless a pass's grid
                 would have fewer programs than an H100 has SMs (132), then
                 doubles it while every segment keeps >= 16 chunks. Each extra
                 segment costs one more read of k, v (and q, dO in the backward).
-    Block sizes larger than the (padded) head dim are clipped to it.
+
+    `BlockSizes.uniform(...)` gives all four kernels one launch;
+    `BlockSizes.get_default(dtype, dk, dv)` is the tuned table's entry for the
+    current device (the default of `causal_linear_attention`).
     """
 
     chunk: int = 64
-    block_k: int = 64
-    block_v: int = 64
-    num_warps: int = 4
-    num_stages: int = 2
+    forward: KernelLaunch = KernelLaunch()
+    dq: KernelLaunch = KernelLaunch()
+    dk: KernelLaunch = KernelLaunch()
+    dv: KernelLaunch = KernelLaunch()
     segments: int | None = None
 
     def __post_init__(self):
-        for name in ("chunk", "block_k", "block_v"):
-            value = getattr(self, name)
-            if not (_is_pow2(value) and value >= 16):
-                raise ValueError(f"BlockSizes.{name} must be a power of two >= 16 (Triton needs "
-                                 f"power-of-two tiles); got {name}={value}")
-        if not (_is_pow2(self.num_warps) and self.num_warps <= 32):
-            raise ValueError(f"BlockSizes.num_warps must be a power of two <= 32; got {self.num_warps}")
-        if self.num_stages < 1:
-            raise ValueError(f"BlockSizes.num_stages must be >= 1; got {self.num_stages}")
+        if not (_is_pow2(self.chunk) and self.chunk >= 16):
+            raise ValueError(f"BlockSizes.chunk must be a power of two >= 16 (Triton needs "
+                             f"power-of-two tiles); got chunk={self.chunk}")
+        for name in launch_table.KERNELS:
+            if not isinstance(getattr(self, name), KernelLaunch):
+                raise ValueError(f"BlockSizes.{name} must be a KernelLaunch; got {getattr(self, name)!r}")
         if self.segments is not None and self.segments < 1:
             raise ValueError(f"BlockSizes.segments must be None or >= 1; got {self.segments}")
 
     @classmethod
-    def get_default(cls, dtype, head_dim_k: int, head_dim_v: int) -> BlockSizes:
-        """Starting points per dtype and head dim (not yet tuned on a GPU; see benchmarks/NOTES.md).
+    def uniform(cls, *, chunk: int = 64, block: int = 64, num_warps: int = 4, num_stages: int = 2,
+                segments: int | None = None) -> BlockSizes:
+        """One launch for all four kernels."""
+        launch = KernelLaunch(block, num_warps, num_stages)
+        return cls(chunk, launch, launch, launch, launch, segments)
 
-        64-wide state blocks keep the float32 state at <= 64 registers per thread with 8 warps
-        for d up to 256; float32 inputs at d >= 256 use C = 32 to halve the operand tiles.
+    @classmethod
+    def from_entry(cls, entry: dict) -> BlockSizes:
+        """From a launch-table entry (see `launch_table`)."""
+        launches = {k: KernelLaunch(**entry[k]) for k in launch_table.KERNELS}
+        return cls(chunk=entry["chunk"], segments=entry.get("segments"), **launches)
+
+    def to_entry(self) -> dict:
+        """The table fields of these sizes: chunk and one launch per kernel."""
+        entry = {"chunk": self.chunk, **{k: dataclasses.asdict(getattr(self, k)) for k in launch_table.KERNELS}}
+        return entry if self.segments is None else {**entry, "segments": self.segments}
+
+    @classmethod
+    def fallback(cls, dtype, head_dim_k: int, head_dim_v: int) -> BlockSizes:
+        """What devices without a tuned entry get; reasoned from the H100 sweep (benchmarks/NOTES.md).
+
+        4 warps and 64-wide blocks for every kernel: on the H100 it was within 3% of the
+        best fwd+bwd config at d = 128 and 20% at d = 64, and it never spills (2 warps
+        with 64-wide blocks spilled registers: 55 ms instead of 1.4 ms). float32 inputs
+        at d >= 256 use C = 32 to halve the operand tiles in shared memory.
         """
         widest = max(_padded_dim(head_dim_k), _padded_dim(head_dim_v))
         wide_f32 = jnp.dtype(dtype) == jnp.float32 and widest >= 256
-        return cls(chunk=32 if wide_f32 else 64, block_k=64, block_v=64,
-                   num_warps=4 if widest <= 64 else 8, num_stages=2)
+        return cls.uniform(chunk=32 if wide_f32 else 64, block=64, num_warps=4, num_stages=2)
+
+    @classmethod
+    def get_default(cls, dtype, head_dim_k: int, head_dim_v: int, device: jax.Device | None = None,
+                    ) -> BlockSizes:
+        """The tuned entry for `device` (default: JAX's first device), dtype and padded head dim,
+        from the tables of `launch_table` (yours first, then the shipped one); else `fallback`."""
+        device = device or jax.devices()[0]
+        widest = max(_padded_dim(head_dim_k), _padded_dim(head_dim_v))
+        entry = launch_table.find_entry(device.device_kind, getattr(device, "compute_capability", None),
+                                        jnp.dtype(dtype).name, widest)
+        return cls.fallback(dtype, head_dim_k, head_dim_v) if entry is None else cls.from_entry(entry)
 
 
-def _make_plan(q_shape, k_shape, v_shape, dtype, block_sizes: BlockSizes | None) -> _kernels.Plan:
+def _clip(launch: KernelLaunch, dim: int) -> KernelLaunch:
+    return dataclasses.replace(launch, block=min(launch.block, dim))
+
+
+def _make_plan(q_shape, k_shape, v_shape, dtype, block_sizes: BlockSizes | None,
+               backward: bool = False) -> _kernels.Plan:
+    """The static plan of the forward pass, or of the backward pass when `backward`.
+
+    The two passes may have different segment counts: each pass's automatic count
+    follows the fewest programs among its own kernels.
+    """
     b, t, h, dk = q_shape
     dk_p, dv_p = _padded_dim(dk), _padded_dim(v_shape[-1])
     sizes = block_sizes or BlockSizes.get_default(dtype, dk, v_shape[-1])
+    fwd, dq, dkl, dv = (_clip(sizes.forward, dv_p), _clip(sizes.dq, dk_p), _clip(sizes.dk, dk_p),
+                        _clip(sizes.dv, dv_p))
     n_chunks = -(-t // sizes.chunk)
-    block_v = min(sizes.block_v, dv_p)
     segments = sizes.segments
     if segments is None:                   # double until the GPU has enough programs
-        segments, programs = 1, b * h * (dv_p // block_v)
+        blocks = min(dk_p // dq.block, dk_p // dkl.block, dv_p // dv.block) if backward else dv_p // fwd.block
+        segments, programs = 1, b * h * blocks
         while (programs * segments < _MIN_PROGRAMS
                and n_chunks >= 2 * segments * _MIN_CHUNKS_PER_SEGMENT):
             segments *= 2
     per_segment = -(-n_chunks // min(segments, n_chunks))
     return _kernels.Plan(
         chunk=sizes.chunk, n_chunks=n_chunks, chunks_per_segment=per_segment,
-        n_segments=-(-n_chunks // per_segment), group=h // k_shape[2],
-        block_k=min(sizes.block_k, dk_p), block_v=block_v,
-        num_warps=sizes.num_warps, num_stages=sizes.num_stages,
+        n_segments=-(-n_chunks // per_segment), group=h // k_shape[2], forward=fwd, dq=dq, dk=dkl, dv=dv,
         precision=lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None)
 
 
@@ -170,11 +232,11 @@ def _exclusive_cumsum(x: jax.Array, reverse: bool) -> jax.Array:
     return jnp.concatenate([zero, jnp.cumsum(x[:, :, :-1], 2)], 2)
 
 
-def _segment_starts(k, v, w, s0, plan, interpret):
+def _segment_starts(k, v, w, s0, plan, launch, interpret):
     """S at the start of each segment: (B, H, NS, Dk, Dv) = S0 + K~^T V over earlier segments."""
     if plan.n_segments == 1:
         return s0[:, :, None]
-    sums = _kernels.segment_sums(k, v, w, s0.shape[1], plan.group, plan.group, plan, interpret)
+    sums = _kernels.segment_sums(k, v, w, s0.shape[1], plan.group, plan.group, plan, launch, interpret)
     return s0[:, :, None] + _exclusive_cumsum(sums, reverse=False)
 
 
@@ -182,7 +244,7 @@ def _segment_ends(q, do, d_final, plan, interpret):
     """G at the end of each segment: (B, H, NS, Dk, Dv) = dS_T + Q^T dO over later segments."""
     if plan.n_segments == 1:
         return d_final[:, :, None]
-    sums = _kernels.segment_sums(q, do, None, q.shape[2], 1, 1, plan, interpret)
+    sums = _kernels.segment_sums(q, do, None, q.shape[2], 1, 1, plan, plan.dv, interpret)
     return d_final[:, :, None] + _exclusive_cumsum(sums, reverse=True)
 
 
@@ -190,16 +252,18 @@ def _segment_ends(q, do, d_final, plan, interpret):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
 @functools.partial(jax.jit, static_argnums=(5, 6))
-def _linear_attention(q, k, v, key_scale, initial_state, plan, interpret):
+def _linear_attention(q, k, v, key_scale, initial_state, plans, interpret):
+    """plans = (forward Plan, backward Plan)."""
+    plan = plans[0]
     t, dk, dv = q.shape[1], q.shape[-1], v.shape[-1]
     qp, kp, vp, w = _padded_inputs(q, k, v, key_scale, plan)
-    s_in = _segment_starts(kp, vp, w, _pad_state(initial_state), plan, interpret)
+    s_in = _segment_starts(kp, vp, w, _pad_state(initial_state), plan, plan.forward, interpret)
     out, s_out = _kernels.forward(qp, kp, vp, w, s_in, plan, interpret)
     return out[:, :t, :, :dv], s_out[:, :, -1, :dk, :dv]
 
 
-def _linear_attention_fwd(q, k, v, key_scale, initial_state, plan, interpret):
-    outputs = _linear_attention(q, k, v, key_scale, initial_state, plan, interpret)
+def _linear_attention_fwd(q, k, v, key_scale, initial_state, plans, interpret):
+    outputs = _linear_attention(q, k, v, key_scale, initial_state, plans, interpret)
     return outputs, (q, k, v, key_scale, initial_state)      # residuals: the inputs only
 
 
@@ -212,13 +276,14 @@ def _sum_group(x: jax.Array, group: int) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _linear_attention_bwd(plan, interpret, residuals, cotangents):
+def _linear_attention_bwd(plans, interpret, residuals, cotangents):
+    plan = plans[1]
     q, k, v, key_scale, initial_state = residuals
     d_out, d_final = cotangents
     t, dk, dv = q.shape[1], q.shape[-1], v.shape[-1]
     qp, kp, vp, w = _padded_inputs(q, k, v, key_scale, plan)
     do = _pad_seq(d_out.astype(q.dtype), qp.shape[1])
-    h_in = _segment_starts(kp, vp, w, _pad_state(initial_state), plan, interpret)
+    h_in = _segment_starts(kp, vp, w, _pad_state(initial_state), plan, plan.dv, interpret)
     g_in = _segment_ends(qp, do, _pad_state(d_final), plan, interpret)
 
     # Per-query-head dK and dV are summed over the group afterwards: float32 when G > 1.
@@ -272,12 +337,14 @@ def causal_linear_attention(q, k, v, key_scale, initial_state, *, interpret: boo
       key_scale: (B, T, H) float32, the factor on k_i for query head h.
       initial_state: (B, H, Dk, Dv) float32, S0.
       interpret: run the kernels in Pallas interpret mode (CPU; for tests).
-      block_sizes: a `BlockSizes`; None uses `BlockSizes.get_default`.
+      block_sizes: a `BlockSizes`; None uses `BlockSizes.get_default` (the tuned
+        table's entry for this device, dtype and head dim, else the fallback).
 
     Returns:
       (out (B, T, H, Dv) in q.dtype, final state S_T (B, H, Dk, Dv) float32).
       Differentiable in q, k, v, key_scale and initial_state.
     """
     _check_inputs(q, k, v, key_scale, initial_state)
-    plan = _make_plan(q.shape, k.shape, v.shape, q.dtype, block_sizes)
-    return _linear_attention(q, k, v, key_scale, initial_state, plan, bool(interpret))
+    sizes = block_sizes or BlockSizes.get_default(q.dtype, q.shape[-1], v.shape[-1])
+    plans = tuple(_make_plan(q.shape, k.shape, v.shape, q.dtype, sizes, backward=b) for b in (False, True))
+    return _linear_attention(q, k, v, key_scale, initial_state, plans, bool(interpret))

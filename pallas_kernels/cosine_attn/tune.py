@@ -1,0 +1,210 @@
+"""Measure each kernel's launch parameters on this device and build a launch-table entry.
+
+Used by `experiments/tune_kernels.py`. For one shape (B, T, H, D, dtype) and
+every chunk size C in the sweep:
+
+  1. every candidate `KernelLaunch` of every kernel (forward, dQ, dK~, dV) is
+     compiled and timed alone, on the padded inputs the wrapper would pass it
+     (a launch that fails to compile or run, e.g. too much shared memory, is
+     recorded with its error and skipped);
+  2. each kernel keeps its fastest launch; the chunk with the smallest sum over
+     the four kernels (one forward + backward) wins;
+  3. the winning `BlockSizes` is checked against the float32 reference on a
+     slice and timed end to end through `causal_linear_attention`, beside the
+     default it replaces.
+
+The segment count of each trial is the one the wrapper would choose if every
+kernel of that pass used the trial's launch; segment-sum kernels (only run
+when segments > 1) are not part of a kernel's time but are part of the end-to-end time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels.cosine_attn import _kernels, chunked, launch_table, reference
+
+__all__ = ["TuneShape", "Trial", "best_block_sizes", "candidate_launches", "check_block_sizes",
+           "make_entry", "run_trials", "time_block_sizes"]
+
+_KERNELS = launch_table.KERNELS
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneShape:
+    """The representative call being tuned: q, k, v (B, T, H, D) in `dtype`."""
+
+    batch: int
+    seq: int
+    heads: int
+    head_dim: int
+    dtype: str
+
+    @property
+    def padded_dim(self) -> int:
+        return chunked._padded_dim(self.head_dim)
+
+
+@dataclasses.dataclass(frozen=True)
+class Trial:
+    """One kernel with one launch at one chunk size: its median time, or why it has none."""
+
+    kernel: str
+    chunk: int
+    launch: chunked.KernelLaunch
+    seconds: float | None = None
+    error: str | None = None
+
+
+def candidate_launches(padded_dim: int, *, quick: bool = False) -> list[chunked.KernelLaunch]:
+    """Blocks 32 / 64 / 128 (up to the padded dim), 2 / 4 / 8 warps, 1 to 3 stages.
+
+    Not tried: 2 warps with blocks >= 64, which spill registers (on an H100: 55 ms
+    instead of 1.4 ms for the forward at d = 128). `quick`: 4 and 8 warps, 2 and 3 stages.
+    """
+    blocks = [b for b in (16, 32, 64, 128) if b <= padded_dim and (b >= 32 or padded_dim < 32)]
+    warps, stages = ((4, 8), (2, 3)) if quick else ((2, 4, 8), (1, 2, 3))
+    return [chunked.KernelLaunch(b, w, s) for b in blocks for w in warps for s in stages
+            if not (w == 2 and b >= 64)]
+
+
+def _median_seconds(fn, args, warmup: int, repeats: int, max_seconds: float) -> float:
+    """Median of synchronised calls after `warmup` untimed ones (at least 3 timed)."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    times: list[float] = []
+    while len(times) < max(repeats, 3) and (len(times) < 3 or sum(times) < max_seconds):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _inputs(shape: TuneShape, key) -> list[jax.Array]:
+    """q^, k^ (unit rows), v, dO ~ N(0, 1) in the dtype; key_scale = n^-1/2 (B, T, H); S0 ~ N(0, 1)."""
+    b, t, h, d = shape.batch, shape.seq, shape.heads, shape.head_dim
+    kq, kk, kv, ko, ks = jax.random.split(key, 5)
+    q, k = (x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+            for x in (jax.random.normal(kq, (b, t, h, d)), jax.random.normal(kk, (b, t, h, d))))
+    v, do = jax.random.normal(kv, (b, t, h, d)), jax.random.normal(ko, (b, t, h, d))
+    w = jnp.broadcast_to(jnp.arange(1, t + 1, dtype=jnp.float32)[None, :, None] ** -0.5, (b, t, h))
+    s0 = jax.random.normal(ks, (b, h, d, d))
+    dtype = jnp.dtype(shape.dtype)
+    return [q.astype(dtype), k.astype(dtype), v.astype(dtype), w, s0, do.astype(dtype)]
+
+
+def _kernel_call(kernel: str, plan, args, interpret: bool):
+    """(fn, fn's args) running one kernel on the padded inputs the wrapper would build."""
+    q, k, v, w, s0, do = args
+    qp, kp, vp, wp = chunked._padded_inputs(q, k, v, w, plan)
+    dop = chunked._pad_seq(do, qp.shape[1])
+    states = jnp.broadcast_to(chunked._pad_state(s0)[:, :, None],
+                              (q.shape[0], q.shape[2], plan.n_segments, qp.shape[-1], vp.shape[-1]))
+    calls = {
+        "forward": (lambda *a: _kernels.forward(*a, plan, interpret), (qp, kp, vp, wp, states)),
+        "dq": (lambda *a: _kernels.backward_dq(*a, plan, interpret), (kp, vp, wp, dop, states)),
+        "dk": (lambda *a: _kernels.backward_dk(*a, kp.dtype, plan, interpret), (qp, kp, vp, wp, dop, states)),
+        "dv": (lambda *a: _kernels.backward_dv(*a, vp.dtype, plan, interpret), (qp, kp, wp, dop, states)),
+    }
+    return calls[kernel]
+
+
+def _error_text(err: Exception) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0][:160] if lines else ''}"
+
+
+def run_trials(shape: TuneShape, chunks, launches, *, interpret: bool = False, warmup: int = 2,
+               repeats: int = 10, max_seconds: float = 1.0, seed: int = 0) -> Iterator[Trial]:
+    """Yield a Trial for every (chunk, kernel, launch); compile or run errors become Trial.error."""
+    args = _inputs(shape, jax.random.PRNGKey(seed))
+    q, k, v = args[:3]
+    for chunk in chunks:
+        for kernel in _KERNELS:
+            for launch in launches:
+                sizes = chunked.BlockSizes.uniform(chunk=chunk, block=launch.block, num_warps=launch.num_warps,
+                                                   num_stages=launch.num_stages)
+                try:
+                    plan = chunked._make_plan(q.shape, k.shape, v.shape, q.dtype, sizes, kernel != "forward")
+                    fn, fn_args = _kernel_call(kernel, plan, args, interpret)
+                    compiled = jax.jit(fn).lower(*fn_args).compile()
+                    seconds = _median_seconds(compiled, fn_args, warmup, repeats, max_seconds)
+                    yield Trial(kernel, chunk, launch, seconds=seconds)
+                except Exception as err:  # noqa: BLE001  (a launch that cannot compile or run is a result)
+                    yield Trial(kernel, chunk, launch, error=_error_text(err))
+
+
+def best_block_sizes(trials: list[Trial]) -> tuple[chunked.BlockSizes, dict[str, float]]:
+    """The fastest launch per kernel at the chunk whose four best kernels sum to the least time.
+
+    Returns (BlockSizes, {kernel: seconds}). ValueError if no chunk has a working launch for
+    every kernel.
+    """
+    best: dict[int, dict[str, Trial]] = {}
+    for trial in trials:
+        if trial.seconds is None:
+            continue
+        per_kernel = best.setdefault(trial.chunk, {})
+        if trial.kernel not in per_kernel or trial.seconds < per_kernel[trial.kernel].seconds:
+            per_kernel[trial.kernel] = trial
+    complete = {c: kernels for c, kernels in best.items() if set(kernels) == set(_KERNELS)}
+    if not complete:
+        raise ValueError(f"no chunk size has a working launch for all of {_KERNELS}; "
+                         f"errors: {sorted({t.error for t in trials if t.error})[:3]}")
+    chunk = min(complete, key=lambda c: sum(t.seconds for t in complete[c].values()))
+    kernels = complete[chunk]
+    sizes = chunked.BlockSizes(chunk=chunk, **{name: kernels[name].launch for name in _KERNELS})
+    return sizes, {name: kernels[name].seconds for name in _KERNELS}
+
+
+def time_block_sizes(shape: TuneShape, sizes: chunked.BlockSizes | None, *, interpret: bool = False,
+                     warmup: int = 2, repeats: int = 10, max_seconds: float = 2.0, seed: int = 0) -> dict:
+    """End-to-end median seconds of the op with `sizes`: {"forward": s, "fwd_bwd": s}."""
+    q, k, v, w, s0, do = _inputs(shape, jax.random.PRNGKey(seed))
+
+    def forward(q, k, v):
+        return chunked.causal_linear_attention(q, k, v, w, s0, interpret=interpret, block_sizes=sizes)[0]
+
+    def fwd_bwd(q, k, v):
+        out, vjp = jax.vjp(forward, q, k, v)
+        return vjp(do)
+
+    times = {}
+    for name, fn in (("forward", forward), ("fwd_bwd", fwd_bwd)):
+        compiled = jax.jit(fn).lower(q, k, v).compile()
+        times[name] = _median_seconds(compiled, (q, k, v), warmup, repeats, max_seconds)
+    return times
+
+
+def check_block_sizes(shape: TuneShape, sizes: chunked.BlockSizes, *, interpret: bool = False,
+                      seq: int = 1024, seed: int = 1) -> float:
+    """Largest relative error (Frobenius) of out, final state and the five gradients vs the
+    float32 reference, on one batch row and two heads of `seq` positions."""
+    small = dataclasses.replace(shape, batch=1, heads=min(shape.heads, 2), seq=min(shape.seq, seq))
+    q, k, v, w, s0, do = _inputs(small, jax.random.PRNGKey(seed))
+    fn = lambda *a: chunked.causal_linear_attention(*a, interpret=interpret, block_sizes=sizes)  # noqa: E731
+    (out, final), vjp = jax.vjp(fn, q, k, v, w, s0)
+    (out_ref, final_ref), vjp_ref = jax.vjp(reference.causal_linear_attention_reference, q, k, v, w, s0)
+    d_final = jnp.ones_like(final)
+    got = [out, final, *vjp((do, d_final))]
+    want = [out_ref, final_ref, *vjp_ref((do.astype(jnp.float32), d_final))]
+
+    def rel(a, e):
+        a, e = a.astype(jnp.float32), e.astype(jnp.float32)
+        return float(jnp.linalg.norm(a - e) / jnp.maximum(jnp.linalg.norm(e), 1e-30))
+    return max(rel(a, e) for a, e in zip(got, want))
+
+
+def make_entry(device: jax.Device, shape: TuneShape, sizes: chunked.BlockSizes, measured: dict,
+               source: str) -> dict:
+    """A launch-table entry for `device`, the shape's dtype and padded head dim."""
+    return launch_table.validate_entry({
+        "device": device.device_kind, "compute_capability": getattr(device, "compute_capability", None),
+        "dtype": jnp.dtype(shape.dtype).name, "head_dim": shape.padded_dim, **sizes.to_entry(),
+        "source": source, "measured": measured})
