@@ -49,6 +49,26 @@ def test_stepwise_logits_equal_parallel_logits(attention):
     assert rel_error(jnp.where(real[..., None], stepped, 0), jnp.where(real[..., None], expected, 0)) <= 1e-5
 
 
+def test_stepwise_logits_under_tf32_matmuls_stay_within_tf32_error():
+    """JAX's GPU default for float32 matmuls is TF32 (the suite pins "highest"; see conftest.py).
+
+    Under TF32 the parallel and the stepwise (RNN) logits of the same model differ by operand
+    rounding at unit roundoff u = 2^-11 ~ 4.9e-4 in every projection; through two layers that
+    stays well under 20u = 1e-2. On CPU the setting has no effect and the error is float32's.
+    """
+    model = _model("cosine")
+    tokens = jax.random.randint(fresh_key(), (2, 16), 1, 256)
+    with jax.default_matmul_precision("tensorfloat32"):
+        parallel = model(tokens)
+        last = decoding.prefill(model, tokens[:, :5], max_length=16)
+        step, cache = decoding.make_decode_step(model)
+        stepped = [last]
+        for t in range(5, 15):
+            logits, cache = step(cache, tokens[:, t])
+            stepped.append(logits)
+    assert rel_error(jnp.stack(stepped, axis=1), parallel[:, 4:15]) <= 1e-2
+
+
 @pytest.mark.parametrize("attention", ["cosine", "softmax"])
 def test_greedy_generate_matches_a_naive_loop(attention):
     """generate (prefill + lax.scan) equals re-running the full parallel model and taking argmax."""
