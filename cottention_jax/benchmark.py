@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import statistics
 import time
 from typing import Any, Callable
 
 import jax
+import numpy as np
 
-__all__ = ["compiled_bytes", "compiled_memory_bytes", "describe_device", "device_peak_bytes", "host_memory_bytes",
+__all__ = ["collectives", "compiled_bytes", "compiled_memory_bytes", "describe_device", "device_peak_bytes", "host_memory_bytes",
            "median_time"]
 
 
@@ -76,3 +78,24 @@ def describe_device() -> dict:
         "jax": jax.__version__,
         "python": platform.python_version(),
     }
+
+
+_COLLECTIVE = re.compile(r"= (?P<shape>\([^=]*?\)|\S+) (?P<op>all-gather|all-reduce|collective-permute|"
+                         r"reduce-scatter|all-to-all)(?P<start>-start)?\(")
+_ARRAY = re.compile(r"(?P<dtype>pred|[a-z]+\d+)\[(?P<dims>[\d,]*)\]")
+
+
+def collectives(hlo_text: str) -> list[dict]:
+    """The cross-device collectives of compiled HLO text (`jit(f).lower(...).compile().as_text()`).
+
+    One dict per collective instruction: {"op", "bytes", "shape"}, bytes being the
+    size of its result per device (for an async "-start", its largest buffer; a
+    tuple result counts all its arrays).
+    """
+    found = []
+    for m in _COLLECTIVE.finditer(hlo_text):
+        sizes = [int(np.prod([int(x) for x in a["dims"].split(",") if x], dtype=np.int64))
+                 * (1 if a["dtype"] == "pred" else int(re.sub(r"\D", "", a["dtype"])) // 8)   # f32 -> 4 bytes
+                 for a in _ARRAY.finditer(m["shape"])]
+        found.append({"op": m["op"], "bytes": int(max(sizes) if m["start"] else sum(sizes)), "shape": m["shape"]})
+    return found
