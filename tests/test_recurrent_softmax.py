@@ -215,10 +215,15 @@ def test_feature_maps_other_denominators_and_scale(feature):
 
 
 def test_clamp_before_series():
-    """clamp c: s <- min(s, c) before the series (parallel form only)."""
+    """clamp c: s <- min(s, c) before the series (parallel form only).
+
+    Order 2, whose kernel 1 + s + s^2/2 >= 1/2 keeps the denominator away from zero: with
+    order 3 (negative below s = -1.6) and these scaled scores the denominator can nearly
+    cancel, and float32 then misses the float64 truth by 1e-4 for a quarter of the seeds.
+    """
     q, k, v = _inputs(d=8)
     q = 3 * q                                                 # many scores above the clamp
-    for variant in (AttentionVariant(order=3, clamp=1.0), AttentionVariant("exp", None, clamp=0.5)):
+    for variant in (AttentionVariant(order=2, clamp=1.0), AttentionVariant("exp", None, clamp=0.5)):
         out = rs.attention(variant, q, k, v)
         assert rel_error(out, naive(variant, q, k, v)) <= F32_TOL
         unclamped = rs.attention(dataclasses.replace(variant, clamp=None), q, k, v)
