@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cottention_jax import softmax_ops
 from cottention_jax.ops import (CosineAttentionState, cosine_attention, cosine_attention_step,
                                 init_cosine_attention_state)
 
@@ -135,17 +136,18 @@ class CosineAttention(_ProjectedAttention):
         by max(n, 1) ** -sigmoid(m).
       stabilize: "value" or "query" (see `cottention_jax.cosine_attention`).
       implementation: passed to `cosine_attention` (None picks per backend).
+      interpret: passed to `cosine_attention` (run its Pallas kernels in interpret mode, on CPU).
     """
 
     def __init__(self, num_heads: int, in_features: int, qkv_features: int | None = None,
                  out_features: int | None = None, num_kv_heads: int | None = None, *,
                  stabilizer_init: float = 0.5, stabilize: str = "value",
-                 implementation: str | None = None, param_dtype=jnp.float32, rngs: nnx.Rngs,
-                 **kwargs):
+                 implementation: str | None = None, interpret: bool = False, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs, **kwargs):
         super().__init__(num_heads, in_features, qkv_features, out_features, num_kv_heads,
                          param_dtype=param_dtype, rngs=rngs, **kwargs)
         self.stabilizer = nnx.Param(jnp.full((num_heads,), stabilizer_init, param_dtype))
-        self.stabilize, self.implementation = stabilize, implementation
+        self.stabilize, self.implementation, self.interpret = stabilize, implementation, interpret
         self.cached_kv = nnx.data(None)
         self.cached_count = nnx.data(None)
 
@@ -164,7 +166,8 @@ class CosineAttention(_ProjectedAttention):
         stab = self.stabilizer[...]
         if not decode:
             return cosine_attention(q, k, v, stab, causal=self.causal, padding_mask=padding_mask,
-                                    stabilize=self.stabilize, implementation=self.implementation)
+                                    stabilize=self.stabilize, implementation=self.implementation,
+                                    interpret=self.interpret)
         self._check_cache(self.cached_kv)
         state = CosineAttentionState(self.cached_kv[...], self.cached_count[...])
         if q.shape[1] == 1:   # one token: one RNN step, no chunk padding
@@ -175,26 +178,37 @@ class CosineAttention(_ProjectedAttention):
         else:                 # a prompt: the parallel form, continuing from and returning the state
             out, state = cosine_attention(q, k, v, stab, causal=True, padding_mask=padding_mask,
                                           initial_state=state, return_state=True,
-                                          stabilize=self.stabilize, implementation=self.implementation)
+                                          stabilize=self.stabilize, implementation=self.implementation,
+                                          interpret=self.interpret)
         self.cached_kv[...], self.cached_count[...] = state.kv, state.count
         return out
 
 
 class SoftmaxAttention(_ProjectedAttention):
-    """Multi-head softmax attention through `jax.nn.dot_product_attention`, the baseline.
+    """Multi-head softmax attention, the baseline: `cottention_jax.softmax_ops.softmax_attention`.
 
     Same constructor and call as CosineAttention (minus the cosine-only arguments,
     which are accepted and ignored so configs can switch freely). Padded
     query positions output zero, as in CosineAttention.
+
+      implementation: passed to `softmax_attention`: "xla" (dense scores), "cudnn" or "pallas"
+        (flash, linear memory); None picks the fastest that applies on the backend.
+      interpret: passed to `softmax_attention` (the "pallas" kernel in interpret mode, on CPU).
+
+    Decode mode attends over the key/value cache with a dense mask (XLA), whatever implementation.
     """
 
     def __init__(self, num_heads: int, in_features: int, qkv_features: int | None = None,
                  out_features: int | None = None, num_kv_heads: int | None = None, *,
                  stabilizer_init: float | None = None, stabilize: str | None = None,
-                 implementation: str | None = None, rngs: nnx.Rngs, **kwargs):
-        del stabilizer_init, stabilize, implementation
+                 implementation: str | None = None, interpret: bool = False, rngs: nnx.Rngs, **kwargs):
+        del stabilizer_init, stabilize
+        if implementation is not None and implementation not in softmax_ops.IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {softmax_ops.IMPLEMENTATIONS} or None; "
+                             f"got {implementation!r}")
         super().__init__(num_heads, in_features, qkv_features, out_features, num_kv_heads,
                          rngs=rngs, **kwargs)
+        self.implementation, self.interpret = implementation, interpret
         self.cached_key = nnx.data(None)
         self.cached_value = nnx.data(None)
         self.cache_mask = nnx.data(None)
@@ -211,24 +225,24 @@ class SoftmaxAttention(_ProjectedAttention):
 
     def _attend(self, q, k, v, padding_mask, decode, inputs):
         del inputs
+        if not decode:   # padded query rows come back zero
+            return softmax_ops.softmax_attention(q, k, v, causal=self.causal, padding_mask=padding_mask,
+                                                 implementation=self.implementation,
+                                                 interpret=self.interpret)
         b, t = q.shape[:2]
         real = jnp.ones((b, t), bool) if padding_mask is None else padding_mask
-        if not decode:
-            mask = None if padding_mask is None else padding_mask[:, None, None, :]   # (B, 1, 1, T)
-            out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=self.causal)
-        else:
-            self._check_cache(self.cached_key)
-            idx = self.cache_index[...]
-            keys = jax.lax.dynamic_update_slice(self.cached_key[...], k.astype(self.cached_key[...].dtype),
-                                                (0, idx, 0, 0))
-            values = jax.lax.dynamic_update_slice(self.cached_value[...],
-                                                  v.astype(self.cached_value[...].dtype), (0, idx, 0, 0))
-            seen = jax.lax.dynamic_update_slice(self.cache_mask[...], real, (0, idx))   # (B, L)
-            # query j sits at slot idx + j and sees the real slots up to its own
-            slots = jnp.arange(keys.shape[1])
-            causal = slots[None, :] <= (idx + jnp.arange(t))[:, None]                    # (T, L)
-            mask = causal[None, None] & seen[:, None, None, :]                          # (B, 1, T, L)
-            out = jax.nn.dot_product_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask=mask)
-            self.cached_key[...], self.cached_value[...] = keys, values
-            self.cache_mask[...], self.cache_index[...] = seen, idx + t
+        self._check_cache(self.cached_key)
+        idx = self.cache_index[...]
+        keys = jax.lax.dynamic_update_slice(self.cached_key[...], k.astype(self.cached_key[...].dtype),
+                                            (0, idx, 0, 0))
+        values = jax.lax.dynamic_update_slice(self.cached_value[...],
+                                              v.astype(self.cached_value[...].dtype), (0, idx, 0, 0))
+        seen = jax.lax.dynamic_update_slice(self.cache_mask[...], real, (0, idx))   # (B, L)
+        # query j sits at slot idx + j and sees the real slots up to its own
+        slots = jnp.arange(keys.shape[1])
+        causal = slots[None, :] <= (idx + jnp.arange(t))[:, None]                    # (T, L)
+        mask = causal[None, None] & seen[:, None, None, :]                          # (B, 1, T, L)
+        out = jax.nn.dot_product_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask=mask)
+        self.cached_key[...], self.cached_value[...] = keys, values
+        self.cache_mask[...], self.cache_index[...] = seen, idx + t
         return jnp.where(real[:, :, None, None], out, 0).astype(q.dtype)

@@ -2,25 +2,36 @@
 
 The sums ("loss_sum", "correct", "count", weighted) let evaluation over many
 batches divide once: the exact mean over a split, padding excluded. The
-cross-entropy itself is `models.common.weighted_cross_entropy`.
+cross-entropies are in `cottention_jax.losses`; with `model.config.loss_chunk`
+> 0 the language-model heads (GPT, BERT MLM) run through `chunked_cross_entropy`,
+which never holds the (B, T, V) float32 logits at once.
 """
 
 from __future__ import annotations
 
-from cottention_jax.models.common import weighted_cross_entropy
+from cottention_jax.losses import chunked_cross_entropy, weighted_cross_entropy
 
 __all__ = ["LOSSES", "classification_objective", "gpt_objective", "mlm_objective"]
 
 
+def _head_cross_entropy(model, hidden, labels, weights, head_fn):
+    """Cross-entropy of head_fn(hidden) (B, T, V): whole, or chunked as model.config.loss_chunk says."""
+    chunk = model.config.loss_chunk
+    if chunk:
+        return chunked_cross_entropy(hidden, labels, weights, head_fn, chunk)
+    return weighted_cross_entropy(head_fn(hidden), labels, weights)
+
+
 def gpt_objective(model, batch):
     """Next-token cross-entropy: inputs/targets/weights (B, T)."""
-    return weighted_cross_entropy(model(batch["inputs"]), batch["targets"], batch["weights"])
+    hidden = model.hidden(batch["inputs"])
+    return _head_cross_entropy(model, hidden, batch["targets"], batch["weights"], model.logits)
 
 
 def mlm_objective(model, batch):
     """Masked-token cross-entropy over the selected positions (mlm_weights)."""
     hidden = model(batch["input_ids"], segment_ids=batch["segment_ids"], padding_mask=batch["padding_mask"])
-    return weighted_cross_entropy(model.mlm_logits(hidden), batch["mlm_labels"], batch["mlm_weights"])
+    return _head_cross_entropy(model, hidden, batch["mlm_labels"], batch["mlm_weights"], model.mlm_logits)
 
 
 def classification_objective(model, batch):

@@ -34,8 +34,8 @@ class RecurrentSoftmaxAttention(_ProjectedAttention):
                  out_features: int | None = None, num_kv_heads: int | None = None, *,
                  variant: str | rs.AttentionVariant = "taylor2", form: str = "parallel",
                  causal: bool = True, stabilizer_init=None, stabilize=None, implementation=None,
-                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs, **kwargs):
-        del stabilizer_init, stabilize, implementation      # cosine-only options, accepted for configs
+                 interpret: bool = False, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs, **kwargs):
+        del stabilizer_init, stabilize, implementation, interpret   # other layers' options, accepted for configs
         if not causal:
             raise ValueError("RecurrentSoftmaxAttention is causal only; got causal=False")
         if form not in rs.FORMS:

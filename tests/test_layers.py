@@ -64,6 +64,56 @@ def test_softmax_layer_matches_written_out_softmax(causal):
     assert rel_error(layer(x, padding_mask=mask), expected) <= 1e-5
 
 
+@pytest.mark.parametrize("implementation", [None, "xla", "pallas"])
+@pytest.mark.parametrize("causal,pad", [(True, "left"), (False, "right"), (True, "none")])
+def test_softmax_layer_implementations_match_the_dense_softmax(implementation, causal, pad):
+    """Each implementation switch of the layer (pallas in interpret mode) vs the written-out softmax."""
+    b, t, f = 2, 21, 64
+    layer = SoftmaxAttention(num_heads=4, in_features=f, num_kv_heads=2, causal=causal, use_bias=False,
+                             implementation=implementation, interpret=True,
+                             rngs=nnx.Rngs(int(jax.random.randint(fresh_key(), (), 0, 1e6))))
+    assert layer.implementation == implementation
+    x = jax.random.normal(fresh_key(), (b, t, f))
+    mask = padding_mask(pad, b, t)
+    q, k, v = _project(layer, x)
+    out = layer(x, padding_mask=mask)
+    assert rel_error(out, _out(layer, _softmax_reference(q, k, v, mask, causal))) <= 1e-5
+    grad = jax.grad(lambda x: jnp.sum(layer(x, padding_mask=mask) ** 2))(x)
+    grad_ref = jax.grad(lambda x: jnp.sum(_out(layer, _softmax_reference(*_project(layer, x), mask, causal)) ** 2))(x)
+    assert rel_error(grad, grad_ref) <= 1e-5
+
+
+def test_softmax_layer_rejects_an_unknown_implementation():
+    with pytest.raises(ValueError, match=r"implementation must be one of \('xla', 'cudnn', 'pallas'\).*'reference'"):
+        SoftmaxAttention(num_heads=2, in_features=8, implementation="reference", rngs=nnx.Rngs(0))
+
+
+def test_cosine_layer_passes_interpret_to_the_pallas_kernels():
+    b, t, f = 2, 32, 32
+    layer = CosineAttention(num_heads=2, in_features=f, causal=True, use_bias=False, implementation="pallas",
+                            interpret=True, rngs=nnx.Rngs(int(jax.random.randint(fresh_key(), (), 0, 1e6))))
+    x = jax.random.normal(fresh_key(), (b, t, f))
+    mask = padding_mask("left", b, t)
+    q, k, v = _project(layer, x)
+    o = ca.cosine_attention(q, k, v, layer.stabilizer[...], causal=True, padding_mask=mask,
+                            implementation="reference")
+    assert rel_error(layer(x, padding_mask=mask), _out(layer, o)) <= 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("implementation", [None, "cudnn", "pallas"])
+def test_softmax_layer_flash_paths_on_gpu(implementation):
+    b, t, f = 2, 300, 256
+    layer = SoftmaxAttention(num_heads=4, in_features=f, causal=True, use_bias=False, dtype=jnp.bfloat16,
+                             implementation=implementation, rngs=nnx.Rngs(0))
+    x = jax.random.normal(fresh_key(), (b, t, f))
+    mask = padding_mask("left", b, t)
+    q, k, v = _project(layer, x.astype(jnp.bfloat16))
+    expected = _out(layer, _softmax_reference(q.astype(jnp.float32), k.astype(jnp.float32),
+                                              v.astype(jnp.float32), mask, True))
+    assert rel_error(layer(x, padding_mask=mask), expected) <= 3e-2
+
+
 def test_rope_matches_complex_rotation_and_is_relative():
     b, t, h, d, r = 2, 6, 3, 16, 8
     x = jax.random.normal(fresh_key(), (b, t, h, d))

@@ -10,6 +10,7 @@ from flax import nnx
 
 from cottention_jax.models import (BERT_PRESETS, GPT_PRESETS, GPT, Bert, bert_config, classification_loss,
                                    gpt_config, lm_loss, mlm_loss)
+from cottention_jax.objectives import gpt_objective, mlm_objective
 from tests._util import fresh_key, rel_error
 
 
@@ -168,6 +169,91 @@ def test_model_input_errors():
     bert = Bert(bert_config("tiny"), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"longer than max_len=128"):
         bert(jnp.zeros((1, 129), jnp.int32))
+
+
+def test_remat_and_loss_chunk_are_validated():
+    for make in (gpt_config, bert_config):
+        with pytest.raises(ValueError, match=r"remat must be one of \('none', 'block', 'dots'\); got 'all'"):
+            make("tiny", remat="all")
+        for bad in (-1, 2.5, True, "64"):
+            with pytest.raises(ValueError, match=r"loss_chunk must be an int >= 0 .*got " + repr(bad)):
+                make("tiny", loss_chunk=bad)
+        assert make("tiny", remat="dots", loss_chunk=64).loss_chunk == 64
+
+
+# Same losses and gradients, every parameter, with and without the memory savings. Tolerance 1e-5
+# relative: remat recomputes the same float32 operations (XLA may fuse them differently) and the
+# chunked loss sums the same per-position losses in another order, both a few float32 epsilons
+# (1.2e-7) apart after the reductions; a real fault (another dropout mask, a chunk dropped, a padded
+# position counted) is 1e-2 or more.
+
+def _same_loss_and_gradients(model_a, model_b, objective, batch):
+    (loss_a, sums_a), g_a = nnx.value_and_grad(objective, has_aux=True)(model_a, batch)
+    (loss_b, sums_b), g_b = nnx.value_and_grad(objective, has_aux=True)(model_b, batch)
+    assert rel_error(loss_a, loss_b) <= 1e-5
+    for k in sums_b:
+        assert abs(float(sums_a[k]) - float(sums_b[k])) <= 1e-5 * max(abs(float(sums_b[k])), 1.0), k
+    flat_a, flat_b = dict(nnx.to_flat_state(g_a)), dict(nnx.to_flat_state(g_b))
+    assert flat_a.keys() == flat_b.keys()
+    for path in flat_b:
+        assert rel_error(flat_a[path][...], flat_b[path][...]) <= 1e-5, path
+
+
+def _gpt_batch(cfg, b=2, t=24):
+    tokens = jax.random.randint(fresh_key(), (b, t + 1), 0, cfg.vocab_size)
+    weights = jax.random.bernoulli(fresh_key(), 0.7, (b, t)).astype(jnp.float32)   # some positions left out
+    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": weights}
+
+
+def _mlm_batch(cfg, b=3, t=20):
+    mask = jnp.arange(t)[None, :] < jnp.array([[t], [t - 6], [t - 11]])            # right padding
+    return {"input_ids": jax.random.randint(fresh_key(), (b, t), 0, cfg.vocab_size),
+            "segment_ids": jnp.zeros((b, t), jnp.int32), "padding_mask": mask,
+            "mlm_labels": jax.random.randint(fresh_key(), (b, t), 0, cfg.vocab_size),
+            "mlm_weights": (jax.random.bernoulli(fresh_key(), 0.3, (b, t)) & mask).astype(jnp.float32)}
+
+
+# (remat, loss_chunk) against ("none", 0). A chunk holds loss_chunk // B positions of each row:
+# GPT 2 x 24: 10 -> 5 and 32 -> 16 per row leave a padded last chunk, 48 is one chunk;
+# BERT 3 x 20: 9 -> 3 per row leaves a padded tail, 32 -> 10 divides, 60 is one chunk
+@pytest.mark.parametrize("remat,loss_chunk", [("block", 0), ("dots", 0), ("none", 10), ("none", 32), ("none", 48),
+                                              ("dots", 10)])
+def test_gpt_savings_keep_losses_and_gradients(remat, loss_chunk):
+    cfg = gpt_config("tiny", dropout_rate=0.1)      # dropout on: remat must redraw the same masks
+    batch = _gpt_batch(cfg)
+    plain = GPT(cfg, rngs=nnx.Rngs(params=3, dropout=4))
+    saving = GPT(dataclasses.replace(cfg, remat=remat, loss_chunk=loss_chunk), rngs=nnx.Rngs(params=3, dropout=4))
+    for _ in range(2):                              # and the dropout streams advance alike
+        _same_loss_and_gradients(saving, plain, gpt_objective, batch)
+    dropped = plain.hidden(batch["inputs"])
+    plain.eval()
+    assert rel_error(dropped, plain.hidden(batch["inputs"])) > 1e-2    # dropout was really active
+
+
+@pytest.mark.parametrize("remat,loss_chunk", [("block", 0), ("dots", 0), ("none", 9), ("none", 60), ("block", 32)])
+def test_bert_mlm_savings_keep_losses_and_gradients(remat, loss_chunk):
+    cfg = bert_config("tiny", dropout_rate=0.1)
+    batch = _mlm_batch(cfg)
+    plain = Bert(cfg, rngs=nnx.Rngs(params=5, dropout=6))
+    saving = Bert(dataclasses.replace(cfg, remat=remat, loss_chunk=loss_chunk), rngs=nnx.Rngs(params=5, dropout=6))
+    for _ in range(2):
+        _same_loss_and_gradients(saving, plain, mlm_objective, batch)
+    dropped = plain(batch["input_ids"], padding_mask=batch["padding_mask"])
+    plain.eval()
+    assert rel_error(dropped, plain(batch["input_ids"], padding_mask=batch["padding_mask"])) > 1e-2
+
+
+def test_decoding_a_remat_model_matches_its_parallel_pass():
+    # decode mode writes the caches, so it runs the blocks without remat; the parallel pass uses it
+    cfg = gpt_config("tiny", remat="dots")
+    model = GPT(cfg, rngs=nnx.Rngs(7))
+    tokens = jax.random.randint(fresh_key(), (2, 12), 0, cfg.vocab_size)
+    parallel = model(tokens)
+    assert rel_error(model.logits(model.hidden(tokens)), parallel) == 0.0
+    model.init_cache(2, 16)
+    prefill = model(tokens[:, :8], decode=True)                       # writes the caches
+    steps = [model(tokens[:, i:i + 1], decode=True) for i in range(8, 12)]
+    assert rel_error(jnp.concatenate([prefill, *steps], axis=1), parallel) <= 1e-5
 
 
 def test_public_api_of_models_decoding_and_layers_is_pinned():

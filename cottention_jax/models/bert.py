@@ -15,8 +15,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cottention_jax.layers import positions_from_mask
-from cottention_jax.models.common import (FeedForward, check_model_config, make_attention, preset,
-                                         weighted_cross_entropy)
+from cottention_jax.losses import weighted_cross_entropy
+from cottention_jax.models.common import FeedForward, check_model_config, make_attention, preset, remat_layer
 
 __all__ = ["Bert", "BertConfig", "BERT_PRESETS", "bert_config", "classification_loss", "mlm_loss"]
 
@@ -37,11 +37,14 @@ class BertConfig:
     attention: str = "cosine"
     stabilizer_init: float = 0.5
     stabilize: str = "value"
-    implementation: str | None = None
+    implementation: str | None = None     # attention implementation, per attention (None: per backend)
+    interpret: bool = False               # Pallas kernels in interpret mode (CPU tests)
     dropout_rate: float = 0.1
     layer_norm_eps: float = 1e-12
     dtype: str = "float32"
     param_dtype: str = "float32"
+    remat: str = "none"                   # per layer: "none", "block" or "dots" (models.common.REMAT_MODES)
+    loss_chunk: int = 0                   # positions per chunk of the MLM cross-entropy (0: all at once)
 
     def __post_init__(self):
         check_model_config(self, causal=False)
@@ -68,7 +71,7 @@ class BertLayer(nnx.Module):
         self.attn = make_attention(
             cfg.attention, num_heads=cfg.num_heads, in_features=cfg.d_model, num_kv_heads=cfg.num_kv_heads,
             causal=False, stabilizer_init=cfg.stabilizer_init, stabilize=cfg.stabilize,
-            implementation=cfg.implementation, dtype=dt, param_dtype=pdt, rngs=rngs)
+            implementation=cfg.implementation, interpret=cfg.interpret, dtype=dt, param_dtype=pdt, rngs=rngs)
         self.ln_attn = nnx.LayerNorm(cfg.d_model, **norm)
         self.mlp = FeedForward(cfg.d_model, cfg.ff_dim, dtype=dt, param_dtype=pdt, rngs=rngs)
         self.ln_mlp = nnx.LayerNorm(cfg.d_model, **norm)
@@ -121,8 +124,9 @@ class Bert(nnx.Module):
         positions = positions_from_mask(padding_mask, (b, t))
         x = self.token_embed(input_ids) + self.position_embed(positions) + self.segment_embed(segment_ids)
         x = self.dropout(self.ln_embed(x))
+        run = remat_layer(BertLayer.__call__, self.config.remat)   # run(layer, x, padding_mask)
         for layer in self.layers:
-            x = layer(x, padding_mask)
+            x = run(layer, x, padding_mask)
         return x
 
     def mlm_logits(self, hidden: jax.Array) -> jax.Array:

@@ -7,17 +7,23 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
+from cottention_jax import ops, softmax_ops
 from cottention_jax import recurrent_softmax as rs
 from cottention_jax.layers import CosineAttention, SoftmaxAttention
 from cottention_jax.rnn_attention import RecurrentSoftmaxAttention
 
-__all__ = ["ATTENTION_TYPES", "FeedForward", "attention_names", "check_model_config", "make_attention", "preset",
-           "weighted_cross_entropy"]
+__all__ = ["ATTENTION_TYPES", "REMAT_MODES", "FeedForward", "attention_names", "check_model_config", "make_attention",
+           "preset", "remat_layer"]
 
 ATTENTION_TYPES = {"cosine": CosineAttention, "softmax": SoftmaxAttention}
+
+# model.remat: what each transformer layer keeps for the backward pass
+#   "none"  everything (no recomputation); "block": only the layer's inputs (all of it recomputed);
+#   "dots": the outputs of the weight matmuls (projections, MLP), the rest (attention internals,
+#   norms, activations) recomputed
+REMAT_MODES = ("none", "block", "dots")
 
 
 def attention_names() -> tuple[str, ...]:
@@ -27,12 +33,23 @@ def attention_names() -> tuple[str, ...]:
 
 
 def check_model_config(config, *, causal: bool) -> None:
-    """The checks every model config shares: head split, attention name (causal-only variants need causal)."""
+    """The checks every model config shares: head split, attention name (causal-only variants need causal),
+    implementation per attention (cosine: ops.IMPLEMENTATIONS, softmax: softmax_ops.IMPLEMENTATIONS,
+    recurrent variants: None only)."""
     if config.d_model % config.num_heads:
         raise ValueError(f"d_model ({config.d_model}) must be divisible by num_heads ({config.num_heads})")
     allowed = attention_names() if causal else tuple(ATTENTION_TYPES)
     if config.attention not in allowed:
         raise ValueError(f"attention must be one of {allowed}; got {config.attention!r}")
+    impls = {"cosine": ops.IMPLEMENTATIONS, "softmax": softmax_ops.IMPLEMENTATIONS}.get(config.attention, ())
+    if config.implementation is not None and config.implementation not in impls:
+        raise ValueError(f"implementation for attention={config.attention!r} must be one of {(None, *impls)}; "
+                         f"got {config.implementation!r}")
+    if config.remat not in REMAT_MODES:
+        raise ValueError(f"remat must be one of {REMAT_MODES}; got {config.remat!r}")
+    if isinstance(config.loss_chunk, bool) or not isinstance(config.loss_chunk, int) or config.loss_chunk < 0:
+        raise ValueError(f"loss_chunk must be an int >= 0 (positions per cross-entropy chunk, 0: the whole "
+                         f"batch at once); got {config.loss_chunk!r}")
 
 
 def make_attention(kind: str, **kwargs) -> nnx.Module:
@@ -69,15 +86,15 @@ def preset(presets: dict[str, Any], name: str, **overrides):
     return dataclasses.replace(presets[name], **overrides)
 
 
-def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None):
-    """Mean cross-entropy (nats) over weighted positions, and the sums behind it.
+def remat_layer(fn, remat: str):
+    """`fn(layer, x, ...)` under nnx.remat as `remat` says ("none": fn itself; see REMAT_MODES).
 
-    logits (..., V), labels (...) int, weights (...) or None (all 1). Returns
-    (loss_sum / max(count, 1), {"loss_sum", "correct", "count"}): the sums let an
-    evaluation over many batches divide once, so padding (weight 0) never counts.
+    The layer's variables (dropout rng counts included) go in and out through
+    nnx.remat, so the recomputation draws the same dropout masks as the forward pass.
     """
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-    weights = jnp.ones(losses.shape, jnp.float32) if weights is None else weights.astype(jnp.float32)
-    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-    sums = {"loss_sum": (losses * weights).sum(), "correct": (correct * weights).sum(), "count": weights.sum()}
-    return sums["loss_sum"] / jnp.maximum(sums["count"], 1.0), sums
+    if remat == "none":
+        return fn
+    if remat not in REMAT_MODES:
+        raise ValueError(f"remat must be one of {REMAT_MODES}; got {remat!r}")
+    policy = None if remat == "block" else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    return nnx.remat(fn, policy=policy)

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cottention_jax.layers import positions_from_mask
-from cottention_jax.models.common import (FeedForward, check_model_config, make_attention, preset,
-                                         weighted_cross_entropy)
+from cottention_jax.losses import weighted_cross_entropy
+from cottention_jax.models.common import FeedForward, check_model_config, make_attention, preset, remat_layer
 
 __all__ = ["GPT", "GPTConfig", "GPT_PRESETS", "gpt_config", "lm_loss", "perplexity"]
 
@@ -39,12 +39,15 @@ class GPTConfig:
     attention: str = "cosine"             # see cottention_jax.models.attention_names()
     stabilizer_init: float = 0.5
     stabilize: str = "value"
-    implementation: str | None = None     # cosine_attention implementation (None: per backend)
+    implementation: str | None = None     # attention implementation, per attention (None: per backend)
+    interpret: bool = False               # Pallas kernels in interpret mode (CPU tests)
     dropout_rate: float = 0.0
     layer_norm_eps: float = 1e-5
     tie_embeddings: bool = False
     dtype: str = "float32"                # compute dtype
     param_dtype: str = "float32"
+    remat: str = "none"                   # per block: "none", "block" or "dots" (models.common.REMAT_MODES)
+    loss_chunk: int = 0                   # positions per chunk of the training cross-entropy (0: all at once)
 
     def __post_init__(self):
         check_model_config(self, causal=True)
@@ -81,7 +84,7 @@ class GPTBlock(nnx.Module):
             cfg.attention, num_heads=cfg.num_heads, in_features=cfg.d_model,
             num_kv_heads=cfg.num_kv_heads, causal=True, rotary_dim=cfg.rotary_dim, rope_base=cfg.rope_base,
             use_bias=False, stabilizer_init=cfg.stabilizer_init, stabilize=cfg.stabilize,
-            implementation=cfg.implementation, dtype=dt, param_dtype=pdt, rngs=rngs)
+            implementation=cfg.implementation, interpret=cfg.interpret, dtype=dt, param_dtype=pdt, rngs=rngs)
         self.mlp = FeedForward(cfg.d_model, cfg.ff_dim, dtype=dt, param_dtype=pdt, rngs=rngs)
         self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
 
@@ -91,10 +94,16 @@ class GPTBlock(nnx.Module):
         return x + self.dropout(attn) + self.dropout(self.mlp(h))
 
 
+def _run_block(block: GPTBlock, x, padding_mask, positions):
+    return block(x, padding_mask, positions, False)
+
+
 class GPT(nnx.Module):
     """GPT-J-style causal language model.
 
-    __call__(tokens (B, T) int, padding_mask (B, T) bool | None, decode) -> logits (B, T, V) float32.
+    __call__(tokens (B, T) int, padding_mask (B, T) bool | None, decode) -> logits (B, T, V) float32,
+    which is logits(hidden(tokens, ...)): `hidden` -> (B, T, d) after the final LayerNorm, `logits`
+    the LM head alone (the chunked loss calls them apart).
     """
 
     def __init__(self, config: GPTConfig, *, rngs: nnx.Rngs):
@@ -118,6 +127,15 @@ class GPT(nnx.Module):
 
     def __call__(self, tokens: jax.Array, *, padding_mask: jax.Array | None = None,
                  decode: bool = False) -> jax.Array:
+        return self.logits(self.hidden(tokens, padding_mask=padding_mask, decode=decode))
+
+    def hidden(self, tokens: jax.Array, *, padding_mask: jax.Array | None = None,
+               decode: bool = False) -> jax.Array:
+        """tokens (B, T) -> final hidden states (B, T, d) in the compute dtype, after ln_f.
+
+        Outside decode mode each block runs under `config.remat`; decode mode (which
+        writes the caches) never rematerialises.
+        """
         if tokens.ndim != 2:
             raise ValueError(f"tokens must have shape (batch, seq); got tokens.shape={tokens.shape}")
         if padding_mask is not None and padding_mask.shape != tokens.shape:
@@ -132,10 +150,18 @@ class GPT(nnx.Module):
             self.tokens_seen[...] = offset + real.sum(axis=1, dtype=jnp.int32)
         positions = positions_from_mask(padding_mask, tokens.shape, offset)
         x = self.embed(tokens)
-        for block in self.blocks:
-            x = block(x, padding_mask, positions, decode)
-        x = self.ln_f(x)
-        logits = self.embed.attend(x) if self.lm_head is None else self.lm_head(x)
+        if decode:
+            for block in self.blocks:
+                x = block(x, padding_mask, positions, True)
+        else:
+            run = remat_layer(_run_block, self.config.remat)
+            for block in self.blocks:
+                x = run(block, x, padding_mask, positions)
+        return self.ln_f(x)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """The LM head: hidden (..., d) -> logits (..., V) float32."""
+        logits = self.embed.attend(hidden) if self.lm_head is None else self.lm_head(hidden)
         return logits.astype(jnp.float32)
 
 

@@ -1,0 +1,60 @@
+"""What one training step needs in memory, from XLA's compiled buffer assignment; nothing runs.
+
+`train_step_memory(config, batch_size, seq_len)` builds the model and optimizer
+abstractly (`nnx.eval_shape`: shapes only, no parameter arrays), lowers and
+compiles `train.make_train_step(config.kind)` for the default backend, and
+reads `memory_analysis()`. On the CPU backend this over-states a GPU's figure
+(different fusion and scheduling), but it moves with every saving, so it is the
+yardstick for remat and the chunked loss when no GPU is at hand.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cottention_jax.configs import TrainConfig
+from cottention_jax.train import build_model, build_optimizer, make_train_step
+
+__all__ = ["abstract_batch", "train_step_memory"]
+
+
+def abstract_batch(config: TrainConfig, batch_size: int, seq_len: int) -> dict:
+    """ShapeDtypeStructs of one training batch of `config.kind` (as cottention_jax.data makes them)."""
+    if batch_size < 1 or seq_len < 1:
+        raise ValueError(f"batch_size and seq_len must be >= 1; got batch_size={batch_size}, seq_len={seq_len}")
+    ids = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32)
+    weights = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.float32)
+    if config.kind == "gpt":
+        return {"inputs": ids, "targets": ids, "weights": weights}
+    if config.kind == "bert-mlm":
+        mask = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.bool_)
+        return {"input_ids": ids, "segment_ids": ids, "padding_mask": mask, "mlm_labels": ids,
+                "mlm_weights": weights}
+    raise ValueError(f"train_step_memory covers kind 'gpt' and 'bert-mlm'; got kind={config.kind!r}")
+
+
+def train_step_memory(config: TrainConfig, batch_size: int, seq_len: int) -> dict:
+    """Compiled memory of one jitted optimizer step of `config` on (batch_size, seq_len) tokens.
+
+    Returns bytes: "arguments" (parameters, optimizer state, batch), "outputs"
+    (the updated state: the step does not donate its inputs), "temporaries"
+    (activations, gradients, workspace), "total" (their sum less aliased
+    buffers), and "compile_s" (lowering + compilation seconds).
+    """
+    batch = abstract_batch(config, batch_size, seq_len)
+    model = nnx.eval_shape(lambda: build_model(config))
+    optimizer = nnx.eval_shape(lambda: build_optimizer(build_model(config), config.optim, config.steps))
+    start = time.perf_counter()
+    compiled = make_train_step(config.kind).lower(model, optimizer, batch).compile()
+    seconds = time.perf_counter() - start
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        raise RuntimeError(f"the {jax.default_backend()} backend gives no compiled memory analysis")
+    parts = {"arguments": analysis.argument_size_in_bytes, "outputs": analysis.output_size_in_bytes,
+             "temporaries": analysis.temp_size_in_bytes}
+    total = sum(parts.values()) - analysis.alias_size_in_bytes
+    return {**{k: int(v) for k, v in parts.items()}, "total": int(total), "compile_s": seconds}

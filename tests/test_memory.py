@@ -1,0 +1,67 @@
+"""Compiled memory of a training step (cottention_jax.memory): remat and the chunked loss lower it.
+
+XLA's buffer assignment is a deterministic property of the compiled program, so
+these are exact comparisons of one program against another, not timings.
+"""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cottention_jax.configs import train_preset
+from cottention_jax.memory import abstract_batch, train_step_memory
+
+REPO = Path(__file__).resolve().parents[1]
+BATCH, SEQ, VOCAB, CHUNK = 8, 128, 2048, 256
+
+
+def _memory(*overrides):
+    config = train_preset("gpt-tiny", [f"model.vocab_size={VOCAB}", *overrides])
+    return train_step_memory(config, BATCH, SEQ)
+
+
+def test_remat_and_the_chunked_loss_lower_the_compiled_step_memory():
+    plain, block, dots = _memory(), _memory("model.remat=block"), _memory("model.remat=dots")
+    chunked = _memory(f"model.loss_chunk={CHUNK}")
+    # the step's state is the same in every program: parameters and AdamW moments in, updated out
+    assert plain["arguments"] == block["arguments"] == dots["arguments"] == chunked["arguments"]
+    assert plain["outputs"] == chunked["outputs"]
+    # block keeps only each block's input, dots also the matmul outputs, none everything
+    assert block["temporaries"] < dots["temporaries"] < plain["temporaries"]
+    # the plain loss holds the (B*T, V) float32 logits; the chunked one a chunk of them
+    logits_saved = (BATCH * SEQ - CHUNK) * VOCAB * 4
+    assert plain["total"] - chunked["total"] >= logits_saved
+    assert plain["total"] == plain["arguments"] + plain["outputs"] + plain["temporaries"]
+
+
+def test_abstract_batch_shapes_and_errors():
+    bert = train_preset("bert-tiny")
+    batch = abstract_batch(bert, 2, 16)
+    assert set(batch) == {"input_ids", "segment_ids", "padding_mask", "mlm_labels", "mlm_weights"}
+    assert all(v.shape == (2, 16) for v in batch.values())
+    with pytest.raises(ValueError, match=r"batch_size and seq_len must be >= 1; got batch_size=0"):
+        abstract_batch(train_preset("gpt-tiny"), 0, 16)
+    classify = dataclasses.replace(bert, kind="bert-classify", data=dataclasses.replace(bert.data, task="sentiment"))
+    with pytest.raises(ValueError, match=r"covers kind 'gpt' and 'bert-mlm'; got kind='bert-classify'"):
+        abstract_batch(classify, 2, 16)
+
+
+def test_train_memory_script_tabulates(tmp_path):
+    run = subprocess.run([sys.executable, str(REPO / "experiments" / "train_memory.py"), "--preset", "gpt-tiny",
+                          "--tokens", "256", "--rows", "cosine:64:block:48", "--out", str(tmp_path)],
+                         check=True, capture_output=True, text=True)
+    assert "| cosine | 64 | 4 | 256 | block | 48 |" in run.stdout
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [(r["seq"], r["batch"], r["remat"], r["loss_chunk"]) for r in rows] == [(64, 4, "block", 48)]
+    expected = train_step_memory(train_preset("gpt-tiny", ["model.vocab_size=512", "model.remat=block",
+                                                           "model.loss_chunk=48", "model.max_len=64"]), 4, 64)
+    assert rows[0]["total"] == expected["total"]      # the data's vocabulary (512), as training uses
+
+
+def test_public_api_of_memory_is_pinned():
+    from cottention_jax import memory
+    assert memory.__all__ == ["abstract_batch", "train_step_memory"]
