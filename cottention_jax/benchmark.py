@@ -16,8 +16,44 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-__all__ = ["collectives", "compiled_bytes", "compiled_memory_bytes", "describe_device", "device_peak_bytes", "host_memory_bytes",
+__all__ = ["PEAK_BF16_FLOPS", "collectives", "compiled_bytes", "compiled_memory_bytes", "gpt_train_flops",
+           "peak_flops", "describe_device", "device_peak_bytes", "host_memory_bytes",
            "median_time"]
+
+
+# Dense bf16 tensor-core peak (FLOP/s) by device kind, from the vendors' data sheets; first match wins.
+PEAK_BF16_FLOPS = (("H100 PCIe", 756e12), ("H100", 989e12), ("GH200", 989e12), ("H200", 989e12),
+                   ("B200", 2250e12), ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12))
+
+
+def peak_flops(device_kind: str, dtype) -> float | None:
+    """The device's dense peak for 2-byte (bf16 / fp16) matmuls; None for other dtypes or unknown devices."""
+    if jax.numpy.dtype(dtype).itemsize != 2:
+        return None
+    return next((flops for name, flops in PEAK_BF16_FLOPS if name in device_kind), None)
+
+
+def gpt_train_flops(config, batch: int, seq: int, chunk: int = 64) -> float:
+    """Model FLOPs of one GPT training step (forward + backward = 3x the forward), for MFU.
+
+    Matmuls: 6 x (parameters in weight matmuls: the blocks and the LM head, tied or
+    not; not the embedding lookup) x tokens. Attention, per layer and head (d = head dim), forward:
+    causal softmax 2 T^2 d per sequence (Q K^T and P V, half the square each);
+    cosine, chunked with C = `chunk`, 2 T C d (in-chunk Q K^T and P V) + 4 T d^2 (the
+    K^T V state and Q S products). Recurrent-softmax variants are counted as cosine.
+    """
+    d_model, layers, heads = config.d_model, config.num_layers, config.num_heads
+    kv = config.num_kv_heads or heads
+    d = d_model // heads
+    block = d_model * d * (2 * heads + 2 * kv) + 2 * d_model * config.ff_dim     # q, o; k, v; MLP
+    head = d_model * config.vocab_size
+    tokens = batch * seq
+    matmuls = 6.0 * (layers * block + head) * tokens
+    if config.attention == "softmax":
+        attention = 2.0 * seq * seq * d * batch
+    else:
+        attention = (2.0 * seq * chunk * d + 4.0 * seq * d * d) * batch
+    return matmuls + 3.0 * attention * heads * layers
 
 
 def median_time(fn: Callable[..., Any], *args, warmup: int = 2, repeats: int = 10,
@@ -80,7 +116,7 @@ def describe_device() -> dict:
     }
 
 
-_COLLECTIVE = re.compile(r"= (?P<shape>\([^=]*?\)|\S+) (?P<op>all-gather|all-reduce|collective-permute|"
+_COLLECTIVE = re.compile(r"= (?P<shape>\([^()]*\)|\S+) (?P<op>all-gather|all-reduce|collective-permute|"
                          r"reduce-scatter|all-to-all)(?P<start>-start)?\(")
 _ARRAY = re.compile(r"(?P<dtype>pred|[a-z]+\d+)\[(?P<dims>[\d,]*)\]")
 
@@ -88,14 +124,24 @@ _ARRAY = re.compile(r"(?P<dtype>pred|[a-z]+\d+)\[(?P<dims>[\d,]*)\]")
 def collectives(hlo_text: str) -> list[dict]:
     """The cross-device collectives of compiled HLO text (`jit(f).lower(...).compile().as_text()`).
 
-    One dict per collective instruction: {"op", "bytes", "shape"}, bytes being the
-    size of its result per device (for an async "-start", its largest buffer; a
-    tuple result counts all its arrays).
+    One dict per collective instruction: {"op", "bytes", "shape", "axes", "op_name"}, bytes
+    being the size of its result per device (for an async "-start", its largest buffer; a
+    tuple result counts all its arrays), axes the mesh axes its replica groups span when
+    the HLO names them (`replica_groups=mesh[...] {'seq'}` -> ("seq",); else None), op_name
+    the JAX source op of its metadata ("" if none; XLA's combined all-reduces keep one
+    member's name only).
     """
     found = []
-    for m in _COLLECTIVE.finditer(hlo_text):
+    for line in hlo_text.splitlines():
+        m = _COLLECTIVE.search(line)
+        if m is None:
+            continue
         sizes = [int(np.prod([int(x) for x in a["dims"].split(",") if x], dtype=np.int64))
                  * (1 if a["dtype"] == "pred" else int(re.sub(r"\D", "", a["dtype"])) // 8)   # f32 -> 4 bytes
                  for a in _ARRAY.finditer(m["shape"])]
-        found.append({"op": m["op"], "bytes": int(max(sizes) if m["start"] else sum(sizes)), "shape": m["shape"]})
+        name = re.search(r'op_name="([^"]*)"', line)
+        groups = re.search(r"replica_groups=mesh\[[^\]]*\] \{([^}]*)\}", line)
+        axes = tuple(a.strip(" '") for a in groups.group(1).split(",")) if groups else None
+        found.append({"op": m["op"], "bytes": int(max(sizes) if m["start"] else sum(sizes)), "shape": m["shape"],
+                      "axes": axes, "op_name": name.group(1) if name else ""})
     return found

@@ -65,6 +65,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 3
     sharding: str = "none"             # "none", "data" (data parallel) or "fsdp" (parameters sharded too)
+    seq_parallel: int = 1              # devices the sequence is split over (cosine attention: only d x d states move)
     seed: int = 0                      # parameter initialisation and dropout
     init_from: str | None = None       # bert-classify: a bert-mlm workdir whose latest checkpoint starts the encoder
     sample_tokens: int = 200           # gpt: tokens generated at the end (0: none)
@@ -78,6 +79,12 @@ class TrainConfig:
             raise ValueError(f"kind={self.kind!r} needs a {expected.__name__}; got {type(self.model).__name__}")
         if self.sharding not in ("none", "data", "fsdp"):
             raise ValueError(f"sharding must be 'none', 'data' or 'fsdp'; got {self.sharding!r}")
+        if self.seq_parallel < 1 or (self.seq_parallel > 1 and self.sharding == "none"):
+            raise ValueError(f"seq_parallel must be >= 1, and > 1 only with sharding 'data' or 'fsdp'; got "
+                             f"seq_parallel={self.seq_parallel}, sharding={self.sharding!r}")
+        if self.data.seq_len % self.seq_parallel:
+            raise ValueError(f"data.seq_len ({self.data.seq_len}) must be divisible by seq_parallel "
+                             f"({self.seq_parallel})")
         if self.kind == "bert-classify" and self.data.task is None:
             raise ValueError("kind='bert-classify' needs data.task ('sentiment' or 'paraphrase')")
         for name in ("steps", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints"):

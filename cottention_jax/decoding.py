@@ -1,8 +1,9 @@
 """Autoregressive decoding as a mode of the trained model.
 
-1. prefill: the prompt runs through the parallel form once (`decode=True`), which
-   leaves each layer's state in its cache: for cosine attention a d x d matrix per
-   head and a token count, for softmax attention a key/value cache.
+1. prefill: the prompt runs through the parallel form once (`decode=True,
+   prefill=True`: cosine's chunked scan, softmax's flash attention over the prompt
+   alone), which leaves each layer's state in its cache: for cosine attention a d x d
+   matrix per head and a token count, for softmax attention a key/value cache.
 2. generate: `jax.lax.scan` over single-token steps whose carry is only that
    cache state (plus the last logits and the PRNG key). With cosine attention the
    carry has the same size at every step: memory does not grow with the number
@@ -22,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["generate", "make_decode_step", "prefill", "sample_logits"]
+__all__ = ["generate", "make_decode_loop", "make_decode_step", "prefill", "sample_logits"]
 
 
 def sample_logits(logits: jax.Array, key: jax.Array | None, *, temperature: float = 0.0,
@@ -72,14 +73,23 @@ def prefill(model: nnx.Module, prompt: jax.Array, prompt_mask: jax.Array | None 
     """
     prompt_mask = _check_prompt(prompt, prompt_mask, last_must_be_real=False)
     model.init_cache(prompt.shape[0], max_length or prompt.shape[1])
-    return model(prompt, padding_mask=prompt_mask, decode=True)[:, -1]
+    graphdef, cache, rest = nnx.split(model, nnx.Cache, ...)
+    logits, cache = _jitted_cached_call(graphdef, cache, rest, prompt, prompt_mask, prefill=True)
+    nnx.update(model, cache)
+    return logits
 
 
-def _cached_call(graphdef, cache, rest, tokens, padding_mask=None):
-    """One decode-mode call of the model rebuilt from its parts: (last logits (B, V), new cache)."""
+def _cached_call(graphdef, cache, rest, tokens, padding_mask=None, prefill=False):
+    """One decode-mode call of the model rebuilt from its parts: (last logits (B, V), new cache).
+
+    prefill: the cache restarts from `tokens` (the parallel form over them alone).
+    """
     model = nnx.merge(graphdef, cache, rest)
-    logits = model(tokens, padding_mask=padding_mask, decode=True)[:, -1]
+    logits = model(tokens, padding_mask=padding_mask, decode=True, prefill=prefill)[:, -1]
     return logits, nnx.state(model, nnx.Cache)
+
+
+_jitted_cached_call = jax.jit(_cached_call, static_argnames=("graphdef", "prefill"))
 
 
 def make_decode_step(model: nnx.Module) -> tuple[Callable, nnx.State]:
@@ -99,9 +109,9 @@ def make_decode_step(model: nnx.Module) -> tuple[Callable, nnx.State]:
     return step, cache
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_k"))
-def _generate(graphdef, cache, rest, prompt, prompt_mask, key, *, max_new_tokens, temperature, top_k):
-    logits, cache = _cached_call(graphdef, cache, rest, prompt, prompt_mask)   # prefill: (B, V)
+def _decode_scan(graphdef, cache, rest, logits, key, *, steps, temperature, top_k):
+    """`steps` tokens sampled after `logits`, each fed back through one cached step (a lax.scan
+    whose carry is the cache, the last logits and the key): (tokens (B, steps), cache)."""
 
     def body(carry, _):
         cache, logits, key = carry
@@ -110,8 +120,35 @@ def _generate(graphdef, cache, rest, prompt, prompt_mask, key, *, max_new_tokens
         logits, cache = _cached_call(graphdef, cache, rest, tokens[:, None])
         return (cache, logits, key), tokens
 
-    (cache, _, _), tokens = jax.lax.scan(body, (cache, logits, key), None, length=max_new_tokens)
+    (cache, _, _), tokens = jax.lax.scan(body, (cache, logits, key), None, length=steps)
     return tokens.T, cache
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_k"))
+def _generate(graphdef, cache, rest, prompt, prompt_mask, key, *, max_new_tokens, temperature, top_k):
+    logits, cache = _cached_call(graphdef, cache, rest, prompt, prompt_mask, prefill=True)   # (B, V)
+    return _decode_scan(graphdef, cache, rest, logits, key, steps=max_new_tokens, temperature=temperature,
+                        top_k=top_k)
+
+
+def make_decode_loop(model: nnx.Module, steps: int, *, temperature: float = 0.0,
+                     top_k: int | None = None) -> tuple[Callable, nnx.State]:
+    """A jitted `(cache, logits (B, V), key) -> (tokens (B, steps), cache)` and the current cache.
+
+    Continues the model's decode state by `steps` tokens, the first sampled from `logits`
+    (e.g. those `prefill` returned), in one `lax.scan` of single-token steps: what the
+    per-token cost of decoding is measured on.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1; got {steps}")
+    graphdef, cache, rest = nnx.split(model, nnx.Cache, ...)
+
+    @jax.jit
+    def loop(cache, logits, key):
+        return _decode_scan(graphdef, cache, rest, logits, key, steps=steps, temperature=float(temperature),
+                            top_k=top_k)
+
+    return loop, cache
 
 
 def generate(model: nnx.Module, prompt: jax.Array, *, prompt_mask: jax.Array | None = None,

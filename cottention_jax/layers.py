@@ -14,7 +14,10 @@ positions (B, T) int for rotary embeddings (default: index among real tokens).
 Decode mode (causal only): `init_cache((batch, max_length, features))` once,
 then each call continues from the cache. CosineAttention carries a
 `CosineAttentionState` (d x d per head: memory constant in the number of
-tokens); SoftmaxAttention a key/value cache of max_length positions.
+tokens); SoftmaxAttention a key/value cache of max_length positions. A call
+with `decode=True, prefill=True` restarts the cache from its tokens (a prompt):
+both layers then use their parallel form (SoftmaxAttention its flash path over
+the prompt alone, never scores against the empty cache slots).
 """
 
 from __future__ import annotations
@@ -66,8 +69,9 @@ def apply_rope(x: jax.Array, positions: jax.Array, rotary_dim: int, base: float 
 class _ProjectedAttention(nnx.Module):
     """Projections, rotary embedding and output shared by both attention types.
 
-    Subclasses implement `_attend(q, k, v, padding_mask, decode, inputs) -> (B, T, H, Dv)`
-    (inputs: the layer's query-side input, for layers that compute gates from it).
+    Subclasses implement `_attend(q, k, v, padding_mask, decode, prefill, inputs) -> (B, T, H, Dv)`
+    (inputs: the layer's query-side input, for layers that compute gates from it;
+    prefill: decode mode restarting the cache from these tokens).
     """
 
     def __init__(self, num_heads: int, in_features: int, qkv_features: int | None = None,
@@ -99,11 +103,14 @@ class _ProjectedAttention(nnx.Module):
 
     def __call__(self, inputs_q: jax.Array, inputs_k: jax.Array | None = None,
                  inputs_v: jax.Array | None = None, *, padding_mask: jax.Array | None = None,
-                 positions: jax.Array | None = None, decode: bool | None = None) -> jax.Array:
+                 positions: jax.Array | None = None, decode: bool | None = None,
+                 prefill: bool = False) -> jax.Array:
         """inputs (B, T, in_features) -> (B, T, out_features).
 
         inputs_k / inputs_v default to inputs_q (self-attention) and must have
         its length. padding_mask (B, T) bool; positions (B, T) int (rotary).
+        decode: continue from the cache (causal layers; `init_cache` first); prefill (with
+        decode): restart the cache from these tokens instead of continuing it.
         """
         if inputs_q.ndim != 3 or inputs_q.shape[-1] != self.in_features:
             raise ValueError(f"inputs_q must have shape (batch, seq, {self.in_features}); "
@@ -119,7 +126,9 @@ class _ProjectedAttention(nnx.Module):
         decode = self.decode if decode is None else decode
         if decode and not self.causal:
             raise ValueError("decode=True needs a causal attention layer (causal=True)")
-        out = self._attend(q, k, v, padding_mask, decode, inputs_q)
+        if prefill and not decode:
+            raise ValueError("prefill=True restarts the decode cache; it needs decode=True")
+        out = self._attend(q, k, v, padding_mask, decode, prefill, inputs_q)
         return self.out(out)
 
     def _check_cache(self, cache) -> None:
@@ -137,17 +146,20 @@ class CosineAttention(_ProjectedAttention):
       stabilize: "value" or "query" (see `cottention_jax.cosine_attention`).
       implementation: passed to `cosine_attention` (None picks per backend).
       interpret: passed to `cosine_attention` (run its Pallas kernels in interpret mode, on CPU).
+      sequence_axis: passed to `cosine_attention` outside decode mode: under a mesh (`jax.set_mesh`)
+        with this axis, the sequence is split over it (`cottention_jax.parallel`).
     """
 
     def __init__(self, num_heads: int, in_features: int, qkv_features: int | None = None,
                  out_features: int | None = None, num_kv_heads: int | None = None, *,
                  stabilizer_init: float = 0.5, stabilize: str = "value",
-                 implementation: str | None = None, interpret: bool = False, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs, **kwargs):
+                 implementation: str | None = None, interpret: bool = False, sequence_axis: str | None = None,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs, **kwargs):
         super().__init__(num_heads, in_features, qkv_features, out_features, num_kv_heads,
                          param_dtype=param_dtype, rngs=rngs, **kwargs)
         self.stabilizer = nnx.Param(jnp.full((num_heads,), stabilizer_init, param_dtype))
         self.stabilize, self.implementation, self.interpret = stabilize, implementation, interpret
+        self.sequence_axis = sequence_axis
         self.cached_kv = nnx.data(None)
         self.cached_count = nnx.data(None)
 
@@ -161,15 +173,17 @@ class CosineAttention(_ProjectedAttention):
         self.cached_kv = nnx.Cache(state.kv)
         self.cached_count = nnx.Cache(state.count)
 
-    def _attend(self, q, k, v, padding_mask, decode, inputs):
+    def _attend(self, q, k, v, padding_mask, decode, prefill, inputs):
         del inputs
         stab = self.stabilizer[...]
         if not decode:
             return cosine_attention(q, k, v, stab, causal=self.causal, padding_mask=padding_mask,
                                     stabilize=self.stabilize, implementation=self.implementation,
-                                    interpret=self.interpret)
+                                    interpret=self.interpret, sequence_axis=self.sequence_axis)
         self._check_cache(self.cached_kv)
         state = CosineAttentionState(self.cached_kv[...], self.cached_count[...])
+        if prefill:           # restart from the empty state
+            state = init_cosine_attention_state(q.shape[0], self.num_heads, self.head_dim, self.head_dim)
         if q.shape[1] == 1:   # one token: one RNN step, no chunk padding
             mask_t = None if padding_mask is None else padding_mask[:, 0]
             out, state = cosine_attention_step(state, q[:, 0], k[:, 0], v[:, 0], stab,
@@ -201,8 +215,9 @@ class SoftmaxAttention(_ProjectedAttention):
     def __init__(self, num_heads: int, in_features: int, qkv_features: int | None = None,
                  out_features: int | None = None, num_kv_heads: int | None = None, *,
                  stabilizer_init: float | None = None, stabilize: str | None = None,
-                 implementation: str | None = None, interpret: bool = False, rngs: nnx.Rngs, **kwargs):
-        del stabilizer_init, stabilize
+                 implementation: str | None = None, interpret: bool = False, sequence_axis: str | None = None,
+                 rngs: nnx.Rngs, **kwargs):
+        del stabilizer_init, stabilize, sequence_axis   # a split sequence: XLA partitions the flash call
         if implementation is not None and implementation not in softmax_ops.IMPLEMENTATIONS:
             raise ValueError(f"implementation must be one of {softmax_ops.IMPLEMENTATIONS} or None; "
                              f"got {implementation!r}")
@@ -223,12 +238,14 @@ class SoftmaxAttention(_ProjectedAttention):
         self.cache_mask = nnx.Cache(jnp.zeros((b, length), bool))
         self.cache_index = nnx.Cache(jnp.array(0, jnp.int32))
 
-    def _attend(self, q, k, v, padding_mask, decode, inputs):
+    def _attend(self, q, k, v, padding_mask, decode, prefill, inputs):
         del inputs
-        if not decode:   # padded query rows come back zero
-            return softmax_ops.softmax_attention(q, k, v, causal=self.causal, padding_mask=padding_mask,
-                                                 implementation=self.implementation,
-                                                 interpret=self.interpret)
+        if not decode or prefill:   # the parallel (flash) form; padded query rows come back zero
+            out = softmax_ops.softmax_attention(q, k, v, causal=self.causal, padding_mask=padding_mask,
+                                                implementation=self.implementation, interpret=self.interpret)
+            if decode:
+                self._restart_cache(k, v, padding_mask)
+            return out
         b, t = q.shape[:2]
         real = jnp.ones((b, t), bool) if padding_mask is None else padding_mask
         self._check_cache(self.cached_key)
@@ -246,3 +263,18 @@ class SoftmaxAttention(_ProjectedAttention):
         self.cached_key[...], self.cached_value[...] = keys, values
         self.cache_mask[...], self.cache_index[...] = seen, idx + t
         return jnp.where(real[:, :, None, None], out, 0).astype(q.dtype)
+
+    def _restart_cache(self, k, v, padding_mask) -> None:
+        """The cache holds exactly these T tokens: slots [0, T) written, the rest empty."""
+        self._check_cache(self.cached_key)
+        b, t = k.shape[:2]
+        length = self.cached_key[...].shape[1]
+        if t > length:
+            raise ValueError(f"the prompt ({t} tokens) is longer than the KV cache ({length} slots); "
+                             f"init_cache with max_length >= {t}")
+        real = jnp.ones((b, t), bool) if padding_mask is None else padding_mask
+        zeros = jnp.zeros_like(self.cached_key[...])
+        self.cached_key[...] = jax.lax.dynamic_update_slice(zeros, k.astype(zeros.dtype), (0, 0, 0, 0))
+        self.cached_value[...] = jax.lax.dynamic_update_slice(zeros, v.astype(zeros.dtype), (0, 0, 0, 0))
+        self.cache_mask[...] = jnp.zeros((b, length), bool).at[:, :t].set(real)
+        self.cache_index[...] = jnp.array(t, jnp.int32)

@@ -63,7 +63,8 @@ def chunked_cross_entropy(hidden: jax.Array, labels: jax.Array, weights: jax.Arr
     one row of positions; weights like labels, or None; head_fn maps (B, c, d) -> (B, c, V)
     logits. Chunks cut along each row's positions, never across rows: each holds
     c = max(chunk // B, 1) positions of every row, so a batch axis sharded over devices
-    stays sharded inside every chunk. Rows are padded to a multiple of c with weight 0;
+    stays sharded inside every chunk; the positions of a chunk are strided (every
+    (P/c)-th), so a sequence axis sharded over devices stays sharded too. Rows are padded to a multiple of c with weight 0;
     a chunk's logits live only inside a rematerialised `lax.map` body (in the forward
     pass, and again in the backward pass).
     """
@@ -86,8 +87,11 @@ def chunked_cross_entropy(hidden: jax.Array, labels: jax.Array, weights: jax.Arr
     pad = n_chunks * c - positions
 
     def split(x):   # (B, P, ...) -> (P/c, B, c, ...), the tail padded with zeros (weight 0)
+        # Chunk j holds the strided positions j, j + P/c, j + 2 P/c, ...: a sequence split over
+        # devices in contiguous pieces then keeps each chunk split the same way (every device
+        # holds its share of every chunk), so the loop never gathers the sequence.
         x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-        return x.reshape(rows, n_chunks, c, *x.shape[2:]).swapaxes(0, 1)
+        return jnp.moveaxis(x.reshape(rows, c, n_chunks, *x.shape[2:]), 2, 0)
 
     @jax.checkpoint    # the backward pass recomputes a chunk's (B, c, V) logits instead of storing them
     def chunk_sums(xs):

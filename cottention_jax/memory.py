@@ -3,23 +3,28 @@
 `train_step_memory(config, batch_size, seq_len)` builds the model and optimizer
 abstractly (`nnx.eval_shape`: shapes only, no parameter arrays), lowers and
 compiles `train.make_train_step(config.kind)` for the default backend, and
-reads `memory_analysis()`. On the CPU backend this over-states a GPU's figure
+reads `memory_analysis()`. With a `mesh` (`cottention_jax.sharding.make_mesh`)
+the step is compiled for it (the batch split over "data" and "seq", the state
+replicated or fsdp-split as in training), and the figures are per device. On the CPU backend this over-states a GPU's figure
 (different fusion and scheduling), but it moves with every saving, so it is the
 yardstick for remat and the chunked loss when no GPU is at hand.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import NamedSharding
 
 from cottention_jax.configs import TrainConfig
+from cottention_jax.sharding import batch_sharding, param_spec
 from cottention_jax.train import build_model, build_optimizer, make_train_step
 
-__all__ = ["abstract_batch", "train_step_memory"]
+__all__ = ["abstract_batch", "compile_train_step", "train_step_memory"]
 
 
 def abstract_batch(config: TrainConfig, batch_size: int, seq_len: int) -> dict:
@@ -37,20 +42,42 @@ def abstract_batch(config: TrainConfig, batch_size: int, seq_len: int) -> dict:
     raise ValueError(f"train_step_memory covers kind 'gpt' and 'bert-mlm'; got kind={config.kind!r}")
 
 
-def train_step_memory(config: TrainConfig, batch_size: int, seq_len: int) -> dict:
-    """Compiled memory of one jitted optimizer step of `config` on (batch_size, seq_len) tokens.
+def _place(node, mesh, fsdp: bool) -> None:
+    """Give every abstract array of an nnx node the sharding training would (sharding.shard_training_state)."""
+    n = mesh.shape["data"]
 
-    Returns bytes: "arguments" (parameters, optimizer state, batch), "outputs"
-    (the updated state: the step does not donate its inputs), "temporaries"
-    (activations, gradients, workspace), "total" (their sum less aliased
-    buffers), and "compile_s" (lowering + compilation seconds).
-    """
+    def place(x):
+        spec = param_spec(x.shape, n, fsdp) if getattr(x, "ndim", 0) else jax.sharding.PartitionSpec()
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, spec))
+    nnx.update(node, jax.tree.map(place, nnx.state(node)))
+
+
+def compile_train_step(config: TrainConfig, batch_size: int, seq_len: int, mesh=None):
+    """The compiled jitted optimizer step of `config` on abstract (batch_size, seq_len) inputs, and the
+    seconds lowering + compilation took. With `mesh`, compiled for it under `jax.set_mesh`."""
     batch = abstract_batch(config, batch_size, seq_len)
     model = nnx.eval_shape(lambda: build_model(config))
     optimizer = nnx.eval_shape(lambda: build_optimizer(build_model(config), config.optim, config.steps))
+    if mesh is not None:
+        for node in (model, optimizer):
+            _place(node, mesh, fsdp=config.sharding == "fsdp")
+        batch = {k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding(mesh, x.ndim))
+                 for k, x in batch.items()}
     start = time.perf_counter()
-    compiled = make_train_step(config.kind).lower(model, optimizer, batch).compile()
-    seconds = time.perf_counter() - start
+    with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
+        compiled = make_train_step(config.kind).lower(model, optimizer, batch).compile()
+    return compiled, time.perf_counter() - start
+
+
+def train_step_memory(config: TrainConfig, batch_size: int, seq_len: int, mesh=None) -> dict:
+    """Compiled memory of one jitted optimizer step of `config` on (batch_size, seq_len) tokens.
+
+    Returns bytes (per device, with a mesh): "arguments" (parameters, optimizer state,
+    batch), "outputs" (the updated state: the step does not donate its inputs),
+    "temporaries" (activations, gradients, workspace), "total" (their sum less aliased
+    buffers), and "compile_s" (lowering + compilation seconds).
+    """
+    compiled, seconds = compile_train_step(config, batch_size, seq_len, mesh)
     analysis = compiled.memory_analysis()
     if analysis is None:
         raise RuntimeError(f"the {jax.default_backend()} backend gives no compiled memory analysis")

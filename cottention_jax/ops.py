@@ -156,6 +156,7 @@ def cosine_attention(
     implementation: str | None = None,
     chunk_size: int | None = None,
     interpret: bool = False,
+    sequence_axis: str | None = None,
 ):
     """Cosine attention (Cottention): cosine similarity instead of softmax.
 
@@ -178,6 +179,10 @@ def cosine_attention(
       chunk_size: chunk length of the xla scan / the Pallas kernels (default 64; a power
         of two >= 16 for pallas).
       interpret: pallas only; run the kernels in Pallas interpret mode (CPU).
+      sequence_axis: the name of a mesh axis the sequence is split over. When the
+        context mesh (`jax.set_mesh`) has this axis with more than one device, the
+        sequence-parallel form runs (`cottention_jax.parallel`: each device attends
+        over its shard and only d x d states cross devices); otherwise it is ignored.
 
     Returns:
       out (B, T, H, Dv) in the input dtype, or (out, CosineAttentionState)
@@ -185,6 +190,12 @@ def cosine_attention(
     """
     _check_inputs(q, k, v, stabilizer, causal, padding_mask, initial_state, return_state,
                   stabilize, implementation)
+    if _sequence_is_split(sequence_axis):
+        from cottention_jax import parallel  # noqa: PLC0415  (parallel builds on this module)
+        return parallel.sequence_parallel_cosine_attention(
+            q, k, v, stabilizer, axis=sequence_axis, causal=causal, padding_mask=padding_mask,
+            initial_state=initial_state, return_state=return_state, stabilize=stabilize,
+            implementation=implementation, chunk_size=chunk_size, interpret=interpret)
     impl = implementation or default_implementation(causal)
     if impl == "pallas" and causal and not interpret and jax.default_backend() != "gpu":
         raise ValueError(f"implementation='pallas' needs a GPU (JAX's backend is {jax.default_backend()!r}); "
@@ -206,6 +217,14 @@ def cosine_attention(
 
     out = out.astype(q.dtype)
     return (out, state) if return_state else out
+
+
+def _sequence_is_split(axis: str | None) -> bool:
+    """Whether the context mesh splits `axis` over more than one device."""
+    if axis is None:
+        return False
+    mesh = jax.sharding.get_abstract_mesh()
+    return not mesh.empty and axis in mesh.axis_names and dict(mesh.shape)[axis] > 1
 
 
 def _normalized_inputs(q, k, v, padding_mask):

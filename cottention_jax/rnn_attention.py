@@ -34,8 +34,9 @@ class RecurrentSoftmaxAttention(_ProjectedAttention):
                  out_features: int | None = None, num_kv_heads: int | None = None, *,
                  variant: str | rs.AttentionVariant = "taylor2", form: str = "parallel",
                  causal: bool = True, stabilizer_init=None, stabilize=None, implementation=None,
-                 interpret: bool = False, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs, **kwargs):
-        del stabilizer_init, stabilize, implementation, interpret   # other layers' options, accepted for configs
+                 interpret: bool = False, sequence_axis=None, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs,
+                 **kwargs):
+        del stabilizer_init, stabilize, implementation, interpret, sequence_axis   # other layers' options
         if not causal:
             raise ValueError("RecurrentSoftmaxAttention is causal only; got causal=False")
         if form not in rs.FORMS:
@@ -66,7 +67,7 @@ class RecurrentSoftmaxAttention(_ProjectedAttention):
         self.cached_denominator = nnx.Cache(state.denominator)
         self.cached_count = nnx.Cache(state.count)
 
-    def _attend(self, q, k, v, padding_mask, decode, inputs):
+    def _attend(self, q, k, v, padding_mask, decode, prefill, inputs):
         gate = None if self.gate is None else self.gate(inputs)                 # (B, T, H, 1)
         if not decode:
             out = rs.attention(self.variant, q, k, v, padding_mask=padding_mask, gate=gate, form=self.form)
@@ -74,6 +75,8 @@ class RecurrentSoftmaxAttention(_ProjectedAttention):
             self._check_cache(self.cached_numerator)
             state = rs.RecurrentSoftmaxState(self.cached_numerator[...], self.cached_denominator[...],
                                              self.cached_count[...])
+            if prefill:   # restart from the empty state
+                state = rs.init_state(self.variant, q.shape[0], self.num_kv_heads, self.head_dim, self.head_dim)
             if q.shape[1] == 1:
                 out, state = rs.attention_step(
                     self.variant, state, q[:, 0], k[:, 0], v[:, 0],

@@ -1,10 +1,15 @@
-"""Multi-device training with `jax.sharding`: one named mesh axis, "data".
+"""Multi-device training with `jax.sharding`: a ("data", "seq") mesh.
 
-- "data": the batch is split over the devices; parameters and optimizer state
-  are replicated.
+- "data": the batch is split over the "data" axis; parameters and optimizer
+  state are replicated.
 - "fsdp": the batch is split as above and every parameter (and its optimizer
-  state) is split too, along its largest dimension divisible by the device count;
-  XLA inserts the gathers. Small arrays (< min_fsdp_size elements) stay replicated.
+  state) is split too over "data", along its largest dimension divisible by that
+  axis; XLA inserts the gathers. Small arrays (< min_fsdp_size elements) stay replicated.
+- seq_parallel = S > 1 (with either): the devices form a (N / S) x S mesh and
+  every (batch, seq, ...) array is split over "seq" along its sequence axis too.
+  Cosine attention then runs sequence-parallel (`cottention_jax.parallel`: only
+  d x d states cross devices); everything else is position-wise, so XLA keeps it
+  local. Train with `jax.set_mesh(mesh)` active, so the attention op finds the axis.
 
 Test on a CPU with XLA_FLAGS=--xla_force_host_platform_device_count=8.
 """
@@ -16,18 +21,24 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["batch_sharding", "make_mesh", "param_spec", "shard_training_state"]
+__all__ = ["AXIS", "SEQ_AXIS", "batch_sharding", "make_mesh", "param_spec", "place_batch", "shard_training_state"]
 
-AXIS = "data"
+AXIS, SEQ_AXIS = "data", "seq"
 
 
-def make_mesh(kind: str) -> Mesh | None:
-    """A 1-D mesh over all devices for "data"/"fsdp"; None for "none"."""
+def make_mesh(kind: str, seq_parallel: int = 1, devices=None) -> Mesh | None:
+    """A (devices / seq_parallel, seq_parallel) mesh, axes ("data", "seq"), for "data"/"fsdp"
+    over `devices` (default: all of them); None for "none"."""
     if kind == "none":
+        if seq_parallel != 1:
+            raise ValueError(f"seq_parallel={seq_parallel} needs sharding='data' or 'fsdp'; got sharding='none'")
         return None
     if kind not in ("data", "fsdp"):
         raise ValueError(f"sharding must be 'none', 'data' or 'fsdp'; got {kind!r}")
-    return Mesh(np.array(jax.devices()), (AXIS,))
+    devices = list(jax.devices() if devices is None else devices)
+    if seq_parallel < 1 or len(devices) % seq_parallel:
+        raise ValueError(f"seq_parallel must divide the {len(devices)} devices; got seq_parallel={seq_parallel}")
+    return Mesh(np.array(devices).reshape(len(devices) // seq_parallel, seq_parallel), (AXIS, SEQ_AXIS))
 
 
 def param_spec(shape: tuple[int, ...], n_devices: int, fsdp: bool, min_fsdp_size: int = 2**12) -> PartitionSpec:
@@ -42,8 +53,8 @@ def param_spec(shape: tuple[int, ...], n_devices: int, fsdp: bool, min_fsdp_size
 
 
 def shard_training_state(model: nnx.Module, optimizer: nnx.Optimizer, mesh: Mesh, fsdp: bool) -> None:
-    """Place the model's and optimizer's arrays on the mesh, in place."""
-    n = mesh.devices.size
+    """Place the model's and optimizer's arrays on the mesh, in place (fsdp: split over "data")."""
+    n = mesh.shape[AXIS]
 
     def place(x):
         if not hasattr(x, "shape") or getattr(x, "ndim", 0) == 0:
@@ -54,6 +65,14 @@ def shard_training_state(model: nnx.Module, optimizer: nnx.Optimizer, mesh: Mesh
         nnx.update(node, jax.tree.map(place, nnx.state(node)))
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Split the leading (batch) axis over the devices."""
-    return NamedSharding(mesh, PartitionSpec(AXIS))
+def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
+    """Where a batch array of rank `ndim` lives: batch axis over "data", sequence axis (the
+    second, for ndim >= 2) over "seq"."""
+    return NamedSharding(mesh, PartitionSpec(AXIS, SEQ_AXIS) if ndim >= 2 else PartitionSpec(AXIS))
+
+
+def place_batch(batch: dict, mesh: Mesh | None) -> dict:
+    """Put every array of a batch dict on the mesh (`batch_sharding`), or on the default device."""
+    if mesh is None:
+        return {k: jax.numpy.asarray(v) for k, v in batch.items()}
+    return {k: jax.device_put(v, batch_sharding(mesh, np.ndim(v))) for k, v in batch.items()}

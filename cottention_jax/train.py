@@ -11,6 +11,7 @@ exactly as if never interrupted (same batches, same dropout, same losses).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -32,7 +33,7 @@ from cottention_jax.configs import OptimConfig, TrainConfig, from_dict, to_dict
 from cottention_jax.metrics import MetricsWriter, plot_training_curves, safe_exp
 from cottention_jax.models import GPT, Bert
 from cottention_jax.objectives import LOSSES
-from cottention_jax.sharding import batch_sharding, make_mesh, shard_training_state
+from cottention_jax.sharding import SEQ_AXIS, make_mesh, place_batch, shard_training_state
 
 __all__ = ["DataBundle", "build_model", "build_optimizer", "evaluate", "learning_rate_schedule",
            "make_train_step", "prepare_data", "stabilizer_values", "train_and_evaluate"]
@@ -74,10 +75,17 @@ def build_optimizer(model: nnx.Module, optim: OptimConfig, total_steps: int) -> 
 
 
 def build_model(config: TrainConfig, seed: int | None = None) -> nnx.Module:
-    """GPT for kind "gpt", Bert otherwise; params from `seed`, dropout from `seed + 1`."""
+    """GPT for kind "gpt", Bert otherwise; params from `seed`, dropout from `seed + 1`.
+
+    With config.seq_parallel > 1 the attention layers split the sequence over the mesh's
+    "seq" axis (`model.sequence_axis`), under the mesh the training loop sets.
+    """
     seed = config.seed if seed is None else seed
     rngs = nnx.Rngs(params=seed, dropout=seed + 1)
-    return GPT(config.model, rngs=rngs) if config.kind == "gpt" else Bert(config.model, rngs=rngs)
+    model_config = config.model
+    if config.seq_parallel > 1 and model_config.sequence_axis is None:
+        model_config = dataclasses.replace(model_config, sequence_axis=SEQ_AXIS)
+    return GPT(model_config, rngs=rngs) if config.kind == "gpt" else Bert(model_config, rngs=rngs)
 
 
 @dataclasses.dataclass
@@ -141,18 +149,14 @@ def make_train_step(kind: str):
     return train_step
 
 
-def _put(batch: dict, sharding) -> dict:
-    return {k: jnp.asarray(v) if sharding is None else jax.device_put(v, sharding) for k, v in batch.items()}
-
-
-def evaluate(model, eval_step, batches: Iterator[dict], max_batches: int, sharding=None) -> dict:
+def evaluate(model, eval_step, batches: Iterator[dict], max_batches: int, mesh=None) -> dict:
     """Exact mean loss and accuracy over up to max_batches batches (0: all)."""
     model.eval()
     totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
     for i, batch in enumerate(batches):
         if max_batches and i >= max_batches:
             break
-        sums = eval_step(model, _put(batch, sharding))
+        sums = eval_step(model, place_batch(batch, mesh))
         for k in totals:
             totals[k] += float(sums[k])
     model.train()
@@ -163,9 +167,20 @@ def evaluate(model, eval_step, batches: Iterator[dict], max_batches: int, shardi
 
 # ----------------------------------------------------------------------------- the run
 
+# How a step is computed, not what it computes: these may change between a run and its resumption.
+_EXECUTION_FIELDS = ("remat", "loss_chunk", "implementation", "interpret", "sequence_axis")
+
+
 def _check_resumable(saved: dict, config: TrainConfig) -> None:
-    """Resuming with a different model, data, optimizer or seed would not continue the same run."""
+    """Resuming with a different model, data, optimizer or seed would not continue the same run.
+
+    The model's execution fields (rematerialisation, loss chunking, attention implementation,
+    sequence splitting) are not compared, and fields a checkpoint predates take their defaults.
+    """
     current = to_dict(config)
+    saved = {**saved, "model": to_dict(dataclasses.replace(config, model=type(config.model)(**{
+        **{k: v for k, v in saved.get("model", {}).items() if k not in _EXECUTION_FIELDS},
+        **{k: getattr(config.model, k) for k in _EXECUTION_FIELDS}})))["model"]} if "model" in saved else saved
     for key in ("kind", "model", "data", "optim", "seed", "steps"):
         if saved.get(key) != current[key]:
             raise ValueError(f"the checkpoint in this workdir was written with a different {key!r}: "
@@ -207,17 +222,16 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path, *, progress: bo
     if config.init_from:
         log(_init_from_pretrained(model, config.init_from))
     optimizer = build_optimizer(model, config.optim, config.steps)
-    mesh = make_mesh(config.sharding)
-    sharding = None
+    mesh = make_mesh(config.sharding, config.seq_parallel)
     if mesh is not None:
-        if config.data.batch_size % mesh.devices.size:
+        if config.data.batch_size % mesh.shape["data"]:
             raise ValueError(f"data.batch_size ({config.data.batch_size}) must be divisible by the "
-                             f"{mesh.devices.size} devices for sharding={config.sharding!r}")
+                             f"{mesh.shape['data']} devices of the data axis for sharding={config.sharding!r}")
         shard_training_state(model, optimizer, mesh, fsdp=config.sharding == "fsdp")
-        sharding = batch_sharding(mesh)
     n_params = sum(int(np.prod(v[...].shape)) for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param)))
     log(f"model: {config.kind} {config.model.attention} attention, {n_params:,} parameters, "
-        f"{jax.device_count()} {jax.default_backend()} device(s), sharding={config.sharding}")
+        f"{jax.device_count()} {jax.default_backend()} device(s), sharding={config.sharding}"
+        + (f", sequence split over {config.seq_parallel}" if config.seq_parallel > 1 else ""))
 
     ckpt = Checkpointer(workdir / "checkpoints", save_every=config.checkpoint_every, keep=config.keep_checkpoints)
     start = 0
@@ -243,7 +257,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path, *, progress: bo
 
     def run_eval(step):
         nonlocal last_eval
-        last_eval = evaluate(model, eval_step, data.eval_splits["eval"](), config.eval_batches, sharding)
+        last_eval = evaluate(model, eval_step, data.eval_splits["eval"](), config.eval_batches, mesh)
         writer.write(step, "eval", **{k: v for k, v in last_eval.items() if k != "count"})
         stab = stabilizer_values(model)
         if stab:
@@ -256,28 +270,31 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path, *, progress: bo
 
     bar = tqdm(total=config.steps, initial=start, desc=f"train {config.kind}/{config.model.attention}",
                unit="step", disable=not progress, dynamic_ncols=True)
-    if start == 0:
-        run_eval(0)
-    for step in range(start + 1, config.steps + 1):
-        for _ in range(config.optim.accumulate_steps):
-            loss, grad_norm = train_step(model, optimizer, _put(next(data.train), sharding))
-        window.append((float(loss), float(grad_norm)))
-        history.append(float(loss))
-        if step % config.log_every == 0 or step == config.steps:
-            elapsed = time.perf_counter() - window_start
-            losses, norms = zip(*window)
-            rate = len(window) * tokens_per_step / elapsed
-            writer.write(step, "train", loss=float(np.mean(losses)), grad_norm=float(np.mean(norms)),
-                         learning_rate=float(schedule(step - 1)), tokens_per_second=rate)
-            bar.set_postfix(loss=f"{np.mean(losses):.3f}", tok_s=f"{rate:,.0f}")
-            window, window_start = [], time.perf_counter()
-        if step % config.eval_every == 0 or step == config.steps:
-            run_eval(step)
-        ckpt.save(step, model, optimizer, data.train.get_state(), to_dict(config), force=step == config.steps)
-        bar.update(1)
-    bar.close()
-    if not last_eval:          # the workdir held a finished run: evaluate it again for the summary
-        run_eval(config.steps)
+    # the mesh is the context of every step, so that attention finds its sequence axis (parallel.py)
+    in_mesh = (lambda: jax.set_mesh(mesh)) if mesh is not None else contextlib.nullcontext
+    with in_mesh():
+        if start == 0:
+            run_eval(0)
+        for step in range(start + 1, config.steps + 1):
+            for _ in range(config.optim.accumulate_steps):
+                loss, grad_norm = train_step(model, optimizer, place_batch(next(data.train), mesh))
+            window.append((float(loss), float(grad_norm)))
+            history.append(float(loss))
+            if step % config.log_every == 0 or step == config.steps:
+                elapsed = time.perf_counter() - window_start
+                losses, norms = zip(*window)
+                rate = len(window) * tokens_per_step / elapsed
+                writer.write(step, "train", loss=float(np.mean(losses)), grad_norm=float(np.mean(norms)),
+                             learning_rate=float(schedule(step - 1)), tokens_per_second=rate)
+                bar.set_postfix(loss=f"{np.mean(losses):.3f}", tok_s=f"{rate:,.0f}")
+                window, window_start = [], time.perf_counter()
+            if step % config.eval_every == 0 or step == config.steps:
+                run_eval(step)
+            ckpt.save(step, model, optimizer, data.train.get_state(), to_dict(config), force=step == config.steps)
+            bar.update(1)
+        bar.close()
+        if not last_eval:          # the workdir held a finished run: evaluate it again for the summary
+            run_eval(config.steps)
     ckpt.close()
     writer.close()
 
@@ -285,7 +302,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path, *, progress: bo
                "parameters": n_params, "vocab_size": config.model.vocab_size, "final_eval": last_eval,
                "workdir": str(workdir)}
     if "test" in data.eval_splits:
-        summary["test"] = evaluate(model, eval_step, data.eval_splits["test"](), 0, sharding)
+        with in_mesh():
+            summary["test"] = evaluate(model, eval_step, data.eval_splits["test"](), 0, mesh)
         log(f"held-out test accuracy {summary['test']['accuracy']:.4f} on {summary['test']['count']:.0f} examples")
     stab = stabilizer_values(model)
     if stab:

@@ -40,6 +40,9 @@ OP_CASES = {
     "causal-split8-scan-query": (8, 1, True, "none", 2, "query", "scan", "xla", 320),
     "causal-data2xseq4-left": (4, 2, True, "left", 2, "value", "all_gather", "xla", 320),
     "causal-split2-pallas-left": (2, 1, True, "left", 2, "value", "all_gather", "pallas", 160),
+    # through cosine_attention(sequence_axis="seq") under jax.set_mesh, as the layers call it
+    "via-op-causal-data2xseq4-right": (4, 2, True, "right", 2, "value", "all_gather", "via-op", 320),
+    "via-op-bidirectional-split4-left": (4, 1, False, "left", 2, "value", "all_gather", "via-op", 320),
     "bidirectional-split2-right": (2, 1, False, "right", 2, "value", "all_gather", "xla", 320),
     "bidirectional-split8-left": (8, 1, False, "left", 1, "value", "all_gather", "xla", 320),
 }
@@ -71,14 +74,18 @@ def compare_op(seq, data, causal, pad, kv, stabilize, exchange, impl, t) -> dict
         return ca.cosine_attention(*a, stabilize=stabilize, implementation="reference", **kw)
 
     def sharded(*a, **kw):
+        if impl == "via-op":
+            return ca.cosine_attention(*a, stabilize=stabilize, implementation="xla", sequence_axis="seq", **kw)
         return parallel.sequence_parallel_cosine_attention(*a, mesh=mesh, stabilize=stabilize, exchange=exchange,
                                                            implementation=impl, interpret=impl == "pallas", **kw)
 
     argnums = (0, 1, 2, 3, 4) if causal else (0, 1, 2, 3)
     grad = lambda attend: jax.jit(jax.grad(lambda *a: loss(attend, *a), argnums=argnums, has_aux=True))  # noqa: E731
     want_g, (want_o, want_kv, want_n) = grad(single)(q, k, v, m, kv0)
-    got_g, (got_o, got_kv, got_n) = grad(sharded)(q, k, v, m, kv0)
-    errors = {"out": rel_error(got_o, want_o)}
+    with jax.set_mesh(mesh):
+        got_g, (got_o, got_kv, got_n) = grad(sharded)(q, k, v, m, kv0)
+        text = jax.jit(lambda *a: loss(sharded, *a)[0]).lower(q, k, v, m, kv0).as_text()
+    errors = {"out": rel_error(got_o, want_o), "shard_map": int("shard_map" in text or "sdy.manual" in text)}
     if causal:
         errors.update(final_kv=rel_error(got_kv, want_kv), final_count=int(jnp.max(jnp.abs(got_n - want_n))))
     for name, g, w in zip(("dq", "dk", "dv", "dstabilizer", "dinitial_kv"), got_g, want_g):
@@ -122,6 +129,20 @@ def bad_input() -> dict:
     return messages
 
 
+def step_memory() -> dict:
+    """Compiled per-device memory of a gpt-tiny training step at seq 4096, batch 1: one device vs a
+    1 x 8 sequence-parallel mesh (what the longest trainable context follows)."""
+    from cottention_jax.configs import train_preset  # noqa: PLC0415
+    from cottention_jax.memory import train_step_memory  # noqa: PLC0415
+    from cottention_jax.sharding import make_mesh  # noqa: PLC0415
+
+    seq = 4096
+    one = train_step_memory(train_preset("gpt-tiny", [f"data.seq_len={seq}"]), 1, seq)
+    cfg = train_preset("gpt-tiny", [f"data.seq_len={seq}", "sharding=data", "seq_parallel=8"])
+    eight = train_step_memory(cfg, 1, seq, make_mesh("data", 8))
+    return {"one": one["temporaries"], "eight": eight["temporaries"]}
+
+
 def main(group: str) -> None:
     if group == "ops":
         result = {name: compare_op(*case) for name, case in OP_CASES.items()}
@@ -129,6 +150,7 @@ def main(group: str) -> None:
         result = {f"{exchange}-seq{seq}-t{t}": attention_collectives(seq, t, exchange)
                   for exchange in ("all_gather", "scan") for seq in (4, 8) for t in (2048, 8192)}
         result["bad_input"] = bad_input()
+        result["step_memory"] = step_memory()
     else:
         raise SystemExit(f"unknown group {group!r}")
     print(json.dumps(result))

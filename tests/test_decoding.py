@@ -150,3 +150,64 @@ def test_decoding_input_errors():
         decoding.generate(model, prompt, prompt_mask=mask, max_new_tokens=0)
     with pytest.raises(ValueError, match="init_cache"):
         _model("cosine")(prompt, decode=True)
+
+
+@pytest.mark.parametrize("attention", ["cosine", "softmax", "taylor2"])
+def test_prefill_restarts_the_cache(attention):
+    """prefill=True starts over: after a first prompt, a second prefill gives the logits and the cache
+    of a model that only ever saw the second prompt."""
+    model = _model(attention)
+    first, _ = _left_padded([5, 7], 7)
+    second, mask = _left_padded([9, 4], 9)
+    decoding.prefill(model, first, max_length=12)
+    graphdef, cache, rest = nnx.split(model, nnx.Cache, ...)
+    again, cache = decoding._jitted_cached_call(graphdef, cache, rest, second, mask, prefill=True)
+    fresh = _model(attention)
+    want = decoding.prefill(fresh, second, mask, max_length=12)
+    assert rel_error(again, want) <= 1e-6
+    for got_leaf, want_leaf in zip(jax.tree.leaves(cache), jax.tree.leaves(nnx.state(fresh, nnx.Cache))):
+        assert jnp.array_equal(got_leaf, want_leaf)
+
+
+def test_decode_loop_continues_like_generate():
+    """make_decode_loop after prefill = generate (greedy), for the cosine and the softmax model."""
+    for attention in ("cosine", "softmax"):
+        model = _model(attention)
+        model.eval()
+        prompt, mask = _left_padded([6, 3], 6)
+        want = decoding.generate(model, prompt, prompt_mask=mask, max_new_tokens=5)
+        logits = decoding.prefill(model, prompt, mask, max_length=11)
+        loop, cache = decoding.make_decode_loop(model, 5)
+        got, _ = loop(cache, logits, jax.random.PRNGKey(0))
+        assert jnp.array_equal(got, want), attention
+
+
+def test_prefill_needs_decode_and_a_long_enough_cache():
+    model = _model("softmax")
+    tokens, _ = _left_padded([8, 8], 8)
+    with pytest.raises(ValueError, match="prefill=True restarts the decode cache; it needs decode=True"):
+        model(tokens, prefill=True)
+    with pytest.raises(ValueError, match=r"the prompt \(8 tokens\) is longer than the KV cache \(4 slots\)"):
+        model.init_cache(2, 4)
+        model(tokens, decode=True, prefill=True)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        decoding.make_decode_loop(model, 0)
+
+
+def test_decode_benchmark_script_runs(tmp_path):
+    """experiments/decode_benchmark.py on the tiny preset: one-call and chunked prefill, the timed scan."""
+    import json, os, subprocess, sys  # noqa: E401, PLC0415
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, os.path.join(root, "experiments", "decode_benchmark.py"), "--preset", "tiny",
+           "--contexts", "32", "96", "--steps", "4", "--repeats", "2", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [(r["attention"], r["context"]) for r in rows] == [("cosine", 32), ("cosine", 96), ("softmax", 32),
+                                                              ("softmax", 96)]
+    assert all(r["ms_per_token"] > 0 and r["state_MiB"] > 0 for r in rows)
+    cosine, softmax = rows[:2], rows[2:]
+    assert cosine[0]["state_MiB"] == cosine[1]["state_MiB"]          # the RNN state does not grow
+    assert softmax[1]["state_MiB"] > softmax[0]["state_MiB"]         # the KV cache does
+    assert "latency at 96 / latency at 32" in done.stdout

@@ -261,7 +261,7 @@ def test_public_api_of_models_decoding_and_layers_is_pinned():
     assert set(models.__all__) == {"BERT_PRESETS", "Bert", "BertConfig", "bert_config", "classification_loss",
                                    "mlm_loss", "GPT", "GPT_PRESETS", "GPTConfig", "gpt_config", "lm_loss",
                                    "perplexity", "attention_names", "make_attention"}
-    assert set(decoding.__all__) == {"generate", "make_decode_step", "prefill", "sample_logits"}
+    assert set(decoding.__all__) == {"generate", "make_decode_loop", "make_decode_step", "prefill", "sample_logits"}
     assert set(layers.__all__) == {"CosineAttention", "SoftmaxAttention", "apply_rope", "positions_from_mask"}
     assert rnn_attention.__all__ == ["RecurrentSoftmaxAttention"]
     for module in (models, decoding, layers, rnn_attention):

@@ -123,23 +123,32 @@ def test_sigkill_then_resume_gives_the_same_losses(data_dir, tmp_path):
 
 
 SHARDED_SCRIPT = r"""
-import json, sys
+import contextlib, dataclasses, json, sys
 import jax, numpy as np
 from flax import nnx
+from cottention_jax.benchmark import collectives
 from cottention_jax.configs import train_preset
 from cottention_jax.objectives import gpt_objective
-from cottention_jax.sharding import batch_sharding, make_mesh, shard_training_state
+from cottention_jax.sharding import make_mesh, place_batch, shard_training_state
 from cottention_jax.train import build_model, build_optimizer, prepare_data
 
-cfg = train_preset("gpt-tiny", [f"data.data_dir={sys.argv[1]}", "model.dropout_rate=0.0"])
-batches = [next(prepare_data(cfg).train) for _ in range(3)]
+jax.config.update("jax_default_matmul_precision", "highest")
+base = train_preset("gpt-tiny", [f"data.data_dir={sys.argv[1]}", "model.dropout_rate=0.0"])
+batches = [next(prepare_data(base).train) for _ in range(3)]
 out = {"devices": jax.device_count()}
-for kind in ("none", "data", "fsdp"):
+# kind: (sharding, seq_parallel); "seq" is a 2 x 4 (data x seq) mesh with sequence-parallel attention
+for kind, (sharding, seq_parallel) in {"none": ("none", 1), "data": ("data", 1), "fsdp": ("fsdp", 1),
+                                       "seq": ("data", 4)}.items():
+    cfg = dataclasses.replace(base, sharding=sharding, seq_parallel=seq_parallel)
     model = build_model(cfg); opt = build_optimizer(model, cfg.optim, cfg.steps)
-    mesh = make_mesh(kind)
-    put = (lambda b: b) if mesh is None else (lambda b: jax.device_put(b, batch_sharding(mesh)))
+    mesh = make_mesh(sharding, seq_parallel)
     if mesh is not None:
         shard_training_state(model, opt, mesh, fsdp=kind == "fsdp")
+    in_mesh = contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
+
+    @nnx.jit
+    def grads_of(model, batch):
+        return nnx.grad(lambda m, b: gpt_objective(m, b)[0])(model, batch)
 
     @nnx.jit
     def step(model, opt, batch):
@@ -147,28 +156,46 @@ for kind in ("none", "data", "fsdp"):
         opt.update(model, grads)
         return loss
 
-    losses = [float(step(model, opt, put(b))) for b in batches]
+    with in_mesh:
+        first = place_batch(batches[0], mesh)
+        grads = [np.asarray(g) for _, g in sorted(nnx.to_flat_state(grads_of(model, first)), key=str)]
+        hlo = grads_of.lower(model, first).compile().as_text() if kind == "seq" else ""
+        losses = [float(step(model, opt, place_batch(b, mesh))) for b in batches]
     kernel = model.blocks[0].mlp.fc_in.kernel[...]
-    batch = put(batches[0])["inputs"]
     out[kind] = {"losses": losses, "param": np.asarray(kernel).tolist(),
+                 "grads": [g.ravel().tolist() for g in grads],
                  "sharding": str(kernel.sharding.spec) if mesh is not None else "",
-                 "batch_shards": len({s.index for s in batch.addressable_shards}) if mesh is not None else 1}
+                 "batch_shards": len({s.index for s in first["inputs"].addressable_shards}) if mesh else 1,
+                 "collectives": collectives(hlo)}
+out["shape"] = [base.data.batch_size, base.data.seq_len, base.model.num_heads, base.model.head_dim]
 print(json.dumps(out))
 """
 
 
 def test_sharded_training_step_equals_single_device(data_dir):
+    """data / fsdp on 8 devices and a 2 x 4 data x sequence mesh: the single-device losses, gradients and
+    parameters; the sequence-parallel attention exchanges only d x d states."""
     prepare_data(_config("gpt-tiny", data_dir))           # build the dataset here, not in 8-device land
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    run = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, data_dir], env=env, check=True,
-                         capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, data_dir], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-4000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["devices"] == 8
     assert "data" in out["fsdp"]["sharding"]                 # fsdp really splits the parameters
     assert out["data"]["batch_shards"] == out["fsdp"]["batch_shards"] == 8   # and both split the batch
-    for kind in ("data", "fsdp"):
+    assert out["seq"]["batch_shards"] == 8                   # 2 batch halves x 4 sequence quarters
+    for kind in ("data", "fsdp", "seq"):
         np.testing.assert_allclose(out[kind]["losses"], out["none"]["losses"], rtol=1e-5)
         np.testing.assert_allclose(out[kind]["param"], out["none"]["param"], rtol=1e-4, atol=1e-6)
+        for got, want in zip(out[kind]["grads"], out["none"]["grads"], strict=True):
+            np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-7)
+    # Sequence-parallel attention moves d x d states: no all-gather (or scatter / permute) in the whole
+    # step is larger than the 4 states of a seq group, i.e. keys, values and activations stay put; the
+    # all-reduces are the gradients' (parameters are replicated over both axes).
+    b, t, h, d = out["shape"]
+    moved = [c for c in out["seq"]["collectives"] if c["op"] != "all-reduce"]
+    assert moved and all(c["bytes"] <= 4 * (b // 2) * h * d * d * 4 for c in moved), moved
+    assert any(c["op"] == "all-gather" and "shard_map" in c["op_name"] for c in moved)
 
 
 def test_resume_refuses_a_different_config(data_dir, tmp_path):
@@ -176,6 +203,9 @@ def test_resume_refuses_a_different_config(data_dir, tmp_path):
     train_and_evaluate(cfg, tmp_path, progress=False)
     with pytest.raises(ValueError, match=r"different 'model'"):
         train_and_evaluate(apply_overrides(cfg, ["model.attention=softmax"]), tmp_path, progress=False)
+    # how the step is computed may change (remat, loss chunks, implementation): the same run resumes
+    same_run = apply_overrides(cfg, ["model.remat=block", "model.loss_chunk=32", "model.implementation=reference"])
+    assert train_and_evaluate(same_run, tmp_path, progress=False)["final_eval"]["count"] > 0
 
 
 def test_cli_print_config_and_errors(tmp_path):

@@ -39,6 +39,7 @@ class BertConfig:
     stabilize: str = "value"
     implementation: str | None = None     # attention implementation, per attention (None: per backend)
     interpret: bool = False               # Pallas kernels in interpret mode (CPU tests)
+    sequence_axis: str | None = None      # mesh axis the sequence is split over (cosine; see parallel.py)
     dropout_rate: float = 0.1
     layer_norm_eps: float = 1e-12
     dtype: str = "float32"
@@ -71,7 +72,8 @@ class BertLayer(nnx.Module):
         self.attn = make_attention(
             cfg.attention, num_heads=cfg.num_heads, in_features=cfg.d_model, num_kv_heads=cfg.num_kv_heads,
             causal=False, stabilizer_init=cfg.stabilizer_init, stabilize=cfg.stabilize,
-            implementation=cfg.implementation, interpret=cfg.interpret, dtype=dt, param_dtype=pdt, rngs=rngs)
+            implementation=cfg.implementation, interpret=cfg.interpret,
+            sequence_axis=cfg.sequence_axis, dtype=dt, param_dtype=pdt, rngs=rngs)
         self.ln_attn = nnx.LayerNorm(cfg.d_model, **norm)
         self.mlp = FeedForward(cfg.d_model, cfg.ff_dim, dtype=dt, param_dtype=pdt, rngs=rngs)
         self.ln_mlp = nnx.LayerNorm(cfg.d_model, **norm)

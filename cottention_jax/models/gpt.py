@@ -41,6 +41,7 @@ class GPTConfig:
     stabilize: str = "value"
     implementation: str | None = None     # attention implementation, per attention (None: per backend)
     interpret: bool = False               # Pallas kernels in interpret mode (CPU tests)
+    sequence_axis: str | None = None      # mesh axis the sequence is split over (cosine; see parallel.py)
     dropout_rate: float = 0.0
     layer_norm_eps: float = 1e-5
     tie_embeddings: bool = False
@@ -84,13 +85,14 @@ class GPTBlock(nnx.Module):
             cfg.attention, num_heads=cfg.num_heads, in_features=cfg.d_model,
             num_kv_heads=cfg.num_kv_heads, causal=True, rotary_dim=cfg.rotary_dim, rope_base=cfg.rope_base,
             use_bias=False, stabilizer_init=cfg.stabilizer_init, stabilize=cfg.stabilize,
-            implementation=cfg.implementation, interpret=cfg.interpret, dtype=dt, param_dtype=pdt, rngs=rngs)
+            implementation=cfg.implementation, interpret=cfg.interpret,
+            sequence_axis=cfg.sequence_axis, dtype=dt, param_dtype=pdt, rngs=rngs)
         self.mlp = FeedForward(cfg.d_model, cfg.ff_dim, dtype=dt, param_dtype=pdt, rngs=rngs)
         self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
 
-    def __call__(self, x, padding_mask, positions, decode):
+    def __call__(self, x, padding_mask, positions, decode, prefill=False):
         h = self.ln(x)
-        attn = self.attn(h, padding_mask=padding_mask, positions=positions, decode=decode)
+        attn = self.attn(h, padding_mask=padding_mask, positions=positions, decode=decode, prefill=prefill)
         return x + self.dropout(attn) + self.dropout(self.mlp(h))
 
 
@@ -101,9 +103,10 @@ def _run_block(block: GPTBlock, x, padding_mask, positions):
 class GPT(nnx.Module):
     """GPT-J-style causal language model.
 
-    __call__(tokens (B, T) int, padding_mask (B, T) bool | None, decode) -> logits (B, T, V) float32,
-    which is logits(hidden(tokens, ...)): `hidden` -> (B, T, d) after the final LayerNorm, `logits`
-    the LM head alone (the chunked loss calls them apart).
+    __call__(tokens (B, T) int, padding_mask (B, T) bool | None, decode, prefill) -> logits (B, T, V)
+    float32, which is logits(hidden(tokens, ...)): `hidden` -> (B, T, d) after the final LayerNorm,
+    `logits` the LM head alone (the chunked loss calls them apart). decode=True continues from the
+    cache; with prefill=True too, the cache restarts from these tokens (a prompt, in the parallel form).
     """
 
     def __init__(self, config: GPTConfig, *, rngs: nnx.Rngs):
@@ -126,11 +129,11 @@ class GPT(nnx.Module):
         self.tokens_seen = nnx.Cache(jnp.zeros((batch_size,), jnp.int32))
 
     def __call__(self, tokens: jax.Array, *, padding_mask: jax.Array | None = None,
-                 decode: bool = False) -> jax.Array:
-        return self.logits(self.hidden(tokens, padding_mask=padding_mask, decode=decode))
+                 decode: bool = False, prefill: bool = False) -> jax.Array:
+        return self.logits(self.hidden(tokens, padding_mask=padding_mask, decode=decode, prefill=prefill))
 
     def hidden(self, tokens: jax.Array, *, padding_mask: jax.Array | None = None,
-               decode: bool = False) -> jax.Array:
+               decode: bool = False, prefill: bool = False) -> jax.Array:
         """tokens (B, T) -> final hidden states (B, T, d) in the compute dtype, after ln_f.
 
         Outside decode mode each block runs under `config.remat`; decode mode (which
@@ -141,18 +144,20 @@ class GPT(nnx.Module):
         if padding_mask is not None and padding_mask.shape != tokens.shape:
             raise ValueError(f"padding_mask must have the shape of tokens {tokens.shape}; "
                              f"got padding_mask.shape={padding_mask.shape}")
+        if prefill and not decode:
+            raise ValueError("prefill=True restarts the decode cache; it needs decode=True")
         offset = None
         if decode:
             if self.tokens_seen is None:
                 raise ValueError("call init_cache(batch_size, max_length) before decode=True")
-            offset = self.tokens_seen[...]
+            offset = jnp.zeros_like(self.tokens_seen[...]) if prefill else self.tokens_seen[...]
             real = jnp.ones(tokens.shape, bool) if padding_mask is None else padding_mask
             self.tokens_seen[...] = offset + real.sum(axis=1, dtype=jnp.int32)
         positions = positions_from_mask(padding_mask, tokens.shape, offset)
         x = self.embed(tokens)
         if decode:
             for block in self.blocks:
-                x = block(x, padding_mask, positions, True)
+                x = block(x, padding_mask, positions, True, prefill)
         else:
             run = remat_layer(_run_block, self.config.remat)
             for block in self.blocks:
