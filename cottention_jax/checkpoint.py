@@ -1,70 +1,271 @@
 """Orbax checkpoints of a training run: {model, optimizer, step} + data-iterator state + config.
 
-Each save is one Orbax step directory written under a temporary name and renamed
-when complete, so an interrupted save never leaves a checkpoint that looks whole:
-after a crash the latest complete step is restored and training continues exactly.
+Nothing is lost, and nothing restored is silently wrong:
+
+- Atomic: Orbax writes each step under a temporary name and renames it when complete, so
+  an interrupted save never leaves a checkpoint that looks whole.
+- Checksummed: once a save has completed, the SHA-256 of every file of the step goes to
+  `<step>/SHA256SUMS` (`checkpoint_checksums`). Orbax 0.12 checks no data file itself (its
+  zarr3 layout checksums only shard indexes), so a flipped bit would otherwise restore.
+- Verified restore with fallback: `restore` takes the newest checkpoint whose files match
+  their checksums and which Orbax reads; each one skipped is named in a one-line message
+  and moved to `<directory>/damaged/`, so the run can write that step again. A checkpoint
+  without checksums (saved before they existed, or killed between the save and its
+  checksums) is restored unverified, still falling back if Orbax cannot read it.
+- Finite only: `save` refuses a state holding a NaN or an infinity (`NonFiniteStateError`).
+- A failed save (a full disk) is one line, `CheckpointSaveError`; its partial files are
+  removed and the earlier checkpoints are untouched (Orbax rotates old ones out only after
+  a save completes). Saves are synchronous so that this happens at the failing step.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
-__all__ = ["Checkpointer"]
+from cottention_jax.checkpoint_checksums import MANIFEST, find_damage, write_manifest
+
+__all__ = ["CheckpointError", "CheckpointSaveError", "Checkpointer", "NonFiniteStateError"]
+
+DAMAGED_DIR = "damaged"
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint could be restored, or one could not be saved; the message is one line."""
+
+
+class CheckpointSaveError(CheckpointError):
+    """A save failed (e.g. the disk is full); the earlier checkpoints are intact."""
+
+
+class NonFiniteStateError(CheckpointError):
+    """The state to save holds NaN or inf values; nothing was written."""
+
+
+def _error_summary(err: BaseException) -> str:
+    """One line for an Orbax / TensorStore error: the OS error when there is one, else its first line."""
+    chain, seen = [], err
+    while seen is not None and len(chain) < 20:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for e in chain:
+        if isinstance(e, OSError) and e.errno:
+            return f"{os.strerror(e.errno)} (errno {e.errno})"
+    for e in chain:
+        code = re.search(r"os_error_code='?(\d+)", str(e))
+        if code:
+            return f"{os.strerror(int(code.group(1)))} (errno {code.group(1)})"
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    first = re.sub(r"\s*\[source locations=.*$", "", first)
+    return f"{type(err).__name__}: {first[:300]}"
+
+
+class _ConfigRefused(Exception):
+    """Carries what `check_config` raised through the fallback loop: a refusal, not damage."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
+class _DropErrorRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+@contextlib.contextmanager
+def _quiet_orbax_errors():
+    """Orbax logs each failure of its writer threads with a traceback (hundreds of lines) before
+    raising; the failure is reported once, as one line, by the caller instead."""
+    logger, quiet = logging.getLogger("absl"), _DropErrorRecords()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 class Checkpointer:
     """Save and restore `{model, optimizer, step}`, the data iterator's JSON state and the config.
 
     directory: where step directories go; save_every: steps between saves;
-    keep: how many of the latest checkpoints to keep.
+    keep: how many of the latest checkpoints to keep; log: where one-line notices of
+    skipped checkpoints go (default: stderr).
     """
 
-    def __init__(self, directory: str | os.PathLike, *, save_every: int, keep: int):
+    def __init__(self, directory: str | os.PathLike, *, save_every: int, keep: int,
+                 log: Callable[[str], None] | None = None):
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_every, create=True)
         self.directory = os.path.abspath(os.fspath(directory))
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.log = log or (lambda line: print(line, file=sys.stderr))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def _step_dir(self, step: int) -> Path:
+        return Path(self.directory) / str(step)
+
+    # ----------------------------------------------------------------------------- save
+
     def save(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer, data_state: dict, config: dict,
              *, force: bool = False) -> bool:
-        """Save if `step` is on the save interval (or `force`); returns whether a save started."""
-        state = {"model": nnx.state(model), "optimizer": nnx.state(optimizer), "step": jnp.asarray(step, jnp.int32)}
-        return self.manager.save(step, force=force, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-            config=ocp.args.JsonSave(config)))
+        """Save if `step` is on the save interval (or `force`); returns whether it saved.
 
-    def restore(self, model: nnx.Module, optimizer: nnx.Optimizer, step: int | None = None) -> tuple[int, dict, dict]:
-        """Load a checkpoint (default: the latest) into `model` and `optimizer` in place.
-
-        The arrays keep the shardings of the current model/optimizer state.
-        Returns (step, data_state, config_dict).
+        Raises NonFiniteStateError (nothing written) for a NaN/inf state and CheckpointSaveError
+        when the write fails (partial files removed, earlier checkpoints intact).
         """
-        step = self.latest_step() if step is None else step
-        if step is None:
+        if not (force or self.manager.should_save(step)):
+            return False
+        state = {"model": nnx.state(model), "optimizer": nnx.state(optimizer), "step": jnp.asarray(step, jnp.int32)}
+        previous = self.latest_step()
+        kept = "no earlier checkpoint" if previous is None else f"the last checkpoint (step {previous}) is kept"
+        if not bool(_all_finite(state)):
+            raise NonFiniteStateError(f"refusing to save checkpoint {step}: the model or optimizer state holds "
+                                      f"NaN or inf values; {kept}")
+        try:
+            with _quiet_orbax_errors():
+                saved = self.manager.save(step, force=force, args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+                    config=ocp.args.JsonSave(config)))
+                self.manager.wait_until_finished()
+        except Exception as err:  # noqa: BLE001  (Orbax and TensorStore raise many types)
+            self._discard_partial(step)
+            free = shutil.disk_usage(self.directory).free
+            error = CheckpointSaveError(f"could not save checkpoint {step} in {self.directory}: "
+                                        f"{_error_summary(err)}; {free / 2**20:,.0f} MiB free there. Nothing "
+                                        f"of step {step} was kept and {kept}: free space, then rerun to resume")
+            error.orbax_error = err
+            raise error from None
+        if saved:
+            try:
+                write_manifest(self._step_dir(step))
+            except OSError as err:
+                raise CheckpointSaveError(f"checkpoint {step} in {self.directory} was saved but its checksums "
+                                          f"could not be written: {_error_summary(err)}") from None
+        return saved
+
+    def _discard_partial(self, step: int) -> None:
+        """Remove what a failed save left (Orbax's temporary directory) and resynchronise the manager."""
+        for partial in Path(self.directory).glob(f"{step}.orbax-checkpoint-tmp*"):
+            shutil.rmtree(partial, ignore_errors=True)
+        with contextlib.suppress(Exception), _quiet_orbax_errors():
+            self.manager.reload()
+
+    # ----------------------------------------------------------------------------- restore
+
+    def damage(self, step: int) -> str | None:
+        """What is wrong with checkpoint `step`'s files (missing, altered), or None when they match
+        their checksums. A checkpoint without checksums reports None (`has_checksums` says which)."""
+        return find_damage(self._step_dir(step))
+
+    def has_checksums(self, step: int) -> bool:
+        return (self._step_dir(step) / MANIFEST).is_file()
+
+    def _candidates(self, step: int | None) -> list[int]:
+        steps = sorted(self.manager.all_steps(), reverse=True) if step is None else [step]
+        if not steps:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        return steps
+
+    def _read_config(self, step: int) -> dict:
+        with _quiet_orbax_errors():
+            restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        return dict(restored.config)
+
+    def _first_intact(self, step: int | None, load: Callable[[int], object]) -> tuple[int, object, list]:
+        """The newest candidate step that verifies and that `load(step)` reads: (step, what load returned,
+        [(skipped step, why)]). Raises CheckpointError when none does."""
+        skipped = []
+        for candidate in self._candidates(step):
+            damage = self.damage(candidate)
+            if damage is None:
+                if not self.has_checksums(candidate):
+                    self.log(f"checkpoint {candidate} in {self.directory} has no {MANIFEST} (saved before "
+                             "checksums, or stopped right after the save): restoring it unverified")
+                try:
+                    return candidate, load(candidate), skipped
+                except _ConfigRefused as refused:
+                    raise refused.error from None
+                except Exception as err:  # noqa: BLE001  (TensorStore / Orbax / JSON errors of a damaged file)
+                    damage = _error_summary(err)
+            skipped.append((candidate, damage))
+        raise CheckpointError(f"no intact checkpoint in {self.directory}: "
+                              + "; ".join(f"step {s}: {why}" for s, why in skipped))
+
+    def _set_aside(self, step: int) -> Path:
+        """Move a damaged step out of Orbax's way (kept for inspection) so that it can be written again."""
+        target_root = Path(self.directory) / DAMAGED_DIR
+        target_root.mkdir(exist_ok=True)
+        target, n = target_root / str(step), 1
+        while target.exists():
+            target, n = target_root / f"{step}-{n}", n + 1
+        os.replace(self._step_dir(step), target)
+        return target
+
+    def _report_skipped(self, skipped: list, restored: int, set_aside: bool) -> None:
+        for step, why in skipped:
+            where = f"; moved to {self._set_aside(step)}" if set_aside else ""
+            self.log(f"warning: checkpoint {step} in {self.directory} is damaged ({why}): skipped, "
+                     f"using step {restored}{where}")
+        if skipped and set_aside:
+            self.manager.reload()
+
+    def restore(self, model: nnx.Module, optimizer: nnx.Optimizer, step: int | None = None, *,
+                check_config: Callable[[dict], None] | None = None,
+                set_aside_damaged: bool = True) -> tuple[int, dict, dict]:
+        """Load a checkpoint into `model` and `optimizer` in place: `step`, or by default the newest
+        intact one (see the module docstring); returns (step, data_state, config_dict).
+
+        check_config(config) runs on the saved config before any array is read; what it raises
+        propagates (it is a refusal, not damage). The arrays keep the shardings of the current
+        model/optimizer state. set_aside_damaged: move skipped (damaged) newer steps to
+        `<directory>/damaged/`; a run that continues from an older step must, to write them again.
+        """
         current = {"model": nnx.state(model), "optimizer": nnx.state(optimizer), "step": jnp.zeros((), jnp.int32)}
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, current)
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(),
-            config=ocp.args.JsonRestore()))
+
+        def load(candidate: int):
+            config = self._read_config(candidate)
+            if check_config is not None:
+                try:
+                    check_config(config)
+                except Exception as err:
+                    raise _ConfigRefused(err) from err
+            with _quiet_orbax_errors():
+                return self.manager.restore(candidate, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(),
+                    config=ocp.args.JsonRestore()))
+
+        found, restored, skipped = self._first_intact(step, load)
+        self._report_skipped(skipped, found, set_aside_damaged)
         nnx.update(model, restored.state["model"])
         nnx.update(optimizer, restored.state["optimizer"])
         return int(restored.state["step"]), dict(restored.data), dict(restored.config)
 
     def read_config(self, step: int | None = None) -> dict:
-        """The config saved with a checkpoint (default: the latest), without loading any arrays."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-        return dict(restored.config)
+        """The config saved with a checkpoint (default: the newest intact one), without loading any arrays."""
+        found, config, skipped = self._first_intact(step, self._read_config)
+        self._report_skipped(skipped, found, set_aside=False)
+        return config
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -72,4 +273,3 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
-

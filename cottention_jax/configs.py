@@ -9,6 +9,7 @@ back with `from_dict`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Sequence
 
 from cottention_jax.models.bert import BertConfig, bert_config
@@ -18,6 +19,22 @@ __all__ = ["DataConfig", "OptimConfig", "TRAIN_PRESETS", "TASK_KINDS", "TrainCon
            "finetune_config", "from_dict", "to_dict", "train_preset"]
 
 TASK_KINDS = ("gpt", "bert-mlm", "bert-classify")
+
+_SCHEDULES = ("cosine", "linear", "constant")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _require(config, name: str, ok: bool, what: str) -> None:
+    """A ValueError naming the field, what it must be and what it got."""
+    if not ok:
+        raise ValueError(f"{type(config).__name__}.{name} must be {what}; got {getattr(config, name)!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +65,24 @@ class OptimConfig:
     eps: float = 1e-8
     grad_clip: float = 1.0             # max global gradient norm (0: no clipping)
     accumulate_steps: int = 1          # micro-batches per optimizer step
+
+    def __post_init__(self):
+        _require(self, "learning_rate", _is_number(self.learning_rate) and 0 < self.learning_rate < math.inf,
+                 "a finite number > 0")
+        _require(self, "warmup_steps", _is_int(self.warmup_steps) and self.warmup_steps >= 0, "an int >= 0")
+        _require(self, "schedule", self.schedule in _SCHEDULES, f"one of {_SCHEDULES}")
+        _require(self, "end_lr_ratio", _is_number(self.end_lr_ratio) and 0 <= self.end_lr_ratio <= 1,
+                 "a number in [0, 1]")
+        _require(self, "weight_decay", _is_number(self.weight_decay) and 0 <= self.weight_decay < math.inf,
+                 "a finite number >= 0")
+        for name in ("b1", "b2"):
+            _require(self, name, _is_number(getattr(self, name)) and 0 <= getattr(self, name) < 1,
+                     "a number in [0, 1)")
+        _require(self, "eps", _is_number(self.eps) and 0 < self.eps < math.inf, "a finite number > 0")
+        _require(self, "grad_clip", _is_number(self.grad_clip) and 0 <= self.grad_clip < math.inf,
+                 "a finite number >= 0 (0: no clipping)")
+        _require(self, "accumulate_steps", _is_int(self.accumulate_steps) and self.accumulate_steps >= 1,
+                 "an int >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +123,14 @@ class TrainConfig:
         if self.kind == "bert-classify" and self.data.task is None:
             raise ValueError("kind='bert-classify' needs data.task ('sentiment' or 'paraphrase')")
         for name in ("steps", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+            _require(self, name, _is_int(getattr(self, name)) and getattr(self, name) >= 1, "an int >= 1")
+        _require(self, "eval_batches", _is_int(self.eval_batches) and self.eval_batches >= 0,
+                 "an int >= 0 (0: the whole split)")
+        _require(self, "sample_tokens", _is_int(self.sample_tokens) and self.sample_tokens >= 0,
+                 "an int >= 0 (0: no sample)")
+        if self.kind == "gpt" and self.sample_tokens:
+            _require(self, "sample_prompt", isinstance(self.sample_prompt, str) and self.sample_prompt != "",
+                     "a non-empty string when sample_tokens > 0 (sampling starts from its tokens)")
 
 
 def _gpt(name, model_overrides=None, **kw):

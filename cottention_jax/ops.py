@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pallas_kernels.cosine_attn import reference as _ref
 from pallas_kernels.cosine_attn import xla as _xla
@@ -71,6 +72,38 @@ def _shape_error(msg: str, **arrays) -> ValueError:
     return ValueError(f"{msg}; got {got}")
 
 
+def _check_arrays(**arrays) -> None:
+    """jax or numpy arrays only: a list or a scalar has no shape to check against the others."""
+    for name, a in arrays.items():
+        if not isinstance(a, (jax.Array, np.ndarray)):
+            raise ValueError(f"{name} must be a jax or numpy array; got {type(a).__name__}")
+
+
+def _check_nonempty(**arrays) -> None:
+    for name, a in arrays.items():
+        if 0 in a.shape:
+            raise _shape_error(f"{name} must have no empty axis (batch, seq, heads and head_dim >= 1)",
+                               **{name: a})
+
+
+def _check_bool(name: str, value) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be a bool; got {value!r} ({type(value).__name__})")
+
+
+def _check_chunk_size(chunk_size, impl: str) -> None:
+    """None (the default) or a positive int; for the Pallas kernels a power of two >= 16."""
+    if chunk_size is None:
+        return
+    if isinstance(chunk_size, (bool, np.bool_)) or not isinstance(chunk_size, (int, np.integer)) \
+            or chunk_size < 1:
+        raise ValueError(f"chunk_size must be None (the default, {_xla.DEFAULT_CHUNK}) or an int >= 1; "
+                         f"got {chunk_size!r}")
+    if impl == "pallas" and (chunk_size < 16 or chunk_size & (chunk_size - 1)):
+        raise ValueError(f"chunk_size for implementation='pallas' must be a power of two >= 16; "
+                         f"got {chunk_size}")
+
+
 def _check_float(**arrays) -> None:
     for name, a in arrays.items():
         if not jnp.issubdtype(jnp.result_type(a), jnp.floating):
@@ -108,9 +141,13 @@ def _check_inputs(q, k, v, stabilizer, causal, padding_mask, initial_state, retu
     _check_choice("stabilize", stabilize, STABILIZE_MODES)
     if implementation is not None:
         _check_choice("implementation", implementation, IMPLEMENTATIONS)
+    _check_bool("causal", causal)
+    _check_bool("return_state", return_state)
+    _check_arrays(q=q, k=k, v=v, stabilizer=stabilizer)
     for name, a in (("q", q), ("k", k), ("v", v)):
         if jnp.ndim(a) != 4:
             raise _shape_error(f"{name} must have rank 4, (batch, seq, heads, head_dim)", **{name: a})
+    _check_nonempty(q=q, k=k, v=v)
     _check_float(q=q, k=k, v=v, stabilizer=stabilizer)
     if not (jnp.result_type(q) == jnp.result_type(k) == jnp.result_type(v)):
         raise ValueError(f"q, k and v must share a dtype; got {jnp.result_type(q)}, "
@@ -126,6 +163,7 @@ def _check_inputs(q, k, v, stabilizer, causal, padding_mask, initial_state, retu
         raise _shape_error("k and v must have the same number of heads", k=k, v=v)
     _check_heads(h, kvh, stabilizer, q, k)
     if padding_mask is not None:
+        _check_arrays(padding_mask=padding_mask)
         if jnp.shape(padding_mask) != (b, t):
             raise _shape_error(f"padding_mask must have shape (batch, seq) = {(b, t)}",
                                padding_mask=padding_mask)
@@ -176,8 +214,8 @@ def cosine_attention(
         prefix scan, linear memory) or "pallas" (GPU kernels); None picks
         "pallas" for causal attention on GPU and "xla" otherwise.
         Bidirectional attention is two matmuls, q^ (K^T V), for xla and pallas.
-      chunk_size: chunk length of the xla scan / the Pallas kernels (default 64; a power
-        of two >= 16 for pallas).
+      chunk_size: chunk length of the xla scan / the Pallas kernels: None (the default, 64)
+        or an int >= 1, a power of two >= 16 for pallas; the reference ignores it.
       interpret: pallas only; run the kernels in Pallas interpret mode (CPU).
       sequence_axis: the name of a mesh axis the sequence is split over. When the
         context mesh (`jax.set_mesh`) has this axis with more than one device, the
@@ -186,17 +224,20 @@ def cosine_attention(
 
     Returns:
       out (B, T, H, Dv) in the input dtype, or (out, CosineAttentionState)
-      when return_state. States and accumulations are float32.
+      when return_state. States and accumulations are float32. A NaN or infinite key or
+      value at a real position i reaches no output before i (causal; every form alike):
+      from i on, the heads reading it output NaN (`pallas_kernels/cosine_attn/reference.py`).
     """
     _check_inputs(q, k, v, stabilizer, causal, padding_mask, initial_state, return_state,
                   stabilize, implementation)
+    impl = implementation or default_implementation(causal)
+    _check_chunk_size(chunk_size, impl)
     if _sequence_is_split(sequence_axis):
         from cottention_jax import parallel  # noqa: PLC0415  (parallel builds on this module)
         return parallel.sequence_parallel_cosine_attention(
             q, k, v, stabilizer, axis=sequence_axis, causal=causal, padding_mask=padding_mask,
             initial_state=initial_state, return_state=return_state, stabilize=stabilize,
             implementation=implementation, chunk_size=chunk_size, interpret=interpret)
-    impl = implementation or default_implementation(causal)
     if impl == "pallas" and causal and not interpret and jax.default_backend() != "gpu":
         raise ValueError(f"implementation='pallas' needs a GPU (JAX's backend is {jax.default_backend()!r}); "
                          "pass interpret=True to run the kernels on the CPU, or use 'xla'")
@@ -238,9 +279,17 @@ def _normalized_inputs(q, k, v, padding_mask):
     return qn, kn, vz, mask
 
 
+def _finite_values(vz, mask):
+    """vz with its non-finite rows zeroed, and those rows (B, T, KV): kept out of the sums (a matmul
+    would spread them to earlier positions) and marked NaN afterwards, as in the reference."""
+    bad = _ref.nonfinite_rows(vz, mask)
+    return jnp.where(bad[..., None], 0, vz).astype(vz.dtype), bad
+
+
 def _causal_linear(q, k, v, stabilizer, padding_mask, state0, stabilize, impl, chunk_size,
                    interpret):
     qn, kn, vz, mask = _normalized_inputs(q, k, v, padding_mask)
+    vz, bad = _finite_values(vz, mask)
     counts = state0.count[:, None] + jnp.cumsum(mask.astype(jnp.int32), axis=1)   # n_i: (B, T)
     scale = _ref.count_scale(counts, stabilizer)                                  # (B, T, H)
     key_scale = scale if stabilize == "value" else jnp.ones_like(scale)
@@ -255,17 +304,19 @@ def _causal_linear(q, k, v, stabilizer, padding_mask, state0, stabilize, impl, c
                                                   block_sizes=sizes)
     else:
         out, kv = _xla.chunked_linear_attention(qn, kn, vz, key_scale, kv0,
-                                                chunk_size or _xla.DEFAULT_CHUNK)
+                                                _xla.DEFAULT_CHUNK if chunk_size is None else chunk_size)
     out = out.astype(jnp.float32)
     if stabilize == "query":
         out = out * scale[..., None]
+    out = _ref.poison_reached(out, bad, causal=True, mask=mask)
     count = state0.count.astype(jnp.int32) + jnp.sum(mask, axis=1, dtype=jnp.int32)
-    return out, CosineAttentionState(kv, count)
+    return out, CosineAttentionState(_ref.poison_state(kv, bad), count)
 
 
 def _bidirectional_linear(q, k, v, stabilizer, padding_mask):
     """o_t = q^_t (K^T V) max(n, 1)^-p with n the real tokens of the row; linear memory."""
     qn, kn, vz, mask = _normalized_inputs(q, k, v, padding_mask)
+    vz, bad = _finite_values(vz, mask)
     b, t, h, dk = q.shape
     n_kv = k.shape[2]
     kv = jnp.einsum("bskd,bske->bkde", kn, vz, precision=_HI,
@@ -273,7 +324,7 @@ def _bidirectional_linear(q, k, v, stabilizer, padding_mask):
     scale = _ref.count_scale(jnp.sum(mask, axis=1, dtype=jnp.int32), stabilizer)  # (B, H)
     qg = qn.reshape(b, t, n_kv, h // n_kv, dk).astype(jnp.float32)
     out = jnp.einsum("btkgd,bkde->btkge", qg, kv, precision=_HI)
-    return out.reshape(b, t, h, -1) * scale[:, None, :, None]
+    return _ref.poison_reached(out.reshape(b, t, h, -1) * scale[:, None, :, None], bad, causal=False, mask=mask)
 
 
 # ----------------------------------------------------------------------------- one RNN step
@@ -295,23 +346,30 @@ def cosine_attention_step(
       q_t: (B, H, Dk); k_t: (B, KV, Dk); v_t: (B, KV, Dv).
       stabilizer: (H,) raw m.
       padding_mask_t: optional (B,) bool; False leaves that row's state
-        unchanged and gives a zero output.
+        unchanged (whatever q_t, k_t, v_t hold, NaN included) and gives a zero output.
       stabilize: "value" or "query", as in `cosine_attention`.
 
     Returns:
       (o_t (B, H, Dv) in q_t's dtype, new state).
     """
     _check_choice("stabilize", stabilize, STABILIZE_MODES)
+    _check_arrays(q_t=q_t, k_t=k_t, v_t=v_t, stabilizer=stabilizer)
     for name, a in (("q_t", q_t), ("k_t", k_t), ("v_t", v_t)):
         if jnp.ndim(a) != 3:
             raise _shape_error(f"{name} must have rank 3, (batch, heads, head_dim)", **{name: a})
+    _check_nonempty(q_t=q_t, k_t=k_t, v_t=v_t)
     _check_float(q_t=q_t, k_t=k_t, v_t=v_t, stabilizer=stabilizer)
+    if not (jnp.result_type(q_t) == jnp.result_type(k_t) == jnp.result_type(v_t)):
+        raise ValueError(f"q_t, k_t and v_t must share a dtype; got {jnp.result_type(q_t)}, "
+                         f"{jnp.result_type(k_t)}, {jnp.result_type(v_t)}")
     (b, h, dk), (bk, n_kv, dkk), (bv, kvv, dv) = q_t.shape, k_t.shape, v_t.shape
     if not (b == bk == bv) or dk != dkk or n_kv != kvv:
         raise _shape_error("q_t, k_t and v_t must agree on batch, q_t/k_t on head_dim and "
                            "k_t/v_t on heads", q_t=q_t, k_t=k_t, v_t=v_t)
     _check_heads(h, n_kv, stabilizer, q_t, k_t)
     _check_state(state, b, h, dk, dv, name="state")
+    if padding_mask_t is not None:
+        _check_arrays(padding_mask_t=padding_mask_t)
     if padding_mask_t is not None and (jnp.shape(padding_mask_t) != (b,)
                                        or jnp.result_type(padding_mask_t) != jnp.bool_):
         raise ValueError(f"padding_mask_t must be a bool array of shape (batch,) = ({b},); got "
@@ -321,13 +379,15 @@ def cosine_attention_step(
     group = h // n_kv
     qn = _ref.l2_normalize(q_t).reshape(b, n_kv, group, dk)                # (B, KV, G, Dk)
     kn = _ref.l2_normalize(k_t)                                            # (B, KV, Dk)
-    vf = v_t.astype(jnp.float32)
+    bad = real[:, None] & ~jnp.all(jnp.isfinite(v_t), axis=-1)             # (B, KV): the state becomes NaN
+    vf = jnp.where(bad[..., None], 0.0, v_t.astype(jnp.float32))
     count = state.count.astype(jnp.int32) + real.astype(jnp.int32)
     scale = _ref.count_scale(count, stabilizer).reshape(b, n_kv, group)    # (B, KV, G)
     w = scale if stabilize == "value" else jnp.ones_like(scale)
     kv = state.kv.astype(jnp.float32).reshape(b, n_kv, group, dk, dv)
-    update = jnp.einsum("bkd,bke,bkg->bkgde", kn, vf, w * real[:, None, None])
-    kv = kv + update                                                       # S_t = S_{t-1} + k~ v^T
+    update = jnp.einsum("bkd,bke,bkg->bkgde", kn, vf, w)
+    kv = jnp.where(real[:, None, None, None, None], kv + update, kv)     # S_t = S_{t-1} + k~ v^T (real rows)
+    kv = jnp.where(bad[:, :, None, None, None], jnp.nan, kv)             # a non-finite value: NaN from here on
     out = jnp.einsum("bkgd,bkgde->bkge", qn, kv, precision=_HI)          # o_t = S_t^T q^_t
     if stabilize == "query":
         out = out * scale[..., None]

@@ -7,6 +7,11 @@
   state + config -> plot, generated sample, summary.json.
 Re-running with the same workdir resumes from the latest checkpoint and continues
 exactly as if never interrupted (same batches, same dropout, same losses).
+
+Guards: the workdir is locked for the run (`workdir_lock`: a second run there fails at
+once); a non-finite loss or gradient norm stops the run with `TrainingDivergedError`
+before anything of it is saved, so the last checkpoint stays the last finite one; the
+checkpoints are checksummed and a damaged one is skipped on resume (`checkpoint`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -34,9 +40,14 @@ from cottention_jax.metrics import MetricsWriter, plot_training_curves, safe_exp
 from cottention_jax.models import GPT, Bert
 from cottention_jax.objectives import LOSSES
 from cottention_jax.sharding import SEQ_AXIS, make_mesh, place_batch, shard_training_state
+from cottention_jax.workdir_lock import WorkdirLock
 
-__all__ = ["DataBundle", "build_model", "build_optimizer", "evaluate", "learning_rate_schedule",
-           "make_train_step", "prepare_data", "stabilizer_values", "train_and_evaluate"]
+__all__ = ["DataBundle", "TrainingDivergedError", "build_model", "build_optimizer", "evaluate",
+           "learning_rate_schedule", "make_train_step", "prepare_data", "stabilizer_values", "train_and_evaluate"]
+
+
+class TrainingDivergedError(FloatingPointError):
+    """A training step gave a NaN or infinite loss or gradient norm; nothing of it was saved."""
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -168,7 +179,7 @@ def evaluate(model, eval_step, batches: Iterator[dict], max_batches: int, mesh=N
 # ----------------------------------------------------------------------------- the run
 
 # How a step is computed, not what it computes: these may change between a run and its resumption.
-_EXECUTION_FIELDS = ("remat", "loss_chunk", "implementation", "interpret", "sequence_axis")
+_EXECUTION_FIELDS = ("remat", "loss_chunk", "implementation", "interpret", "sequence_axis", "checkify_ids")
 
 
 def _check_resumable(saved: dict, config: TrainConfig) -> None:
@@ -189,10 +200,11 @@ def _check_resumable(saved: dict, config: TrainConfig) -> None:
 
 def _init_from_pretrained(model: nnx.Module, workdir: str) -> str:
     """Copy the encoder parameters of a bert-mlm run's latest checkpoint into `model` (heads of matching shape too)."""
-    ckpt = Checkpointer(Path(workdir) / "checkpoints", save_every=1, keep=1)
+    ckpt = Checkpointer(Path(workdir) / "checkpoints", save_every=1, keep=1, log=tqdm.write)
     saved = from_dict(ckpt.read_config())
     pre_model = build_model(saved)
-    ckpt.restore(pre_model, build_optimizer(pre_model, saved.optim, saved.steps))
+    step, _, _ = ckpt.restore(pre_model, build_optimizer(pre_model, saved.optim, saved.steps),
+                              set_aside_damaged=False)   # another run's workdir: read only
     ckpt.close()
     params = nnx.state(model, nnx.Param)
     pretrained = dict(nnx.to_flat_state(nnx.state(pre_model, nnx.Param)))
@@ -204,14 +216,38 @@ def _init_from_pretrained(model: nnx.Module, workdir: str) -> str:
             var[...] = source[...]
             copied += 1
     nnx.update(model, params)
-    return f"initialised {copied} of {len(flat)} parameter arrays from {workdir} (step {ckpt.latest_step()})"
+    return f"initialised {copied} of {len(flat)} parameter arrays from {workdir} (step {step})"
+
+
+def _check_finite(step: int, loss: float, grad_norm: float, last_saved: int | None, schedule) -> None:
+    """Stop at a NaN or infinite loss or gradient norm, before the step's state can be saved."""
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        lr = float(schedule(step - 1))
+        kept = "no checkpoint was saved" if last_saved is None else f"the last checkpoint (step {last_saved}) is kept"
+        raise TrainingDivergedError(
+            f"training diverged at step {step}: loss {loss}, gradient norm {grad_norm} at learning rate {lr:.3g}; "
+            f"the run stops and saves nothing of it, {kept}. Lower optim.learning_rate (or raise warmup_steps, "
+            f"clip gradients with optim.grad_clip) and start again in a new workdir")
 
 
 def train_and_evaluate(config: TrainConfig, workdir: str | Path, *, progress: bool = True) -> dict:
-    """Train `config` in `workdir` (resuming if it holds a checkpoint); return the summary dict."""
+    """Train `config` in `workdir` (resuming if it holds a checkpoint); return the summary dict.
+
+    Holds the workdir's lock throughout (`WorkdirLockedError` if another run has it). Raises
+    TrainingDivergedError at the first non-finite loss or gradient norm, and the errors of
+    `Checkpointer` for checkpoints that cannot be saved or of which none is intact.
+    """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    with WorkdirLock(workdir, log=tqdm.write):
+        return _train_and_evaluate(config, workdir, progress)
+
+
+def _train_and_evaluate(config: TrainConfig, workdir: Path, progress: bool) -> dict:
     log = tqdm.write                      # log lines print with or without the progress bar
+    if config.data.seq_len > config.model.max_len:   # the models refuse longer inputs: say so before any work
+        raise ValueError(f"data.seq_len ({config.data.seq_len}) must be <= model.max_len ({config.model.max_len}); "
+                         f"set model.max_len={config.data.seq_len} too")
     data = prepare_data(config)
     if config.model.vocab_size != data.tokenizer.vocab_size:
         config = dataclasses.replace(config, model=dataclasses.replace(config.model,
@@ -233,13 +269,15 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path, *, progress: bo
         f"{jax.device_count()} {jax.default_backend()} device(s), sharding={config.sharding}"
         + (f", sequence split over {config.seq_parallel}" if config.seq_parallel > 1 else ""))
 
-    ckpt = Checkpointer(workdir / "checkpoints", save_every=config.checkpoint_every, keep=config.keep_checkpoints)
+    ckpt = Checkpointer(workdir / "checkpoints", save_every=config.checkpoint_every, keep=config.keep_checkpoints,
+                        log=log)
     start = 0
     if ckpt.latest_step() is not None:
-        _check_resumable(ckpt.read_config(), config)
-        start, data_state, _ = ckpt.restore(model, optimizer)
+        start, data_state, _ = ckpt.restore(model, optimizer,
+                                            check_config=lambda saved: _check_resumable(saved, config))
         data.train.set_state(data_state)
         log(f"resumed from step {start}")
+    last_saved = start or None
     (workdir / "config.json").write_text(json.dumps(to_dict(config), indent=1))
     writer = MetricsWriter(workdir, resume_step=start if start else None)
 
@@ -278,6 +316,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path, *, progress: bo
         for step in range(start + 1, config.steps + 1):
             for _ in range(config.optim.accumulate_steps):
                 loss, grad_norm = train_step(model, optimizer, place_batch(next(data.train), mesh))
+                _check_finite(step, float(loss), float(grad_norm), last_saved, schedule)
             window.append((float(loss), float(grad_norm)))
             history.append(float(loss))
             if step % config.log_every == 0 or step == config.steps:
@@ -290,7 +329,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path, *, progress: bo
                 window, window_start = [], time.perf_counter()
             if step % config.eval_every == 0 or step == config.steps:
                 run_eval(step)
-            ckpt.save(step, model, optimizer, data.train.get_state(), to_dict(config), force=step == config.steps)
+            if ckpt.save(step, model, optimizer, data.train.get_state(), to_dict(config), force=step == config.steps):
+                last_saved = step
             bar.update(1)
         bar.close()
         if not last_eval:          # the workdir held a finished run: evaluate it again for the summary

@@ -4,6 +4,7 @@
     python experiments/build_tasks.py --task paraphrase
     python experiments/build_tasks.py --prepare --task sentiment --corpus shakespeare \
         --tokenizer wordpiece --vocab-size 4096
+    python experiments/build_tasks.py --prepare --rebuild ...   # delete that dataset and build it again
 
 sentiment: movie-review sentences rated by people (vaderSentiment==3.3.2 sdist);
 paraphrase: KJV / WEB verse pairs (Debian sword-text-kjv, sword-text-web).
@@ -46,11 +47,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", nargs="+", default=list(tasks.TASKS), choices=tasks.TASKS)
     parser.add_argument("--prepare", action="store_true", help="build the TFDS datasets of the tasks")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="with --prepare: delete the datasets first and build them again (corrupt ones)")
     parser.add_argument("--corpus", default="shakespeare", choices=corpus.CORPORA)
     parser.add_argument("--tokenizer", default="wordpiece", choices=tokenization.KINDS)
     parser.add_argument("--vocab-size", type=int, default=None)
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
+    if args.rebuild and not args.prepare:
+        parser.error("--rebuild goes with --prepare (the raw tasks are always written afresh)")
     for task in args.task:
         if not args.prepare:
             build.build_task(task, args.data_dir)
@@ -61,7 +66,7 @@ def main() -> None:
         else:
             start = time.perf_counter()
             ds = builders.load_task_dataset(task, args.corpus, args.tokenizer, args.vocab_size,
-                                            args.data_dir)
+                                            args.data_dir, rebuild=args.rebuild)
             sizes = {name: len(split) for name, split in ds.splits.items()}
             print(f"{task} at {ds.path}: {sizes} ({time.perf_counter() - start:.1f} s)")
 

@@ -6,6 +6,8 @@ is `cosine_attention_step` scanned over positions. All three must agree on
 outputs, final states and gradients for q, k, v and the stabilizer.
 """
 
+import functools
+
 import jax
 import jax.test_util  # noqa: F401  (check_grads)
 import jax.numpy as jnp
@@ -251,6 +253,109 @@ def test_long_sequence_through_the_rnn_step_is_finite():
     assert rel_error(out[:, -1], last) <= 1e-4
 
 
+@functools.partial(jax.jit, static_argnames=("impl",))
+def _causal_form(q, k, v, m, mask, *, impl):
+    return ca.cosine_attention(q, k, v, m, causal=True, padding_mask=mask, implementation=impl,
+                               interpret=impl == "pallas")
+
+
+_steps_form = jax.jit(lambda q, k, v, m, mask: step_scan(q, k, v, m, mask=mask)[0])
+
+
+def _all_forms(q, k, v, m, padding_mask=None):
+    """{form: output} for every form of causal attention: the spec, the chunked scan, the Pallas
+    kernels (interpret mode) and the RNN step scanned over positions (jitted once per shape)."""
+    forms = {impl: _causal_form(q, k, v, m, padding_mask, impl=impl) for impl in ("reference", "xla", "pallas")}
+    return {**forms, "steps": _steps_form(q, k, v, m, padding_mask)}
+
+
+@pytest.mark.parametrize("where", ["key", "value"])
+@pytest.mark.parametrize("bad", [jnp.nan, jnp.inf])
+def test_a_non_finite_key_or_value_reaches_only_later_positions_in_every_form(where, bad):
+    """Causality holds for non-finite inputs too: a NaN key or value at position i (inside a 64-chunk,
+    not at its start) changes nothing before i, in any form; from i on, the heads reading it are NaN."""
+    b, t, h, kv, d = 2, 100, 4, 2, 16
+    q, k, v, m = random_qkv(fresh_key(), b, t, h, kv, d, d)
+    i = int(jax.random.randint(fresh_key(), (), 66, 90))
+    if where == "key":
+        k_bad, v_bad = k.at[0, i, 1, 3].set(bad), v        # row 0, kv head 1 = query heads 2, 3
+    else:
+        k_bad, v_bad = k, v.at[0, i, 1, 3].set(bad)
+    clean = _causal_form(q, k, v, m, None, impl="reference")
+    _, state = jax.jit(lambda *a: ca.cosine_attention(*a, causal=True, return_state=True))(q, k_bad, v_bad, m)
+    assert bool(jnp.all(jnp.isnan(state.kv[0, 2:]))) and bool(jnp.all(jnp.isfinite(state.kv[0, :2])))
+    for form, out in _all_forms(q, k_bad, v_bad, m).items():
+        assert rel_error(out[0, :i], clean[0, :i]) <= F32_TOL, form       # before i: untouched
+        assert rel_error(out[1], clean[1]) <= F32_TOL, form                # the other row: untouched
+        assert rel_error(out[0, i:, :2], clean[0, i:, :2]) <= F32_TOL, form  # heads of kv head 0
+        assert bool(jnp.all(jnp.isnan(out[0, i:, 2:]))), form
+
+
+def test_bidirectional_a_non_finite_value_reaches_its_heads_real_outputs_only():
+    b, t, h, d = 2, 30, 4, 8
+    q, k, v, m = random_qkv(fresh_key(), b, t, h, 2, d, d)
+    mask = padding_mask("right", b, t).at[:, :12].set(True).at[:, -1].set(False)
+    v_bad = v.at[0, 10, 0, 0].set(jnp.nan)                  # kv head 0 = query heads 0, 1
+    clean = ca.cosine_attention(q, k, v, m, causal=False, padding_mask=mask, implementation="reference")
+    for impl in ("reference", "xla"):
+        out = ca.cosine_attention(q, k, v_bad, m, causal=False, padding_mask=mask, implementation=impl)
+        real = mask[0]
+        assert bool(jnp.all(jnp.isnan(out[0][real][:, :2]))) and bool(jnp.all(out[0][~real] == 0.0)), impl
+        assert rel_error(out[0, :, 2:], clean[0, :, 2:]) <= F32_TOL and rel_error(out[1], clean[1]) <= F32_TOL
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_nan_at_a_padded_position_never_leaks(causal):
+    b, t, h, d = 2, 80, 2, 8
+    q, k, v, m = random_qkv(fresh_key(), b, t, h, h, d, d)
+    mask = padding_mask("right", b, t).at[:, 0].set(True).at[:, -1].set(False)
+    dirty = [jnp.where(mask[:, :, None, None], x, jnp.nan) for x in (q, k, v)]
+    clean = [jnp.where(mask[:, :, None, None], x, 0.0) for x in (q, k, v)]
+    forms = (_all_forms(*dirty, m, padding_mask=mask) if causal else
+             {impl: ca.cosine_attention(*dirty, m, causal=False, padding_mask=mask, implementation=impl)
+              for impl in ("reference", "xla")})
+    expected = ca.cosine_attention(*clean, m, causal=causal, padding_mask=mask, implementation="reference")
+    for form, out in forms.items():
+        assert rel_error(out, expected) <= F32_TOL, form
+        assert bool(jnp.all(jnp.where(mask[:, :, None, None], 0.0, out) == 0.0)), form
+
+
+@pytest.mark.parametrize("scale", [1e19, 1e20, 1e30, 1e37])
+def test_inputs_near_the_float32_range_are_normalised(scale):
+    """|q|^2 of inputs ~1e19 overflows float32; the normalisation must not (cosine is scale-free)."""
+    b, t, h, d = 1, 70, 2, 32
+    q, k, v, m = random_qkv(fresh_key(), b, t, h, h, d, d)
+    q, k = q / jnp.max(jnp.abs(q)), k / jnp.max(jnp.abs(k))   # so that scale * q stays finite
+    expected = _causal_form(q, k, v, m, None, impl="reference")
+    for form, out in _all_forms(q * scale, k * scale, v, m).items():
+        assert rel_error(out, expected) <= F32_TOL, form
+    if scale > 1e30:        # gradients ~1/s would be float32 denormals: nothing left to compare
+        return
+    # gradients: f(s q) has gradient (df/dq)(q) / s with respect to s q
+    ct = jax.random.normal(fresh_key(), expected.shape)
+
+    def loss(q, k, impl):
+        return jnp.sum(ct * ca.cosine_attention(q, k, v, m, causal=True, implementation=impl))
+    for impl in ("reference", "xla"):
+        gq, gk = jax.grad(loss, argnums=(0, 1))(q * scale, k * scale, impl)
+        rq, rk = jax.grad(loss, argnums=(0, 1))(q, k, "reference")
+        assert rel_error(gq * scale, rq) <= 1e-4 and rel_error(gk * scale, rk) <= 1e-4, impl
+
+
+def test_step_with_a_padded_row_keeps_its_state_even_for_nan_inputs():
+    b, h, d = 3, 4, 8
+    q, k, v, m = random_qkv(fresh_key(), b, 5, h, 2, d, d)
+    _, state = jax.jit(lambda *a: ca.cosine_attention(*a, causal=True, return_state=True))(q, k, v, m)
+    real = jnp.array([True, False, True])
+    nan_row = lambda x: x[:, 0].at[1].set(jnp.nan)           # noqa: E731
+    step = jax.jit(ca.cosine_attention_step)
+    out, new = step(state, nan_row(q), nan_row(k), nan_row(v), m, padding_mask_t=real)
+    np.testing.assert_array_equal(new.kv[1], state.kv[1])
+    assert int(new.count[1]) == int(state.count[1]) and bool(jnp.all(out[1] == 0.0))
+    full, full_state = step(state, q[:, 0], k[:, 0], v[:, 0], m, padding_mask_t=jnp.ones((3,), bool))
+    assert rel_error(out[::2], full[::2]) <= F32_TOL and rel_error(new.kv[::2], full_state.kv[::2]) <= F32_TOL
+
+
 # ----------------------------------------------------------------------------- bad input
 
 def _inputs(b=2, t=5, h=4, kv=2, dk=8, dv=8):
@@ -298,6 +403,50 @@ def test_bad_options():
                             initial_state=ca.init_cosine_attention_state(2, 2, 8, 8))
     with pytest.raises(ValueError, match=r"CosineAttentionState"):
         ca.cosine_attention(q, k, v, m, causal=True, initial_state=(state.kv, state.count))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda q, k, v, m: ca.cosine_attention(q[:, :0], k[:, :0], v[:, :0], m, causal=True, implementation="xla"),
+     r"q must have no empty axis.*q\.shape=\(2, 0, 4, 8\)"),
+    (lambda q, k, v, m: ca.cosine_attention(q[:, :0], k[:, :0], v[:, :0], m, causal=False, implementation="xla"),
+     r"no empty axis"),
+    (lambda q, k, v, m: ca.cosine_attention(q[:, :, :0], k[:, :, :0], v[:, :, :0], m[:0], causal=True),
+     r"q must have no empty axis.*\(2, 5, 0, 8\)"),
+    (lambda q, k, v, m: ca.cosine_attention(q[:1, :, :, :0], k[:1, :, :, :0], v[:1], m, causal=True),
+     r"no empty axis"),
+    (lambda q, k, v, m: ca.cosine_attention(np.asarray(q).tolist(), k, v, m, causal=True),
+     r"q must be a jax or numpy array; got list"),
+    (lambda q, k, v, m: ca.cosine_attention(q, k, v, [0.5] * 4, causal=True),
+     r"stabilizer must be a jax or numpy array; got list"),
+    (lambda q, k, v, m: ca.cosine_attention(q, k, v, m, causal=True, padding_mask=[[True] * 5] * 2),
+     r"padding_mask must be a jax or numpy array"),
+    (lambda q, k, v, m: ca.cosine_attention(q, k, v, m, causal=1), r"causal must be a bool; got 1"),
+    (lambda q, k, v, m: ca.cosine_attention(q, k, v, m, causal="yes"), r"causal must be a bool"),
+    (lambda q, k, v, m: ca.cosine_attention(q, k, v, m, causal=True, chunk_size=0),
+     r"chunk_size must be None \(the default, 64\) or an int >= 1; got 0"),
+    (lambda q, k, v, m: ca.cosine_attention(q, k, v, m, causal=True, chunk_size=-8), r"chunk_size .* got -8"),
+    (lambda q, k, v, m: ca.cosine_attention(q, k, v, m, causal=True, chunk_size=2.5), r"chunk_size .* got 2\.5"),
+    (lambda q, k, v, m: ca.cosine_attention(q, k, v, m, causal=True, chunk_size=True), r"chunk_size .* got True"),
+    (lambda q, k, v, m: ca.cosine_attention(q, k, v, m, causal=True, implementation="pallas", interpret=True,
+                                            chunk_size=24), r"power of two >= 16; got 24"),
+    (lambda q, k, v, m: ca.cosine_attention_step(ca.init_cosine_attention_state(2, 4, 8, 8), q[:, 0],
+                                                 k[:, 0].astype(jnp.bfloat16), v[:, 0], m),
+     r"q_t, k_t and v_t must share a dtype; got float32, bfloat16, float32"),
+    (lambda q, k, v, m: ca.cosine_attention_step(ca.init_cosine_attention_state(2, 4, 8, 8), q[:, 0],
+                                                 k[:, 0], v[:, 0], m, padding_mask_t=[True, False]),
+     r"padding_mask_t must be a jax or numpy array"),
+])
+def test_the_promised_value_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(*_inputs())
+
+
+def test_chunk_size_is_honoured_not_replaced_by_the_default():
+    q, k, v, m = random_qkv(fresh_key(), 1, 40, 2, 2, 8, 8)
+    ref = ca.cosine_attention(q, k, v, m, causal=True, implementation="reference")
+    for chunk in (1, 24):
+        assert rel_error(ca.cosine_attention(q, k, v, m, causal=True, implementation="xla", chunk_size=chunk),
+                         ref) <= F32_TOL, chunk
 
 
 def test_step_bad_input():

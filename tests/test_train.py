@@ -15,9 +15,12 @@ import pytest
 from flax import nnx
 
 from cottention_jax.checkpoint import Checkpointer
+from cottention_jax.cli import train_cli
 from cottention_jax.configs import apply_overrides, from_dict, to_dict, train_preset
 from cottention_jax.metrics import read_metrics
-from cottention_jax.train import build_model, build_optimizer, learning_rate_schedule, prepare_data, train_and_evaluate
+from cottention_jax.train import (TrainingDivergedError, build_model, build_optimizer, learning_rate_schedule,
+                                  prepare_data, train_and_evaluate)
+from cottention_jax.workdir_lock import LOCK_FILE, WorkdirLockedError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -206,6 +209,88 @@ def test_resume_refuses_a_different_config(data_dir, tmp_path):
     # how the step is computed may change (remat, loss chunks, implementation): the same run resumes
     same_run = apply_overrides(cfg, ["model.remat=block", "model.loss_chunk=32", "model.implementation=reference"])
     assert train_and_evaluate(same_run, tmp_path, progress=False)["final_eval"]["count"] > 0
+
+
+def _all_finite(tree) -> bool:
+    return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree)
+               if jnp.issubdtype(x.dtype, jnp.inexact))
+
+
+def test_divergence_stops_the_run_and_keeps_the_last_finite_checkpoint(data_dir, tmp_path):
+    """learning_rate=1e6 is NaN within a few steps: the run used to go on, rotate out the last finite
+    checkpoint, keep 100%-NaN ones and exit 0."""
+    cfg = _config("gpt-tiny", data_dir, "optim.learning_rate=1e6", "steps=40", "checkpoint_every=10",
+                  "keep_checkpoints=2", "eval_every=1000", "sample_tokens=0")
+    with pytest.raises(TrainingDivergedError, match=r"training diverged at step \d+: loss nan.*last checkpoint "
+                                                    r"\(step \d+\) is kept"):
+        train_and_evaluate(cfg, tmp_path, progress=False)
+    ckpt = Checkpointer(tmp_path / "checkpoints", save_every=10, keep=2)
+    steps = ckpt.manager.all_steps()
+    assert steps and all(ckpt.damage(s) is None for s in steps)
+    saved = from_dict(ckpt.read_config())         # the run's config (its vocabulary is the tokenizer's)
+    for step in steps:                            # every checkpoint left is finite, and restores
+        model = build_model(saved)
+        opt = build_optimizer(model, saved.optim, saved.steps)
+        ckpt.restore(model, opt, step=step)
+        assert _all_finite(nnx.state((model, opt)))
+    ckpt.close()
+    assert not (tmp_path / "summary.json").exists() and not (tmp_path / LOCK_FILE).exists()
+
+
+HOLD_LOCK = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("workdir_lock", sys.argv[2])
+lock = importlib.util.module_from_spec(spec); spec.loader.exec_module(lock)
+with lock.WorkdirLock(sys.argv[1]):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_second_run_in_a_locked_workdir_fails_at_once(data_dir, tmp_path):
+    """Two runs in one workdir used to both exit 0 with two losses per step in metrics.jsonl."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path),
+                               str(REPO / "cottention_jax" / "workdir_lock.py")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(WorkdirLockedError, match=rf"in use by another run: pid {holder.pid}"):
+            train_and_evaluate(_config("gpt-tiny", data_dir, "steps=5"), tmp_path, progress=False)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_FILE]   # nothing written: no metrics,
+        # the command line says it in one line (no traceback) and exits non-zero  # no tensorboard, no checkpoint
+        with pytest.raises(SystemExit) as stopped:
+            train_cli(["--preset", "gpt-tiny", "--workdir", str(tmp_path), "--no-progress", "--set",
+                       f"data.data_dir={data_dir}"], description="", default_preset="gpt-tiny", kinds=("gpt",))
+        message = str(stopped.value.code)
+        assert "\n" not in message and f"WorkdirLockedError: workdir {tmp_path}" in message, message
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
+def test_resume_skips_a_damaged_checkpoint_and_continues_exactly(data_dir, tmp_path, capsys):
+    """64 flipped bytes in the latest checkpoint used to resume from it ('resumed from step 20'), NaN
+    later, exit 0. Now that step is skipped with a one-line warning, the run resumes from the previous
+    one and recomputes the same losses, bit for bit."""
+    cfg = _config("gpt-tiny", data_dir, "steps=20", "checkpoint_every=10", "eval_every=1000", "log_every=1",
+                  "sample_tokens=0", "model.dropout_rate=0.1")
+    train_and_evaluate(cfg, tmp_path, progress=False)
+    first = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "train"}
+    victim = max((p for p in (tmp_path / "checkpoints" / "20").rglob("*") if p.is_file()),
+                 key=lambda p: p.stat().st_size)
+    raw = bytearray(victim.read_bytes())
+    raw[1000:1064] = bytes(b ^ 0x5A for b in raw[1000:1064])
+    victim.write_bytes(bytes(raw))
+    capsys.readouterr()
+    train_and_evaluate(cfg, tmp_path, progress=False)
+    out = capsys.readouterr().out
+    warnings = [line for line in out.splitlines() if "damaged" in line]
+    assert len(warnings) == 1 and "checkpoint 20" in warnings[0] and victim.name in warnings[0], out
+    assert "resumed from step 10" in out
+    again = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "train"}
+    assert [again[s] for s in range(11, 21)] == [first[s] for s in range(11, 21)]
+    assert (tmp_path / "checkpoints" / "damaged" / "20").is_dir()
+    assert Checkpointer(tmp_path / "checkpoints", save_every=10, keep=3).damage(20) is None   # saved anew
 
 
 def test_cli_print_config_and_errors(tmp_path):

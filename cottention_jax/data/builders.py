@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import shlex
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +84,7 @@ def _source_fingerprint(config, tokenizer: tokenization.Tokenizer) -> dict[str, 
         rebuild = tasks_lib.task_rebuild_command(config.task, config.source_dir)
     else:
         directory = corpus_lib.corpus_dir(config.corpus, config.source_dir)
-        name, rebuild = f"{config.corpus}.jsonl.gz", corpus_lib.rebuild_command(config.corpus)
+        name, rebuild = f"{config.corpus}.jsonl.gz", corpus_lib.rebuild_command(config.corpus, config.source_dir)
     return {"records": paths.read_checksums(directory, rebuild)[name],
             "tokenizer": hashlib.sha256(tokenizer.to_json().encode("utf-8")).hexdigest()}
 
@@ -226,10 +228,6 @@ class TaskDataset:
     splits: dict[str, TaskSplit]
 
 
-def _rebuild_hint(dataset_dir: Path, command: str) -> str:
-    return f"rm -rf {dataset_dir} && {command}"
-
-
 def _prepare(builder_cls, config, tfds_dir: Path, dataset_dir: Path) -> None:
     """download_and_prepare (local files only), then checksum every file it wrote."""
     builder = builder_cls(config=config, data_dir=str(tfds_dir), file_format="array_record")
@@ -240,10 +238,22 @@ def _prepare(builder_cls, config, tfds_dir: Path, dataset_dir: Path) -> None:
     paths.write_checksums(dataset_dir, names)
 
 
+def _prepare_command(script: str, *options: str, rebuild: bool = False) -> str:
+    """The shell command that (re)builds a dataset; every value is quoted (`shlex.quote`), so a path
+    with spaces or shell characters stays one argument. --rebuild deletes the dataset and builds it
+    again by itself: no `rm` for anyone to paste."""
+    flags = ["--prepare", *(["--rebuild"] if rebuild else []), *options]
+    return shlex.join(["python", f"experiments/{script}", *flags])
+
+
 def _open_sources(builder_cls, config, tfds_dir: Path, dataset_dir: Path, build: bool,
-                  command: str) -> dict:
-    """{split: tfds data source}, building first when absent; errors say how to rebuild."""
-    rebuild = _rebuild_hint(dataset_dir, command)
+                  command: str, rebuild: str, fresh: bool = False) -> dict:
+    """{split: tfds data source}, building first when absent (or when `fresh`: deleted and built
+    again); errors name `command` (builds) or `rebuild` (rebuilds)."""
+    if fresh and not build:
+        raise ValueError("rebuild=True builds the dataset again: it needs build=True")
+    if fresh and dataset_dir.is_dir():
+        shutil.rmtree(dataset_dir)
     if not dataset_dir.is_dir():
         if not build:
             raise paths.missing(dataset_dir, command)
@@ -281,12 +291,14 @@ def _config_args(tokenizer: str, vocab_size: int | None, data_dir) -> tuple[int,
 
 
 def load_text_dataset(corpus: str = "shakespeare", tokenizer: str = "bpe",
-                      vocab_size: int | None = None, data_dir=None, build: bool = True) -> TextDataset:
+                      vocab_size: int | None = None, data_dir=None, build: bool = True,
+                      rebuild: bool = False) -> TextDataset:
     """The tokenised corpus, built as a TFDS dataset under `<data_dir>/tfds/` on first use.
 
     corpus: "shakespeare" (ships) or "mixed" (build it first with build_corpus.py --mixed);
     tokenizer: "bpe" | "wordpiece" | "byte". build=False raises MissingDataError instead
-    of building. A damaged dataset raises CorruptDataError with the command to rebuild it.
+    of building; rebuild=True deletes the dataset and builds it again. A damaged dataset
+    raises CorruptDataError with the command that rebuilds it (build_corpus.py --rebuild).
     """
     if corpus not in corpus_lib.CORPORA:
         raise ValueError(f"corpus must be one of {corpus_lib.CORPORA}, got {corpus!r}")
@@ -295,14 +307,15 @@ def load_text_dataset(corpus: str = "shakespeare", tokenizer: str = "bpe",
                         tokenizer_kind=tokenizer, vocab_size=vocab_size, source_dir=str(root))
     tfds_dir = root / "tfds"
     dataset_dir = _dataset_dir(tfds_dir, CottentionText, config.name)
-    command = (f"python experiments/build_corpus.py --prepare --corpus {corpus} "
-               f"--tokenizer {tokenizer} --vocab-size {vocab_size} --data-dir {root}")
-    sources = _open_sources(CottentionText, config, tfds_dir, dataset_dir, build, command)
-    rebuild = _rebuild_hint(dataset_dir, command)
-    _check_up_to_date(config, sources["train"], dataset_dir, rebuild)
+    options = ("--corpus", corpus, "--tokenizer", tokenizer, "--vocab-size", str(vocab_size),
+               "--data-dir", str(root.absolute()))
+    command = _prepare_command("build_corpus.py", *options)
+    hint = _prepare_command("build_corpus.py", *options, rebuild=True)
+    sources = _open_sources(CottentionText, config, tfds_dir, dataset_dir, build, command, hint, fresh=rebuild)
+    _check_up_to_date(config, sources["train"], dataset_dir, hint)
     documents, doc_ids = {}, {}
     for split in ("train", "validation"):
-        records = sorted(_read_all(sources[split], dataset_dir, rebuild), key=lambda r: r["doc_id"])
+        records = sorted(_read_all(sources[split], dataset_dir, hint), key=lambda r: r["doc_id"])
         doc_ids[split] = [r["doc_id"].decode("utf-8") for r in records]
         documents[split] = [np.asarray(r["tokens"], np.int32) for r in records]
     return TextDataset(name=config.name, path=dataset_dir,
@@ -312,11 +325,12 @@ def load_text_dataset(corpus: str = "shakespeare", tokenizer: str = "bpe",
 
 def load_task_dataset(task: str = "sentiment", corpus: str = "shakespeare",
                       tokenizer: str = "wordpiece", vocab_size: int | None = None,
-                      data_dir=None, build: bool = True) -> TaskDataset:
+                      data_dir=None, build: bool = True, rebuild: bool = False) -> TaskDataset:
     """A tokenised labelled task (build the raw task first with experiments/build_tasks.py).
 
     The tokenizer is the one of (tokenizer, corpus, vocab_size), normally the
-    WordPiece vocabulary the BERT model was pretrained with.
+    WordPiece vocabulary the BERT model was pretrained with. rebuild=True deletes the
+    dataset and builds it again (what build_tasks.py --prepare --rebuild does).
     """
     if task not in tasks_lib.TASKS:
         raise ValueError(f"task must be one of {tasks_lib.TASKS}, got {task!r}")
@@ -325,14 +339,15 @@ def load_task_dataset(task: str = "sentiment", corpus: str = "shakespeare",
                         tokenizer_kind=tokenizer, vocab_size=vocab_size, source_dir=str(root))
     tfds_dir = root / "tfds"
     dataset_dir = _dataset_dir(tfds_dir, CottentionTask, config.name)
-    command = (f"python experiments/build_tasks.py --prepare --task {task} --corpus {corpus} "
-               f"--tokenizer {tokenizer} --vocab-size {vocab_size} --data-dir {root}")
-    sources = _open_sources(CottentionTask, config, tfds_dir, dataset_dir, build, command)
-    rebuild = _rebuild_hint(dataset_dir, command)
-    _check_up_to_date(config, sources["train"], dataset_dir, rebuild)
+    options = ("--task", task, "--corpus", corpus, "--tokenizer", tokenizer, "--vocab-size", str(vocab_size),
+               "--data-dir", str(root.absolute()))
+    command = _prepare_command("build_tasks.py", *options)
+    hint = _prepare_command("build_tasks.py", *options, rebuild=True)
+    sources = _open_sources(CottentionTask, config, tfds_dir, dataset_dir, build, command, hint, fresh=rebuild)
+    _check_up_to_date(config, sources["train"], dataset_dir, hint)
     splits = {}
     for split in tasks_lib.TASK_SPLITS:
-        records = sorted(_read_all(sources[split], dataset_dir, rebuild), key=lambda r: int(r["index"]))
+        records = sorted(_read_all(sources[split], dataset_dir, hint), key=lambda r: int(r["index"]))
         splits[split] = TaskSplit(
             ids_a=[np.asarray(r["ids_a"], np.int32) for r in records],
             ids_b=[np.asarray(r["ids_b"], np.int32) for r in records],

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shlex
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -157,8 +158,8 @@ def task_dir(task: str, data_dir=None) -> Path:
 
 
 def task_rebuild_command(task: str, data_dir=None) -> str:
-    where = "" if data_dir is None else f" --data-dir {data_dir}"
-    return f"python experiments/build_tasks.py --task {task}{where}"
+    where = [] if data_dir is None else ["--data-dir", str(data_dir)]
+    return shlex.join(["python", "experiments/build_tasks.py", "--task", task, *where])   # paths quoted
 
 
 def write_task(task: str, examples: Sequence[dict], provenance: str, data_dir=None) -> Path:

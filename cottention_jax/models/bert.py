@@ -2,7 +2,7 @@
 
 Embeddings: token + position + segment, LayerNorm, dropout.
 Layer:      x <- LN(x + Drop(Attn(x)));  x <- LN(x + Drop(MLP(x)))   (bidirectional attention)
-MLM head:   Dense + GELU + LN, then logits tied to the token embedding, plus a bias.
+MLM head:   Dense + GELU (config.activation) + LN, then logits tied to the token embedding, plus a bias.
 Classifier: tanh(Dense(h_[CLS])) -> Dropout -> Dense(num_labels), [CLS] = first real token.
 """
 
@@ -16,7 +16,8 @@ from flax import nnx
 
 from cottention_jax.layers import positions_from_mask
 from cottention_jax.losses import weighted_cross_entropy
-from cottention_jax.models.common import FeedForward, check_model_config, make_attention, preset, remat_layer
+from cottention_jax.models.common import (FeedForward, activation_fn, check_model_config, embed_ids,
+                                          make_attention, preset, remat_layer)
 
 __all__ = ["Bert", "BertConfig", "BERT_PRESETS", "bert_config", "classification_loss", "mlm_loss"]
 
@@ -31,6 +32,7 @@ class BertConfig:
     num_heads: int = 12
     num_kv_heads: int | None = None
     ff_dim: int = 3072
+    activation: str = "gelu_tanh"         # MLP and MLM head: models.common.ACTIVATIONS ("gelu": exact)
     max_len: int = 512
     type_vocab_size: int = 2
     num_labels: int = 2
@@ -46,6 +48,7 @@ class BertConfig:
     param_dtype: str = "float32"
     remat: str = "none"                   # per layer: "none", "block" or "dots" (models.common.REMAT_MODES)
     loss_chunk: int = 0                   # positions per chunk of the MLM cross-entropy (0: all at once)
+    checkify_ids: bool = False            # under jit, input/segment ids get a checkify check (see Bert)
 
     def __post_init__(self):
         check_model_config(self, causal=False)
@@ -75,7 +78,8 @@ class BertLayer(nnx.Module):
             implementation=cfg.implementation, interpret=cfg.interpret,
             sequence_axis=cfg.sequence_axis, dtype=dt, param_dtype=pdt, rngs=rngs)
         self.ln_attn = nnx.LayerNorm(cfg.d_model, **norm)
-        self.mlp = FeedForward(cfg.d_model, cfg.ff_dim, dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.mlp = FeedForward(cfg.d_model, cfg.ff_dim, activation=cfg.activation, dtype=dt, param_dtype=pdt,
+                               rngs=rngs)
         self.ln_mlp = nnx.LayerNorm(cfg.d_model, **norm)
         self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
 
@@ -89,6 +93,11 @@ class Bert(nnx.Module):
 
     __call__(input_ids (B, T), segment_ids (B, T) | None, padding_mask (B, T) bool | None)
       -> hidden (B, T, d); then `mlm_logits(hidden)` (B, T, V) or `classify(hidden, padding_mask)` (B, C).
+
+    input_ids must lie in [0, vocab_size) and segment_ids in [0, type_vocab_size) at the real
+    positions: an eager call raises a ValueError naming the first bad id; under jit, with
+    `config.checkify_ids`, a checkify check does (run under `jax.experimental.checkify.checkify`),
+    and otherwise an out-of-range id gives NaN outputs, never another id's embedding.
     """
 
     def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
@@ -124,7 +133,10 @@ class Bert(nnx.Module):
                 raise ValueError(f"{name} must have the shape of input_ids {(b, t)}; got {name}.shape={arr.shape}")
         segment_ids = jnp.zeros_like(input_ids) if segment_ids is None else segment_ids
         positions = positions_from_mask(padding_mask, (b, t))
-        x = self.token_embed(input_ids) + self.position_embed(positions) + self.segment_embed(segment_ids)
+        checked = self.config.checkify_ids
+        x = (embed_ids(self.token_embed, input_ids, "input_ids", padding_mask, checkify_ids=checked)
+             + self.position_embed(positions)
+             + embed_ids(self.segment_embed, segment_ids, "segment_ids", padding_mask, checkify_ids=checked))
         x = self.dropout(self.ln_embed(x))
         run = remat_layer(BertLayer.__call__, self.config.remat)   # run(layer, x, padding_mask)
         for layer in self.layers:
@@ -133,7 +145,7 @@ class Bert(nnx.Module):
 
     def mlm_logits(self, hidden: jax.Array) -> jax.Array:
         """(B, T, d) -> (B, T, V) float32 logits over the vocabulary."""
-        h = self.mlm_ln(jax.nn.gelu(self.mlm_dense(hidden)))
+        h = self.mlm_ln(activation_fn(self.config.activation)(self.mlm_dense(hidden)))
         return (self.token_embed.attend(h) + self.mlm_bias[...]).astype(jnp.float32)
 
     def classify(self, hidden: jax.Array, padding_mask: jax.Array | None = None) -> jax.Array:

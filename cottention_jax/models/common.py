@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from jax.experimental import checkify
 
 from cottention_jax import ops, softmax_ops
 from cottention_jax import recurrent_softmax as rs
 from cottention_jax.layers import CosineAttention, SoftmaxAttention
 from cottention_jax.rnn_attention import RecurrentSoftmaxAttention
 
-__all__ = ["ATTENTION_TYPES", "REMAT_MODES", "FeedForward", "attention_names", "check_model_config", "make_attention",
-           "preset", "remat_layer"]
+__all__ = ["ACTIVATIONS", "ATTENTION_TYPES", "REMAT_MODES", "FeedForward", "activation_fn",
+           "attention_names", "check_ids", "check_model_config",
+           "embed_ids", "make_attention", "preset", "remat_layer"]
 
 ATTENTION_TYPES = {"cosine": CosineAttention, "softmax": SoftmaxAttention}
 
@@ -32,10 +37,67 @@ def attention_names() -> tuple[str, ...]:
     return tuple(ATTENTION_TYPES) + tuple(sorted(rs.VARIANTS))
 
 
+# fields that are counts (>= 1 when the config has them) and flags (bools)
+_POSITIVE_INT_FIELDS = ("vocab_size", "num_layers", "d_model", "num_heads", "ff_dim", "max_len",
+                        "type_vocab_size", "num_labels")
+_BOOL_FIELDS = ("interpret", "tie_embeddings", "checkify_ids")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_value_ranges(config) -> None:
+    """Sizes >= 1, a dropout rate in [0, 1), finite stabilizer init, positive eps and rope base, dtypes."""
+    name = type(config).__name__
+    for field in _POSITIVE_INT_FIELDS:
+        if hasattr(config, field) and not (_is_int(getattr(config, field)) and getattr(config, field) >= 1):
+            raise ValueError(f"{name}.{field} must be an int >= 1; got {getattr(config, field)!r}")
+    kv = config.num_kv_heads
+    if kv is not None and not (_is_int(kv) and kv >= 1 and config.num_heads % kv == 0):
+        raise ValueError(f"{name}.num_kv_heads must be None or an int >= 1 dividing num_heads "
+                         f"({config.num_heads}); got {kv!r}")
+    for field in _BOOL_FIELDS:
+        if hasattr(config, field) and not isinstance(getattr(config, field), bool):
+            raise ValueError(f"{name}.{field} must be a bool; got {getattr(config, field)!r}")
+    rate = config.dropout_rate
+    if not (_is_number(rate) and 0.0 <= rate < 1.0):
+        raise ValueError(f"{name}.dropout_rate must be in [0, 1); got {rate!r}")
+    if not (_is_number(config.stabilizer_init) and math.isfinite(config.stabilizer_init)):
+        raise ValueError(f"{name}.stabilizer_init must be a finite number; got {config.stabilizer_init!r}")
+    for field in ("layer_norm_eps", "rope_base"):
+        value = getattr(config, field, 1.0)
+        if not (_is_number(value) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name}.{field} must be a finite number > 0; got {value!r}")
+    if hasattr(config, "rotary_dim"):
+        head_dim = config.d_model // config.num_heads
+        r = config.rotary_dim
+        if not (_is_int(r) and 0 <= r <= head_dim and r % 2 == 0):
+            raise ValueError(f"{name}.rotary_dim must be an even int in [0, head_dim={head_dim}]; got {r!r}")
+    for field in ("dtype", "param_dtype"):
+        try:
+            floating = jnp.issubdtype(jnp.dtype(getattr(config, field)), jnp.floating)
+        except TypeError:
+            floating = False
+        if not floating:
+            raise ValueError(f"{name}.{field} must be the name of a floating dtype (e.g. 'float32', 'bfloat16'); "
+                             f"got {getattr(config, field)!r}")
+    if config.stabilize not in ops.STABILIZE_MODES:
+        raise ValueError(f"{name}.stabilize must be one of {ops.STABILIZE_MODES}; got {config.stabilize!r}")
+
+
 def check_model_config(config, *, causal: bool) -> None:
-    """The checks every model config shares: head split, attention name (causal-only variants need causal),
-    implementation per attention (cosine: ops.IMPLEMENTATIONS, softmax: softmax_ops.IMPLEMENTATIONS,
-    recurrent variants: None only)."""
+    """The checks every model config shares, each a ValueError naming the field: sizes (>= 1), the
+    dropout rate ([0, 1)), finite stabilizer init, positive eps, dtypes, head split, attention name
+    (causal-only variants need causal), implementation per attention (cosine: ops.IMPLEMENTATIONS,
+    softmax: softmax_ops.IMPLEMENTATIONS, recurrent variants: None only), remat and loss_chunk."""
+    for field in ("num_heads", "d_model"):
+        if not (_is_int(getattr(config, field)) and getattr(config, field) >= 1):
+            raise ValueError(f"{type(config).__name__}.{field} must be an int >= 1; got {getattr(config, field)!r}")
     if config.d_model % config.num_heads:
         raise ValueError(f"d_model ({config.d_model}) must be divisible by num_heads ({config.num_heads})")
     allowed = attention_names() if causal else tuple(ATTENTION_TYPES)
@@ -50,6 +112,47 @@ def check_model_config(config, *, causal: bool) -> None:
     if isinstance(config.loss_chunk, bool) or not isinstance(config.loss_chunk, int) or config.loss_chunk < 0:
         raise ValueError(f"loss_chunk must be an int >= 0 (positions per cross-entropy chunk, 0: the whole "
                          f"batch at once); got {config.loss_chunk!r}")
+    _check_value_ranges(config)
+    activation_fn(config.activation, f"{type(config).__name__}.activation")
+
+
+def _is_traced(*arrays) -> bool:
+    return any(isinstance(a, jax.core.Tracer) for a in arrays)
+
+
+def check_ids(ids: jax.Array, upper: int, name: str, padding_mask: jax.Array | None = None, *,
+              checkify_ids: bool = False) -> None:
+    """ids must lie in [0, upper) at the real (unpadded) positions; what is at padded ones is never read.
+
+    Concrete ids (an eager call): a ValueError naming `name`, the range, the first bad value and
+    where it is. Traced ids (under jit) cannot be read while tracing: with `checkify_ids` the check
+    is a `jax.experimental.checkify.check` (run the jitted function under `checkify.checkify` and
+    call `err.throw()`); without it nothing is raised, and `embed_ids` gives out-of-range ids
+    (negative ones too) NaN embeddings, so the rows they reach are NaN rather than another token's.
+    """
+    ok = (ids >= 0) & (ids < upper)
+    if padding_mask is not None:
+        ok = ok | ~padding_mask
+    if not _is_traced(ids, padding_mask):
+        ok = np.asarray(ok)
+        if not ok.all():
+            where = tuple(int(i) for i in np.argwhere(~ok)[0])
+            raise ValueError(f"{name} must be ids in [0, {upper}); got {int(np.asarray(ids)[where])} at "
+                             f"position {where} ({name}.shape={tuple(ids.shape)})")
+    elif checkify_ids:
+        bad = jnp.where(ok, 0, ids).ravel()[jnp.argmin(ok.ravel())]
+        checkify.check(jnp.all(ok), f"{name} must be ids in [0, {upper}); got {{bad}}", bad=bad)
+
+
+def embed_ids(embed: nnx.Embed, ids: jax.Array, name: str, padding_mask: jax.Array | None = None, *,
+              checkify_ids: bool = False) -> jax.Array:
+    """`embed(ids)` after `check_ids`; padded positions read id 0, and an out-of-range id (a negative
+    one too, which jnp.take would otherwise wrap to the end of the table) reads a NaN row."""
+    n = embed.num_embeddings
+    check_ids(ids, n, name, padding_mask, checkify_ids=checkify_ids)
+    if padding_mask is not None:
+        ids = jnp.where(padding_mask, ids, 0)
+    return embed(jnp.where(ids < 0, n, ids))
 
 
 def make_attention(kind: str, **kwargs) -> nnx.Module:
@@ -67,16 +170,32 @@ def make_attention(kind: str, **kwargs) -> nnx.Module:
     raise ValueError(f"attention must be one of {attention_names()}; got {kind!r}")
 
 
-class FeedForward(nnx.Module):
-    """Linear(d -> ff), GELU, Linear(ff -> d): (B, T, d) -> (B, T, d)."""
+# model.activation: the MLP's nonlinearity (and BERT's MLM head's). "gelu_tanh" is the tanh
+# approximation (GPT-J's "gelu_new"), "gelu" the exact erf form (BERT's "gelu").
+ACTIVATIONS = {"gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
+               "gelu": functools.partial(jax.nn.gelu, approximate=False),
+               "relu": jax.nn.relu, "silu": jax.nn.silu}
 
-    def __init__(self, d_model: int, ff_dim: int, *, dtype=None, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+
+def activation_fn(name: str, what: str = "activation"):
+    """ACTIVATIONS[name], or a ValueError naming `what` and the choices."""
+    if not isinstance(name, str) or name not in ACTIVATIONS:
+        raise ValueError(f"{what} must be one of {tuple(ACTIVATIONS)}; got {name!r}")
+    return ACTIVATIONS[name]
+
+
+class FeedForward(nnx.Module):
+    """Linear(d -> ff), activation (GELU), Linear(ff -> d): (B, T, d) -> (B, T, d)."""
+
+    def __init__(self, d_model: int, ff_dim: int, *, activation: str = "gelu_tanh", dtype=None,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+        activation_fn(activation)
+        self.activation = activation
         self.fc_in = nnx.Linear(d_model, ff_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.fc_out = nnx.Linear(ff_dim, d_model, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc_out(jax.nn.gelu(self.fc_in(x)))
+        return self.fc_out(activation_fn(self.activation)(self.fc_in(x)))
 
 
 def preset(presets: dict[str, Any], name: str, **overrides):

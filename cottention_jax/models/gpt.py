@@ -18,7 +18,8 @@ from flax import nnx
 
 from cottention_jax.layers import positions_from_mask
 from cottention_jax.losses import weighted_cross_entropy
-from cottention_jax.models.common import FeedForward, check_model_config, make_attention, preset, remat_layer
+from cottention_jax.models.common import (FeedForward, check_model_config, embed_ids, make_attention, preset,
+                                          remat_layer)
 
 __all__ = ["GPT", "GPTConfig", "GPT_PRESETS", "gpt_config", "lm_loss", "perplexity"]
 
@@ -33,6 +34,7 @@ class GPTConfig:
     num_heads: int = 16
     num_kv_heads: int | None = None       # None: as num_heads; fewer: grouped-query attention
     ff_dim: int = 3072
+    activation: str = "gelu_tanh"         # of the MLP: models.common.ACTIVATIONS ("gelu": exact)
     rotary_dim: int = 64                  # rotary features per head (0: none)
     rope_base: float = 10000.0
     max_len: int = 2048                   # training context; default size of softmax KV caches
@@ -49,6 +51,7 @@ class GPTConfig:
     param_dtype: str = "float32"
     remat: str = "none"                   # per block: "none", "block" or "dots" (models.common.REMAT_MODES)
     loss_chunk: int = 0                   # positions per chunk of the training cross-entropy (0: all at once)
+    checkify_ids: bool = False            # under jit, token ids get a checkify check (see GPT.hidden)
 
     def __post_init__(self):
         check_model_config(self, causal=True)
@@ -87,7 +90,8 @@ class GPTBlock(nnx.Module):
             use_bias=False, stabilizer_init=cfg.stabilizer_init, stabilize=cfg.stabilize,
             implementation=cfg.implementation, interpret=cfg.interpret,
             sequence_axis=cfg.sequence_axis, dtype=dt, param_dtype=pdt, rngs=rngs)
-        self.mlp = FeedForward(cfg.d_model, cfg.ff_dim, dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.mlp = FeedForward(cfg.d_model, cfg.ff_dim, activation=cfg.activation, dtype=dt, param_dtype=pdt,
+                               rngs=rngs)
         self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
 
     def __call__(self, x, padding_mask, positions, decode, prefill=False):
@@ -136,11 +140,21 @@ class GPT(nnx.Module):
                decode: bool = False, prefill: bool = False) -> jax.Array:
         """tokens (B, T) -> final hidden states (B, T, d) in the compute dtype, after ln_f.
 
-        Outside decode mode each block runs under `config.remat`; decode mode (which
-        writes the caches) never rematerialises.
+        Outside decode mode each block runs under `config.remat`, and T must be at most
+        `config.max_len` (decoding continues past it: the cosine state has no length, and a
+        softmax KV cache has the length `init_cache` gave it).
+
+        Token ids must lie in [0, vocab_size) at the real positions (`models.common.check_ids`):
+        an eager call raises a ValueError naming the first bad one. Under jit the ids are not
+        known while tracing: with `config.checkify_ids` the check is a checkify check (run under
+        `jax.experimental.checkify.checkify`); otherwise an out-of-range id gives NaN logits from
+        its position on, never another token's.
         """
         if tokens.ndim != 2:
             raise ValueError(f"tokens must have shape (batch, seq); got tokens.shape={tokens.shape}")
+        if not decode and tokens.shape[1] > self.config.max_len:
+            raise ValueError(f"tokens is longer than max_len={self.config.max_len}; got tokens.shape="
+                             f"{tokens.shape} (decode mode has no such bound)")
         if padding_mask is not None and padding_mask.shape != tokens.shape:
             raise ValueError(f"padding_mask must have the shape of tokens {tokens.shape}; "
                              f"got padding_mask.shape={padding_mask.shape}")
@@ -154,7 +168,7 @@ class GPT(nnx.Module):
             real = jnp.ones(tokens.shape, bool) if padding_mask is None else padding_mask
             self.tokens_seen[...] = offset + real.sum(axis=1, dtype=jnp.int32)
         positions = positions_from_mask(padding_mask, tokens.shape, offset)
-        x = self.embed(tokens)
+        x = embed_ids(self.embed, tokens, "tokens", padding_mask, checkify_ids=self.config.checkify_ids)
         if decode:
             for block in self.blocks:
                 x = block(x, padding_mask, positions, True, prefill)

@@ -12,13 +12,22 @@ Conventions (stated once for the package):
 
 Cosine attention (arXiv 2409.18747), per head:
   q^_t = q_t / max(|q_t|, eps),  k^_i = k_i / max(|k_i|, eps)
-  padded positions have q, k, v set to zero (so their output is zero)
+  padded positions have q, k, v set to zero (so their output is zero), whatever their values
+  (a NaN there never leaks)
   n_i  = real tokens at positions <= i (causal) or in the row (bidirectional),
          plus the count carried in an initial state
   "value" stabilizer: o_t = sum_{i<=t} (q^_t . k^_i) v_i / max(n_i, 1)^p
   "query" stabilizer: o_t = (sum_{i<=t} (q^_t . k^_i) v_i) / max(n_t, 1)^p
   with an initial state (S0, c0): o_t also gets q^_t S0 (scaled by the query
   factor in "query" mode), and the counts start at c0.
+
+Non-finite inputs keep causality: a NaN or infinite key or value at a real position i
+reaches no output t < i (of its own row, through its own kv head). From i on, the outputs
+of the heads that read it are NaN (causal), or all of the row's real outputs are
+(bidirectional), and so is the final state of those heads. Written with `where`, never a
+product with a 0/1 mask (0 * NaN is NaN): the scores are masked with `where`, and a
+non-finite value row is replaced by zeros in the sums and marked NaN afterwards
+(`nonfinite_rows`, `poison_reached`), since a matmul would spread it to every row.
 """
 
 from __future__ import annotations
@@ -33,11 +42,46 @@ _HI = jax.lax.Precision.HIGHEST
 def l2_normalize(x: jax.Array, eps: float = EPS) -> jax.Array:
     """x / max(|x|, eps) over the last axis, in float32.
 
-    Written with rsqrt(max(|x|^2, eps^2)) so the gradient at x = 0 is finite.
+    Computed as y / max(|y|, eps / s) with y = x / s and s = max(max_j |x_j|, eps), which is
+    the same function of x for any constant s > 0: |y|^2 <= head_dim never overflows, even
+    for |x| near the float32 maximum, where |x|^2 would (inputs of 1e19 gave zeros). s is held
+    constant under differentiation (stop_gradient), which is exact for that reason, and the
+    floor is applied to |y|^2 inside rsqrt, so the gradient at x = 0 is finite. A row with a
+    NaN or an infinity normalises to NaN.
     """
     x = x.astype(jnp.float32)
-    sq = jnp.sum(x * x, axis=-1, keepdims=True)
-    return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
+    scale = jax.lax.stop_gradient(jnp.maximum(jnp.max(jnp.abs(x), axis=-1, keepdims=True), eps))
+    y = x / scale                                            # max_j |y_j| = 1 when |x| >= eps, else < 1
+    floor = (eps / scale) ** 2                               # <= 1; (eps / |x|_max)^2 may underflow to 0
+    return y * jax.lax.rsqrt(jnp.maximum(jnp.sum(y * y, axis=-1, keepdims=True), floor))
+
+
+def nonfinite_rows(x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """(B, T, heads) bool: real positions whose vector (the last axis of x (B, T, heads, D)) holds
+    a NaN or an infinity."""
+    bad = ~jnp.all(jnp.isfinite(x), axis=-1)
+    return bad if mask is None else bad & mask[:, :, None]
+
+
+def poison_reached(out: jax.Array, bad: jax.Array, *, causal: bool, mask: jax.Array | None = None) -> jax.Array:
+    """out (B, T, H, Dv) with NaN wherever a non-finite value reaches: bad (B, T, KV) from
+    `nonfinite_rows`; causal: rows t >= a bad position, else every row; real positions only."""
+    group = out.shape[2] // bad.shape[2]
+    if causal:
+        reached = jnp.cumsum(bad.astype(jnp.int32), axis=1) > 0
+    else:
+        reached = jnp.broadcast_to(jnp.any(bad, axis=1, keepdims=True), bad.shape)
+    reached = jnp.repeat(reached, group, axis=2)                      # (B, T, H)
+    if mask is not None:
+        reached = reached & mask[:, :, None]
+    return jnp.where(reached[..., None], jnp.nan, out)
+
+
+def poison_state(kv: jax.Array, bad: jax.Array) -> jax.Array:
+    """A state kv (B, H, Dk, Dv) with NaN for the heads whose kv head had a non-finite value."""
+    group = kv.shape[1] // bad.shape[2]
+    hit = jnp.repeat(jnp.any(bad, axis=1), group, axis=1)            # (B, H)
+    return jnp.where(hit[:, :, None, None], jnp.nan, kv)
 
 
 def count_scale(counts: jax.Array, stabilizer: jax.Array) -> jax.Array:
@@ -67,11 +111,13 @@ def cosine_attention_reference(
     b, t, h, _ = q.shape
     group = h // k.shape[2]
     mask = jnp.ones((b, t), bool) if padding_mask is None else padding_mask
-    keep = mask[:, :, None, None].astype(jnp.float32)
+    keep = mask[:, :, None, None]                                 # where, not a product: NaN * 0 is NaN
 
-    qh = l2_normalize(q) * keep                                   # (B, T, H, Dk)
-    kh = jnp.repeat(l2_normalize(k) * keep, group, axis=2)        # (B, T, H, Dk)
-    vf = jnp.repeat(v.astype(jnp.float32) * keep, group, axis=2)  # (B, T, H, Dv)
+    bad = nonfinite_rows(v, mask)                                 # (B, T, KV): marked NaN at the end
+    qh = jnp.where(keep, l2_normalize(q), 0.0)                                 # (B, T, H, Dk)
+    kh = jnp.repeat(jnp.where(keep, l2_normalize(k), 0.0), group, axis=2)      # (B, T, H, Dk)
+    v_real = keep & ~bad[..., None]
+    vf = jnp.repeat(jnp.where(v_real, v.astype(jnp.float32), 0.0), group, axis=2)  # (B, T, H, Dv)
 
     if initial_state is None:
         kv0 = jnp.zeros((b, h, q.shape[-1], v.shape[-1]), jnp.float32)
@@ -88,8 +134,8 @@ def cosine_attention_reference(
     scale = count_scale(counts, stabilizer)                       # (B, T, H)
 
     scores = jnp.einsum("bthd,bshd->bhts", qh, kh, precision=_HI)  # (B, H, T, T)
-    if causal:
-        scores = scores * jnp.tril(jnp.ones((t, t), jnp.float32))
+    if causal:                                                    # a NaN key stays out of earlier rows
+        scores = jnp.where(jnp.tril(jnp.ones((t, t), bool)), scores, 0.0)
 
     if stabilize == "value":
         vs = vf * scale[..., None]                                # v~_i = v_i n_i^-p
@@ -104,10 +150,11 @@ def cosine_attention_reference(
     else:
         raise ValueError(f"stabilize must be 'value' or 'query'; got {stabilize!r}")
 
+    out = poison_reached(out, bad, causal=causal, mask=mask)
     if not causal:
         return out, None
     count = count0 + jnp.sum(mask, axis=1, dtype=jnp.int32)
-    return out, (kv0 + kv_new, count)
+    return out, (poison_state(kv0 + kv_new, bad), count)
 
 
 def causal_linear_attention_reference(
@@ -131,7 +178,7 @@ def causal_linear_attention_reference(
     vf = jnp.repeat(v.astype(jnp.float32), group, axis=2)
     s0 = initial_state.astype(jnp.float32)
     scores = jnp.einsum("bthd,bshd->bhts", qf, kf, precision=_HI)
-    scores = scores * jnp.tril(jnp.ones((t, t), jnp.float32))
+    scores = jnp.where(jnp.tril(jnp.ones((t, t), bool)), scores, 0.0)
     out = jnp.einsum("bhts,bshe->bthe", scores, vf, precision=_HI)
     out = out + jnp.einsum("bthd,bhde->bthe", qf, s0, precision=_HI)
     final = s0 + jnp.einsum("bshd,bshe->bhde", kf, vf, precision=_HI)

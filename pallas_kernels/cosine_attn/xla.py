@@ -77,8 +77,10 @@ def _exclusive_cumsum(x: jax.Array, reverse: bool = False) -> jax.Array:
     return jnp.concatenate([zero, jnp.cumsum(x[:, :, :-1], axis=2)], axis=2)
 
 
-def _mask(chunk: int) -> jax.Array:
-    return jnp.tril(jnp.ones((chunk, chunk), jnp.float32))
+def _masked(scores: jax.Array, chunk: int) -> jax.Array:
+    """The in-chunk causal mask M applied with `where`, so a NaN key never reaches earlier rows
+    (a product would: NaN * 0 is NaN)."""
+    return jnp.where(jnp.tril(jnp.ones((chunk, chunk), bool)), scores, 0.0)
 
 
 def _prepare(q, k, v, w, chunk):
@@ -109,7 +111,7 @@ def _forward(q, k, v, w, s0, chunk):
     n_kv = k.shape[2]
     qc, kc, vc, wc = _prepare(q, k, v, w, chunk)
     states, final = _chunk_states(kc, vc, wc, _grouped_state(s0, n_kv))
-    scores = _ein("bkngqd,bknsd->bkngqs", qc, kc) * _mask(chunk) * wc[..., None, :]   # (Q K~^T) * M
+    scores = _masked(_ein("bkngqd,bknsd->bkngqs", qc, kc) * wc[..., None, :], chunk)   # (Q K~^T) * M
     out = _ein("bkngqs,bknse->bkngqe", scores, vc) + _ein("bkngqd,bkngde->bkngqe", qc, states)
     return _unchunk(out, t, q.dtype), final.reshape(b, h, *final.shape[3:])
 
@@ -138,16 +140,14 @@ def _bwd(chunk, res, cotangents):
     n_kv = k.shape[2]
     qc, kc, vc, wc = _prepare(q, k, v, w, chunk)
     doc = _chunks(d_out, chunk, h // n_kv)                                  # (B, KV, N, G, C, Dv)
-    mask = _mask(chunk)
-
     states, _ = _chunk_states(kc, vc, wc, _grouped_state(s0, n_kv))        # H_c
-    dp = _ein("bkngqe,bknse->bkngqs", doc, vc) * mask                      # (dO V^T) * M
+    dp = _masked(_ein("bkngqe,bknse->bkngqs", doc, vc), chunk)             # (dO V^T) * M
     dq = _ein("bkngqe,bkngde->bkngqd", doc, states) + _ein("bkngqs,bknsd->bkngqd", dp * wc[..., None, :], kc)
 
     q_do = _ein("bkngqd,bkngqe->bkngde", qc, doc)                           # Q_c^T dO_c
     g = _grouped_state(d_final, n_kv)[:, :, None] + _exclusive_cumsum(q_do, reverse=True)   # G_c
     dkt = _ein("bknse,bkngde->bkngsd", vc, g) + _ein("bkngqs,bkngqd->bkngsd", dp, qc)
-    scores = _ein("bkngqd,bknsd->bkngqs", qc, kc) * mask                    # (Q K^T) * M, unscaled
+    scores = _masked(_ein("bkngqd,bknsd->bkngqs", qc, kc), chunk)          # (Q K^T) * M, unscaled
     dvh = (_ein("bknsd,bkngde->bkngse", kc, g) + _ein("bkngqs,bkngqe->bkngse", scores, doc)) * wc[..., None]
     d_s0 = g[:, :, 0] + q_do[:, :, 0]                                       # G_{-1}
 

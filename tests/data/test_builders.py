@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import importlib.abc
+import os
+import shlex
 import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,7 +92,8 @@ def test_missing_and_damaged_datasets(tmp_path):
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
     with pytest.raises(paths.CorruptDataError,
-                       match=f"is corrupt .*\n.*rm -rf {ds.path} && python experiments/build_corpus.py"):
+                       match="is corrupt .*\n    python experiments/build_corpus.py --prepare --rebuild "
+                             "--corpus mixed"):
         builders.load_text_dataset("mixed", "byte", data_dir=tmp_path)
     (ds.path / paths.CHECKSUM_FILE).unlink()
     with pytest.raises(paths.MissingDataError, match="SHA256SUMS does not exist"):
@@ -103,11 +108,52 @@ def test_dataset_of_an_older_corpus_is_out_of_date(tmp_path):
     ds = builders.load_text_dataset("mixed", "byte", data_dir=tmp_path)
     write_mixed_corpus(tmp_path, random_documents(rng, 5, 6))  # the corpus was rebuilt
     with pytest.raises(paths.CorruptDataError, match=r"is out of date \(built from another version "
-                                                     rf"of its records\)\..*\n.*rm -rf {ds.path} &&"):
+                                                     r"of its records\)\..*\n.*build_corpus.py --prepare --rebuild"):
         builders.load_text_dataset("mixed", "byte", data_dir=tmp_path)
     shutil.rmtree(ds.path)
     assert len(builders.load_text_dataset("mixed", "byte", data_dir=tmp_path).doc_ids["train"]) == 4
 
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_printed_rebuild_command_is_quoted_and_rebuilds_by_itself(tmp_path):
+    """A data dir with a space, beside a folder named like its first word: the printed command, pasted
+    into a shell, must rebuild the corrupt dataset and touch nothing else (it used to be an unquoted
+    `rm -rf <dir with space>/... && ...`, which deleted the sibling and kept the corrupt shard)."""
+    data_dir, sibling = tmp_path / "my data", tmp_path / "my"
+    (sibling / "keep").mkdir(parents=True)
+    write_mixed_corpus(data_dir, random_documents(fresh_rng(), 4, 6))
+    ds = builders.load_text_dataset("mixed", "byte", data_dir=data_dir)
+    shard = next(ds.path.glob("cottention_text-train.array_record-*"))
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])      # truncated
+    with pytest.raises(paths.CorruptDataError) as caught:
+        builders.load_text_dataset("mixed", "byte", data_dir=data_dir)
+    command = str(caught.value).splitlines()[-1].strip()
+    argv = shlex.split(command)
+    assert "rm" not in argv and "&&" not in argv and "--rebuild" in argv
+    assert argv[argv.index("--data-dir") + 1] == str(data_dir)                # one argument, space and all
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    subprocess.run(command, shell=True, cwd=REPO, env=env, check=True, capture_output=True)
+    assert (sibling / "keep").is_dir()
+    again = builders.load_text_dataset("mixed", "byte", data_dir=data_dir, build=False)
+    assert [len(d) for d in again.train] == [len(d) for d in ds.train]
+    assert all(np.array_equal(x, y) for x, y in zip(again.train, ds.train))
+
+
+def test_rebuild_deletes_and_builds_again(tmp_path):
+    write_mixed_corpus(tmp_path, random_documents(fresh_rng(), 4, 6))
+    ds = builders.load_text_dataset("mixed", "byte", data_dir=tmp_path)
+    stray = ds.path / "stray-file"
+    stray.write_text("left by an earlier build")
+    again = builders.load_text_dataset("mixed", "byte", data_dir=tmp_path, rebuild=True)
+    assert not stray.exists() and all(np.array_equal(x, y) for x, y in zip(again.train, ds.train))
+    with pytest.raises(ValueError, match="rebuild=True .* needs build=True"):
+        builders.load_text_dataset("mixed", "byte", data_dir=tmp_path, build=False, rebuild=True)
+    for name, rebuild in (("corpus", corpus.rebuild_command("mixed", tmp_path / "a b")),
+                          ("task", tasks.task_rebuild_command("sentiment", tmp_path / "a;b"))):
+        assert shlex.split(rebuild)[-1] == str(tmp_path / ("a b" if name == "corpus" else "a;b")), rebuild
 
 
 def test_task_dataset_round_trip(tmp_path, no_tensorflow):
