@@ -4,8 +4,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# make test runs the suite on two pytest-xdist workers (CI's two cores); each test seeds its own
+# keys from its name (tests/conftest.py), so results do not depend on the split.
+PYTEST_WORKERS ?= 2
 
-.PHONY: run test setup scaling decode-bench ablation data corpus tasks gpu-test tune-kernels clean
+.PHONY: run test setup scaling decode-bench ablation data corpus tasks gpu-test tune-kernels notebooks dist \
+        interop-env clean
 
 $(STAMP): requirements.txt setup.cfg pyproject.toml
 	@test -x $(PY) || { echo "creating $(VENV) with $$(./scripts/pick_python.sh)"; $$(./scripts/pick_python.sh) -m venv $(VENV); }
@@ -23,9 +27,12 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(PY) experiments/train_gpt.py --preset gpt-small --workdir runs/make-run
 
-# The whole test suite (GPU tests are skipped, with the reason, when JAX sees no GPU).
+# The whole test suite (GPU tests are skipped, with the reason, when JAX sees no GPU). It also builds
+# the wheel and installs it into a fresh virtual environment (tests/test_packaging.py), and the
+# converter tests build .venv-interop/ once (Python 3.11 with CPU torch and transformers; see
+# tests/_interop.py): both from the package index through pip's cache.
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # Experiments behind the README's tables.
 scaling: $(STAMP)
@@ -60,5 +67,17 @@ gpu-test: $(STAMP)
 tune-kernels: $(STAMP)
 	$(PY) experiments/tune_kernels.py --head-dims 64 128 --dtype bfloat16
 
+# Re-execute the notebooks in place (their outputs and plots are committed; tests check they are).
+notebooks: $(STAMP)
+	$(PY) scripts/execute_notebooks.py
+
+# The sdist and the wheel, into dist/.
+dist: $(STAMP)
+	$(PY) -m build --no-isolation --outdir dist .
+
+# The converter tests' PyTorch environment, ahead of `make test` (which builds it when missing).
+interop-env: $(STAMP)
+	$(PY) -c "from tests._interop import interop_python; print(interop_python())"
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-interop build dist *.egg-info .pytest_cache

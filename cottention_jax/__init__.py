@@ -3,10 +3,14 @@
 The functional op is `cosine_attention`; `cosine_attention_step` is one RNN step.
 The softmax baseline's op is `softmax_attention` (flash attention on GPU; its
 implementations are `SOFTMAX_IMPLEMENTATIONS`, picked in `cottention_jax.softmax_ops`).
-Flax NNX layers: `CosineAttention`, `SoftmaxAttention`. Models live in
-`cottention_jax.models` (GPT, Bert), decoding in `cottention_jax.decoding`.
+Flax NNX layers: `CosineAttention`, `SoftmaxAttention` (drop-ins for `nnx.MultiHeadAttention`),
+and `cosine_attention_fn` for Flax modules that take an `attention_fn`. Models live in
+`cottention_jax.models` (GPT, Bert), decoding in `cottention_jax.decoding`; `load_model(workdir)`
+loads a trained model (`cottention_jax.inference`), and `cottention_jax.interop` converts
+Hugging Face (PyTorch) weights to and from these models.
 """
 
+from cottention_jax.attention_fn import cosine_attention_fn
 from cottention_jax.layers import CosineAttention, SoftmaxAttention
 from cottention_jax.ops import (
     IMPLEMENTATIONS,
@@ -22,9 +26,20 @@ from cottention_jax.softmax_ops import softmax_attention
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # load_model pulls in Orbax: imported on first use, so `import cottention_jax` stays light
+    if name == "load_model":
+        from cottention_jax.inference import load_model  # noqa: PLC0415
+
+        return load_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "CosineAttention",
     "SoftmaxAttention",
+    "cosine_attention_fn",
     "IMPLEMENTATIONS",
     "STABILIZE_MODES",
     "CosineAttentionState",
@@ -34,4 +49,5 @@ __all__ = [
     "init_cosine_attention_state",
     "SOFTMAX_IMPLEMENTATIONS",
     "softmax_attention",
+    "load_model",
 ]

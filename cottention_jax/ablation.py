@@ -16,17 +16,13 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import matplotlib
 from flax import nnx
 
 from cottention_jax.benchmark import compiled_memory_bytes, device_peak_bytes
 from cottention_jax.configs import TrainConfig
-from cottention_jax.metrics import read_metrics
+from cottention_jax.metrics import new_figure, read_metrics
 from cottention_jax.objectives import LOSSES
 from cottention_jax.train import build_model, train_and_evaluate
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 __all__ = ["format_table", "plot_loss_curves", "run_ablation", "train_step_memory_bytes"]
 
@@ -81,8 +77,11 @@ def format_table(rows: list[dict]) -> str:
 
 def plot_loss_curves(rows: list[dict], png_path: str | Path, title: str = "") -> None:
     """Validation loss over steps, one line per variant."""
-    fig, ax = plt.subplots(figsize=(9, 5))
-    colors = plt.cm.tab20.colors                     # distinct colours for up to 20 variants
+    from matplotlib import colormaps  # noqa: PLC0415  (the [train] extra)
+
+    fig = new_figure(figsize=(9, 5))
+    ax = fig.subplots()
+    colors = colormaps["tab20"].colors               # distinct colours for up to 20 variants
     for i, r in enumerate(sorted(rows, key=lambda r: r["val_loss"])):
         evals = [e for e in read_metrics(Path(r["workdir"]) / "metrics.jsonl") if e["split"] == "eval"]
         ax.plot([e["step"] for e in evals], [e["loss"] for e in evals], "o-", ms=3, color=colors[i % 20],
@@ -93,4 +92,3 @@ def plot_loss_curves(rows: list[dict], png_path: str | Path, title: str = "") ->
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
-    plt.close(fig)

@@ -1,14 +1,26 @@
-"""Command-line front end shared by the experiment scripts: presets, `--set key=value`, workdir."""
+"""Command-line front ends: `cottention-train` (and the experiment scripts), `cottention-generate`.
+
+    cottention-train --preset gpt-small --workdir runs/gpt --set steps=500
+    cottention-generate --workdir runs/gpt --prompt "ROMEO:" --temperature 0.8 --top-k 40
+
+Training needs the [train] extra (`pip install "cottention-jax[train]"`); generation does not.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import sys
+from pathlib import Path
 from typing import Sequence
 
 from cottention_jax.configs import TRAIN_PRESETS, apply_overrides, finetune_config, to_dict, train_preset
 
-__all__ = ["train_cli"]
+__all__ = ["generate_main", "train_cli", "train_main"]
+
+_TRAIN_EXTRA = 'pip install "cottention-jax[train]"'
+_TRAIN_MODULES = ("tensorflow_datasets", "array_record", "tqdm", "tensorboardX", "matplotlib")   # that extra
 
 
 def _parser(description: str, default_preset: str, kinds: tuple[str, ...], finetune: bool):
@@ -47,9 +59,96 @@ def train_cli(argv: Sequence[str] | None, *, description: str, default_preset: s
     if args.print_config:
         print(json.dumps(to_dict(config), indent=1))
         return None
+    missing = [name for name in _TRAIN_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise SystemExit(f"training needs the [train] extra ({', '.join(missing)} not installed): {_TRAIN_EXTRA}")
     from cottention_jax.train import train_and_evaluate  # noqa: PLC0415  (jax start-up after --help)
-    summary = train_and_evaluate(config, workdir, progress=not args.no_progress)
+    try:
+        summary = train_and_evaluate(config, workdir, progress=not args.no_progress)
+    except _run_stopping_errors() as err:   # what the user acts on is the message, not the traceback
+        raise SystemExit(f"{Path(sys.argv[0]).name}: {type(err).__name__}: {err}") from None
     print(json.dumps({k: v for k, v in summary.items() if k != "sample"}, indent=1))
     if "sample" in summary:
         print("\n--- generated sample (RNN decoding) ---\n" + summary["sample"])
     return summary
+
+
+def _run_stopping_errors() -> tuple[type[BaseException], ...]:
+    """The errors that end a run with a message written for its user (a one-line exit, rc 1):
+    divergence, a workdir another run holds, a checkpoint that cannot be saved or resumed, missing
+    or corrupt data (their messages carry the command that rebuilds it)."""
+    from cottention_jax.checkpoint import CheckpointError  # noqa: PLC0415
+    from cottention_jax.data.paths import CorruptDataError, MissingDataError  # noqa: PLC0415
+    from cottention_jax.train import TrainingDivergedError  # noqa: PLC0415
+    from cottention_jax.workdir_lock import WorkdirLockedError  # noqa: PLC0415
+    return TrainingDivergedError, WorkdirLockedError, CheckpointError, MissingDataError, CorruptDataError
+
+
+def train_main(argv: Sequence[str] | None = None) -> None:
+    """`cottention-train`: every training preset (GPT, BERT pretraining, --finetune for BERT)."""
+    train_cli(sys.argv[1:] if argv is None else argv,
+              description="Train a cosine- or softmax-attention GPT or BERT on the offline corpora.\n\n"
+                          "  cottention-train --preset gpt-small --workdir runs/gpt\n"
+                          "  cottention-train --preset bert-small --finetune --task sentiment",
+              default_preset="gpt-small", kinds=("gpt", "bert-mlm"), finetune=True)
+
+
+def _generate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cottention-generate", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Continue prompts with a trained GPT (its workdir): a prefill of the prompt, then RNN "
+                    "decoding (cosine attention) or a KV cache (softmax).",
+        epilog="Greedy by default; --temperature > 0 samples (with --top-k / --top-p). Generation stops at the "
+               "tokenizer's end-of-sequence token unless --no-stop.")
+    p.add_argument("--workdir", required=True, help="the training run's workdir (cottention-train --workdir)")
+    p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for a batch)")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed of the sampling")
+    stop = p.add_mutually_exclusive_group()
+    stop.add_argument("--eos-token-id", type=int, default=None,
+                      help="stop at this token (default: the tokenizer's end-of-sequence token)")
+    stop.add_argument("--no-stop", action="store_true", help="always generate --max-new-tokens tokens")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest intact one)")
+    p.add_argument("--json", action="store_true", help="one JSON object per prompt: prompt, completion, tokens")
+    return p
+
+
+def generate_main(argv: Sequence[str] | None = None) -> None:
+    """`cottention-generate`: print each prompt followed by its completion (or, --json, one JSON line each)."""
+    parser = _generate_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    import jax  # noqa: PLC0415  (jax start-up after --help)
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    from cottention_jax import decoding, inference  # noqa: PLC0415
+
+    try:
+        config = inference.load_run_config(args.workdir, step=args.step)
+    except (FileNotFoundError, ValueError) as err:
+        parser.error(str(err))
+    if config.kind != "gpt":
+        parser.error(f"--workdir holds a {config.kind!r} run; generation needs a GPT (kind 'gpt')")
+    tokenizer = inference.load_tokenizer(args.workdir, step=args.step)
+    model = inference.load_model(args.workdir, step=args.step)
+    eos = None if args.no_stop else (tokenizer.eos_id if args.eos_token_id is None else args.eos_token_id)
+    encoded = [tokenizer.encode(text) for text in args.prompt]
+    if not all(encoded):
+        parser.error("--prompt must not be empty (it has no tokens to continue)")
+    width = max(len(ids) for ids in encoded)
+    pad = tokenizer.pad_id or 0
+    prompt = jnp.asarray([[pad] * (width - len(ids)) + ids for ids in encoded], jnp.int32)   # left-padded
+    mask = jnp.asarray([[False] * (width - len(ids)) + [True] * len(ids) for ids in encoded])
+    try:
+        tokens = decoding.generate(model, prompt, prompt_mask=mask, max_new_tokens=args.max_new_tokens,
+                                   key=jax.random.PRNGKey(args.seed), temperature=args.temperature,
+                                   top_k=args.top_k, top_p=args.top_p, eos_token_id=eos)
+    except ValueError as err:
+        parser.error(str(err))
+    for text, row in zip(args.prompt, tokens.tolist()):
+        ids = row[:row.index(eos)] if eos is not None and eos in row else row
+        completion = tokenizer.decode(ids)
+        print(json.dumps({"prompt": text, "completion": completion, "tokens": ids}) if args.json
+              else text + completion)

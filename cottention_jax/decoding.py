@@ -21,30 +21,52 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+
+from cottention_jax.models.common import check_ids
 
 __all__ = ["generate", "make_decode_loop", "make_decode_step", "prefill", "sample_logits"]
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_sampling(vocab: int | None, temperature, top_k, top_p) -> None:
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0; got {temperature}")
+    if top_k is not None and not (_is_int(top_k) and 1 <= top_k <= (vocab or np.inf)):
+        raise ValueError(f"top_k must be in [1, vocab={vocab}] (an int) or None; got {top_k!r}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] or None; got {top_p!r}")
+
+
 def sample_logits(logits: jax.Array, key: jax.Array | None, *, temperature: float = 0.0,
-                  top_k: int | None = None) -> jax.Array:
+                  top_k: int | None = None, top_p: float | None = None) -> jax.Array:
     """Next tokens (B,) int32 from logits (B, V).
 
-    temperature == 0: greedy (argmax). Otherwise sample from softmax(logits / temperature),
-    restricted to the top_k most likely tokens when top_k is given.
+    temperature == 0: greedy (argmax; top_k and top_p then change nothing). Otherwise sample
+    from softmax(logits / temperature), restricted to the top_k most likely tokens when top_k
+    is given, then to the nucleus when top_p is given: the most likely tokens whose probability
+    (after top_k) first reaches top_p, the most likely one always kept; tokens tied with the
+    least likely kept one are kept too. Same order as Hugging Face's samplers.
     """
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0; got {temperature}")
+    _check_sampling(logits.shape[-1], temperature, top_k, top_p)
     if temperature == 0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     if key is None:
         raise ValueError("sampling with temperature > 0 needs a PRNG key")
     scaled = logits.astype(jnp.float32) / temperature
     if top_k is not None:
-        if not 0 < top_k <= logits.shape[-1]:
-            raise ValueError(f"top_k must be in [1, vocab={logits.shape[-1]}]; got {top_k}")
         kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]                 # (B, 1) k-th largest
         scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
+    if top_p is not None and top_p < 1.0:
+        ranked = -jnp.sort(-scaled, axis=-1)                          # (B, V) largest first
+        probs = jax.nn.softmax(ranked, axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs                   # mass of the more likely tokens
+        cutoff = jnp.min(jnp.where(before < top_p, ranked, jnp.inf), axis=-1, keepdims=True)
+        scaled = jnp.where(scaled < cutoff, -jnp.inf, scaled)
     return jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
 
 
@@ -53,13 +75,51 @@ def _check_prompt(prompt, prompt_mask, *, last_must_be_real: bool):
         raise ValueError(f"prompt must be an int array of shape (batch, seq); got prompt.shape={prompt.shape}, "
                          f"dtype {prompt.dtype}")
     if prompt_mask is None:
+        _refuse_negative_ids(prompt, None)
         return jnp.ones(prompt.shape, bool)
     if prompt_mask.shape != prompt.shape or prompt_mask.dtype != jnp.bool_:
         raise ValueError(f"prompt_mask must be a bool array of the prompt's shape {prompt.shape}; got "
                          f"prompt_mask.shape={prompt_mask.shape}, dtype {prompt_mask.dtype}")
     if last_must_be_real and not bool(jnp.all(prompt_mask[:, -1])):
         raise ValueError("prompts must be left-padded: prompt_mask[:, -1] must be True for every row")
+    _refuse_negative_ids(prompt, prompt_mask)
     return prompt_mask
+
+
+def _refuse_negative_ids(prompt, prompt_mask) -> None:
+    """A negative id is never a token (jnp.take would wrap it to the end of the vocabulary)."""
+    if isinstance(prompt, jax.core.Tracer):
+        return
+    bad = np.asarray(prompt) < 0
+    if prompt_mask is not None:
+        bad &= np.asarray(prompt_mask)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"prompt must hold token ids >= 0 at its real positions; got "
+                         f"{int(np.asarray(prompt)[where])} at position {where}")
+
+
+def _check_token_ids(model, tokens, mask, name: str) -> None:
+    """Ids in [0, vocab) at the real positions, checked eagerly (the model itself runs under jit here)."""
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab is not None:
+        check_ids(tokens, vocab, name, mask)
+
+
+def _check_cache_room(cache: nnx.State, new_tokens: int) -> None:
+    """Refuse a decode step that would write past a softmax KV cache (a concrete cache only)."""
+    layers: dict = {}
+    for path, value in nnx.to_flat_state(cache):
+        layers.setdefault(tuple(path[:-1]), {})[path[-1]] = value[...]
+    for path, arrays in layers.items():
+        if "cache_index" not in arrays or isinstance(arrays["cache_index"], jax.core.Tracer):
+            continue
+        index, length = int(np.asarray(arrays["cache_index"])), arrays["cached_key"].shape[1]
+        if index + new_tokens > length:
+            where = ".".join(str(p) for p in path)
+            raise ValueError(f"the KV cache of {where} holds {length} positions, {index} of them used: "
+                             f"{new_tokens} more token(s) do not fit. Prefill with a larger max_length "
+                             f"(decoding.prefill(model, prompt, max_length=...)) or init_cache with one")
 
 
 def prefill(model: nnx.Module, prompt: jax.Array, prompt_mask: jax.Array | None = None, *,
@@ -72,6 +132,7 @@ def prefill(model: nnx.Module, prompt: jax.Array, prompt_mask: jax.Array | None 
     (it sizes softmax KV caches; cosine states do not depend on it).
     """
     prompt_mask = _check_prompt(prompt, prompt_mask, last_must_be_real=False)
+    _check_token_ids(model, prompt, prompt_mask, "prompt")
     model.init_cache(prompt.shape[0], max_length or prompt.shape[1])
     graphdef, cache, rest = nnx.split(model, nnx.Cache, ...)
     logits, cache = _jitted_cached_call(graphdef, cache, rest, prompt, prompt_mask, prefill=True)
@@ -98,37 +159,71 @@ def make_decode_step(model: nnx.Module) -> tuple[Callable, nnx.State]:
     tokens: (B,) for one new token per row, or (B, T) for a chunk (e.g. a long prompt
     prefilled piece by piece). Call after `prefill` or `model.init_cache`. The step
     closes over the parameters; only the cache goes in and out.
+
+    Called eagerly, the step first refuses (ValueError) token ids outside [0, vocab) and a
+    chunk that would not fit in a softmax KV cache (one device read of each cache index); under
+    a jit of your own those checks cannot run, and an overfull KV cache gives NaN logits.
     """
     graphdef, cache, rest = nnx.split(model, nnx.Cache, ...)
 
     @jax.jit
-    def step(cache, tokens):
+    def jitted_step(cache, tokens):
         tokens = tokens[:, None] if tokens.ndim == 1 else tokens
         return _cached_call(graphdef, cache, rest, tokens)
 
+    def step(cache, tokens):
+        _check_token_ids(model, tokens, None, "tokens")
+        _check_cache_room(cache, 1 if tokens.ndim == 1 else tokens.shape[1])
+        return jitted_step(cache, tokens)
+
+    step.lower = jitted_step.lower       # as a jitted function's: lowering and compiled memory
     return step, cache
 
 
-def _decode_scan(graphdef, cache, rest, logits, key, *, steps, temperature, top_k):
-    """`steps` tokens sampled after `logits`, each fed back through one cached step (a lax.scan
-    whose carry is the cache, the last logits and the key): (tokens (B, steps), cache)."""
+def _decode_scan(graphdef, cache, rest, logits, key, *, steps, temperature, top_k, top_p=None,
+                 eos_token_id=None):
+    """`steps` tokens sampled after `logits`, each fed back through one cached step: (tokens (B, steps),
+    cache). The carry is the cache, the last logits and the key (a lax.scan); with eos_token_id
+    also which rows are done, in a lax.while_loop that stops once every row has produced it. A
+    done row's later tokens are eos_token_id; the key sequence is the scan's, so the tokens up to
+    each row's first eos are those it gives without eos_token_id."""
+    sample = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    if eos_token_id is None:
+        def body(carry, _):
+            cache, logits, key = carry
+            key, sub = jax.random.split(key)
+            tokens = sample(logits, sub)
+            logits, cache = _cached_call(graphdef, cache, rest, tokens[:, None])
+            return (cache, logits, key), tokens
 
-    def body(carry, _):
-        cache, logits, key = carry
+        (cache, _, _), tokens = jax.lax.scan(body, (cache, logits, key), None, length=steps)
+        return tokens.T, cache
+
+    def running(carry):
+        i, done = carry[0], carry[4]
+        return (i < steps) & ~jnp.all(done)
+
+    def step(carry):
+        i, cache, logits, key, done, out = carry
         key, sub = jax.random.split(key)
-        tokens = sample_logits(logits, sub, temperature=temperature, top_k=top_k)
+        tokens = jnp.where(done, eos_token_id, sample(logits, sub))
+        out = jax.lax.dynamic_update_slice(out, tokens[:, None], (0, i))
         logits, cache = _cached_call(graphdef, cache, rest, tokens[:, None])
-        return (cache, logits, key), tokens
+        return i + 1, cache, logits, key, done | (tokens == eos_token_id), out
 
-    (cache, _, _), tokens = jax.lax.scan(body, (cache, logits, key), None, length=steps)
-    return tokens.T, cache
+    b = logits.shape[0]
+    done, out = jnp.zeros((b,), bool), jnp.full((b, steps), eos_token_id, jnp.int32)
+    _, cache, _, _, _, out = jax.lax.while_loop(running, step, (jnp.int32(0), cache, logits, key, done, out))
+    return out, cache
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_k"))
-def _generate(graphdef, cache, rest, prompt, prompt_mask, key, *, max_new_tokens, temperature, top_k):
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_k", "top_p",
+                                             "eos_token_id"))
+def _generate(graphdef, cache, rest, prompt, prompt_mask, key, *, max_new_tokens, temperature, top_k,
+              top_p=None, eos_token_id=None):
     logits, cache = _cached_call(graphdef, cache, rest, prompt, prompt_mask, prefill=True)   # (B, V)
     return _decode_scan(graphdef, cache, rest, logits, key, steps=max_new_tokens, temperature=temperature,
-                        top_k=top_k)
+                        top_k=top_k, top_p=top_p, eos_token_id=eos_token_id)
 
 
 def make_decode_loop(model: nnx.Module, steps: int, *, temperature: float = 0.0,
@@ -153,23 +248,33 @@ def make_decode_loop(model: nnx.Module, steps: int, *, temperature: float = 0.0,
 
 def generate(model: nnx.Module, prompt: jax.Array, *, prompt_mask: jax.Array | None = None,
              max_new_tokens: int, key: jax.Array | None = None, temperature: float = 0.0,
-             top_k: int | None = None) -> jax.Array:
+             top_k: int | None = None, top_p: float | None = None,
+             eos_token_id: int | None = None) -> jax.Array:
     """Generate max_new_tokens tokens after each (left-padded) prompt: (B, max_new_tokens) int32.
 
-    Greedy when temperature == 0, else sampling (optionally top-k) with the given
-    PRNG key. Puts the model in eval mode; on return the model's cache holds the
-    state after the prompt and the generated tokens.
+    Greedy when temperature == 0, else sampling with the given PRNG key, optionally restricted
+    to the top_k tokens and/or the top_p nucleus (`sample_logits`). With eos_token_id, a row is
+    done once it produces that token: its later positions hold eos_token_id, and decoding stops
+    when every row is done. Puts the model in eval mode; on return the model's cache holds the
+    state after the prompt and the tokens fed back (those of done rows included).
     """
     prompt_mask = _check_prompt(prompt, prompt_mask, last_must_be_real=True)
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
+    _check_token_ids(model, prompt, prompt_mask, "prompt")
+    if not (_is_int(max_new_tokens) and max_new_tokens >= 1):
+        raise ValueError(f"max_new_tokens must be >= 1 (an int); got {max_new_tokens!r}")
     if temperature > 0 and key is None:
         raise ValueError("sampling with temperature > 0 needs a PRNG key")
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if eos_token_id is not None and not (_is_int(eos_token_id) and 0 <= eos_token_id < (vocab or np.inf)):
+        raise ValueError(f"eos_token_id must be a token id in [0, vocab={vocab}) or None; got {eos_token_id!r}")
+    _check_sampling(vocab, temperature, top_k, top_p)
     key = jax.random.PRNGKey(0) if key is None else key
     model.eval()
     model.init_cache(prompt.shape[0], prompt.shape[1] + max_new_tokens)
     graphdef, cache, rest = nnx.split(model, nnx.Cache, ...)
     tokens, cache = _generate(graphdef, cache, rest, prompt, prompt_mask, key,
-                              max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=top_k)
+                              max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=top_k,
+                              top_p=None if top_p is None else float(top_p),
+                              eos_token_id=None if eos_token_id is None else int(eos_token_id))
     nnx.update(model, cache)
     return tokens

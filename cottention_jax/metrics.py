@@ -3,6 +3,10 @@
 Each record is {"step": int, "split": "train" | "eval" | ..., <name>: float, ...}.
 On resume from step s, records after s (from the interrupted run) are dropped so
 the files describe one consistent run.
+
+tensorboardX and matplotlib (the [train] extra) are imported when first used, and the
+plot is drawn on a `matplotlib.figure.Figure` of its own: importing this module or
+plotting never changes the user's matplotlib backend (inline plots in Jupyter keep working).
 """
 
 from __future__ import annotations
@@ -12,13 +16,7 @@ import math
 import os
 from pathlib import Path
 
-import matplotlib
-from tensorboardX import SummaryWriter
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-__all__ = ["MetricsWriter", "plot_training_curves", "read_metrics", "safe_exp"]
+__all__ = ["MetricsWriter", "new_figure", "plot_training_curves", "read_metrics", "safe_exp"]
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
@@ -42,6 +40,8 @@ class MetricsWriter:
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
+        from tensorboardX import SummaryWriter  # noqa: PLC0415  (the [train] extra)
+
         purge = None if resume_step is None else resume_step + 1
         self.tb = SummaryWriter(str(Path(workdir) / "tensorboard"), purge_step=purge)
 
@@ -62,7 +62,8 @@ def plot_training_curves(metrics_path: str | os.PathLike, png_path: str | os.Pat
     train = [r for r in records if r["split"] == "train"]
     evals = [r for r in records if r["split"] == "eval"]
     stab = [r for r in records if r["split"] == "stabilizer"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig = new_figure(figsize=(15, 4))
+    axes = fig.subplots(1, 3)
     axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], label="train", alpha=0.7)
     axes[0].plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="validation")
     axes[0].set(xlabel="step", ylabel="loss (nats)", title="loss")
@@ -84,7 +85,14 @@ def plot_training_curves(metrics_path: str | os.PathLike, png_path: str | os.Pat
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
-    plt.close(fig)
+
+
+def new_figure(**kwargs):
+    """A `matplotlib.figure.Figure` outside pyplot: no global backend, no figure manager to close;
+    `fig.savefig` renders it with Agg."""
+    from matplotlib.figure import Figure  # noqa: PLC0415  (the [train] extra)
+
+    return Figure(**kwargs)
 
 
 def safe_exp(x: float) -> float:

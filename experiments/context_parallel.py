@@ -42,7 +42,8 @@ def config_for(args, n: int, seq: int):
     base = train_preset(args.preset)
     vocab = [f"model.vocab_size={base.data.vocab_size}"] if base.data.vocab_size else []
     sharding = [] if n == 1 else ["sharding=data", f"seq_parallel={n}"]
-    return train_preset(args.preset, [*vocab, f"data.seq_len={seq}", "data.batch_size=1", *sharding, *args.overrides])
+    length = [f"model.max_len={seq}", f"data.seq_len={seq}"]     # the GPT refuses inputs past max_len
+    return train_preset(args.preset, [*vocab, *length, "data.batch_size=1", *sharding, *args.overrides])
 
 
 def compiled_step(args, n: int, seq: int):

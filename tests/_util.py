@@ -13,8 +13,9 @@ _counter = itertools.count()
 
 
 def fresh_key() -> jax.Array:
-    """A new PRNG key for every call, so no two tests share inputs."""
-    return jax.random.PRNGKey(1000 + next(_counter))
+    """A new PRNG key for every call; conftest.py reseeds the sequence per test from its name,
+    so no two tests share inputs and each test's inputs do not depend on the test order."""
+    return jax.random.PRNGKey(next(_counter))
 
 
 def rel_error(actual, expected) -> float:

@@ -1,4 +1,4 @@
-"""Shared pytest set-up: float32 matmul precision, and GPU-marked tests skipped visibly off-GPU.
+"""Shared pytest set-up: float32 matmul precision, per-test random keys, GPU tests skipped visibly off-GPU.
 
 Matmul precision. Most of this suite checks that two forms of one computation
 agree (the quadratic reference, the chunked scan, the RNN steps, a decode loop,
@@ -23,10 +23,23 @@ setting has no effect, and the check degenerates to the float32 one).
 bf16 / fp16 comparisons keep their own looser tolerances everywhere.
 """
 
+import itertools
+import zlib
+
 import jax
 import pytest
 
+from tests import _util
+
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keys_seeded_by_test(request):
+    """Every test draws its fresh keys from a sequence seeded by its own name, so its inputs are
+    the same whatever ran before it (alone, in the suite, or on a pytest-xdist worker) and a
+    failure reproduces with `pytest <that test>`; different tests still get different inputs."""
+    _util._counter = itertools.count(zlib.crc32(request.node.nodeid.encode()) % 2**30)
 
 
 def _has_gpu() -> bool:

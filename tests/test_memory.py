@@ -21,7 +21,7 @@ BATCH, SEQ, VOCAB, CHUNK = 8, 128, 2048, 256
 
 
 def _memory(*overrides):
-    config = train_preset("gpt-tiny", [f"model.vocab_size={VOCAB}", *overrides])
+    config = train_preset("gpt-tiny", [f"model.vocab_size={VOCAB}", f"model.max_len={SEQ}", *overrides])
     return train_step_memory(config, BATCH, SEQ)
 
 

@@ -1,7 +1,7 @@
 """Offline data: corpora, tokenizers, TFDS datasets and resumable batch iterators.
 
 Nothing here downloads. The Shakespeare corpus and its default tokenizers ship in
-the repository's `data/`; larger corpora and the labelled tasks are built from
+the package (`cottention_jax/data/shipped/`); larger corpora and the labelled tasks are built from
 package registries by `experiments/build_corpus.py` and `experiments/build_tasks.py`.
 
 Typical use (GPT on the embedded corpus):
@@ -24,15 +24,6 @@ from cottention_jax.data.batching import (
     mask_tokens,
     mlm_eval_batches,
     pack_documents,
-)
-from cottention_jax.data.builders import (
-    CottentionTask,
-    CottentionText,
-    TaskDataset,
-    TaskSplit,
-    TextDataset,
-    load_task_dataset,
-    load_text_dataset,
 )
 from cottention_jax.data.corpus import (
     CORPORA,
@@ -57,6 +48,20 @@ from cottention_jax.data.tokenization import (
     load_tokenizer,
     train_tokenizer,
 )
+
+# The TFDS builders import tensorflow-datasets (the [train] extra): they load on first use, so
+# that corpora and tokenizers work without it (`cottention-generate` in a base install).
+_BUILDER_NAMES = ("CottentionTask", "CottentionText", "TaskDataset", "TaskSplit", "TextDataset",
+                  "load_task_dataset", "load_text_dataset")
+
+
+def __getattr__(name: str):
+    if name in _BUILDER_NAMES:
+        from cottention_jax.data import builders  # noqa: PLC0415
+
+        return getattr(builders, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CORPORA",

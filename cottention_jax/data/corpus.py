@@ -6,7 +6,7 @@ A corpus is a folder `<name>/` holding
     PROVENANCE.md     where every document came from, and its licence
     SHA256SUMS        checksums of the two files above
 
-`shakespeare` ships in the repository (`data/shakespeare/`, 42 works, about
+`shakespeare` ships in the package (`cottention_jax/data/shipped/shakespeare/`, 42 works, about
 5 MB of text, 2 MB gzipped). `mixed` (Shakespeare, Jane Austen, the Brown
 Corpus and two Bible translations, tens of MB) is built on a machine by
 `python experiments/build_corpus.py --mixed` into `<data_dir>/corpora/mixed/`.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import shlex
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -66,10 +67,9 @@ class Document:
 def rebuild_command(name: str, data_dir=None) -> str:
     """The shell command that (re)builds corpus `name`."""
     if name == EMBEDDED_CORPUS:
-        return ("git checkout -- data/shakespeare   (or: python experiments/build_corpus.py "
-                "--embedded)")
-    where = "" if data_dir is None else f" --data-dir {data_dir}"
-    return f"python experiments/build_corpus.py --{name}{where}"
+        return paths.shipped_rebuild_command(name)
+    where = [] if data_dir is None else ["--data-dir", str(data_dir)]
+    return shlex.join(["python", "experiments/build_corpus.py", f"--{name}", *where])   # paths quoted
 
 
 def corpus_dir(name: str, data_dir=None) -> Path:
@@ -77,7 +77,7 @@ def corpus_dir(name: str, data_dir=None) -> Path:
     if name not in CORPORA:
         raise ValueError(f"corpus must be one of {CORPORA}, got {name!r}")
     if name == EMBEDDED_CORPUS:
-        return paths.REPO_DATA_DIR / name
+        return paths.SHIPPED_DATA_DIR / name
     return paths.resolve_data_dir(data_dir) / "corpora" / name
 
 

@@ -2,8 +2,9 @@
 
 Two roots:
 
-- the repository's `data/` folder (`REPO_DATA_DIR`): what ships with the code,
-  the embedded Shakespeare corpus and the default tokenizers;
+- the package's `shipped/` folder (`SHIPPED_DATA_DIR`, found with `importlib.resources`, so
+  it is the same in a checkout and in an installed wheel): what ships with the code, the
+  embedded Shakespeare corpus and the default tokenizers;
 - a writable data dir (`default_data_dir()`): `$COTTENTION_DATA_DIR`, else
   `~/.cache/cottention_jax`. Everything built on a machine goes there:
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.resources
 import json
 import os
 import zlib
@@ -32,18 +34,22 @@ __all__ = [
     "CHECKSUM_FILE",
     "CorruptDataError",
     "MissingDataError",
-    "REPO_DATA_DIR",
+    "SHIPPED_DATA_DIR",
     "default_data_dir",
     "read_checksums",
     "read_jsonl_gz",
     "resolve_data_dir",
     "sha256_file",
+    "shipped_rebuild_command",
     "verify_checksums",
     "write_checksums",
     "write_jsonl_gz",
 ]
 
-REPO_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+# The files that ship inside the package (package data of the wheel; one copy in the repository).
+# pip unpacks a wheel, so the resource is a real folder; its Path is what the readers below take.
+SHIPPED_DATA_DIR = Path(str(importlib.resources.files(__package__) / "shipped"))
+_CHECKOUT = Path(__file__).resolve().parents[2]          # the folder holding cottention_jax/
 CHECKSUM_FILE = "SHA256SUMS"
 _ENV_VAR = "COTTENTION_DATA_DIR"
 
@@ -67,6 +73,15 @@ def corrupt(path, detail: str, rebuild: str) -> CorruptDataError:
 
 def stale(path, detail: str, rebuild: str) -> CorruptDataError:
     return CorruptDataError(f"data at {path} is out of date ({detail}). Rebuild it with:\n    {rebuild}")
+
+
+def shipped_rebuild_command(subdir: str) -> str:
+    """How to restore a shipped folder (e.g. "tokenizers"): from git in a checkout of the
+    repository, else by reinstalling the package the files came with."""
+    if (_CHECKOUT / ".git").exists():
+        return (f"git checkout -- cottention_jax/data/shipped/{subdir}   "
+                "(or: python experiments/build_corpus.py --embedded)")
+    return "pip install --force-reinstall --no-deps cottention-jax   (the file ships in the package)"
 
 
 def default_data_dir() -> Path:

@@ -22,7 +22,7 @@ retraining gives the same file except, rarely, a token or two at the vocabulary
 cut-off: the saved tokenizer.json, not the training, is what makes runs reproducible.
 
 `get_tokenizer` returns the tokenizer for a (kind, corpus, vocab_size): the one
-shipped in `data/tokenizers/` if there is one, else the one cached under
+shipped in `cottention_jax/data/shipped/tokenizers/` if there is one, else the one cached under
 `<data_dir>/tokenizers/`, else it trains one and caches it.
 """
 
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import string
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -277,7 +278,7 @@ def load_tokenizer(path, rebuild: str | None = None) -> Tokenizer:
     Raises MissingDataError / CorruptDataError; `rebuild` is the command named in the message.
     """
     path = Path(path)
-    rebuild = rebuild or f"rm {path}   (it is retrained on next use)"
+    rebuild = rebuild or f"{shlex.join(['rm', '--', str(path)])}   (it is retrained on next use)"
     if not path.is_file():
         raise paths.missing(path, rebuild)
     try:
@@ -308,9 +309,9 @@ def get_tokenizer(kind: str = "bpe", corpus: str = "shakespeare", vocab_size: in
                              f"got {vocab_size}")
         return ByteTokenizer()
     name = tokenizer_name(kind, corpus, vocab_size) + ".json"
-    shipped = paths.REPO_DATA_DIR / "tokenizers"
+    shipped = paths.SHIPPED_DATA_DIR / "tokenizers"
     if (shipped / name).is_file():
-        rebuild = "git checkout -- data/tokenizers   (or: python experiments/build_corpus.py --embedded)"
+        rebuild = paths.shipped_rebuild_command("tokenizers")
         paths.verify_checksums(shipped, rebuild, names=[name])
         return load_tokenizer(shipped / name, rebuild)
     cached = paths.resolve_data_dir(data_dir) / "tokenizers" / name

