@@ -22,7 +22,6 @@ The parameters, `BERT_PARAMETERS` (PyTorch name, our parameter, layout, part):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from cottention_jax.interop.files import (CONFIG_NAME, SAFETENSORS_NAME, read_hf_config, read_state_dict,
+from cottention_jax.interop.files import (CONFIG_NAME, SAFETENSORS_NAME, read_state_dict, resolve_config,
                                           write_safetensors)
 from cottention_jax.interop.gptj import HF_ACTIVATIONS
 from cottention_jax.interop.mapping import Entry, export_parameters, format_table, load_parameters
@@ -155,20 +154,8 @@ def load_bert(source, config: BertConfig | dict | None = None, *, attention: str
     """
     state = _with_prefix(read_state_dict(source))
     _check_tied(state)
-    has_norm_const = any(name.endswith(".attention.self.norm_const") for name in state)
-    if attention is None:
-        attention = "cosine" if has_norm_const else "softmax"
-    if attention == "softmax" and has_norm_const:
-        raise ValueError("attention='softmax', but the checkpoint has cosine attention (its norm_const tensors): "
-                         "load it with attention='cosine' (the default)")
-    if isinstance(config, BertConfig):
-        config = dataclasses.replace(config, attention=attention, **overrides)
-    else:
-        hf = config if config is not None else read_hf_config(source)
-        if hf is None:
-            raise ValueError("config: none given and no config.json beside the weights; pass the BertConfig "
-                             "dict or our BertConfig")
-        config = bert_config_from_hf(hf, attention=attention, **overrides)
+    config, attention = resolve_config(state, source, config, attention, ours=BertConfig, from_hf=bert_config_from_hf,
+                                       hf_name="BertConfig", norm_const_suffix=".attention.self.norm_const", overrides=overrides)
     parts = ("base", "mlm", "pooler", "classifier") + (("cosine",) if attention == "cosine" else ())
     required = ("base", "cosine") if attention == "cosine" else ("base",)
     state = {n: v for n, v in state.items() if n not in _TIED}

@@ -9,6 +9,7 @@ torch files need torch, and say so when it is not installed. Write: one `.safete
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
@@ -17,7 +18,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-__all__ = ["CONFIG_NAME", "SAFETENSORS_NAME", "read_hf_config", "read_state_dict", "write_safetensors"]
+__all__ = ["CONFIG_NAME", "SAFETENSORS_NAME", "read_hf_config", "read_state_dict", "resolve_config",
+           "write_safetensors"]
 
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
@@ -128,3 +130,27 @@ def write_safetensors(state: Mapping[str, np.ndarray], path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(arrays, path, metadata={"format": "pt"})
     return path
+
+
+def resolve_config(state: Mapping[str, np.ndarray], source, config, attention: str | None, *, ours: type,
+                   from_hf, hf_name: str, norm_const_suffix: str, overrides: dict):
+    """Our config for a checkpoint: (config, attention).
+
+    attention: "softmax" or "cosine"; None: "cosine" when the state dict has `norm_const` tensors
+    (names ending in norm_const_suffix), the official Cottention checkpoints' stabilizers.
+    config: an instance of `ours` (overrides and attention replace its fields), a transformers
+    config dict, or None for the config.json beside `source`; dicts go through `from_hf`.
+    """
+    has_norm_const = any(name.endswith(norm_const_suffix) for name in state)
+    if attention is None:
+        attention = "cosine" if has_norm_const else "softmax"
+    if attention == "softmax" and has_norm_const:
+        raise ValueError("attention='softmax', but the checkpoint has cosine attention (its norm_const tensors): "
+                         "load it with attention='cosine' (the default)")
+    if isinstance(config, ours):
+        return dataclasses.replace(config, attention=attention, **overrides), attention
+    hf = config if config is not None else read_hf_config(source)
+    if hf is None:
+        raise ValueError(f"config: none given and no config.json beside the weights; pass the {hf_name} "
+                         f"dict or our {ours.__name__}")
+    return from_hf(hf, attention=attention, **overrides), attention

@@ -19,7 +19,6 @@ The parameters, `GPTJ_PARAMETERS` (PyTorch name, our parameter, layout, part):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from cottention_jax.interop.files import (CONFIG_NAME, SAFETENSORS_NAME, read_hf_config, read_state_dict,
+from cottention_jax.interop.files import (CONFIG_NAME, SAFETENSORS_NAME, read_state_dict, resolve_config,
                                           write_safetensors)
 from cottention_jax.interop.mapping import Entry, export_parameters, format_table, load_parameters
 from cottention_jax.models import GPT, GPTConfig
@@ -136,20 +135,8 @@ def load_gptj(source, config: GPTConfig | dict | None = None, *, attention: str 
     first that does not); the causal-mask buffers older checkpoints carry are skipped.
     """
     state = read_state_dict(source)
-    has_norm_const = any(name.endswith(".attn.norm_const") for name in state)
-    if attention is None:
-        attention = "cosine" if has_norm_const else "softmax"
-    if attention == "softmax" and has_norm_const:
-        raise ValueError("attention='softmax', but the checkpoint has cosine attention (its norm_const tensors): "
-                         "load it with attention='cosine' (the default)")
-    if isinstance(config, GPTConfig):
-        config = dataclasses.replace(config, attention=attention, **overrides)
-    else:
-        hf = config if config is not None else read_hf_config(source)
-        if hf is None:
-            raise ValueError("config: none given and no config.json beside the weights; pass the GPTJConfig "
-                             "dict or our GPTConfig")
-        config = gpt_config_from_hf(hf, attention=attention, **overrides)
+    config, attention = resolve_config(state, source, config, attention, ours=GPTConfig, from_hf=gpt_config_from_hf,
+                                       hf_name="GPTJConfig", norm_const_suffix=".attn.norm_const", overrides=overrides)
     model, fresh = load_parameters(lambda: GPT(config, rngs=nnx.Rngs(seed)), state, GPTJ_PARAMETERS,
                                    num_layers=config.num_layers, parts=_parts(config), required=_parts(config),
                                    ignored=_IGNORED)
