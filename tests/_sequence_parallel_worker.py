@@ -23,7 +23,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 import cottention_jax as ca  # noqa: E402
 from cottention_jax import parallel  # noqa: E402
-from cottention_jax.benchmark import collectives  # noqa: E402
+from cottention_jax.sharding import collectives  # noqa: E402
 from tests._util import padding_mask, random_qkv, rel_error  # noqa: E402
 
 B, H, DK, DV = 2, 4, 16, 8

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from cottention_jax import decoding
-from cottention_jax.benchmark import compiled_memory_bytes
+from cottention_jax.memory import compiled_memory_bytes
 from cottention_jax.models import GPT, gpt_config
 from tests._util import fresh_key, rel_error
 
@@ -195,10 +195,10 @@ def test_prefill_needs_decode_and_a_long_enough_cache():
 
 
 def test_decode_benchmark_script_runs(tmp_path):
-    """experiments/decode_benchmark.py on the tiny preset: one-call and chunked prefill, the timed scan."""
+    """benchmarks/decode_benchmark.py on the tiny preset: one-call and chunked prefill, the timed scan."""
     import json, os, subprocess, sys  # noqa: E401, PLC0415
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = [sys.executable, os.path.join(root, "experiments", "decode_benchmark.py"), "--preset", "tiny",
+    cmd = [sys.executable, os.path.join(root, "benchmarks", "decode_benchmark.py"), "--preset", "tiny",
            "--contexts", "32", "96", "--steps", "4", "--repeats", "2", "--out", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root,
                           env={**os.environ, "JAX_PLATFORMS": "cpu"})

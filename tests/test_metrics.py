@@ -13,7 +13,7 @@ import cottention_jax.metrics as metrics
 lazy = [name for name in ("matplotlib", "tensorboardX") if name in sys.modules]
 import matplotlib
 matplotlib.use("svg")                       # what a user (or Jupyter's inline backend) chose
-import cottention_jax.ablation, cottention_jax.train   # noqa: F401  (the training modules, imported)
+import benchmarks.ablation, cottention_jax.train   # noqa: F401  (the training modules, imported)
 after_import = matplotlib.get_backend()
 path = sys.argv[1]
 with open(path + "/metrics.jsonl", "w") as f:
@@ -30,7 +30,7 @@ print(json.dumps({"lazy": lazy, "after_import": after_import, "after_plot": matp
 
 def test_training_modules_and_plots_never_switch_the_matplotlib_backend(tmp_path):
     done = subprocess.run([sys.executable, "-c", _CHECK, str(tmp_path)], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["lazy"] == []                                    # importing metrics imports neither

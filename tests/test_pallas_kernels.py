@@ -254,7 +254,7 @@ def test_forward_and_backward_lower_for_cuda(dim, dtype, segments):
 def test_bench_script_smoke(tmp_path):
     """bench_kernels.py --smoke: tiny shapes on CPU (interpret / xla); checks the script's logic."""
     out = tmp_path / "smoke.json"
-    cmd = [sys.executable, os.path.join(ROOT, "experiments", "bench_kernels.py"), "--smoke",
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_kernels.py"), "--smoke",
            "--out", str(out)]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)

@@ -129,7 +129,7 @@ SHARDED_SCRIPT = r"""
 import contextlib, dataclasses, json, sys
 import jax, numpy as np
 from flax import nnx
-from cottention_jax.benchmark import collectives
+from cottention_jax.sharding import collectives
 from cottention_jax.configs import train_preset
 from cottention_jax.objectives import gpt_objective
 from cottention_jax.sharding import make_mesh, place_batch, shard_training_state
@@ -341,7 +341,7 @@ def test_bert_pretrain_then_finetune(data_dir, tmp_path):
 
 
 def test_ablation_script_runs_and_tabulates(data_dir, tmp_path):
-    subprocess.run([sys.executable, str(REPO / "experiments" / "softmax_rnn_ablation.py"), "--preset", "gpt-tiny",
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "softmax_rnn_ablation.py"), "--preset", "gpt-tiny",
                     "--variants", "softmax", "taylor2-gate", "--root", str(tmp_path), "--no-progress",
                     "--set", f"data.data_dir={data_dir}", "--set", "steps=6", "--set", "eval_every=3"],
                    check=True, capture_output=True, text=True)

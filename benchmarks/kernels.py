@@ -1,4 +1,4 @@
-"""Measuring the causal linear-attention kernels (used by experiments/bench_kernels.py).
+"""Measuring the causal linear-attention kernels (used by benchmarks/bench_kernels.py).
 
 A model of the work of one call (useful FLOPs, least HBM bytes, the device's peak
 bandwidth), the JAX measurement of every (implementation, mode, sequence length) at
@@ -8,7 +8,7 @@ Implementations:
   xla      pallas_kernels.cosine_attn.xla (chunk-parallel jnp)
   softmax  jax.nn.dot_product_attention(is_causal=True): cuDNN flash on a GPU, XLA elsewhere
   naive    the quadratic form ((Q K~^T) * M) V
-  fla      flash-linear-attention (PyTorch), measured by experiments/bench_fla_worker.py
+  fla      flash-linear-attention (PyTorch), measured by benchmarks/bench_fla_worker.py
 Modes: "fwd" and "fwd+bwd" (the VJP in q, k, v from a random dO). FLOP and byte
 models: benchmarks/NOTES.md.
 """
@@ -20,7 +20,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from cottention_jax.benchmark import compiled_bytes, median_time
+from benchmarks.measure import median_time
+from cottention_jax.memory import compiled_bytes
 from pallas_kernels.cosine_attn import chunked, reference, xla
 
 __all__ = ["BenchSettings", "IMPLS", "MODES", "check_error", "flops", "markdown_table", "measure_jax",

@@ -1,8 +1,8 @@
 """Time and memory of causal linear attention (Pallas kernels) against XLA, cuDNN softmax and FLA (GPU).
 
-    python experiments/bench_kernels.py                       # the target comparison (< 3 min on an H100)
-    python experiments/bench_kernels.py --seqs 4096 16384 --dims 64 128 --impls pallas fla
-    python experiments/bench_kernels.py --smoke --out /tmp/x.json   # CPU: tiny shapes, checks the logic
+    python benchmarks/bench_kernels.py                       # the target comparison (< 3 min on an H100)
+    python benchmarks/bench_kernels.py --seqs 4096 16384 --dims 64 128 --impls pallas fla
+    python benchmarks/bench_kernels.py --smoke --out /tmp/x.json   # CPU: tiny shapes, checks the logic
 
 Default: B=8, H=16, D=128, bf16, T = 4K, 16K, 64K; "fwd" (out = f(q, k, v)) and
 "fwd+bwd" (the VJP in q, k, v from a random dO), causal. Implementations:
@@ -20,7 +20,7 @@ once per (implementation, mode) on a small slice against a float32 reference.
 Timing: warm-up calls, then the median of synchronised runs (bounded by
 --max-seconds per row). Memory: XLA's buffer assignment of the call for JAX
 rows, the allocator's peak for FLA. The measuring and the FLOP / byte models
-are in cottention_jax/kernel_bench.py (reasoning: benchmarks/NOTES.md).
+are in benchmarks/kernels.py (reasoning: benchmarks/NOTES.md).
 
 Writes benchmarks/results/<device>.json and a Markdown table beside it;
 --smoke writes only to --out or a temporary directory.
@@ -42,7 +42,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv=None):
-    from cottention_jax import kernel_bench as kb  # noqa: PLC0415
+    from benchmarks import kernels as kb  # noqa: PLC0415
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seqs", type=int, nargs="+", default=[4096, 16384, 65536])
@@ -66,9 +66,9 @@ def parse_args(argv=None):
 
 
 def run_fla(args, tmp: pathlib.Path) -> list[dict]:
-    """flash-linear-attention rows from experiments/bench_fla_worker.py (a process without jax)."""
+    """flash-linear-attention rows from benchmarks/bench_fla_worker.py (a process without jax)."""
     out = tmp / "fla.json"
-    cmd = [sys.executable, str(ROOT / "experiments" / "bench_fla_worker.py"), "--out", str(out),
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_fla_worker.py"), "--out", str(out),
            "--dims", *map(str, args.dims), "--seqs", *map(str, args.seqs), "--dtype", args.dtype,
            "--batch", str(args.batch), "--heads", str(args.heads), "--repeats", str(args.repeats),
            "--warmup", str(args.warmup), "--max-seconds", str(args.max_seconds)]
@@ -85,8 +85,8 @@ def main(argv=None):
         rows = run_fla(args, pathlib.Path(tmp)) if "fla" in args.impls else []
     import jax  # noqa: PLC0415  (after the FLA process: JAX then takes the GPU's memory)
 
-    from cottention_jax import kernel_bench as kb  # noqa: PLC0415
-    from cottention_jax.benchmark import describe_device  # noqa: PLC0415
+    from benchmarks import kernels as kb  # noqa: PLC0415
+    from benchmarks.measure import describe_device  # noqa: PLC0415
 
     info = describe_device()
     if not args.smoke and jax.default_backend() != "gpu":
@@ -120,5 +120,6 @@ def main(argv=None):
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.path.insert(0, str(ROOT))   # run from a checkout without installing
+    if str(ROOT) not in sys.path:   # run as `python benchmarks/bench_kernels.py`, from a checkout
+        sys.path.insert(0, str(ROOT))
     main()

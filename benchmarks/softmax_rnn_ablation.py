@@ -1,8 +1,8 @@
 """Softmax attention as an RNN: train the same small GPT with each attention variant and compare.
 
-    python experiments/softmax_rnn_ablation.py                                 # CPU preset, all variants
-    python experiments/softmax_rnn_ablation.py --preset gpt-ablation-gpu      # a larger model on a GPU
-    python experiments/softmax_rnn_ablation.py --variants softmax taylor2 linear-elu --set steps=100
+    python benchmarks/softmax_rnn_ablation.py                                 # CPU preset, all variants
+    python benchmarks/softmax_rnn_ablation.py --preset gpt-ablation-gpu      # a larger model on a GPU
+    python benchmarks/softmax_rnn_ablation.py --variants softmax taylor2 linear-elu --set steps=100
 
 Same data, steps and seeds for every variant. Writes <root>/ablation.json, ablation.md and
 loss_curves.png; each variant's run is in <root>/<variant>/ (re-running resumes).
@@ -12,9 +12,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from cottention_jax.ablation import format_table, plot_loss_curves, run_ablation
-from cottention_jax.benchmark import describe_device
-from cottention_jax.configs import train_preset
+if __package__ in (None, ""):   # run as `python benchmarks/<name>.py`: import `benchmarks` from the root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from benchmarks.ablation import format_table, plot_loss_curves, run_ablation  # noqa: E402
+from benchmarks.measure import describe_device  # noqa: E402
+from cottention_jax.configs import train_preset  # noqa: E402
 
 DEFAULT_VARIANTS = ["softmax", "cosine", "taylor1", "taylor2", "taylor4", "taylor2-l2norm", "taylor2-rms",
                     "taylor2-layernorm", "taylor2-none", "taylor2-position", "taylor2-detached", "taylor2-gate",

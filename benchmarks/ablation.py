@@ -1,6 +1,6 @@
 """Compare attention variants by training the same GPT with each: same data, steps and seeds.
 
-Used by experiments/softmax_rnn_ablation.py. For every variant the run lives in
+Used by benchmarks/softmax_rnn_ablation.py. For every variant the run lives in
 <root>/<variant>/ (so an interrupted ablation resumes), and one row per variant
 records the final validation loss and perplexity, the training throughput
 (median tokens/s over logging windows, the first, compiling one excluded), XLA's
@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cottention_jax.benchmark import compiled_memory_bytes, device_peak_bytes
+from benchmarks.measure import device_peak_bytes
 from cottention_jax.configs import TrainConfig
+from cottention_jax.memory import compiled_memory_bytes
 from cottention_jax.metrics import new_figure, read_metrics
 from cottention_jax.objectives import LOSSES
 from cottention_jax.train import build_model, train_and_evaluate

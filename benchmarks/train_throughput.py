@@ -1,14 +1,14 @@
 """Training throughput (tokens/s) and MFU of the GPT with cosine vs softmax attention at several lengths.
 
-    python experiments/train_throughput.py                      # gpt-300m at seq 2K, 8K, 32K (a GPU)
-    python experiments/train_throughput.py --preset gpt-small --seq-lens 512 2048 --tokens 8192   # CPU
+    python benchmarks/train_throughput.py                      # gpt-300m at seq 2K, 8K, 32K (a GPU)
+    python benchmarks/train_throughput.py --preset gpt-small --seq-lens 512 2048 --tokens 8192   # CPU
 
 Each optimizer step sees --tokens tokens (batch = tokens / seq), random token ids.
 Each row's step is compiled once; when XLA's compiled memory of the step exceeds
 the device's memory (a GPU's allocator limit, or this host's RAM on a CPU) the
 row is skipped with that reason instead of run. Time: the median of
 synchronised steps after warm-up. MFU = model FLOPs per second (matmuls 6 N T
-plus attention, `cottention_jax.benchmark.gpt_train_flops`) / the device's
+plus attention, `benchmarks.measure.gpt_train_flops`) / the device's
 dense bf16 peak (unknown devices and non-2-byte dtypes: no MFU). Softmax uses
 its default implementation (cuDNN flash on a GPU). Writes results.json to --out.
 """
@@ -18,11 +18,15 @@ import json
 import pathlib
 import sys
 
+if __package__ in (None, ""):   # run as `python benchmarks/<name>.py`: import `benchmarks` from the root
+    sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
+
 import jax
 import jax.numpy as jnp
 
-from cottention_jax.benchmark import (compiled_bytes, describe_device, gpt_train_flops, host_memory_bytes,
-                                      median_time, peak_flops)
+from benchmarks.measure import (describe_device, gpt_train_flops, host_memory_bytes, median_time,  # noqa: E402
+                                peak_flops)
+from cottention_jax.memory import compiled_bytes  # noqa: E402
 from cottention_jax.configs import train_preset
 from cottention_jax.train import build_model, build_optimizer, make_train_step
 

@@ -1,6 +1,6 @@
 """Compiled memory of one GPT training step at the papers' size, with and without the savings.
 
-    python experiments/train_memory.py [--preset gpt-300m] [--tokens 65536]
+    python benchmarks/train_memory.py [--preset gpt-300m] [--tokens 65536]
         [--rows cosine:8192:dots:4096 softmax-flash:8192:none:0 ...] [--set model.dtype=float32 ...]
 
 A row is ATTENTION:SEQ:REMAT:LOSS_CHUNK (batch = tokens // seq); ATTENTION is
@@ -16,9 +16,12 @@ import json
 import pathlib
 import sys
 
+if __package__ in (None, ""):   # run as `python benchmarks/<name>.py`: import `benchmarks` from the root
+    sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
+
 import jax
 
-from cottention_jax.benchmark import describe_device
+from benchmarks.measure import describe_device  # noqa: E402
 from cottention_jax.configs import train_preset
 from cottention_jax.memory import train_step_memory
 

@@ -1,7 +1,7 @@
 """Per-token decode latency and decode-state memory: cosine (RNN state) vs softmax (KV cache).
 
-    python experiments/decode_benchmark.py [--preset small] [--contexts 1024 8192 32768]
-    python experiments/decode_benchmark.py --preset gptj-300m --dtype bfloat16          # on a GPU
+    python benchmarks/decode_benchmark.py [--preset small] [--contexts 1024 8192 32768]
+    python benchmarks/decode_benchmark.py --preset gptj-300m --dtype bfloat16          # on a GPU
 
 For each context length C the model prefills a random prompt of C tokens in one
 call (`decoding.prefill`: cosine's chunked scan with return_state, softmax's
@@ -21,15 +21,20 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import sys
 import time
+
+if __package__ in (None, ""):   # run as `python benchmarks/<name>.py`: import `benchmarks` from the root
+    sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from tqdm import tqdm
 
+from benchmarks.measure import describe_device, median_time
 from cottention_jax import decoding, softmax_ops
-from cottention_jax.benchmark import compiled_memory_bytes, describe_device, median_time
+from cottention_jax.memory import compiled_memory_bytes
 from cottention_jax.models import GPT, gpt_config
 
 

@@ -1,7 +1,7 @@
 """How far sequence parallelism stretches the context of one GPT training step, and what it exchanges.
 
-    python experiments/context_parallel.py                         # gpt-300m, 1 / 2 / 4 / 8 devices
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu python experiments/context_parallel.py
+    python benchmarks/context_parallel.py                         # gpt-300m, 1 / 2 / 4 / 8 devices
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu python benchmarks/context_parallel.py
 
 For each device count N the devices form a 1 x N (data x seq) mesh: one sequence
 per step, split N ways (cottention_jax.parallel). The longest context that
@@ -24,6 +24,9 @@ import pathlib
 import sys
 import time
 
+if __package__ in (None, ""):   # run as `python benchmarks/<name>.py`: import `benchmarks` from the root
+    sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
+
 if "--cpu-devices" in sys.argv:           # before JAX starts: simulated CPU devices
     count = sys.argv[sys.argv.index("--cpu-devices") + 1]
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}"
@@ -31,10 +34,10 @@ if "--cpu-devices" in sys.argv:           # before JAX starts: simulated CPU dev
 
 import jax  # noqa: E402
 
-from cottention_jax.benchmark import collectives, describe_device, median_time  # noqa: E402
+from benchmarks.measure import describe_device, median_time  # noqa: E402
 from cottention_jax.configs import train_preset  # noqa: E402
 from cottention_jax.memory import compile_train_step  # noqa: E402
-from cottention_jax.sharding import make_mesh, place_batch, shard_training_state  # noqa: E402
+from cottention_jax.sharding import collectives, make_mesh, place_batch, shard_training_state  # noqa: E402
 from cottention_jax.train import build_model, build_optimizer, make_train_step  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """Time and memory of causal cosine vs softmax attention (forward + backward) as the sequence grows.
 
-    python experiments/attention_scaling.py [--seq-lens 256 1024 4096] [--out runs/attention_scaling]
+    python benchmarks/attention_scaling.py [--seq-lens 256 1024 4096] [--out runs/attention_scaling]
 
 Prints a table, writes results.json and scaling.png to --out. Memory is XLA's
 compiled buffer assignment for one forward+backward call (arguments, outputs and
@@ -14,6 +14,10 @@ import argparse
 import json
 import os
 import pathlib
+import sys
+
+if __package__ in (None, ""):   # run as `python benchmarks/<name>.py`: import `benchmarks` from the root
+    sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +26,8 @@ import numpy as np
 from tqdm import tqdm
 
 import cottention_jax as ca
-from cottention_jax.benchmark import (compiled_memory_bytes, describe_device, device_peak_bytes,
-                                      host_memory_bytes, median_time)
+from benchmarks.measure import describe_device, device_peak_bytes, host_memory_bytes, median_time
+from cottention_jax.memory import compiled_memory_bytes
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
