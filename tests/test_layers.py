@@ -165,3 +165,17 @@ def test_layer_errors(cls):
     bidir = cls(num_heads=2, in_features=8, causal=False, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"decode=True needs a causal"):
         bidir(jnp.ones((2, 1, 8)), decode=True)
+
+
+def test_the_examples_in_the_cosine_attention_docstring_run():
+    import doctest
+
+    from cottention_jax.layers import cosine
+    result = doctest.testmod(cosine, verbose=False, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 8 and result.failed == 0, result
+
+
+def test_the_layer_base_is_abstract():
+    from cottention_jax.layers import ProjectedAttention
+    with pytest.raises(TypeError, match="abstract"):
+        ProjectedAttention(num_heads=2, in_features=8, rngs=nnx.Rngs(0))

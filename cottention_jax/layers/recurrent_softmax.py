@@ -1,6 +1,6 @@
 """`RecurrentSoftmaxAttention`: the softmax-as-an-RNN variants (arXiv 2507.23632) as a Flax NNX layer.
 
-Same constructor and call as `CosineAttention` / `SoftmaxAttention` (see layers.py),
+Same constructor and call as `CosineAttention` / `SoftmaxAttention` (`ProjectedAttention`),
 plus `variant`, a name in `cottention_jax.recurrent_softmax.VARIANTS` (e.g. "taylor2",
 "taylor2-l2norm", "linear-elu") or an `AttentionVariant`. Causal only.
 
@@ -18,25 +18,31 @@ for variants with a finite RNN state (no exp, no clamp).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import jax.numpy as jnp
 from flax import nnx
+from flax.typing import Dtype
 
 from cottention_jax import recurrent_softmax as rs
-from cottention_jax.layers import _ProjectedAttention
+from cottention_jax.layers.projected import ProjectedAttention
 
 __all__ = ["RecurrentSoftmaxAttention"]
 
 
-class RecurrentSoftmaxAttention(_ProjectedAttention):
+class RecurrentSoftmaxAttention(ProjectedAttention):
     """Causal attention of one recurrent-softmax / linear-attention variant."""
+
+    cached_numerator: nnx.Cache | None     # (B, kv_heads, F, head_dim), after init_cache
+    cached_denominator: nnx.Cache | None   # (B, kv_heads, F)
+    cached_count: nnx.Cache | None         # (B,) real tokens folded into the state
 
     def __init__(self, num_heads: int, in_features: int, qkv_features: int | None = None,
                  out_features: int | None = None, num_kv_heads: int | None = None, *,
-                 variant: str | rs.AttentionVariant = "taylor2", form: str = "parallel",
-                 causal: bool = True, stabilizer_init=None, stabilize=None, implementation=None,
-                 interpret: bool = False, sequence_axis=None, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs,
-                 **kwargs):
-        del stabilizer_init, stabilize, implementation, interpret, sequence_axis   # other layers' options
+                 variant: str | rs.AttentionVariant = "taylor2",
+                 form: Literal["parallel", "recurrent"] = "parallel",
+                 causal: bool = True, dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32,
+                 rngs: nnx.Rngs, **kwargs):
         if not causal:
             raise ValueError("RecurrentSoftmaxAttention is causal only; got causal=False")
         if form not in rs.FORMS:
@@ -56,7 +62,7 @@ class RecurrentSoftmaxAttention(_ProjectedAttention):
         self.cached_denominator = nnx.data(None)
         self.cached_count = nnx.data(None)
 
-    def init_cache(self, input_shape: tuple[int, ...], dtype=jnp.float32) -> None:
+    def init_cache(self, input_shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> None:
         """Empty RNN state for a batch of input_shape[0]; its size does not depend on the length."""
         del dtype
         if not self.variant.supports_recurrent:
