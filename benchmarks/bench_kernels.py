@@ -6,8 +6,8 @@
 
 Default: B=8, H=16, D=128, bf16, T = 4K, 16K, 64K; "fwd" (out = f(q, k, v)) and
 "fwd+bwd" (the VJP in q, k, v from a random dO), causal. Implementations:
-  pallas   pallas_kernels.cosine_attn.chunked.causal_linear_attention, default (tuned) block sizes
-  xla      pallas_kernels.cosine_attn.xla.chunked_linear_attention (chunk-parallel jnp)
+  pallas   pallas_kernels.cosine_attn.pallas.causal_linear_attention_pallas, default (tuned) block sizes
+  xla      pallas_kernels.cosine_attn.xla.causal_linear_attention_xla (chunk-parallel jnp)
   softmax  jax.nn.dot_product_attention(is_causal=True, implementation="cudnn") (XLA off-GPU)
   naive    the quadratic form ((Q K~^T) * M) V, where its T x T scores fit (not run by default)
   fla      flash-linear-attention's chunk_linear_attn (PyTorch), where it imports

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from benchmarks.measure import median_time
 from cottention_jax.memory import compiled_bytes
-from pallas_kernels.cosine_attn import chunked, reference, xla
+from pallas_kernels.cosine_attn import pallas, reference, xla
 
 __all__ = ["BenchSettings", "IMPLS", "MODES", "check_error", "flops", "markdown_table", "measure_jax",
            "min_bytes", "peak_bandwidth", "with_throughput"]
@@ -90,9 +90,9 @@ def _jax_fn(impl: str, smoke: bool):
         return jnp.zeros((q.shape[0], q.shape[2], q.shape[3], v.shape[3]), jnp.float32)
 
     if impl == "pallas":
-        return lambda q, k, v, w: chunked.causal_linear_attention(q, k, v, w, state0(q, v), interpret=smoke)[0]
+        return lambda q, k, v, w: pallas.causal_linear_attention_pallas(q, k, v, w, state0(q, v), interpret=smoke)[0]
     if impl == "xla":
-        return lambda q, k, v, w: xla.chunked_linear_attention(q, k, v, w, state0(q, v))[0]
+        return lambda q, k, v, w: xla.causal_linear_attention_xla(q, k, v, w, state0(q, v))[0]
     if impl == "naive":
         def naive(q, k, v, w):
             t = q.shape[1]

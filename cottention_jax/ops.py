@@ -295,16 +295,16 @@ def _causal_linear(q, k, v, stabilizer, padding_mask, state0, stabilize, impl, c
     key_scale = scale if stabilize == "value" else jnp.ones_like(scale)
     kv0 = state0.kv.astype(jnp.float32)
     if impl == "pallas":
-        from pallas_kernels.cosine_attn import chunked  # noqa: PLC0415  (imports Pallas lazily)
+        from pallas_kernels.cosine_attn import pallas  # noqa: PLC0415  (imports Pallas lazily)
         sizes = None
         if chunk_size is not None:
-            sizes = dataclasses.replace(chunked.BlockSizes.get_default(q.dtype, q.shape[-1], v.shape[-1]),
+            sizes = dataclasses.replace(pallas.BlockSizes.get_default(q.dtype, q.shape[-1], v.shape[-1]),
                                         chunk=chunk_size)
-        out, kv = chunked.causal_linear_attention(qn, kn, vz, key_scale, kv0, interpret=interpret,
-                                                  block_sizes=sizes)
+        out, kv = pallas.causal_linear_attention_pallas(qn, kn, vz, key_scale, kv0, interpret=interpret,
+                                                        block_sizes=sizes)
     else:
-        out, kv = _xla.chunked_linear_attention(qn, kn, vz, key_scale, kv0,
-                                                _xla.DEFAULT_CHUNK if chunk_size is None else chunk_size)
+        out, kv = _xla.causal_linear_attention_xla(qn, kn, vz, key_scale, kv0,
+                                                   _xla.DEFAULT_CHUNK if chunk_size is None else chunk_size)
     out = out.astype(jnp.float32)
     if stabilize == "query":
         out = out * scale[..., None]

@@ -15,15 +15,15 @@ from __future__ import annotations
 import argparse
 import time
 
-from cottention_jax.data import build, builders, corpus, tokenization
+from cottention_jax.data import builders, corpus, fetch, tokenization
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--embedded", action="store_true", help="rebuild the corpus shipped in data/")
     parser.add_argument("--mixed", action="store_true", help="build the mixed corpus in the data dir")
-    parser.add_argument("--sources", nargs="+", default=list(build.MIXED_SOURCES),
-                        choices=build.MIXED_SOURCES, help="parts of the mixed corpus")
+    parser.add_argument("--sources", nargs="+", default=list(fetch.MIXED_SOURCES),
+                        choices=fetch.MIXED_SOURCES, help="parts of the mixed corpus")
     parser.add_argument("--prepare", action="store_true", help="build the TFDS dataset of --corpus")
     parser.add_argument("--rebuild", action="store_true",
                         help="with --prepare: delete the dataset first and build it again (a corrupt one)")
@@ -37,9 +37,9 @@ def main() -> None:
     if args.rebuild and not args.prepare:
         parser.error("--rebuild goes with --prepare (--embedded and --mixed always write afresh)")
     if args.embedded:
-        build.build_embedded_corpus()
+        fetch.build_embedded_corpus()
     if args.mixed:
-        build.build_mixed_corpus(args.data_dir, args.sources)
+        fetch.build_mixed_corpus(args.data_dir, args.sources)
     if args.prepare:
         start = time.perf_counter()
         ds = builders.load_text_dataset(args.corpus, args.tokenizer, args.vocab_size, args.data_dir,

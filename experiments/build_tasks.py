@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from cottention_jax.data import build, builders, corpus, tasks, tokenization
+from cottention_jax.data import builders, corpus, fetch, tasks, tokenization
 
 
 def _overlap(example: dict) -> float:
@@ -58,7 +58,7 @@ def main() -> None:
         parser.error("--rebuild goes with --prepare (the raw tasks are always written afresh)")
     for task in args.task:
         if not args.prepare:
-            build.build_task(task, args.data_dir)
+            fetch.build_task(task, args.data_dir)
             examples = tasks.load_task_examples(task, args.data_dir)
             print(f"{task}: majority-class test accuracy {majority_baseline(examples):.3f}"
                   + (f", word-overlap baseline {overlap_baseline(examples):.3f}"

@@ -30,7 +30,7 @@ import tempfile
 import jax
 from tqdm import tqdm
 
-from pallas_kernels.cosine_attn import chunked, launch_table, tune
+from pallas_kernels.cosine_attn import launch_table, pallas, tune
 
 
 def parse_args(argv=None):
@@ -56,7 +56,7 @@ def parse_args(argv=None):
 
 def _launches(args, padded_dim):
     if args.smoke:       # two launches per kernel: enough to exercise the choice
-        return [chunked.KernelLaunch(16, 4, 2), chunked.KernelLaunch(min(32, padded_dim), 4, 2)]
+        return [pallas.KernelLaunch(16, 4, 2), pallas.KernelLaunch(min(32, padded_dim), 4, 2)]
     return tune.candidate_launches(padded_dim, quick=args.quick)
 
 
@@ -77,7 +77,7 @@ def tune_head_dim(args, d: int) -> dict:
     _print_trials(trials)
     sizes, kernel_seconds = tune.best_block_sizes(trials)
     error = tune.check_block_sizes(shape, sizes, interpret=args.smoke)
-    default = chunked.BlockSizes.get_default(args.dtype, d, d)
+    default = pallas.BlockSizes.get_default(args.dtype, d, d)
     timing = {"tuned": tune.time_block_sizes(shape, sizes, interpret=args.smoke, repeats=args.repeats),
               "previous_default": tune.time_block_sizes(shape, default, interpret=args.smoke, repeats=args.repeats)}
     print(f"d={d}: chosen {sizes}\n  max relative error vs the float32 reference {error:.2e}")

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from pallas_kernels.cosine_attn import chunked, launch_table, tune
+from pallas_kernels.cosine_attn import launch_table, pallas, tune
 from tests._util import export_for_h100
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,7 +53,7 @@ def test_shipped_table_holds_the_h100_sweep():
     assert all(d128[k] == {"block": 64, "num_warps": 4, "num_stages": 2} for k in ("dq", "dk", "dv"))
     assert all(d64[k] == {"block": 32, "num_warps": 4, "num_stages": 3} for k in launch_table.KERNELS)
     for e in SHIPPED:
-        sizes = chunked.BlockSizes.from_entry(e)
+        sizes = pallas.BlockSizes.from_entry(e)
         assert sizes.to_entry() == {k: e[k] for k in ("chunk", *launch_table.KERNELS)}
         assert e["source"]
 
@@ -67,10 +67,10 @@ def test_every_shipped_config_lowers_for_cuda(entry):
     spec = jax.ShapeDtypeStruct
     args = (spec((b, t, h, d), dtype), spec((b, t, kv, d), dtype), spec((b, t, kv, d), dtype),
             spec((b, t, h), jnp.float32), spec((b, h, d, d), jnp.float32))
-    sizes = dataclasses.replace(chunked.BlockSizes.from_entry(entry), segments=1)
+    sizes = dataclasses.replace(pallas.BlockSizes.from_entry(entry), segments=1)
 
     def loss(q, k, v, w, s0):
-        out, final = chunked.causal_linear_attention(q, k, v, w, s0, block_sizes=sizes)
+        out, final = pallas.causal_linear_attention_pallas(q, k, v, w, s0, block_sizes=sizes)
         return jnp.sum(out.astype(jnp.float32) ** 2) + jnp.sum(final ** 2)
 
     module = export_for_h100(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4)), *args).mlir_module()
@@ -80,24 +80,24 @@ def test_every_shipped_config_lowers_for_cuda(entry):
 # ----------------------------------------------------------------------------- defaults and lookup
 
 def test_default_is_the_tuned_entry_on_an_h100_and_its_architecture(no_user_tables):
-    tuned = chunked.BlockSizes.get_default(jnp.bfloat16, 128, 128, device=_device(H100, "9.0"))
-    assert tuned.forward == chunked.KernelLaunch(32, 4, 3) and tuned.dv == chunked.KernelLaunch(64, 4, 2)
+    tuned = pallas.BlockSizes.get_default(jnp.bfloat16, 128, 128, device=_device(H100, "9.0"))
+    assert tuned.forward == pallas.KernelLaunch(32, 4, 3) and tuned.dv == pallas.KernelLaunch(64, 4, 2)
     # another H100 variant matches by name; an H200 (same sm_90) by compute capability; fp16 takes bf16's
     for device in (_device("NVIDIA H100 PCIe"), _device("NVIDIA H200", "9.0")):
-        assert chunked.BlockSizes.get_default(jnp.bfloat16, 128, 128, device=device) == tuned
-    assert chunked.BlockSizes.get_default(jnp.float16, 96, 128, device=_device(H100, "9.0")) == tuned
+        assert pallas.BlockSizes.get_default(jnp.bfloat16, 128, 128, device=device) == tuned
+    assert pallas.BlockSizes.get_default(jnp.float16, 96, 128, device=_device(H100, "9.0")) == tuned
     # float32 and an unknown device fall back; d = 64 has its own entry
-    assert chunked.BlockSizes.get_default(jnp.float32, 128, 128, device=_device(H100, "9.0")) == \
-        chunked.BlockSizes.fallback(jnp.float32, 128, 128)
-    assert chunked.BlockSizes.get_default(jnp.bfloat16, 128, 128, device=_device("NVIDIA A100", "8.0")) == \
-        chunked.BlockSizes.fallback(jnp.bfloat16, 128, 128)
-    assert chunked.BlockSizes.get_default(jnp.bfloat16, 64, 64, device=_device(H100)).forward.block == 32
+    assert pallas.BlockSizes.get_default(jnp.float32, 128, 128, device=_device(H100, "9.0")) == \
+        pallas.BlockSizes.fallback(jnp.float32, 128, 128)
+    assert pallas.BlockSizes.get_default(jnp.bfloat16, 128, 128, device=_device("NVIDIA A100", "8.0")) == \
+        pallas.BlockSizes.fallback(jnp.bfloat16, 128, 128)
+    assert pallas.BlockSizes.get_default(jnp.bfloat16, 64, 64, device=_device(H100)).forward.block == 32
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
 @pytest.mark.parametrize("dim", [16, 64, 96, 128, 256])
 def test_fallback_uses_four_warps_and_never_spills(dtype, dim):
-    sizes = chunked.BlockSizes.fallback(dtype, dim, dim)
+    sizes = pallas.BlockSizes.fallback(dtype, dim, dim)
     for name in launch_table.KERNELS:
         launch = getattr(sizes, name)
         assert launch.num_warps == 4 and not (launch.num_warps == 2 and launch.block >= 64)
@@ -117,17 +117,17 @@ def test_user_tables_take_precedence_in_order(no_user_tables, monkeypatch):
 
 
 def test_caller_block_sizes_override_the_table():
-    mine = chunked.BlockSizes.uniform(chunk=32, block=16, num_warps=8, num_stages=1)
-    plan = chunked._make_plan((1, 100, 2, 64), (1, 100, 2, 64), (1, 100, 2, 64), jnp.bfloat16, mine, True)
-    assert plan.chunk == 32 and plan.dq == chunked.KernelLaunch(16, 8, 1) and plan.n_chunks == 4
+    mine = pallas.BlockSizes.uniform(chunk=32, block=16, num_warps=8, num_stages=1)
+    plan = pallas.launch_plan((1, 100, 2, 64), (1, 100, 2, 64), (1, 100, 2, 64), jnp.bfloat16, mine, True)
+    assert plan.chunk == 32 and plan.dq == pallas.KernelLaunch(16, 8, 1) and plan.n_chunks == 4
 
 
 def test_a_long_sequence_gets_segments_per_pass():
     """The forward (blocks of 32: more programs) needs fewer segments than the backward (blocks of 64)."""
-    sizes = chunked.BlockSizes(forward=chunked.KernelLaunch(32), dq=chunked.KernelLaunch(64),
-                               dk=chunked.KernelLaunch(64), dv=chunked.KernelLaunch(64))
+    sizes = pallas.BlockSizes(forward=pallas.KernelLaunch(32), dq=pallas.KernelLaunch(64),
+                               dk=pallas.KernelLaunch(64), dv=pallas.KernelLaunch(64))
     shape = (1, 65536, 16, 128)
-    fwd, bwd = (chunked._make_plan(shape, shape, shape, jnp.bfloat16, sizes, b) for b in (False, True))
+    fwd, bwd = (pallas.launch_plan(shape, shape, shape, jnp.bfloat16, sizes, b) for b in (False, True))
     assert fwd.n_segments * 16 * 4 >= 132 and bwd.n_segments * 16 * 2 >= 132
     assert fwd.n_segments < bwd.n_segments
 
@@ -165,16 +165,16 @@ def test_candidates_skip_launches_that_spill():
 
 
 def test_best_block_sizes_takes_each_kernels_fastest_launch_at_the_best_chunk():
-    a, b = chunked.KernelLaunch(32, 4, 3), chunked.KernelLaunch(64, 4, 2)
+    a, b = pallas.KernelLaunch(32, 4, 3), pallas.KernelLaunch(64, 4, 2)
     times = {(64, "forward", a): 1.0, (64, "forward", b): 2.0, (64, "dq", a): 3.0, (64, "dq", b): 1.0,
              (64, "dk", a): 1.0, (64, "dk", b): 1.5, (64, "dv", a): 9.0, (64, "dv", b): 1.0,
              # chunk 32 is faster for the forward alone but slower in total
              (32, "forward", a): 0.5, (32, "dq", a): 2.0, (32, "dk", a): 2.0, (32, "dv", a): 2.0}
     trials = [tune.Trial(k, c, lo, seconds=s) for (c, k, lo), s in times.items()]
-    trials += [tune.Trial("dv", 64, chunked.KernelLaunch(128, 8, 3), error="shared memory overflow"),
+    trials += [tune.Trial("dv", 64, pallas.KernelLaunch(128, 8, 3), error="shared memory overflow"),
                tune.Trial("dv", 128, a, seconds=0.1)]                          # chunk 128 is incomplete
     sizes, per_kernel = tune.best_block_sizes(trials)
-    assert sizes == chunked.BlockSizes(chunk=64, forward=a, dq=b, dk=a, dv=b)
+    assert sizes == pallas.BlockSizes(chunk=64, forward=a, dq=b, dk=a, dv=b)
     assert per_kernel == {"forward": 1.0, "dq": 1.0, "dk": 1.0, "dv": 1.0}
     with pytest.raises(ValueError, match="no chunk size has a working launch"):
         tune.best_block_sizes([t for t in trials if t.kernel != "dq"])
@@ -190,7 +190,7 @@ def test_a_launch_that_fails_is_recorded_not_raised(monkeypatch):
 
     monkeypatch.setattr(tune, "_kernel_call", failing)
     shape = tune.TuneShape(1, 32, 1, 32, "float32")
-    launches = [chunked.KernelLaunch(16), chunked.KernelLaunch(32)]
+    launches = [pallas.KernelLaunch(16), pallas.KernelLaunch(32)]
     trials = list(tune.run_trials(shape, [16], launches, interpret=True, warmup=0, repeats=3, max_seconds=0.1))
     assert len(trials) == 8
     failed = [t for t in trials if t.error]
@@ -213,9 +213,9 @@ def test_tuner_smoke_writes_a_table_the_kernels_pick_up(tmp_path):
     assert set(entry["measured"]["kernel_ms"]) == set(launch_table.KERNELS)
     assert "kernel chunk block" in done.stdout and f"COTTENTION_KERNEL_TABLE={out}" in done.stdout
     # the kernels read the file named by the environment variable
-    probe = ("import jax.numpy as jnp; from pallas_kernels.cosine_attn import chunked; "
-             "print(chunked.BlockSizes.get_default(jnp.bfloat16, 16, 16).to_entry())")
+    probe = ("import jax.numpy as jnp; from pallas_kernels.cosine_attn import pallas; "
+             "print(pallas.BlockSizes.get_default(jnp.bfloat16, 16, 16).to_entry())")
     read = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=ROOT,
                           env={**env, launch_table.ENV_VAR: str(out)})
     assert read.returncode == 0, read.stderr[-2000:]
-    assert read.stdout.strip() == str(chunked.BlockSizes.from_entry(entry).to_entry())
+    assert read.stdout.strip() == str(pallas.BlockSizes.from_entry(entry).to_entry())

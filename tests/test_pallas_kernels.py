@@ -1,4 +1,4 @@
-"""The Pallas kernels (`pallas_kernels/cosine_attn/chunked.py`) against the float32 spec.
+"""The Pallas kernels (`pallas_kernels/cosine_attn/pallas.py`) against the float32 spec.
 
 Three layers, all runnable without a GPU:
   * interpret mode (the kernels' logic on CPU) vs `implementation="reference"`
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import pytest
 
 import cottention_jax as ca
-from pallas_kernels.cosine_attn import chunked, reference
+from pallas_kernels.cosine_attn import pallas, reference
 from tests._util import export_for_h100, fresh_key, padding_mask, random_qkv, rel_error
 
 F32_TOL, LOW_TOL = 1e-5, 2e-2  # float32 (interpret mode is exact f32); bf16 / fp16
@@ -111,7 +111,7 @@ def _core_inputs(b, t, h, kv, dk, dv, dtype):
 def _core_compare(args, tol, **kw):
     """Forward and VJP of the kernel core vs the quadratic reference; returns the relative errors."""
     (out, final), vjp = jax.vjp(
-        lambda *a: chunked.causal_linear_attention(*a, interpret=True, **kw), *args)
+        lambda *a: pallas.causal_linear_attention_pallas(*a, interpret=True, **kw), *args)
     (out_ref, final_ref), vjp_ref = jax.vjp(jax.jit(reference.causal_linear_attention_reference), *args)
     cot = jax.random.normal(fresh_key(), out.shape).astype(out.dtype)
     cot_final = jax.random.normal(fresh_key(), final.shape)
@@ -126,18 +126,18 @@ def _core_compare(args, tol, **kw):
     return errors
 
 
-_L = chunked.KernelLaunch
+_L = pallas.KernelLaunch
 
 # (b, t, h, kv, dk, dv, dtype, BlockSizes or None): small chunks give many chunks per program;
 # small blocks several head-dim blocks, a different one per kernel in the first case; explicit
 # segments split the sequence across programs (13 chunks in 3 segments: uneven); seq 5 is
 # shorter than one chunk.
 CORE_CASES = [
-    (1, 200, 4, 2, 96, 64, jnp.float32, chunked.BlockSizes(chunk=16, forward=_L(16), dq=_L(32), dk=_L(64),
+    (1, 200, 4, 2, 96, 64, jnp.float32, pallas.BlockSizes(chunk=16, forward=_L(16), dq=_L(32), dk=_L(64),
                                                            dv=_L(32), segments=3)),
-    (2, 96, 4, 1, 32, 32, jnp.float32, chunked.BlockSizes.uniform(chunk=16, block=16, segments=2)),
+    (2, 96, 4, 1, 32, 32, jnp.float32, pallas.BlockSizes.uniform(chunk=16, block=16, segments=2)),
     (1, 5, 2, 2, 128, 128, jnp.float16, None),
-    (1, 190, 2, 1, 64, 64, jnp.bfloat16, chunked.BlockSizes.uniform(chunk=32, segments=4)),
+    (1, 190, 2, 1, 64, 64, jnp.bfloat16, pallas.BlockSizes.uniform(chunk=32, segments=4)),
 ]
 
 
@@ -159,8 +159,8 @@ def test_residuals_are_the_inputs_only():
     from jax._src.ad_checkpoint import saved_residuals  # noqa: PLC0415  (no public spelling)
 
     args = _core_inputs(1, 128, 2, 1, 32, 32, jnp.float32)
-    fn = lambda *a: chunked.causal_linear_attention(  # noqa: E731
-        *a, interpret=True, block_sizes=chunked.BlockSizes.uniform(chunk=16, segments=2))
+    fn = lambda *a: pallas.causal_linear_attention_pallas(  # noqa: E731
+        *a, interpret=True, block_sizes=pallas.BlockSizes.uniform(chunk=16, segments=2))
     saved = saved_residuals(fn, *args)
     assert sorted(str(aval.shape) for aval, _ in saved) == sorted(str(a.shape) for a in args)
     assert all("from the argument" in why for _, why in saved), saved
@@ -171,20 +171,20 @@ def test_residuals_are_the_inputs_only():
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
 @pytest.mark.parametrize("dim", [32, 64, 96, 128, 256])
 def test_default_block_sizes_are_powers_of_two(dtype, dim):
-    sizes = chunked.BlockSizes.get_default(dtype, dim, dim)
+    sizes = pallas.BlockSizes.get_default(dtype, dim, dim)
     launches = [getattr(sizes, k) for k in ("forward", "dq", "dk", "dv")]
     for value in [sizes.chunk] + [x for launch in launches for x in (launch.block, launch.num_warps)]:
         assert value & (value - 1) == 0
-    padded = chunked._padded_dim(dim)
+    padded = pallas.padded_head_dim(dim)
     assert padded >= dim and padded & (padded - 1) == 0
     for backward in (False, True):
-        plan = chunked._make_plan((2, 1000, 4, dim), (2, 1000, 2, dim), (2, 1000, 2, dim), dtype, None, backward)
+        plan = pallas.launch_plan((2, 1000, 4, dim), (2, 1000, 2, dim), (2, 1000, 2, dim), dtype, None, backward)
         assert all(padded % getattr(plan, k).block == 0 for k in ("forward", "dq", "dk", "dv"))
         assert plan.n_chunks * plan.chunk >= 1000 and plan.group == 2
 
 
 def test_auto_segments_add_parallelism_only_for_long_sequences_at_small_batch():
-    plan = lambda b, t: chunked._make_plan((b, t, 4, 128), (b, t, 4, 128), (b, t, 4, 128),  # noqa: E731
+    plan = lambda b, t: pallas.launch_plan((b, t, 4, 128), (b, t, 4, 128), (b, t, 4, 128),  # noqa: E731
                                            jnp.bfloat16, None)
     small_long, small_short, big_long = plan(1, 65536), plan(1, 256), plan(64, 65536)
     assert small_long.n_segments > 1 and small_long.chunks_per_segment >= 16
@@ -195,19 +195,19 @@ def test_auto_segments_add_parallelism_only_for_long_sequences_at_small_batch():
 @pytest.mark.parametrize("field,value", [("chunk", 48), ("segments", 0), ("forward", (64, 4, 2))])
 def test_block_sizes_reject_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
-        chunked.BlockSizes(**{field: value})
+        pallas.BlockSizes(**{field: value})
 
 
 @pytest.mark.parametrize("field,value", [("block", 8), ("block", 96), ("num_warps", 3), ("num_stages", 0)])
 def test_kernel_launch_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
-        chunked.KernelLaunch(**{field: value})
+        pallas.KernelLaunch(**{field: value})
 
 
 def test_core_rejects_bad_shapes():
     q, k, v = jnp.ones((1, 8, 4, 16)), jnp.ones((1, 8, 2, 16)), jnp.ones((1, 8, 2, 16))
     w, s0 = jnp.ones((1, 8, 4)), jnp.zeros((1, 4, 16, 16))
-    call = lambda *a: chunked.causal_linear_attention(*a, interpret=True)  # noqa: E731
+    call = lambda *a: pallas.causal_linear_attention_pallas(*a, interpret=True)  # noqa: E731
     with pytest.raises(ValueError, match=r"key_scale.shape=\(1, 8, 2\)"):
         call(q, k, v, w[:, :, :2], s0)
     with pytest.raises(ValueError, match=r"initial_state.shape=\(1, 4, 16, 8\)"):
@@ -224,7 +224,7 @@ def test_core_rejects_bad_shapes():
 
 def _loss_and_grads(block_sizes):
     def loss(q, k, v, key_scale, s0):
-        out, final = chunked.causal_linear_attention(q, k, v, key_scale, s0, block_sizes=block_sizes)
+        out, final = pallas.causal_linear_attention_pallas(q, k, v, key_scale, s0, block_sizes=block_sizes)
         return jnp.sum(out.astype(jnp.float32) ** 2) + jnp.sum(final * final)
     return jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4))
 
@@ -240,7 +240,7 @@ def test_forward_and_backward_lower_for_cuda(dim, dtype, segments):
     spec = jax.ShapeDtypeStruct
     args = (spec((b, t, h, dim), dtype), spec((b, t, kv, dim), dtype), spec((b, t, kv, dim), dtype),
             spec((b, t, h), jnp.float32), spec((b, h, dim, dim), jnp.float32))
-    sizes = dataclasses.replace(chunked.BlockSizes.get_default(dtype, dim, dim), segments=segments)
+    sizes = dataclasses.replace(pallas.BlockSizes.get_default(dtype, dim, dim), segments=segments)
     exported = export_for_h100(_loss_and_grads(sizes), *args)
     module = exported.mlir_module()
     # forward, dQ, dK, dV kernels; with segments also the per-segment sums (fwd: K~^T V;
@@ -294,8 +294,8 @@ def test_public_op_on_gpu_matches_reference(case):
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32], ids=lambda d: jnp.dtype(d).name)
 def test_core_on_gpu_matches_reference(dtype, segments):
     args = _core_inputs(2, 2000, 4, 2, 128, 128, dtype)      # 32 chunks: 11 per segment with 3
-    sizes = dataclasses.replace(chunked.BlockSizes.get_default(dtype, 128, 128), segments=segments)
-    (out, final), vjp = jax.vjp(lambda *a: chunked.causal_linear_attention(*a, block_sizes=sizes), *args)
+    sizes = dataclasses.replace(pallas.BlockSizes.get_default(dtype, 128, 128), segments=segments)
+    (out, final), vjp = jax.vjp(lambda *a: pallas.causal_linear_attention_pallas(*a, block_sizes=sizes), *args)
     (out_ref, final_ref), vjp_ref = jax.vjp(reference.causal_linear_attention_reference, *args)
     cot = (jax.random.normal(fresh_key(), out.shape).astype(out.dtype), jax.random.normal(fresh_key(), final.shape))
     tol = _tol(dtype)
@@ -313,9 +313,9 @@ def test_defaults_on_this_gpu_come_from_the_launch_table():
     for dim in (64, 128):
         entry = launch_table.find_entry(device.device_kind, getattr(device, "compute_capability", None),
                                         "bfloat16", dim)
-        want = chunked.BlockSizes.fallback(jnp.bfloat16, dim, dim) if entry is None else \
-            chunked.BlockSizes.from_entry(entry)
-        assert chunked.BlockSizes.get_default(jnp.bfloat16, dim, dim) == want
+        want = pallas.BlockSizes.fallback(jnp.bfloat16, dim, dim) if entry is None else \
+            pallas.BlockSizes.from_entry(entry)
+        assert pallas.BlockSizes.get_default(jnp.bfloat16, dim, dim) == want
         if "H100" in device.device_kind:
             assert entry is not None
 
@@ -324,3 +324,18 @@ def test_defaults_on_this_gpu_come_from_the_launch_table():
 def test_pallas_is_the_default_on_gpu():
     assert ca.default_implementation(causal=True) == "pallas"
     assert ca.default_implementation(causal=False) == "xla"
+
+
+def test_old_kernel_names_forward_with_a_deprecation_warning():
+    """chunked.py (the Pallas module's name before issue 13) and xla.chunked_linear_attention still work."""
+    import importlib  # noqa: PLC0415
+    from pallas_kernels.cosine_attn import xla  # noqa: PLC0415
+    sys.modules.pop("pallas_kernels.cosine_attn.chunked", None)
+    with pytest.warns(DeprecationWarning, match="cosine_attn.chunked is now pallas_kernels.cosine_attn.pallas"):
+        chunked = importlib.import_module("pallas_kernels.cosine_attn.chunked")
+    assert chunked.causal_linear_attention is pallas.causal_linear_attention_pallas
+    assert chunked.BlockSizes is pallas.BlockSizes and chunked.launch_plan is pallas.launch_plan
+    with pytest.warns(DeprecationWarning, match="is now causal_linear_attention_xla"):
+        assert xla.chunked_linear_attention is xla.causal_linear_attention_xla
+    with pytest.warns(DeprecationWarning, match="is now causal_linear_attention_pallas"):
+        assert pallas.causal_linear_attention is pallas.causal_linear_attention_pallas

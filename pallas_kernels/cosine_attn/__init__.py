@@ -1,8 +1,11 @@
 """Causal cosine / linear attention: the float32 spec, a chunked jnp scan, and Pallas GPU kernels.
 
+One function per form: reference.causal_linear_attention_reference, xla.causal_linear_attention_xla,
+pallas.causal_linear_attention_pallas (same arguments, same results).
+
 reference.py  the quadratic float32 specification (the truth every other form is tested against)
 xla.py        chunked prefix scan in jnp + lax.scan with a two-sweep custom_vjp (any backend)
-chunked.py    the same chunked algorithm as Pallas (Triton) GPU kernels
+pallas.py     the same chunked algorithm as Pallas (Triton) GPU kernels (_kernels.py: their bodies)
 launch_table.py  the kernels' tuned launch parameters by device, dtype and head dim (a JSON table)
 tune.py       measures those parameters on a GPU (experiments/tune_kernels.py)
 """

@@ -1,4 +1,4 @@
-"""The Pallas (Triton GPU) kernels behind `chunked.causal_linear_attention`.
+"""The Pallas (Triton GPU) kernels behind `pallas.causal_linear_attention_pallas`.
 
 Every kernel walks the chunks of one sequence segment with a `lax.fori_loop`
 and carries one d x d state block in float32 registers; grid programs never
@@ -16,7 +16,7 @@ Conventions, per program:
   M is the in-chunk causal mask (row t sees columns s <= t).
 
 All shapes inside the kernels are powers of two (the Triton lowering needs
-that); `chunked.py` pads the head dims and the sequence before calling.
+that); `pallas.py` pads the head dims and the sequence before calling.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Plan:
     """Static facts the kernels of one pass (forward or backward) need; hashable.
 
     Every size here is a power of two except the counts. forward / dq / dk / dv
-    are `chunked.KernelLaunch`es (block, num_warps, num_stages), their blocks
+    are `pallas.KernelLaunch`es (block, num_warps, num_stages), their blocks
     already clipped to the padded head dims.
     """
 

