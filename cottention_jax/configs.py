@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Sequence
+import types
+import typing
+from typing import Any, Literal, Sequence, get_args
 
 from cottention_jax.models.bert import BertConfig, bert_config
 from cottention_jax.models.gpt import GPTConfig, gpt_config
@@ -18,9 +20,13 @@ from cottention_jax.models.gpt import GPTConfig, gpt_config
 __all__ = ["DataConfig", "OptimConfig", "TRAIN_PRESETS", "TASK_KINDS", "TrainConfig", "apply_overrides",
            "finetune_config", "from_dict", "to_dict", "train_preset"]
 
-TASK_KINDS = ("gpt", "bert-mlm", "bert-classify")
+TaskKind = Literal["gpt", "bert-mlm", "bert-classify"]
+TASK_KINDS: tuple[str, ...] = get_args(TaskKind)
 
-_SCHEDULES = ("cosine", "linear", "constant")
+Schedule = Literal["cosine", "linear", "constant"]
+_SCHEDULES: tuple[str, ...] = get_args(Schedule)
+
+Sharding = Literal["none", "data", "fsdp"]
 
 
 def _is_int(value) -> bool:
@@ -57,7 +63,7 @@ class OptimConfig:
 
     learning_rate: float = 1e-3
     warmup_steps: int = 100
-    schedule: str = "cosine"           # decay after warm-up: "cosine", "linear" or "constant"
+    schedule: Schedule = "cosine"      # decay after warm-up: "cosine", "linear" or "constant"
     end_lr_ratio: float = 0.1          # final learning rate / peak
     weight_decay: float = 0.01
     b1: float = 0.9
@@ -89,7 +95,7 @@ class OptimConfig:
 class TrainConfig:
     """One training run: the task kind, the model, the data, the optimizer and the loop."""
 
-    kind: str = "gpt"                  # one of TASK_KINDS
+    kind: TaskKind = "gpt"             # one of TASK_KINDS
     model: GPTConfig | BertConfig = dataclasses.field(default_factory=lambda: gpt_config("small"))
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
@@ -99,7 +105,7 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 100
     keep_checkpoints: int = 3
-    sharding: str = "none"             # "none", "data" (data parallel) or "fsdp" (parameters sharded too)
+    sharding: Sharding = "none"        # "none", "data" (data parallel) or "fsdp" (parameters sharded too)
     seq_parallel: int = 1              # devices the sequence is split over (cosine attention: only d x d states move)
     seed: int = 0                      # parameter initialisation and dropout
     init_from: str | None = None       # bert-classify: a bert-mlm workdir whose latest checkpoint starts the encoder
@@ -209,19 +215,34 @@ def finetune_config(pretrain: TrainConfig, task: str, init_from: str | None) -> 
 
 # ----------------------------------------------------------------------------- overrides
 
-def _parse_value(raw: str, annotation: str, field_name: str) -> Any:
-    """Convert the text of an override to the field's declared type."""
+def _scalar_types(tp) -> set:
+    """The scalar types an override of a field of type `tp` may take: bool, int, float, str and None
+    (a Literal of strings is a str here: the config's own check then names the allowed values)."""
+    if tp is type(None):
+        return {type(None)}
+    if tp in (bool, int, float, str):
+        return {tp}
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return {type(a) for a in get_args(tp)}
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_scalar_types(a) for a in get_args(tp)))
+    return set()
+
+
+def _parse_value(raw: str, tp, annotation: str, field_name: str) -> Any:
+    """Convert the text of an override to the field's declared type `tp` (written `annotation`)."""
     text = raw.strip()
-    if text.lower() in ("none", "null") and "None" in annotation:
+    allowed = _scalar_types(tp)
+    if text.lower() in ("none", "null") and type(None) in allowed:
         return None
-    kinds = [k for k in ("bool", "int", "float", "str") if k in annotation.replace("|", " ").split()]
-    for kind in kinds:
+    for kind in (k for k in (bool, int, float, str) if k in allowed):
         try:
-            if kind == "bool":
+            if kind is bool:
                 if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
                     raise ValueError(text)
                 return text.lower() in ("true", "1", "yes")
-            return {"int": int, "float": float, "str": str}[kind](text)
+            return kind(text)
         except ValueError:
             continue
     raise ValueError(f"cannot set {field_name} (type {annotation}) to {raw!r}")
@@ -240,7 +261,8 @@ def _replace_path(obj, path: list[str], raw: str, full: str):
         return dataclasses.replace(obj, **{name: _replace_path(current, path[1:], raw, full)})
     annotation = fields[name].type
     annotation = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-    return dataclasses.replace(obj, **{name: _parse_value(raw, annotation, full)})
+    tp = typing.get_type_hints(type(obj))[name]
+    return dataclasses.replace(obj, **{name: _parse_value(raw, tp, annotation, full)})
 
 
 def apply_overrides(config, overrides: Sequence[str]):

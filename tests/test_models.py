@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cottention_jax.models import (BERT_PRESETS, GPT_PRESETS, GPT, Bert, bert_config, classification_loss,
-                                   gpt_config, lm_loss, mlm_loss)
-from cottention_jax.objectives import gpt_objective, mlm_objective
+from cottention_jax.models import BERT_PRESETS, GPT_PRESETS, GPT, Bert, bert_config, gpt_config
+from cottention_jax.objectives import classification_objective, gpt_objective, mlm_objective
 from tests._util import fresh_key, rel_error
 
 
@@ -125,7 +124,8 @@ def _nonzero_grads(grads):
 def test_gradients_reach_every_gpt_parameter(attention):
     model = GPT(gpt_config("tiny", attention=attention), rngs=nnx.Rngs(0))
     tokens = jax.random.randint(fresh_key(), (2, 16), 0, 256)
-    grads = nnx.grad(lambda m: lm_loss(m(tokens[:, :-1]), tokens[:, 1:]))(model)
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": jnp.ones((2, 15))}
+    grads = nnx.grad(lambda m: gpt_objective(m, batch)[0])(model)
     reached = _nonzero_grads(grads)
     assert all(reached.values()), [p for p, ok in reached.items() if not ok]
     if attention == "cosine":
@@ -139,9 +139,11 @@ def test_gradients_reach_every_bert_parameter(attention):
     seg = jnp.concatenate([jnp.zeros((2, 8), jnp.int32), jnp.ones((2, 8), jnp.int32)], 1)
     weights = jax.random.bernoulli(fresh_key(), 0.3, (2, 16))
 
+    batch = {"input_ids": ids, "segment_ids": seg, "padding_mask": jnp.ones((2, 16), bool), "mlm_labels": ids,
+             "mlm_weights": weights, "labels": jnp.array([0, 1]), "weights": jnp.ones(2)}
+
     def loss(m):
-        h = m(ids, segment_ids=seg)
-        return mlm_loss(m.mlm_logits(h), ids, weights) + classification_loss(m.classify(h), jnp.array([0, 1]))
+        return mlm_objective(m, batch)[0] + classification_objective(m, batch)[0]
 
     reached = _nonzero_grads(nnx.grad(loss)(model))
     # position rows beyond the sequence length are never used; everything else must move
@@ -256,13 +258,129 @@ def test_decoding_a_remat_model_matches_its_parallel_pass():
     assert rel_error(jnp.concatenate([prefill, *steps], axis=1), parallel) <= 1e-5
 
 
-def test_public_api_of_models_decoding_and_layers_is_pinned():
-    from cottention_jax import decoding, layers, models, rnn_attention
-    assert set(models.__all__) == {"BERT_PRESETS", "Bert", "BertConfig", "bert_config", "classification_loss",
-                                   "mlm_loss", "GPT", "GPT_PRESETS", "GPTConfig", "gpt_config", "lm_loss",
-                                   "perplexity", "attention_names", "make_attention"}
-    assert set(decoding.__all__) == {"generate", "make_decode_loop", "make_decode_step", "prefill", "sample_logits"}
-    assert set(layers.__all__) == {"CosineAttention", "SoftmaxAttention", "apply_rope", "positions_from_mask"}
-    assert rnn_attention.__all__ == ["RecurrentSoftmaxAttention"]
-    for module in (models, decoding, layers, rnn_attention):
-        assert all(hasattr(module, name) for name in module.__all__)
+def test_public_api_of_models_decoding_and_layers():
+    """What users import is there (more may be added), each `__all__` name exists, and nothing
+    private is exported."""
+    from cottention_jax import decoding, layers, models
+    wanted = {
+        models: {"Bert", "BertConfig", "BERT_PRESETS", "bert_config", "GPT", "GPTConfig", "GPT_PRESETS",
+                 "gpt_config", "AttentionConfig", "attention_names", "make_attention"},
+        decoding: {"generate", "make_decode_loop", "make_decode_step", "prefill", "sample_logits"},
+        layers: {"CosineAttention", "SoftmaxAttention", "RecurrentSoftmaxAttention", "apply_rope",
+                 "positions_from_mask"},
+    }
+    for module, names in wanted.items():
+        assert names <= set(module.__all__), (module.__name__, names - set(module.__all__))
+        assert all(hasattr(module, name) and not name.startswith("_") for name in module.__all__)
+    import cottention_jax
+    assert cottention_jax.CosineAttention is layers.CosineAttention
+    assert cottention_jax.SoftmaxAttention is layers.SoftmaxAttention
+
+
+def test_moved_names_still_import_and_warn():
+    from cottention_jax import layers, rnn_attention
+    with pytest.warns(DeprecationWarning, match="import RecurrentSoftmaxAttention from cottention_jax.layers"):
+        assert rnn_attention.RecurrentSoftmaxAttention is layers.RecurrentSoftmaxAttention
+    with pytest.warns(DeprecationWarning, match="ProjectedAttention"):
+        assert layers._ProjectedAttention is layers.ProjectedAttention
+
+
+def test_deprecated_model_losses_warn_and_equal_the_objectives():
+    from cottention_jax import models
+    from cottention_jax.models import bert, gpt
+    logits = jax.random.normal(fresh_key(), (2, 5, 7))
+    labels = jax.random.randint(fresh_key(), (2, 5), 0, 7)
+    weights = jnp.array([[1.0, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    from cottention_jax.losses import weighted_cross_entropy
+    want = weighted_cross_entropy(logits, labels, weights)[0]
+    for fn, args in ((models.lm_loss, (logits, labels, weights)), (gpt.lm_loss, (logits, labels, weights)),
+                     (models.mlm_loss, (logits, labels, weights)), (bert.mlm_loss, (logits, labels, weights))):
+        with pytest.warns(DeprecationWarning, match="cottention_jax.objectives"):
+            assert float(fn(*args)) == float(want)
+    with pytest.warns(DeprecationWarning, match="classification_objective"):
+        got = models.classification_loss(logits[:, 0], labels[:, 0])
+    assert float(got) == float(weighted_cross_entropy(logits[:, 0], labels[:, 0])[0])
+    with pytest.warns(DeprecationWarning, match="safe_exp"):
+        assert float(models.perplexity(jnp.log(3.0))) == pytest.approx(3.0)
+    assert not {"lm_loss", "perplexity", "mlm_loss", "classification_loss"} & set(models.__all__)
+
+
+def test_gpt_and_bert_configs_share_the_attention_config():
+    from cottention_jax.models.common import AttentionConfig, TransformerConfig
+    gpt, bert = gpt_config("tiny", attention="softmax", num_kv_heads=2), bert_config("tiny", stabilize="query")
+    assert isinstance(gpt, TransformerConfig) and isinstance(bert, TransformerConfig)
+    attention_fields = {f.name for f in dataclasses.fields(AttentionConfig)}
+    for cfg in (gpt, bert):   # declared once, in the base classes: the models add only their own fields
+        own = {f.name for f in dataclasses.fields(cfg)} - {f.name for f in dataclasses.fields(TransformerConfig)}
+        assert own == ({"rotary_dim", "rope_base", "tie_embeddings"} if cfg is gpt else {"type_vocab_size",
+                                                                                           "num_labels"})
+        assert set(dataclasses.asdict(cfg.attention_config())) == attention_fields
+    assert gpt.attention_config() == AttentionConfig(d_model=64, num_heads=4, num_kv_heads=2, attention="softmax")
+    assert bert.attention_config().stabilize == "query"
+
+
+def test_make_attention_passes_each_layer_only_its_own_options():
+    from cottention_jax import recurrent_softmax as rs
+    from cottention_jax.layers import CosineAttention, RecurrentSoftmaxAttention, SoftmaxAttention
+    from cottention_jax.models import make_attention
+    from cottention_jax.models.common import AttentionConfig
+    every = dict(num_heads=2, in_features=8, causal=True, stabilizer_init=0.3, stabilize="query",
+                 implementation=None, interpret=True, sequence_axis=None, rngs=nnx.Rngs(0))
+    cosine = make_attention("cosine", **every)
+    assert isinstance(cosine, CosineAttention) and cosine.stabilize == "query" and cosine.interpret
+    softmax = make_attention("softmax", **every)
+    assert isinstance(softmax, SoftmaxAttention) and softmax.interpret
+    recurrent = make_attention("taylor2", **every)
+    assert isinstance(recurrent, RecurrentSoftmaxAttention) and recurrent.variant == rs.resolve_variant("taylor2")
+    with pytest.raises(TypeError, match="stabilize"):     # the layers themselves take only their own
+        SoftmaxAttention(num_heads=2, in_features=8, stabilize="value", rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match="implementation"):
+        RecurrentSoftmaxAttention(num_heads=2, in_features=8, implementation=None, rngs=nnx.Rngs(0))
+    layer = make_attention(AttentionConfig(d_model=16, num_heads=4, num_kv_heads=2, stabilizer_init=0.25),
+                           causal=False, rngs=nnx.Rngs(0))
+    assert (layer.in_features, layer.num_heads, layer.num_kv_heads) == (16, 4, 2)
+    np.testing.assert_allclose(layer.stabilizer[...], 0.25)
+
+
+def test_config_literal_types_name_what_the_checks_accept():
+    import typing
+
+    from cottention_jax import configs, ops, softmax_ops
+    from cottention_jax.models.common import AttentionKind, Implementation, attention_names
+    from cottention_jax.layers.cosine import CosineImplementation, Stabilize
+    from cottention_jax.layers.softmax import SoftmaxImplementation
+    assert set(typing.get_args(AttentionKind)) == set(attention_names())
+    assert set(typing.get_args(Stabilize)) == set(ops.STABILIZE_MODES)
+    assert set(typing.get_args(CosineImplementation)) == set(ops.IMPLEMENTATIONS)
+    assert set(typing.get_args(SoftmaxImplementation)) == set(softmax_ops.IMPLEMENTATIONS)
+    hints = typing.get_type_hints(configs.TrainConfig)
+    assert typing.get_args(hints["kind"]) == configs.TASK_KINDS
+    assert typing.get_args(hints["sharding"]) == ("none", "data", "fsdp")
+    assert typing.get_args(typing.get_type_hints(configs.OptimConfig)["schedule"]) == ("cosine", "linear", "constant")
+    gpt_hints = typing.get_type_hints(type(gpt_config("tiny")))
+    assert gpt_hints["attention"] == AttentionKind and gpt_hints["implementation"] == Implementation | None
+
+
+def test_flat_override_keys_and_old_saved_configs_still_work():
+    """The attention fields moved into shared base classes; what users type (--set model.attention=...)
+    and the config.json of runs saved before that are unchanged."""
+    from cottention_jax.configs import apply_overrides, from_dict, to_dict, train_preset
+    cfg = apply_overrides(train_preset("gpt-tiny"), ["model.attention=softmax", "model.implementation=xla",
+                                                     "model.num_kv_heads=2", "model.stabilize=query",
+                                                     "model.interpret=true", "model.remat=dots"])
+    m = cfg.model
+    assert (m.attention, m.implementation, m.num_kv_heads, m.stabilize, m.interpret, m.remat) == (
+        "softmax", "xla", 2, "query", True, "dots")
+    assert apply_overrides(cfg, ["model.implementation=none"]).model.implementation is None
+    with pytest.raises(ValueError, match=r"attention must be one of"):
+        apply_overrides(cfg, ["model.attention=cosin"])
+    # a GPT model section as runs saved it before the shared config classes (field order of then)
+    old_model = {"vocab_size": 512, "num_layers": 2, "d_model": 64, "num_heads": 4, "num_kv_heads": None,
+                 "ff_dim": 256, "activation": "gelu_tanh", "rotary_dim": 8, "rope_base": 10000.0, "max_len": 64,
+                 "attention": "cosine", "stabilizer_init": 0.5, "stabilize": "value", "implementation": None,
+                 "interpret": False, "sequence_axis": None, "dropout_rate": 0.0, "layer_norm_eps": 1e-05,
+                 "tie_embeddings": False, "dtype": "float32", "param_dtype": "float32", "remat": "none",
+                 "loss_chunk": 0, "checkify_ids": False}
+    saved = {**to_dict(train_preset("gpt-tiny")), "model": old_model}
+    loaded = from_dict(saved)
+    assert dataclasses.asdict(loaded.model) == old_model and to_dict(from_dict(to_dict(loaded))) == to_dict(loaded)

@@ -15,40 +15,30 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cottention_jax.layers import positions_from_mask
-from cottention_jax.losses import weighted_cross_entropy
-from cottention_jax.models.common import (FeedForward, activation_fn, check_model_config, embed_ids,
-                                          make_attention, preset, remat_layer)
+from cottention_jax.models import _deprecated
+from cottention_jax.models.common import (FeedForward, TransformerConfig, activation_fn, check_model_config,
+                                          embed_ids, make_attention, preset, remat_layer)
 
-__all__ = ["Bert", "BertConfig", "BERT_PRESETS", "bert_config", "classification_loss", "mlm_loss"]
+__all__ = ["Bert", "BertConfig", "BERT_PRESETS", "bert_config"]
 
 
 @dataclasses.dataclass(frozen=True)
-class BertConfig:
-    """Hyper-parameters of `Bert`. Derive variants with `dataclasses.replace` (or `bert_config`)."""
+class BertConfig(TransformerConfig):
+    """Hyper-parameters of `Bert`. Derive variants with `dataclasses.replace` (or `bert_config`).
+
+    The attention fields are `AttentionConfig`'s, the other shared ones `TransformerConfig`'s;
+    the defaults below are BERT-base's where they differ from GPT's.
+    """
 
     vocab_size: int = 30522
     num_layers: int = 12
     d_model: int = 768
     num_heads: int = 12
-    num_kv_heads: int | None = None
-    ff_dim: int = 3072
-    activation: str = "gelu_tanh"         # MLP and MLM head: models.common.ACTIVATIONS ("gelu": exact)
     max_len: int = 512
-    type_vocab_size: int = 2
-    num_labels: int = 2
-    attention: str = "cosine"
-    stabilizer_init: float = 0.5
-    stabilize: str = "value"
-    implementation: str | None = None     # attention implementation, per attention (None: per backend)
-    interpret: bool = False               # Pallas kernels in interpret mode (CPU tests)
-    sequence_axis: str | None = None      # mesh axis the sequence is split over (cosine; see parallel.py)
     dropout_rate: float = 0.1
     layer_norm_eps: float = 1e-12
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    remat: str = "none"                   # per layer: "none", "block" or "dots" (models.common.REMAT_MODES)
-    loss_chunk: int = 0                   # positions per chunk of the MLM cross-entropy (0: all at once)
-    checkify_ids: bool = False            # under jit, input/segment ids get a checkify check (see Bert)
+    type_vocab_size: int = 2
+    num_labels: int = 2
 
     def __post_init__(self):
         check_model_config(self, causal=False)
@@ -72,11 +62,7 @@ class BertLayer(nnx.Module):
     def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         norm = dict(epsilon=cfg.layer_norm_eps, dtype=dt, param_dtype=pdt, rngs=rngs)
-        self.attn = make_attention(
-            cfg.attention, num_heads=cfg.num_heads, in_features=cfg.d_model, num_kv_heads=cfg.num_kv_heads,
-            causal=False, stabilizer_init=cfg.stabilizer_init, stabilize=cfg.stabilize,
-            implementation=cfg.implementation, interpret=cfg.interpret,
-            sequence_axis=cfg.sequence_axis, dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.attn = make_attention(cfg.attention_config(), causal=False, dtype=dt, param_dtype=pdt, rngs=rngs)
         self.ln_attn = nnx.LayerNorm(cfg.d_model, **norm)
         self.mlp = FeedForward(cfg.d_model, cfg.ff_dim, activation=cfg.activation, dtype=dt, param_dtype=pdt,
                                rngs=rngs)
@@ -157,11 +143,4 @@ class Bert(nnx.Module):
         return self.classifier(self.dropout(pooled)).astype(jnp.float32)
 
 
-def mlm_loss(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:
-    """Mean cross-entropy over the selected positions: logits (B, T, V), labels/weights (B, T)."""
-    return weighted_cross_entropy(logits, labels, weights)[0]
-
-
-def classification_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean cross-entropy: logits (B, C), labels (B,) int."""
-    return weighted_cross_entropy(logits, labels)[0]
+__getattr__ = _deprecated.module_getattr("bert")   # mlm_loss, classification_loss: models/_deprecated.py

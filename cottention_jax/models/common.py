@@ -1,11 +1,19 @@
-"""Pieces shared by the models: the attention switch, the feed-forward block, preset lookup."""
+"""Pieces shared by the models: their common config fields, the attention switch, the feed-forward
+block, preset lookup.
+
+Config fields are declared once: `AttentionConfig` (the attention of every block) and
+`TransformerConfig` (adds the sizes, norms, dtypes and training options both models have);
+`GPTConfig` and `BertConfig` extend it with their own fields and defaults. The fields stay
+flat (`config.attention`, `config.num_heads`, ...): keyword construction, `--set
+model.attention=softmax` and saved config dicts are those of before the split.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, Literal, get_args
 
 import jax
 import jax.numpy as jnp
@@ -15,11 +23,12 @@ from jax.experimental import checkify
 
 from cottention_jax import ops, softmax_ops
 from cottention_jax import recurrent_softmax as rs
-from cottention_jax.layers import CosineAttention, SoftmaxAttention
-from cottention_jax.rnn_attention import RecurrentSoftmaxAttention
+from cottention_jax.layers import CosineAttention, RecurrentSoftmaxAttention, SoftmaxAttention
+from cottention_jax.layers.cosine import CosineImplementation, Stabilize
+from cottention_jax.layers.softmax import SoftmaxImplementation
 
-__all__ = ["ACTIVATIONS", "ATTENTION_TYPES", "REMAT_MODES", "FeedForward", "activation_fn",
-           "attention_names", "check_ids", "check_model_config",
+__all__ = ["ACTIVATIONS", "ATTENTION_TYPES", "REMAT_MODES", "AttentionConfig", "AttentionKind", "FeedForward",
+           "Remat", "TransformerConfig", "activation_fn", "attention_names", "check_ids", "check_model_config",
            "embed_ids", "make_attention", "preset", "remat_layer"]
 
 ATTENTION_TYPES = {"cosine": CosineAttention, "softmax": SoftmaxAttention}
@@ -28,7 +37,18 @@ ATTENTION_TYPES = {"cosine": CosineAttention, "softmax": SoftmaxAttention}
 #   "none"  everything (no recomputation); "block": only the layer's inputs (all of it recomputed);
 #   "dots": the outputs of the weight matmuls (projections, MLP), the rest (attention internals,
 #   norms, activations) recomputed
-REMAT_MODES = ("none", "block", "dots")
+Remat = Literal["none", "block", "dots"]
+REMAT_MODES: tuple[str, ...] = get_args(Remat)
+
+# every name the attention switch takes: the layers' and the recurrent-softmax VARIANTS' (causal
+# only); a test keeps this equal to attention_names()
+AttentionKind = Literal[
+    "cosine", "softmax",
+    "exp", "exp-detached", "exp-gate", "exp-l2norm", "exp-layernorm", "exp-none", "exp-position", "exp-rms",
+    "linear-cosine", "linear-elu", "linear-relu",
+    "taylor1", "taylor2", "taylor2-detached", "taylor2-detached-gate", "taylor2-gate", "taylor2-l2norm",
+    "taylor2-layernorm", "taylor2-none", "taylor2-position", "taylor2-rms", "taylor3", "taylor4"]
+Implementation = CosineImplementation | SoftmaxImplementation
 
 
 def attention_names() -> tuple[str, ...]:
@@ -41,6 +61,51 @@ def attention_names() -> tuple[str, ...]:
 _POSITIVE_INT_FIELDS = ("vocab_size", "num_layers", "d_model", "num_heads", "ff_dim", "max_len",
                         "type_vocab_size", "num_labels")
 _BOOL_FIELDS = ("interpret", "tie_embeddings", "checkify_ids")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionConfig:
+    """The attention layer of every block: which one (`attention`), its heads and its options.
+
+    The base of GPTConfig and BertConfig (through TransformerConfig); `make_attention(config, ...)`
+    builds the layer from it, passing each layer type only the options it takes.
+    """
+
+    d_model: int = 1024
+    num_heads: int = 16
+    num_kv_heads: int | None = None       # None: as num_heads; fewer: grouped-query attention
+    attention: AttentionKind = "cosine"   # see attention_names()
+    stabilizer_init: float = 0.5          # cosine: initial raw stabilizer per head
+    stabilize: Stabilize = "value"        # cosine: "value" or "query" (cottention_jax.cosine_attention)
+    implementation: Implementation | None = None   # attention implementation, per attention (None: per backend)
+    interpret: bool = False               # Pallas kernels in interpret mode (CPU tests)
+    sequence_axis: str | None = None      # mesh axis the sequence is split over (cosine; see parallel.py)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    def attention_config(self) -> AttentionConfig:
+        """The attention fields alone, as an AttentionConfig (of a GPTConfig or BertConfig too)."""
+        return AttentionConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(AttentionConfig)})
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig(AttentionConfig):
+    """The fields GPTConfig and BertConfig share beyond the attention's (their defaults: GPT's)."""
+
+    vocab_size: int = 50257
+    num_layers: int = 20
+    ff_dim: int = 3072
+    activation: str = "gelu_tanh"         # of the MLP: ACTIVATIONS ("gelu": exact)
+    max_len: int = 2048                   # training context (GPT: default size of softmax KV caches)
+    dropout_rate: float = 0.0
+    layer_norm_eps: float = 1e-5
+    dtype: str = "float32"                # compute dtype
+    param_dtype: str = "float32"
+    remat: Remat = "none"                 # per block: "none", "block" or "dots" (REMAT_MODES)
+    loss_chunk: int = 0                   # positions per chunk of the training cross-entropy (0: all at once)
+    checkify_ids: bool = False            # under jit, ids get a checkify check (see GPT.hidden, Bert)
 
 
 def _is_int(value) -> bool:
@@ -155,19 +220,41 @@ def embed_ids(embed: nnx.Embed, ids: jax.Array, name: str, padding_mask: jax.Arr
     return embed(jnp.where(ids < 0, n, ids))
 
 
-def make_attention(kind: str, **kwargs) -> nnx.Module:
-    """Build the attention layer named `kind` with layer kwargs.
+# per layer type, the constructor options that are its own (the rest are ProjectedAttention's, which
+# every layer takes); make_attention drops the options of the other types
+_LAYER_OPTIONS: dict[type, tuple[str, ...]] = {
+    CosineAttention: ("stabilizer_init", "stabilize", "implementation", "interpret", "sequence_axis"),
+    SoftmaxAttention: ("implementation", "interpret"),
+    RecurrentSoftmaxAttention: ("variant", "form"),
+}
+_ATTENTION_FIELDS = tuple(f.name for f in dataclasses.fields(AttentionConfig))
+
+
+def make_attention(kind: str | AttentionConfig, **kwargs) -> nnx.Module:
+    """Build the attention layer named `kind` (or that an AttentionConfig describes) with layer kwargs.
 
     "cosine" -> CosineAttention, "softmax" -> SoftmaxAttention, a VARIANTS name (e.g.
     "taylor2", "taylor2-l2norm", "linear-elu") -> RecurrentSoftmaxAttention(variant=kind).
+    Each layer gets only the options it takes: those of another layer type (e.g. `stabilize`
+    for "softmax") are dropped, so one set of kwargs serves every kind. With an AttentionConfig,
+    its fields give the options (num_heads, num_kv_heads, ...; in_features defaults to d_model)
+    and kwargs add the rest (causal, rotary_dim, dtype, rngs, ...).
     """
+    if isinstance(kind, AttentionConfig):
+        config = kind.attention_config()
+        kwargs = {"in_features": config.d_model, **{name: getattr(config, name) for name in _ATTENTION_FIELDS
+                                                    if name not in ("attention", "d_model")}, **kwargs}
+        kind = config.attention
     if kind in ATTENTION_TYPES:
-        return ATTENTION_TYPES[kind](**kwargs)
-    if kind in rs.VARIANTS:
+        cls = ATTENTION_TYPES[kind]
+    elif kind in rs.VARIANTS:
         if not kwargs.get("causal", False):
             raise ValueError(f"attention={kind!r} is causal only (a decoder); BERT needs 'cosine' or 'softmax'")
-        return RecurrentSoftmaxAttention(variant=kind, **kwargs)
-    raise ValueError(f"attention must be one of {attention_names()}; got {kind!r}")
+        cls, kwargs = RecurrentSoftmaxAttention, {**kwargs, "variant": kind}
+    else:
+        raise ValueError(f"attention must be one of {attention_names()}; got {kind!r}")
+    others = {name for options in _LAYER_OPTIONS.values() for name in options} - set(_LAYER_OPTIONS[cls])
+    return cls(**{name: value for name, value in kwargs.items() if name not in others})
 
 
 # model.activation: the MLP's nonlinearity (and BERT's MLM head's). "gelu_tanh" is the tanh

@@ -17,48 +17,29 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cottention_jax.layers import positions_from_mask
-from cottention_jax.losses import weighted_cross_entropy
-from cottention_jax.models.common import (FeedForward, check_model_config, embed_ids, make_attention, preset,
-                                          remat_layer)
+from cottention_jax.models import _deprecated
+from cottention_jax.models.common import (FeedForward, TransformerConfig, check_model_config, embed_ids,
+                                          make_attention, preset, remat_layer)
 
-__all__ = ["GPT", "GPTConfig", "GPT_PRESETS", "gpt_config", "lm_loss", "perplexity"]
+__all__ = ["GPT", "GPTConfig", "GPT_PRESETS", "gpt_config"]
 
 
 @dataclasses.dataclass(frozen=True)
-class GPTConfig:
-    """Hyper-parameters of `GPT`. Derive variants with `dataclasses.replace` (or `gpt_config`)."""
+class GPTConfig(TransformerConfig):
+    """Hyper-parameters of `GPT`. Derive variants with `dataclasses.replace` (or `gpt_config`).
 
-    vocab_size: int = 50257
-    num_layers: int = 20
-    d_model: int = 1024
-    num_heads: int = 16
-    num_kv_heads: int | None = None       # None: as num_heads; fewer: grouped-query attention
-    ff_dim: int = 3072
-    activation: str = "gelu_tanh"         # of the MLP: models.common.ACTIVATIONS ("gelu": exact)
+    The attention fields (attention, num_heads, num_kv_heads, stabilizer_init, stabilize,
+    implementation, interpret, sequence_axis) are `AttentionConfig`'s, the other shared ones
+    (sizes, dropout, norms, dtypes, remat, loss_chunk, checkify_ids) `TransformerConfig`'s,
+    whose defaults are this model's (the paper's 300M decoder).
+    """
+
     rotary_dim: int = 64                  # rotary features per head (0: none)
     rope_base: float = 10000.0
-    max_len: int = 2048                   # training context; default size of softmax KV caches
-    attention: str = "cosine"             # see cottention_jax.models.attention_names()
-    stabilizer_init: float = 0.5
-    stabilize: str = "value"
-    implementation: str | None = None     # attention implementation, per attention (None: per backend)
-    interpret: bool = False               # Pallas kernels in interpret mode (CPU tests)
-    sequence_axis: str | None = None      # mesh axis the sequence is split over (cosine; see parallel.py)
-    dropout_rate: float = 0.0
-    layer_norm_eps: float = 1e-5
     tie_embeddings: bool = False
-    dtype: str = "float32"                # compute dtype
-    param_dtype: str = "float32"
-    remat: str = "none"                   # per block: "none", "block" or "dots" (models.common.REMAT_MODES)
-    loss_chunk: int = 0                   # positions per chunk of the training cross-entropy (0: all at once)
-    checkify_ids: bool = False            # under jit, token ids get a checkify check (see GPT.hidden)
 
     def __post_init__(self):
         check_model_config(self, causal=True)
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.num_heads
 
 
 GPT_PRESETS = {
@@ -84,12 +65,8 @@ class GPTBlock(nnx.Module):
     def __init__(self, cfg: GPTConfig, *, rngs: nnx.Rngs):
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         self.ln = nnx.LayerNorm(cfg.d_model, epsilon=cfg.layer_norm_eps, dtype=dt, param_dtype=pdt, rngs=rngs)
-        self.attn = make_attention(
-            cfg.attention, num_heads=cfg.num_heads, in_features=cfg.d_model,
-            num_kv_heads=cfg.num_kv_heads, causal=True, rotary_dim=cfg.rotary_dim, rope_base=cfg.rope_base,
-            use_bias=False, stabilizer_init=cfg.stabilizer_init, stabilize=cfg.stabilize,
-            implementation=cfg.implementation, interpret=cfg.interpret,
-            sequence_axis=cfg.sequence_axis, dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.attn = make_attention(cfg.attention_config(), causal=True, rotary_dim=cfg.rotary_dim,
+                                   rope_base=cfg.rope_base, use_bias=False, dtype=dt, param_dtype=pdt, rngs=rngs)
         self.mlp = FeedForward(cfg.d_model, cfg.ff_dim, activation=cfg.activation, dtype=dt, param_dtype=pdt,
                                rngs=rngs)
         self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
@@ -184,11 +161,4 @@ class GPT(nnx.Module):
         return logits.astype(jnp.float32)
 
 
-def lm_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None) -> jax.Array:
-    """Mean next-token cross-entropy (nats): logits (B, T, V), targets (B, T) int, weights (B, T)."""
-    return weighted_cross_entropy(logits, targets, weights)[0]
-
-
-def perplexity(mean_loss) -> jax.Array:
-    """exp(mean cross-entropy in nats)."""
-    return jnp.exp(mean_loss)
+__getattr__ = _deprecated.module_getattr("gpt")   # lm_loss, perplexity: see models/_deprecated.py
