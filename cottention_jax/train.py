@@ -1,10 +1,12 @@
 """Training and evaluation for GPT (causal LM), BERT MLM pretraining and BERT classification.
 
-`train_and_evaluate(config, workdir)` is the whole run:
-  data (cottention_jax.data) -> model -> Optax AdamW (warm-up + decay, clipping,
-  accumulation) -> nnx.jit steps on a named mesh (optional) -> periodic evaluation
-  and stabilizer logging -> Orbax checkpoints {model, optimizer, step} + iterator
-  state + config -> plot, generated sample, summary.json.
+`train_and_evaluate(config, workdir, hooks=[...])` is the whole run, in three parts:
+  setup_run   data (cottention_jax.data) -> model -> Optax AdamW (warm-up + decay, clipping,
+              accumulation) -> mesh and sharding (optional) -> resume: a `RunState`;
+  run_loop    nnx.jit steps, each followed by the hooks due then (`Hook`: `every` N steps and
+              after the last): train log, evaluation, stabilizer logging, Orbax checkpoints
+              {model, optimizer, step} + iterator state + config, then the caller's hooks;
+  report      held-out test, plot, generated sample, summary.json.
 Re-running with the same workdir resumes from the latest checkpoint and continues
 exactly as if never interrupted (same batches, same dropout, same losses).
 
@@ -22,7 +24,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -42,8 +44,10 @@ from cottention_jax.objectives import LOSSES
 from cottention_jax.sharding import SEQ_AXIS, make_mesh, place_batch, shard_training_state
 from cottention_jax.workdir_lock import WorkdirLock
 
-__all__ = ["DataBundle", "TrainingDivergedError", "build_model", "build_optimizer", "evaluate",
-           "learning_rate_schedule", "make_train_step", "prepare_data", "stabilizer_values", "train_and_evaluate"]
+__all__ = ["CheckpointHook", "DataBundle", "EvalHook", "FunctionHook", "Hook", "RunState", "StabilizerHook",
+           "TrainLogHook", "TrainingDivergedError", "build_model", "build_optimizer", "default_hooks", "evaluate",
+           "hook", "learning_rate_schedule", "make_train_step", "prepare_data", "report", "run_loop", "setup_run",
+           "stabilizer_values", "train_and_evaluate"]
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -230,21 +234,187 @@ def _check_finite(step: int, loss: float, grad_norm: float, last_saved: int | No
             f"clip gradients with optim.grad_clip) and start again in a new workdir")
 
 
-def train_and_evaluate(config: TrainConfig, workdir: str | Path, *, progress: bool = True) -> dict:
+# ----------------------------------------------------------------------------- the run: state and hooks
+
+@dataclasses.dataclass(eq=False)
+class RunState:
+    """What a run holds from set-up to the summary; hooks read it, and write through `writer`/`log`.
+
+    `step` is the optimizer step just taken (0 before the first); `window` the (loss, gradient
+    norm) of each step since the last train log, `history` every step's loss; `last_eval` the
+    latest evaluation (empty until one ran); `last_saved` the latest checkpoint's step, or None.
+    """
+
+    config: TrainConfig
+    workdir: Path
+    data: DataBundle
+    model: nnx.Module
+    optimizer: nnx.Optimizer
+    mesh: Any                                # jax.sharding.Mesh, or None: one device
+    checkpointer: Checkpointer
+    writer: MetricsWriter
+    schedule: optax.Schedule
+    train_step: Callable
+    eval_step: Callable
+    n_params: int
+    start: int                               # the step the run (re)started from
+    last_saved: int | None
+    log: Callable[[str], None] = tqdm.write
+    step: int = 0
+    last_eval: dict = dataclasses.field(default_factory=dict)
+    window: list[tuple[float, float]] = dataclasses.field(default_factory=list)
+    window_start: float = dataclasses.field(default_factory=time.perf_counter)   # from set-up
+    history: list[float] = dataclasses.field(default_factory=list)
+    bar: Any = None                          # the tqdm progress bar, while the loop runs
+
+    def in_mesh(self):
+        """The mesh as the context of a step (so attention finds its sequence axis), or nothing."""
+        return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
+
+
+@runtime_checkable
+class Hook(Protocol):
+    """Something the loop calls as `hook(run, step)` after every `every`-th optimizer step and
+    after the last one (and at step 0 of a fresh run too when `at_start` is true)."""
+
+    every: int
+
+    def __call__(self, run: RunState, step: int) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class FunctionHook:
+    """A function `fn(run, step)` as a Hook (what `hook` makes)."""
+
+    fn: Callable[[RunState, int], None]
+    every: int
+    at_start: bool = False
+
+    def __post_init__(self):
+        if not (isinstance(self.every, int) and not isinstance(self.every, bool) and self.every >= 1):
+            raise ValueError(f"a hook's every must be an int >= 1; got {self.every!r}")
+
+    def __call__(self, run: RunState, step: int) -> None:
+        self.fn(run, step)
+
+
+def hook(fn: Callable[[RunState, int], None] | None = None, *, every: int, at_start: bool = False):
+    """`fn(run, step)` run every `every` steps (and at the last): `hook(fn, every=50)`, or as a
+    decorator, `@hook(every=50)`. Pass it to `train_and_evaluate(config, workdir, hooks=[...])`."""
+    if fn is None:
+        return lambda f: FunctionHook(f, every, at_start)
+    return FunctionHook(fn, every, at_start)
+
+
+def _due(h: Hook, step: int, last_step: int) -> bool:
+    return step % h.every == 0 or step == last_step
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainLogHook:
+    """The train line of metrics.jsonl (mean loss and gradient norm since the last one, learning
+    rate, tokens per second) and the progress bar's loss and rate."""
+
+    every: int
+
+    def __call__(self, run: RunState, step: int) -> None:
+        config = run.config
+        tokens_per_step = config.data.batch_size * config.data.seq_len * config.optim.accumulate_steps
+        elapsed = time.perf_counter() - run.window_start
+        losses, norms = zip(*run.window)
+        rate = len(run.window) * tokens_per_step / elapsed
+        run.writer.write(step, "train", loss=float(np.mean(losses)), grad_norm=float(np.mean(norms)),
+                         learning_rate=float(run.schedule(step - 1)), tokens_per_second=rate)
+        if run.bar is not None:
+            run.bar.set_postfix(loss=f"{np.mean(losses):.3f}", tok_s=f"{rate:,.0f}")
+        run.window, run.window_start = [], time.perf_counter()
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalHook:
+    """Validation loss and accuracy (perplexity) over `config.eval_batches` batches: the eval line
+    of metrics.jsonl, `run.last_eval`, and a log line."""
+
+    every: int
+    at_start: bool = True
+
+    def __call__(self, run: RunState, step: int) -> None:
+        config = run.config
+        run.last_eval = evaluate(run.model, run.eval_step, run.data.eval_splits["eval"](), config.eval_batches,
+                                 run.mesh)
+        run.writer.write(step, "eval", **{k: v for k, v in run.last_eval.items() if k != "count"})
+        quality = (f"perplexity {run.last_eval['perplexity']:.2f}" if config.kind == "gpt"
+                   else f"accuracy {run.last_eval['accuracy']:.4f}")
+        run.log(f"step {step:>6}: validation loss {run.last_eval['loss']:.4f}, {quality}")
+
+
+@dataclasses.dataclass(frozen=True)
+class StabilizerHook:
+    """sigmoid(m) of the cosine layers: per layer (the mean over heads) and per head, in metrics.jsonl."""
+
+    every: int
+    at_start: bool = True
+
+    def __call__(self, run: RunState, step: int) -> None:
+        stab = stabilizer_values(run.model)
+        if stab:
+            run.writer.write(step, "stabilizer", **{f"layer{i}": float(v.mean()) for i, v in enumerate(stab)})
+            run.writer.write(step, "stabilizer_heads",
+                             **{f"layer{i}_head{h}": float(x) for i, v in enumerate(stab) for h, x in enumerate(v)})
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointHook:
+    """{model, optimizer, step} + iterator state + config, through the Checkpointer.
+
+    Called every step (every=1): the Checkpointer's manager applies `config.checkpoint_every`
+    itself (Orbax's save policy, which also saves on a preemption notice); the last step always saves.
+    """
+
+    every: int = 1
+
+    def __call__(self, run: RunState, step: int) -> None:
+        if run.checkpointer.save(step, run.model, run.optimizer, run.data.train.get_state(), to_dict(run.config),
+                                 force=step == run.config.steps):
+            run.last_saved = step
+
+
+def default_hooks(config: TrainConfig) -> list[Hook]:
+    """The run's own hooks, in the order they run after a step: train log, evaluation, stabilizers,
+    checkpoint. (Hooks given to train_and_evaluate run after these.)"""
+    return [TrainLogHook(config.log_every), EvalHook(config.eval_every), StabilizerHook(config.eval_every),
+            CheckpointHook()]
+
+
+# ----------------------------------------------------------------------------- the run: set-up, loop, report
+
+def train_and_evaluate(config: TrainConfig, workdir: str | Path, *, progress: bool = True,
+                       hooks: Sequence[Hook] = ()) -> dict:
     """Train `config` in `workdir` (resuming if it holds a checkpoint); return the summary dict.
 
-    Holds the workdir's lock throughout (`WorkdirLockedError` if another run has it). Raises
-    TrainingDivergedError at the first non-finite loss or gradient norm, and the errors of
-    `Checkpointer` for checkpoints that cannot be saved or of which none is intact.
+    `hooks`: more `Hook`s (e.g. `hook(fn, every=50)`), each called as `fn(run: RunState, step)`
+    every `every` steps and after the last, after the run's own (train log, evaluation,
+    stabilizers, checkpoint). Holds the workdir's lock throughout (`WorkdirLockedError` if
+    another run has it). Raises TrainingDivergedError at the first non-finite loss or gradient
+    norm, and the errors of `Checkpointer` for checkpoints that cannot be saved or of which none
+    is intact.
     """
+    for h in hooks:
+        if not isinstance(h, Hook):
+            raise TypeError(f"hooks must be Hook objects (callables with an `every`; see train.hook); got {h!r}")
+        if isinstance(h.every, bool) or not isinstance(h.every, int) or h.every < 1:
+            raise ValueError(f"a hook's every must be an int >= 1; got {h.every!r} for {h!r}")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     with WorkdirLock(workdir, log=tqdm.write):
-        return _train_and_evaluate(config, workdir, progress)
+        run = setup_run(config, workdir)
+        run_loop(run, [*default_hooks(run.config), *hooks], progress=progress)
+        return report(run)
 
 
-def _train_and_evaluate(config: TrainConfig, workdir: Path, progress: bool) -> dict:
-    log = tqdm.write                      # log lines print with or without the progress bar
+def setup_run(config: TrainConfig, workdir: Path, log: Callable[[str], None] = tqdm.write) -> RunState:
+    """Data, model, optimizer, mesh and sharding, then resume from the latest intact checkpoint
+    (if any); writes config.json and opens metrics.jsonl. The caller holds the workdir lock."""
     if config.data.seq_len > config.model.max_len:   # the models refuse longer inputs: say so before any work
         raise ValueError(f"data.seq_len ({config.data.seq_len}) must be <= model.max_len ({config.model.max_len}); "
                          f"set model.max_len={config.data.seq_len} too")
@@ -277,81 +447,73 @@ def _train_and_evaluate(config: TrainConfig, workdir: Path, progress: bool) -> d
                                             check_config=lambda saved: _check_resumable(saved, config))
         data.train.set_state(data_state)
         log(f"resumed from step {start}")
-    last_saved = start or None
     (workdir / "config.json").write_text(json.dumps(to_dict(config), indent=1))
     writer = MetricsWriter(workdir, resume_step=start if start else None)
 
     objective = LOSSES[config.kind]
-    train_step = make_train_step(config.kind)
 
     @nnx.jit
     def eval_step(model, batch):
         return objective(model, batch)[1]
 
-    schedule = learning_rate_schedule(config.optim, config.steps)
-    tokens_per_step = config.data.batch_size * config.data.seq_len * config.optim.accumulate_steps
-    history, window, window_start = [], [], time.perf_counter()
-    last_eval: dict = {}
+    return RunState(config=config, workdir=workdir, data=data, model=model, optimizer=optimizer, mesh=mesh,
+                    checkpointer=ckpt, writer=writer, schedule=learning_rate_schedule(config.optim, config.steps),
+                    train_step=make_train_step(config.kind), eval_step=eval_step, n_params=n_params, start=start,
+                    last_saved=start or None, log=log, step=start)
 
-    def run_eval(step):
-        nonlocal last_eval
-        last_eval = evaluate(model, eval_step, data.eval_splits["eval"](), config.eval_batches, mesh)
-        writer.write(step, "eval", **{k: v for k, v in last_eval.items() if k != "count"})
-        stab = stabilizer_values(model)
-        if stab:
-            writer.write(step, "stabilizer", **{f"layer{i}": float(v.mean()) for i, v in enumerate(stab)})
-            writer.write(step, "stabilizer_heads",
-                         **{f"layer{i}_head{h}": float(x) for i, v in enumerate(stab) for h, x in enumerate(v)})
-        quality = (f"perplexity {last_eval['perplexity']:.2f}" if config.kind == "gpt"
-                   else f"accuracy {last_eval['accuracy']:.4f}")
-        log(f"step {step:>6}: validation loss {last_eval['loss']:.4f}, {quality}")
 
-    bar = tqdm(total=config.steps, initial=start, desc=f"train {config.kind}/{config.model.attention}",
-               unit="step", disable=not progress, dynamic_ncols=True)
-    # the mesh is the context of every step, so that attention finds its sequence axis (parallel.py)
-    in_mesh = (lambda: jax.set_mesh(mesh)) if mesh is not None else contextlib.nullcontext
-    with in_mesh():
-        if start == 0:
-            run_eval(0)
-        for step in range(start + 1, config.steps + 1):
+def run_loop(run: RunState, hooks: Sequence[Hook], *, progress: bool = True) -> None:
+    """The optimizer steps from run.start + 1 to config.steps, each followed by the hooks due then.
+
+    A fresh run first calls the hooks marked `at_start` at step 0 (the evaluation before training);
+    a workdir that held a finished run calls them at the last step (so the summary has an evaluation).
+    Every micro-step's loss and gradient norm is checked before any hook (a checkpoint) sees the state.
+    """
+    config = run.config
+    at_start = [h for h in hooks if getattr(h, "at_start", False)]
+    run.bar = tqdm(total=config.steps, initial=run.start, desc=f"train {config.kind}/{config.model.attention}",
+                   unit="step", disable=not progress, dynamic_ncols=True)
+    with run.in_mesh():
+        if run.start == 0:
+            for h in at_start:
+                h(run, 0)
+        for step in range(run.start + 1, config.steps + 1):
             for _ in range(config.optim.accumulate_steps):
-                loss, grad_norm = train_step(model, optimizer, place_batch(next(data.train), mesh))
-                _check_finite(step, float(loss), float(grad_norm), last_saved, schedule)
-            window.append((float(loss), float(grad_norm)))
-            history.append(float(loss))
-            if step % config.log_every == 0 or step == config.steps:
-                elapsed = time.perf_counter() - window_start
-                losses, norms = zip(*window)
-                rate = len(window) * tokens_per_step / elapsed
-                writer.write(step, "train", loss=float(np.mean(losses)), grad_norm=float(np.mean(norms)),
-                             learning_rate=float(schedule(step - 1)), tokens_per_second=rate)
-                bar.set_postfix(loss=f"{np.mean(losses):.3f}", tok_s=f"{rate:,.0f}")
-                window, window_start = [], time.perf_counter()
-            if step % config.eval_every == 0 or step == config.steps:
-                run_eval(step)
-            if ckpt.save(step, model, optimizer, data.train.get_state(), to_dict(config), force=step == config.steps):
-                last_saved = step
-            bar.update(1)
-        bar.close()
-        if not last_eval:          # the workdir held a finished run: evaluate it again for the summary
-            run_eval(config.steps)
-    ckpt.close()
-    writer.close()
+                loss, grad_norm = run.train_step(run.model, run.optimizer, place_batch(next(run.data.train), run.mesh))
+                _check_finite(step, float(loss), float(grad_norm), run.last_saved, run.schedule)
+            run.step = step
+            run.window.append((float(loss), float(grad_norm)))
+            run.history.append(float(loss))
+            for h in hooks:
+                if _due(h, step, config.steps):
+                    h(run, step)
+            run.bar.update(1)
+        run.bar.close()
+        if not run.last_eval:          # the workdir held a finished run: evaluate it again for the summary
+            for h in at_start:
+                h(run, config.steps)
+    run.checkpointer.close()
+    run.writer.close()
 
+
+def report(run: RunState) -> dict:
+    """The summary (also summary.json): final evaluation, held-out test (classification), stabilizers;
+    the training plot, and for GPT a generated sample (sample.txt)."""
+    config, workdir, log = run.config, run.workdir, run.log
     summary = {"kind": config.kind, "attention": config.model.attention, "steps": config.steps,
-               "parameters": n_params, "vocab_size": config.model.vocab_size, "final_eval": last_eval,
+               "parameters": run.n_params, "vocab_size": config.model.vocab_size, "final_eval": run.last_eval,
                "workdir": str(workdir)}
-    if "test" in data.eval_splits:
-        with in_mesh():
-            summary["test"] = evaluate(model, eval_step, data.eval_splits["test"](), 0, mesh)
+    if "test" in run.data.eval_splits:
+        with run.in_mesh():
+            summary["test"] = evaluate(run.model, run.eval_step, run.data.eval_splits["test"](), 0, run.mesh)
         log(f"held-out test accuracy {summary['test']['accuracy']:.4f} on {summary['test']['count']:.0f} examples")
-    stab = stabilizer_values(model)
+    stab = stabilizer_values(run.model)
     if stab:
         summary["stabilizer_mean_per_layer"] = [float(v.mean()) for v in stab]
     plot_training_curves(workdir / "metrics.jsonl", workdir / "training.png",
                          f"{config.kind} / {config.model.attention} attention")
     if config.kind == "gpt" and config.sample_tokens:
-        summary["sample"] = _sample(model, data.tokenizer, config)
+        summary["sample"] = _sample(run.model, run.data.tokenizer, config)
         (workdir / "sample.txt").write_text(summary["sample"])
     (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -18,8 +18,8 @@ from cottention_jax.checkpoint import Checkpointer
 from cottention_jax.cli import train_cli
 from cottention_jax.configs import apply_overrides, from_dict, to_dict, train_preset
 from cottention_jax.metrics import read_metrics
-from cottention_jax.train import (TrainingDivergedError, build_model, build_optimizer, learning_rate_schedule,
-                                  prepare_data, train_and_evaluate)
+from cottention_jax.train import (RunState, TrainingDivergedError, build_model, build_optimizer, hook,
+                                  learning_rate_schedule, prepare_data, train_and_evaluate)
 from cottention_jax.workdir_lock import LOCK_FILE, WorkdirLockedError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +52,40 @@ def test_a_few_steps_lower_the_loss_on_real_text(preset, attention, data_dir, tm
         assert len(summary["stabilizer_mean_per_layer"]) == 2
     if preset == "gpt-tiny":
         assert summary["sample"].startswith(cfg.sample_prompt) and len(summary["sample"]) > len(cfg.sample_prompt)
+
+
+def test_a_user_hook_runs_at_its_interval_and_after_the_last_step(data_dir, tmp_path):
+    cfg = _config("gpt-tiny", data_dir, "steps=7", "eval_every=1000", "log_every=2", "checkpoint_every=1000",
+                  "sample_tokens=0")
+    seen = []
+
+    @hook(every=3)
+    def record(run, step):
+        assert isinstance(run, RunState) and run.step == step
+        seen.append((step, len(run.history), len(run.window)))
+
+    class Counter:                  # any callable with an `every` is a hook
+        every, calls = 5, []
+
+        def __call__(self, run, step):
+            self.calls.append(step)
+            run.writer.write(step, "user", value=float(step))
+
+    counter = Counter()
+    summary = train_and_evaluate(cfg, tmp_path, progress=False, hooks=[record, counter])
+    # steps 3, 6 and the last; the run's own hooks ran first (train log at even steps and the last,
+    # which empties the window)
+    assert seen == [(3, 3, 1), (6, 6, 0), (7, 7, 0)]
+    assert counter.calls == [5, 7]
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in records if r["split"] == "user"] == [5, 7]
+    assert [r["step"] for r in records if r["split"] == "train"] == [2, 4, 6, 7]      # the format of before
+    assert [r["step"] for r in records if r["split"] == "eval"] == [0, 7]
+    assert summary["final_eval"]["count"] > 0
+    with pytest.raises(ValueError, match="every must be an int >= 1"):
+        hook(lambda run, step: None, every=0)
+    with pytest.raises(TypeError, match="hooks must be Hook objects"):
+        train_and_evaluate(cfg, tmp_path / "other", progress=False, hooks=[lambda run, step: None])
 
 
 def test_learning_rate_schedule_warms_up_and_decays():
@@ -125,54 +159,6 @@ def test_sigkill_then_resume_gives_the_same_losses(data_dir, tmp_path):
     assert [losses["killed"][s] for s in after] == [losses["clean"][s] for s in after]   # bit for bit
 
 
-SHARDED_SCRIPT = r"""
-import contextlib, dataclasses, json, sys
-import jax, numpy as np
-from flax import nnx
-from cottention_jax.sharding import collectives
-from cottention_jax.configs import train_preset
-from cottention_jax.objectives import gpt_objective
-from cottention_jax.sharding import make_mesh, place_batch, shard_training_state
-from cottention_jax.train import build_model, build_optimizer, prepare_data
-
-jax.config.update("jax_default_matmul_precision", "highest")
-base = train_preset("gpt-tiny", [f"data.data_dir={sys.argv[1]}", "model.dropout_rate=0.0"])
-batches = [next(prepare_data(base).train) for _ in range(3)]
-out = {"devices": jax.device_count()}
-# kind: (sharding, seq_parallel); "seq" is a 2 x 4 (data x seq) mesh with sequence-parallel attention
-for kind, (sharding, seq_parallel) in {"none": ("none", 1), "data": ("data", 1), "fsdp": ("fsdp", 1),
-                                       "seq": ("data", 4)}.items():
-    cfg = dataclasses.replace(base, sharding=sharding, seq_parallel=seq_parallel)
-    model = build_model(cfg); opt = build_optimizer(model, cfg.optim, cfg.steps)
-    mesh = make_mesh(sharding, seq_parallel)
-    if mesh is not None:
-        shard_training_state(model, opt, mesh, fsdp=kind == "fsdp")
-    in_mesh = contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
-
-    @nnx.jit
-    def grads_of(model, batch):
-        return nnx.grad(lambda m, b: gpt_objective(m, b)[0])(model, batch)
-
-    @nnx.jit
-    def step(model, opt, batch):
-        (loss, _), grads = nnx.value_and_grad(gpt_objective, has_aux=True)(model, batch)
-        opt.update(model, grads)
-        return loss
-
-    with in_mesh:
-        first = place_batch(batches[0], mesh)
-        grads = [np.asarray(g) for _, g in sorted(nnx.to_flat_state(grads_of(model, first)), key=str)]
-        hlo = grads_of.lower(model, first).compile().as_text() if kind == "seq" else ""
-        losses = [float(step(model, opt, place_batch(b, mesh))) for b in batches]
-    kernel = model.blocks[0].mlp.fc_in.kernel[...]
-    out[kind] = {"losses": losses, "param": np.asarray(kernel).tolist(),
-                 "grads": [g.ravel().tolist() for g in grads],
-                 "sharding": str(kernel.sharding.spec) if mesh is not None else "",
-                 "batch_shards": len({s.index for s in first["inputs"].addressable_shards}) if mesh else 1,
-                 "collectives": collectives(hlo)}
-out["shape"] = [base.data.batch_size, base.data.seq_len, base.model.num_heads, base.model.head_dim]
-print(json.dumps(out))
-"""
 
 
 def test_sharded_training_step_equals_single_device(data_dir):
@@ -180,7 +166,8 @@ def test_sharded_training_step_equals_single_device(data_dir):
     parameters; the sequence-parallel attention exchanges only d x d states."""
     prepare_data(_config("gpt-tiny", data_dir))           # build the dataset here, not in 8-device land
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    run = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, data_dir], env=env, capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-m", "tests._sharded_step_worker", data_dir], env=env, cwd=REPO,
+                         capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-4000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["devices"] == 8
