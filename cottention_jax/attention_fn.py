@@ -29,12 +29,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cottention_jax._util import HIGHEST as _HI
 from cottention_jax.ops import cosine_attention
 from pallas_kernels.cosine_attn.reference import count_scale, l2_normalize
 
 __all__ = ["cosine_attention_fn", "cosine_cross_attention", "drop_values", "mask_as_bool", "padding_from_mask"]
 
-_HI = jax.lax.Precision.HIGHEST
 
 
 def _traced(x) -> bool:

@@ -22,6 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cottention_jax._util import HIGHEST as _HI
+from cottention_jax._util import check_float as _check_float
+from cottention_jax._util import check_qkv
+from cottention_jax._util import shape_error as _shape_error
 from pallas_kernels.cosine_attn import reference as _ref
 from pallas_kernels.cosine_attn import xla as _xla
 
@@ -37,7 +41,6 @@ __all__ = [
 
 IMPLEMENTATIONS = ("reference", "xla", "pallas")
 STABILIZE_MODES = ("value", "query")
-_HI = jax.lax.Precision.HIGHEST
 
 
 class CosineAttentionState(NamedTuple):
@@ -67,23 +70,11 @@ def default_implementation(causal: bool = True) -> str:
 
 # ----------------------------------------------------------------------------- checks
 
-def _shape_error(msg: str, **arrays) -> ValueError:
-    got = ", ".join(f"{name}.shape={tuple(jnp.shape(a))}" for name, a in arrays.items())
-    return ValueError(f"{msg}; got {got}")
-
-
 def _check_arrays(**arrays) -> None:
     """jax or numpy arrays only: a list or a scalar has no shape to check against the others."""
     for name, a in arrays.items():
         if not isinstance(a, (jax.Array, np.ndarray)):
             raise ValueError(f"{name} must be a jax or numpy array; got {type(a).__name__}")
-
-
-def _check_nonempty(**arrays) -> None:
-    for name, a in arrays.items():
-        if 0 in a.shape:
-            raise _shape_error(f"{name} must have no empty axis (batch, seq, heads and head_dim >= 1)",
-                               **{name: a})
 
 
 def _check_bool(name: str, value) -> None:
@@ -104,20 +95,12 @@ def _check_chunk_size(chunk_size, impl: str) -> None:
                          f"got {chunk_size}")
 
 
-def _check_float(**arrays) -> None:
-    for name, a in arrays.items():
-        if not jnp.issubdtype(jnp.result_type(a), jnp.floating):
-            raise ValueError(f"{name} must be a floating-point array; got {name}.dtype={jnp.result_type(a)}")
-
-
 def _check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}; got {value!r}")
 
 
-def _check_heads(h: int, kv: int, stabilizer, q, k) -> None:
-    if h % kv:
-        raise _shape_error(f"heads of q ({h}) must be a multiple of kv heads of k and v ({kv})", q=q, k=k)
+def _check_stabilizer(h: int, stabilizer, q) -> None:
     if jnp.shape(stabilizer) != (h,):
         raise _shape_error(f"stabilizer must have shape (heads,) = ({h},)", stabilizer=stabilizer, q=q)
 
@@ -144,24 +127,10 @@ def _check_inputs(q, k, v, stabilizer, causal, padding_mask, initial_state, retu
     _check_bool("causal", causal)
     _check_bool("return_state", return_state)
     _check_arrays(q=q, k=k, v=v, stabilizer=stabilizer)
-    for name, a in (("q", q), ("k", k), ("v", v)):
-        if jnp.ndim(a) != 4:
-            raise _shape_error(f"{name} must have rank 4, (batch, seq, heads, head_dim)", **{name: a})
-    _check_nonempty(q=q, k=k, v=v)
-    _check_float(q=q, k=k, v=v, stabilizer=stabilizer)
-    if not (jnp.result_type(q) == jnp.result_type(k) == jnp.result_type(v)):
-        raise ValueError(f"q, k and v must share a dtype; got {jnp.result_type(q)}, "
-                         f"{jnp.result_type(k)}, {jnp.result_type(v)}")
-    (b, t, h, dk), (bk, tk, kvh, dkk), (bv, tv, kvv, dv) = q.shape, k.shape, v.shape
-    if not (b == bk == bv):
-        raise _shape_error("q, k and v must have the same batch size", q=q, k=k, v=v)
-    if not (t == tk == tv):
-        raise _shape_error("q, k and v must have the same sequence length", q=q, k=k, v=v)
-    if dk != dkk:
-        raise _shape_error("q and k must have the same head_dim", q=q, k=k)
-    if kvh != kvv:
-        raise _shape_error("k and v must have the same number of heads", k=k, v=v)
-    _check_heads(h, kvh, stabilizer, q, k)
+    check_qkv(q, k, v, rank=4, nonempty=True)
+    _check_float(stabilizer=stabilizer)
+    (b, t, h, dk), dv = q.shape, v.shape[-1]
+    _check_stabilizer(h, stabilizer, q)
     if padding_mask is not None:
         _check_arrays(padding_mask=padding_mask)
         if jnp.shape(padding_mask) != (b, t):
@@ -354,19 +323,10 @@ def cosine_attention_step(
     """
     _check_choice("stabilize", stabilize, STABILIZE_MODES)
     _check_arrays(q_t=q_t, k_t=k_t, v_t=v_t, stabilizer=stabilizer)
-    for name, a in (("q_t", q_t), ("k_t", k_t), ("v_t", v_t)):
-        if jnp.ndim(a) != 3:
-            raise _shape_error(f"{name} must have rank 3, (batch, heads, head_dim)", **{name: a})
-    _check_nonempty(q_t=q_t, k_t=k_t, v_t=v_t)
-    _check_float(q_t=q_t, k_t=k_t, v_t=v_t, stabilizer=stabilizer)
-    if not (jnp.result_type(q_t) == jnp.result_type(k_t) == jnp.result_type(v_t)):
-        raise ValueError(f"q_t, k_t and v_t must share a dtype; got {jnp.result_type(q_t)}, "
-                         f"{jnp.result_type(k_t)}, {jnp.result_type(v_t)}")
-    (b, h, dk), (bk, n_kv, dkk), (bv, kvv, dv) = q_t.shape, k_t.shape, v_t.shape
-    if not (b == bk == bv) or dk != dkk or n_kv != kvv:
-        raise _shape_error("q_t, k_t and v_t must agree on batch, q_t/k_t on head_dim and "
-                           "k_t/v_t on heads", q_t=q_t, k_t=k_t, v_t=v_t)
-    _check_heads(h, n_kv, stabilizer, q_t, k_t)
+    check_qkv(q_t, k_t, v_t, rank=3, names=("q_t", "k_t", "v_t"), nonempty=True)
+    _check_float(stabilizer=stabilizer)
+    (b, h, dk), n_kv, dv = q_t.shape, k_t.shape[1], v_t.shape[-1]
+    _check_stabilizer(h, stabilizer, q_t)
     _check_state(state, b, h, dk, dv, name="state")
     if padding_mask_t is not None:
         _check_arrays(padding_mask_t=padding_mask_t)

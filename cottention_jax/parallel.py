@@ -43,12 +43,12 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from cottention_jax import ops
+from cottention_jax._util import HIGHEST as _HI
 from pallas_kernels.cosine_attn import reference as _ref
 
 __all__ = ["EXCHANGES", "sequence_parallel_cosine_attention", "sharded_cosine_attention"]
 
 EXCHANGES = ("all_gather", "scan")
-_HI = lax.Precision.HIGHEST
 
 
 def _before_and_total(x: jax.Array, axis: str, exchange: str, need_total: bool):

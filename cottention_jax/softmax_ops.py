@@ -30,6 +30,9 @@ import warnings
 import jax
 import jax.numpy as jnp
 
+from cottention_jax._util import check_qkv
+from cottention_jax._util import shape_error as _shape_error
+
 __all__ = ["IMPLEMENTATIONS", "cudnn_unsupported_reason", "default_implementation", "real_tokens_first",
            "softmax_attention"]
 
@@ -94,33 +97,11 @@ def default_implementation(dtype, head_dim: int, *, backend: str | None = None,
 
 # ----------------------------------------------------------------------------- checks
 
-def _shape_error(msg: str, **arrays) -> ValueError:
-    got = ", ".join(f"{name}.shape={tuple(jnp.shape(a))}" for name, a in arrays.items())
-    return ValueError(f"{msg}; got {got}")
-
-
 def _check_inputs(q, k, v, padding_mask, implementation) -> None:
     if implementation is not None and implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS} or None; got {implementation!r}")
-    for name, a in (("q", q), ("k", k), ("v", v)):
-        if jnp.ndim(a) != 4:
-            raise _shape_error(f"{name} must have rank 4, (batch, seq, heads, head_dim)", **{name: a})
-        if not jnp.issubdtype(jnp.result_type(a), jnp.floating):
-            raise ValueError(f"{name} must be a floating-point array; got {name}.dtype={jnp.result_type(a)}")
-    if not (jnp.result_type(q) == jnp.result_type(k) == jnp.result_type(v)):
-        raise ValueError(f"q, k and v must share a dtype; got {jnp.result_type(q)}, "
-                         f"{jnp.result_type(k)}, {jnp.result_type(v)}")
-    (b, t, h, d), (bk, tk, kvh, dk), (bv, tv, kvv, dv) = q.shape, k.shape, v.shape
-    if not (b == bk == bv):
-        raise _shape_error("q, k and v must have the same batch size", q=q, k=k, v=v)
-    if not (t == tk == tv):
-        raise _shape_error("q, k and v must have the same sequence length (self-attention)", q=q, k=k, v=v)
-    if not (d == dk == dv):
-        raise _shape_error("q, k and v must have the same head_dim", q=q, k=k, v=v)
-    if kvh != kvv:
-        raise _shape_error("k and v must have the same number of heads", k=k, v=v)
-    if h % kvh:
-        raise _shape_error(f"heads of q ({h}) must be a multiple of kv heads of k and v ({kvh})", q=q, k=k)
+    check_qkv(q, k, v, rank=4, same_value_dim=True, seq_note=" (self-attention)")
+    b, t = q.shape[:2]
     if padding_mask is not None:
         if jnp.shape(padding_mask) != (b, t):
             raise _shape_error(f"padding_mask must have shape (batch, seq) = {(b, t)}", padding_mask=padding_mask)

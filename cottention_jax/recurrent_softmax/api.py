@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from cottention_jax._util import check_float as _check_float
+from cottention_jax._util import check_qkv
 from cottention_jax.recurrent_softmax.denominators import combine
 from cottention_jax.recurrent_softmax.features import feature_dim
 from cottention_jax.recurrent_softmax.forms import (
@@ -28,36 +30,6 @@ def _shapes(**arrays) -> str:
     return ", ".join(f"{name}.shape={tuple(jnp.shape(a))}" for name, a in arrays.items())
 
 
-def _check_float(**arrays) -> None:
-    for name, a in arrays.items():
-        if not jnp.issubdtype(jnp.result_type(a), jnp.floating):
-            raise ValueError(f"{name} must be a floating-point array; "
-                             f"got {name}.dtype={jnp.result_type(a)}")
-
-
-def _check_qkv(q, k, v, rank: int, names=("q", "k", "v")) -> None:
-    """q (..., H, D), k (..., KV, D), v (..., KV, Dv) of the given rank, one float dtype."""
-    nq, nk, nv = names
-    layout = "(batch, seq, heads, head_dim)" if rank == 4 else "(batch, heads, head_dim)"
-    for name, a in zip(names, (q, k, v)):
-        if jnp.ndim(a) != rank:
-            raise ValueError(f"{name} must have rank {rank}, {layout}; got {_shapes(**{name: a})}")
-    _check_float(**{nq: q, nk: k, nv: v})
-    if not (jnp.result_type(q) == jnp.result_type(k) == jnp.result_type(v)):
-        raise ValueError(f"{nq}, {nk} and {nv} must share a dtype; got {jnp.result_type(q)}, "
-                         f"{jnp.result_type(k)}, {jnp.result_type(v)}")
-    lead = rank - 2                                   # batch (and seq) axes
-    if not (q.shape[:lead] == k.shape[:lead] == v.shape[:lead]):
-        raise ValueError(f"{nq}, {nk} and {nv} must agree on {'batch and seq' if rank == 4 else 'batch'}; "
-                         f"got {_shapes(**{nq: q, nk: k, nv: v})}")
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"{nq} and {nk} must have the same head_dim; got {_shapes(**{nq: q, nk: k})}")
-    if k.shape[-2] != v.shape[-2]:
-        raise ValueError(f"{nk} and {nv} must have the same number of heads; "
-                         f"got {_shapes(**{nk: k, nv: v})}")
-    if q.shape[-2] % k.shape[-2]:
-        raise ValueError(f"heads of {nq} ({q.shape[-2]}) must be a multiple of the kv heads of "
-                         f"{nk} and {nv} ({k.shape[-2]}); got {_shapes(**{nq: q, nk: k})}")
 
 
 def _check_gate(variant: AttentionVariant, gate, expected: tuple, name: str) -> None:
@@ -162,7 +134,7 @@ def attention(
     variant = resolve_variant(variant)
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}; got {form!r}")
-    _check_qkv(q, k, v, rank=4)
+    check_qkv(q, k, v, rank=4)
     b, t, h, d = q.shape
     n_kv, dv = k.shape[2], v.shape[-1]
     _check_mask(padding_mask, (b, t), "padding_mask")
@@ -226,7 +198,7 @@ def attention_step(
       this position for the whole prefix.
     """
     variant = resolve_variant(variant)
-    _check_qkv(q_t, k_t, v_t, rank=3, names=("q_t", "k_t", "v_t"))
+    check_qkv(q_t, k_t, v_t, rank=3, names=("q_t", "k_t", "v_t"))
     b, h, d = q_t.shape
     n_kv, dv = k_t.shape[1], v_t.shape[-1]
     _check_state(variant, state, b, n_kv, d, dv, "state")

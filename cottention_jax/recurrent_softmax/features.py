@@ -26,12 +26,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cottention_jax._util import HIGHEST as _HI
 from cottention_jax.recurrent_softmax.variants import AttentionVariant
 from pallas_kernels.cosine_attn.reference import l2_normalize
 
 __all__ = ["feature_dim", "key_features", "pair_kernel", "query_features", "taylor_exp"]
 
-_HI = jax.lax.Precision.HIGHEST
 
 
 def taylor_exp(s: jax.Array, order: int) -> jax.Array:

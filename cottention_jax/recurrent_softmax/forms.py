@@ -17,6 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from cottention_jax._util import ein as _ein
 from cottention_jax.recurrent_softmax.features import (
     feature_dim,
     key_features,
@@ -26,8 +27,6 @@ from cottention_jax.recurrent_softmax.features import (
 from cottention_jax.recurrent_softmax.variants import AttentionVariant
 
 __all__ = ["RecurrentSoftmaxState", "parallel_form", "recurrent_form", "step_form", "zero_state"]
-
-_HI = jax.lax.Precision.HIGHEST
 
 
 class RecurrentSoftmaxState(NamedTuple):
@@ -52,10 +51,6 @@ def zero_state(variant: AttentionVariant, batch: int, kv_heads: int, head_dim: i
     return RecurrentSoftmaxState(jnp.zeros((batch, kv_heads, f, value_dim), jnp.float32),
                                  jnp.zeros((batch, kv_heads, f), jnp.float32),
                                  jnp.zeros((batch,), jnp.int32))
-
-
-def _ein(spec: str, *xs: jax.Array) -> jax.Array:
-    return jnp.einsum(spec, *xs, precision=_HI, preferred_element_type=jnp.float32)
 
 
 def _group(q: jax.Array, n_kv: int) -> jax.Array:

@@ -49,6 +49,7 @@ from jax import lax
 from jax.typing import DTypeLike
 
 from pallas_kernels.cosine_attn import _kernels, launch_table
+from pallas_kernels.cosine_attn._util import exclusive_cumsum
 
 __all__ = ["BlockSizes", "KernelLaunch", "LaunchPlan", "causal_linear_attention_pallas", "launch_plan",
            "padded_head_dim"]
@@ -232,20 +233,12 @@ def _padded_inputs(q, k, v, key_scale, plan: _kernels.Plan):
 
 # ----------------------------------------------------------------------------- segment states
 
-def _exclusive_cumsum(x: jax.Array, reverse: bool) -> jax.Array:
-    """Over axis 2: out[s] = sum_{s' < s} x[s'] (or s' > s when reverse)."""
-    zero = jnp.zeros_like(x[:, :, :1])
-    if reverse:
-        return jnp.concatenate([jnp.flip(jnp.cumsum(jnp.flip(x[:, :, 1:], 2), 2), 2), zero], 2)
-    return jnp.concatenate([zero, jnp.cumsum(x[:, :, :-1], 2)], 2)
-
-
 def _segment_starts(k, v, w, s0, plan, launch, interpret):
     """S at the start of each segment: (B, H, NS, Dk, Dv) = S0 + K~^T V over earlier segments."""
     if plan.n_segments == 1:
         return s0[:, :, None]
     sums = _kernels.segment_sums(k, v, w, s0.shape[1], plan.group, plan.group, plan, launch, interpret)
-    return s0[:, :, None] + _exclusive_cumsum(sums, reverse=False)
+    return s0[:, :, None] + exclusive_cumsum(sums, axis=2)
 
 
 def _segment_ends(q, do, d_final, plan, interpret):
@@ -253,7 +246,7 @@ def _segment_ends(q, do, d_final, plan, interpret):
     if plan.n_segments == 1:
         return d_final[:, :, None]
     sums = _kernels.segment_sums(q, do, None, q.shape[2], 1, 1, plan, plan.dv, interpret)
-    return d_final[:, :, None] + _exclusive_cumsum(sums, reverse=True)
+    return d_final[:, :, None] + exclusive_cumsum(sums, axis=2, reverse=True)
 
 
 # ----------------------------------------------------------------------------- custom_vjp

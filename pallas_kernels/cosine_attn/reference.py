@@ -35,11 +35,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels.cosine_attn._util import HIGHEST as _HI
+
 __all__ = ["EPS", "causal_linear_attention_reference", "cosine_attention_reference", "count_scale",
            "l2_normalize", "nonfinite_rows", "poison_reached", "poison_state"]
 
 EPS = 1e-6  # floor on |q| and |k|: a zero vector normalises to zero, not NaN
-_HI = jax.lax.Precision.HIGHEST
 
 
 def l2_normalize(x: jax.Array, eps: float = EPS) -> jax.Array:

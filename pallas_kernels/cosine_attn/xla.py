@@ -27,14 +27,12 @@ import warnings
 import jax
 import jax.numpy as jnp
 
-_HI = jax.lax.Precision.HIGHEST
+from pallas_kernels.cosine_attn._util import ein as _ein
+from pallas_kernels.cosine_attn._util import exclusive_cumsum
+
 __all__ = ["DEFAULT_CHUNK", "causal_linear_attention_xla"]
 
 DEFAULT_CHUNK = 64
-
-
-def _ein(spec: str, *xs: jax.Array) -> jax.Array:
-    return jnp.einsum(spec, *xs, precision=_HI, preferred_element_type=jnp.float32)
 
 
 def _pad_time(x: jax.Array, t_pad: int) -> jax.Array:
@@ -72,14 +70,6 @@ def _unchunk_kv(x: jax.Array, t: int, dtype) -> jax.Array:
     return x.transpose(0, 2, 3, 1, 4).reshape(b, n * c, kv, d)[:, :t].astype(dtype)
 
 
-def _exclusive_cumsum(x: jax.Array, reverse: bool = False) -> jax.Array:
-    """Over axis 2 (chunks): out[c] = sum_{c' < c} x[c'] (or c' > c when reverse)."""
-    if reverse:
-        return jnp.flip(_exclusive_cumsum(jnp.flip(x, 2)), 2)
-    zero = jnp.zeros_like(x[:, :, :1])
-    return jnp.concatenate([zero, jnp.cumsum(x[:, :, :-1], axis=2)], axis=2)
-
-
 def _masked(scores: jax.Array, chunk: int) -> jax.Array:
     """The in-chunk causal mask M applied with `where`, so a NaN key never reaches earlier rows
     (a product would: NaN * 0 is NaN)."""
@@ -99,7 +89,7 @@ def _prepare(q, k, v, w, chunk):
 def _chunk_states(kc, vc, wc, s0):
     """H_c (B, KV, N, G, Dk, Dv): the state before each chunk, and S_T (B, KV, G, Dk, Dv)."""
     updates = _ein("bkngsd,bknse->bkngde", kc[:, :, :, None] * wc[..., None], vc)   # U_c = K~_c^T V_c
-    before = s0[:, :, None] + _exclusive_cumsum(updates)
+    before = s0[:, :, None] + exclusive_cumsum(updates, axis=2)
     return before, before[:, :, -1] + updates[:, :, -1]
 
 
@@ -148,7 +138,7 @@ def _bwd(chunk, res, cotangents):
     dq = _ein("bkngqe,bkngde->bkngqd", doc, states) + _ein("bkngqs,bknsd->bkngqd", dp * wc[..., None, :], kc)
 
     q_do = _ein("bkngqd,bkngqe->bkngde", qc, doc)                           # Q_c^T dO_c
-    g = _grouped_state(d_final, n_kv)[:, :, None] + _exclusive_cumsum(q_do, reverse=True)   # G_c
+    g = _grouped_state(d_final, n_kv)[:, :, None] + exclusive_cumsum(q_do, axis=2, reverse=True)   # G_c
     dkt = _ein("bknse,bkngde->bkngsd", vc, g) + _ein("bkngqs,bkngqd->bkngsd", dp, qc)
     scores = _masked(_ein("bkngqd,bknsd->bkngqs", qc, kc), chunk)          # (Q K^T) * M, unscaled
     dvh = (_ein("bknsd,bkngde->bkngse", kc, g) + _ein("bkngqs,bkngqe->bkngse", scores, doc)) * wc[..., None]
