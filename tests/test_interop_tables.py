@@ -103,16 +103,7 @@ def test_bfloat16_parameters_are_written_as_float32(tmp_path):
     np.testing.assert_array_equal(back.blocks[0].attn.query.kernel[...], gpt.blocks[0].attn.query.kernel[...])
 
 
-def test_public_api_of_the_user_facing_modules_is_pinned():
-    assert set(interop.__all__) == {
-        "BERT_ARCHITECTURES", "BERT_PARAMETERS", "GPTJ_PARAMETERS", "bert_config_from_hf", "bert_state_dict",
-        "gpt_config_from_hf", "gptj_state_dict", "hf_config_from_bert", "hf_config_from_gpt", "load_bert",
-        "load_gptj", "read_hf_config", "read_state_dict", "save_bert", "save_gptj", "write_safetensors"}
-    assert set(attention_fn.__all__) == {"cosine_attention_fn", "cosine_cross_attention", "drop_values",
-                                         "mask_as_bool", "padding_from_mask"}
-    assert set(inference.__all__) == {"load_model", "load_run_config", "load_tokenizer"}
-    assert set(cli.__all__) == {"generate_main", "train_cli", "train_main"}
-    assert {"load_model", "cosine_attention_fn"} <= set(cottention_jax.__all__)
+def test_every_exported_name_of_the_user_facing_modules_exists():
     assert cottention_jax.load_model is inference.load_model
     for module in (interop, attention_fn, inference, cli, cottention_jax):
         assert all(hasattr(module, name) for name in module.__all__)

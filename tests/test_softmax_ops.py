@@ -299,9 +299,7 @@ def test_gpt_implementation_switch_reaches_softmax_attention():
     GPT(gpt_config("tiny", attention="taylor2", interpret=True), rngs=nnx.Rngs(0))   # accepted, ignored
 
 
-def test_public_api_is_pinned():
-    assert set(so.__all__) == {"IMPLEMENTATIONS", "cudnn_unsupported_reason", "default_implementation",
-                               "real_tokens_first", "softmax_attention"}
+def test_exported_names_exist_and_the_top_level_reexports_them():
     assert all(hasattr(so, name) for name in so.__all__)
     assert so.IMPLEMENTATIONS == ("xla", "cudnn", "pallas")
     assert ca.SOFTMAX_IMPLEMENTATIONS == so.IMPLEMENTATIONS and ca.softmax_attention is so.softmax_attention
