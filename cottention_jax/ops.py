@@ -16,7 +16,7 @@ whose factor multiplies the output rows instead).
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import jax
 import jax.numpy as jnp
@@ -39,8 +39,10 @@ __all__ = [
     "init_cosine_attention_state",
 ]
 
-IMPLEMENTATIONS = ("reference", "xla", "pallas")
-STABILIZE_MODES = ("value", "query")
+Implementation = Literal["reference", "xla", "pallas"]
+Stabilize = Literal["value", "query"]
+IMPLEMENTATIONS: tuple[str, ...] = get_args(Implementation)
+STABILIZE_MODES: tuple[str, ...] = get_args(Stabilize)
 
 
 class CosineAttentionState(NamedTuple):
@@ -61,7 +63,7 @@ def init_cosine_attention_state(batch: int, heads: int, dk: int, dv: int) -> Cos
                                 jnp.zeros((batch,), jnp.int32))
 
 
-def default_implementation(causal: bool = True) -> str:
+def default_implementation(causal: bool = True) -> Implementation:
     """"pallas" for causal attention on a GPU, "xla" otherwise."""
     if causal and jax.default_backend() == "gpu":
         return "pallas"
@@ -159,12 +161,12 @@ def cosine_attention(
     padding_mask: jax.Array | None = None,
     initial_state: CosineAttentionState | None = None,
     return_state: bool = False,
-    stabilize: str = "value",
-    implementation: str | None = None,
+    stabilize: Stabilize = "value",
+    implementation: Implementation | None = None,
     chunk_size: int | None = None,
     interpret: bool = False,
     sequence_axis: str | None = None,
-):
+) -> jax.Array | tuple[jax.Array, CosineAttentionState]:
     """Cosine attention (Cottention): cosine similarity instead of softmax.
 
     Args:
@@ -196,6 +198,22 @@ def cosine_attention(
       when return_state. States and accumulations are float32. A NaN or infinite key or
       value at a real position i reaches no output before i (causal; every form alike):
       from i on, the heads reading it output NaN (`pallas_kernels/cosine_attn/reference.py`).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from cottention_jax import cosine_attention, cosine_attention_step
+      >>> q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 16, 4, 8))   # B=2, T=16, H=4, D=8
+      >>> m = jnp.zeros(4)                                                   # one stabilizer per head
+      >>> cosine_attention(q, k, v, m, causal=True).shape
+      (2, 16, 4, 8)
+
+      The causal form is an RNN: the state after 15 positions and one step give the 16th output.
+
+      >>> _, state = cosine_attention(q[:, :15], k[:, :15], v[:, :15], m, causal=True, return_state=True)
+      >>> o_16, _ = cosine_attention_step(state, q[:, 15], k[:, 15], v[:, 15], m)
+      >>> full = cosine_attention(q, k, v, m, causal=True, implementation="reference")
+      >>> bool(jnp.allclose(o_16, full[:, 15], atol=1e-5))
+      True
     """
     _check_inputs(q, k, v, stabilizer, causal, padding_mask, initial_state, return_state,
                   stabilize, implementation)
@@ -306,7 +324,7 @@ def cosine_attention_step(
     stabilizer: jax.Array,
     *,
     padding_mask_t: jax.Array | None = None,
-    stabilize: str = "value",
+    stabilize: Stabilize = "value",
 ):
     """One step of causal cosine attention as an RNN; constant memory.
 

@@ -37,18 +37,22 @@ sequence_axis=...)` calls.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from cottention_jax import ops
+from cottention_jax.ops import Implementation, Stabilize
 from cottention_jax._util import HIGHEST as _HI
 from pallas_kernels.cosine_attn import reference as _ref
 
 __all__ = ["EXCHANGES", "sequence_parallel_cosine_attention", "sharded_cosine_attention"]
 
-EXCHANGES = ("all_gather", "scan")
+Exchange = Literal["all_gather", "scan"]
+EXCHANGES: tuple[str, ...] = get_args(Exchange)
 
 
 def _before_and_total(x: jax.Array, axis: str, exchange: str, need_total: bool):
@@ -72,9 +76,9 @@ def _check_exchange(exchange: str) -> None:
 
 def sharded_cosine_attention(q, k, v, stabilizer, *, axis_name: str, causal: bool, padding_mask=None,
                              initial_state: ops.CosineAttentionState | None = None, return_state: bool = False,
-                             stabilize: str = "value", implementation: str | None = None,
+                             stabilize: Stabilize = "value", implementation: Implementation | None = None,
                              chunk_size: int | None = None, interpret: bool = False,
-                             exchange: str = "all_gather"):
+                             exchange: Exchange = "all_gather"):
     """Cosine attention of one sequence shard; call inside `shard_map` over `axis_name`.
 
     Arguments as `cottention_jax.cosine_attention`, for this device's shard:
@@ -130,9 +134,9 @@ def _bidirectional_shard(q, k, v, stabilizer, padding_mask, axis):
 def sequence_parallel_cosine_attention(q, k, v, stabilizer, *, axis: str = "seq", mesh=None,
                                        batch_axes: str | tuple[str, ...] | None = "auto", causal: bool,
                                        padding_mask=None, initial_state=None, return_state: bool = False,
-                                       stabilize: str = "value", implementation: str | None = None,
+                                       stabilize: Stabilize = "value", implementation: Implementation | None = None,
                                        chunk_size: int | None = None, interpret: bool = False,
-                                       exchange: str = "all_gather"):
+                                       exchange: Exchange = "all_gather"):
     """`cosine_attention` on global arrays whose sequence axis is split over mesh axis `axis`.
 
     mesh: a `jax.sharding.Mesh` (Auto axes), default the context mesh (`jax.set_mesh`).

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Literal, get_args
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +37,8 @@ from cottention_jax._util import shape_error as _shape_error
 __all__ = ["IMPLEMENTATIONS", "cudnn_unsupported_reason", "default_implementation", "real_tokens_first",
            "softmax_attention"]
 
-IMPLEMENTATIONS = ("xla", "cudnn", "pallas")
+SoftmaxImplementation = Literal["xla", "cudnn", "pallas"]
+IMPLEMENTATIONS: tuple[str, ...] = get_args(SoftmaxImplementation)
 
 _CUDNN_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 _PALLAS_MIN_DIM = 16       # Triton dots need every dimension >= 16
@@ -80,7 +82,7 @@ def _device_capability() -> str | None:
 
 
 def default_implementation(dtype, head_dim: int, *, backend: str | None = None,
-                           compute_capability: str | None = None) -> str:
+                           compute_capability: str | None = None) -> SoftmaxImplementation:
     """The fastest implementation that applies: "cudnn" on a GPU where cuDNN supports the dtype
     and head dim, else "pallas" on a GPU, else "xla".
 
@@ -133,7 +135,7 @@ def softmax_attention(
     *,
     causal: bool,
     padding_mask: jax.Array | None = None,
-    implementation: str | None = None,
+    implementation: SoftmaxImplementation | None = None,
     interpret: bool = False,
 ) -> jax.Array:
     """Softmax attention, softmax(q k^T / sqrt(D)) v, through a fused kernel where one applies.

@@ -482,3 +482,17 @@ def test_public_api_is_pinned():
     assert ca.CosineAttentionState._fields == ("kv", "count")
     assert ca.IMPLEMENTATIONS == ("reference", "xla", "pallas")
     assert ca.default_implementation(causal=False) == "xla"
+
+
+def test_the_docstring_examples_of_cosine_attention_run():
+    """The `>>>` examples in cosine_attention's docstring are executed and their printed results checked."""
+    import doctest  # noqa: PLC0415
+
+    from cottention_jax import ops  # noqa: PLC0415
+    finder = doctest.DocTestFinder()
+    tests = [t for t in finder.find(ops) if t.name.endswith(".cosine_attention") and t.examples]
+    assert tests, "cosine_attention's docstring has no examples"
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    for test in tests:
+        runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0
