@@ -14,7 +14,7 @@ PYTEST_WORKERS ?= 2
 $(STAMP): requirements.txt setup.cfg pyproject.toml
 	@test -x $(PY) || { echo "creating $(VENV) with $$(./scripts/pick_python.sh)"; $$(./scripts/pick_python.sh) -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt          # setup.cfg's dependencies and [train,test] extras
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@$(PY) -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'devices', jax.devices())"
 	@touch $@
