@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+# the checkout the suite runs in (tests/ lies directly below it, at any depth of test file)
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 _counter = itertools.count()
 

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from tests._util import REPO_ROOT
 
 _CHECK = r"""
 import json, sys
@@ -30,7 +31,7 @@ print(json.dumps({"lazy": lazy, "after_import": after_import, "after_plot": matp
 
 def test_training_modules_and_plots_never_switch_the_matplotlib_backend(tmp_path):
     done = subprocess.run([sys.executable, "-c", _CHECK, str(tmp_path)], capture_output=True, text=True,
-                          timeout=300, cwd=Path(__file__).resolve().parents[1])
+                          timeout=300, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["lazy"] == []                                    # importing metrics imports neither

@@ -4,13 +4,13 @@ re-executes them in place)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from tests._util import REPO_ROOT
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

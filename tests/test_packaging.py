@@ -13,8 +13,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from tests._util import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 SHIPPED = ["cottention_jax/data/shipped/shakespeare/shakespeare.jsonl.gz",
            "cottention_jax/data/shipped/shakespeare/SHA256SUMS",
            "cottention_jax/data/shipped/shakespeare/PROVENANCE.md",

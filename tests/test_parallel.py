@@ -15,8 +15,9 @@ import sys
 import pytest
 
 from tests._sequence_parallel_worker import B, DK, DV, H, OP_CASES
+from tests._util import REPO_ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(REPO_ROOT)
 F32_TOL = 1e-5   # float32 end to end (matmuls pinned to "highest" in the worker, as in conftest.py)
 
 

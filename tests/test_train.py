@@ -21,8 +21,9 @@ from cottention_jax.metrics import read_metrics
 from cottention_jax.train import (RunState, TrainingDivergedError, build_model, build_optimizer, hook,
                                   learning_rate_schedule, prepare_data, train_and_evaluate)
 from cottention_jax.workdir_lock import LOCK_FILE, WorkdirLockedError
+from tests._util import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -157,8 +158,6 @@ def test_sigkill_then_resume_gives_the_same_losses(data_dir, tmp_path):
     assert sorted(losses["killed"]) == list(range(1, steps + 1))
     after = [s for s in range(resumed_from + 1, steps + 1)]
     assert [losses["killed"][s] for s in after] == [losses["clean"][s] for s in after]   # bit for bit
-
-
 
 
 def test_sharded_training_step_equals_single_device(data_dir):
@@ -327,15 +326,3 @@ def test_bert_pretrain_then_finetune(data_dir, tmp_path):
     assert "initialised" in run.stdout + run.stderr
 
 
-def test_ablation_script_runs_and_tabulates(data_dir, tmp_path):
-    subprocess.run([sys.executable, str(REPO / "benchmarks" / "softmax_rnn_ablation.py"), "--preset", "gpt-tiny",
-                    "--variants", "softmax", "taylor2-gate", "--root", str(tmp_path), "--no-progress",
-                    "--set", f"data.data_dir={data_dir}", "--set", "steps=6", "--set", "eval_every=3"],
-                   check=True, capture_output=True, text=True)
-    rows = json.loads((tmp_path / "ablation.json").read_text())
-    assert [r["variant"] for r in rows] == ["softmax", "taylor2-gate"]
-    assert all(r["step_memory_MiB"] > 0 and r["tokens_per_second"] > 0 and np.isfinite(r["val_loss"]) for r in rows)
-    assert rows[1]["parameters"] > rows[0]["parameters"]          # the gate projection
-    table = (tmp_path / "ablation.md").read_text()
-    assert "| taylor2-gate |" in table and "| softmax |" in table
-    assert (tmp_path / "loss_curves.png").stat().st_size > 10_000

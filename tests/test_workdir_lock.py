@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from cottention_jax.workdir_lock import LOCK_FILE, WorkdirLock, WorkdirLockedError
+from tests._util import REPO_ROOT
 
-MODULE = Path(__file__).resolve().parents[1] / "cottention_jax" / "workdir_lock.py"
+MODULE = REPO_ROOT / "cottention_jax" / "workdir_lock.py"
 
 # A child that takes the lock, says so, and holds it until its stdin closes.
 HOLDER = f"""

@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import pytest
 
 from pallas_kernels.cosine_attn import launch_table, pallas, tune
-from tests._util import export_for_h100
+from tests._util import REPO_ROOT, export_for_h100
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(REPO_ROOT)
 H100 = "NVIDIA H100 80GB HBM3"      # the kind the shipped rows were measured on
 SHIPPED = launch_table.load_table(launch_table.shipped_table_path())
 
