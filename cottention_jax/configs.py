@@ -159,7 +159,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
                      data=DataConfig(corpus="mixed", vocab_size=32768, seq_len=1024, batch_size=32),
                      optim=OptimConfig(learning_rate=3e-4, warmup_steps=1000, weight_decay=0.1, b2=0.95),
                      steps=50_000, eval_every=1000, eval_batches=50, log_every=50, checkpoint_every=1000),
-    # softmax-as-an-RNN ablation (experiments/softmax_rnn_ablation.py): one small model per variant
+    # softmax-as-an-RNN ablation (benchmarks/softmax_rnn_ablation.py): one small model per variant
     "gpt-ablation-cpu": _gpt("small", {"num_layers": 2, "d_model": 128, "num_heads": 4, "ff_dim": 512,
                                        "rotary_dim": 16, "vocab_size": 4096, "max_len": 128},
                              data=DataConfig(vocab_size=4096, seq_len=128, batch_size=16),

@@ -146,7 +146,7 @@ class BlockSizes:
         return entry if self.segments is None else {**entry, "segments": self.segments}
 
     @classmethod
-    def fallback(cls, dtype, head_dim_k: int, head_dim_v: int) -> BlockSizes:
+    def fallback(cls, dtype: jnp.dtype | type, head_dim_k: int, head_dim_v: int) -> BlockSizes:
         """What devices without a tuned entry get; reasoned from the H100 sweep (benchmarks/NOTES.md).
 
         4 warps and 64-wide blocks for every kernel: on the H100 it was within 3% of the
@@ -159,7 +159,7 @@ class BlockSizes:
         return cls.uniform(chunk=32 if wide_f32 else 64, block=64, num_warps=4, num_stages=2)
 
     @classmethod
-    def get_default(cls, dtype, head_dim_k: int, head_dim_v: int, device: jax.Device | None = None,
+    def get_default(cls, dtype: jnp.dtype | type, head_dim_k: int, head_dim_v: int, device: jax.Device | None = None,
                     ) -> BlockSizes:
         """The tuned entry for `device` (default: JAX's first device), dtype and padded head dim,
         from the tables of `launch_table` (yours first, then the shipped one); else `fallback`."""
@@ -326,8 +326,9 @@ def _check_inputs(q, k, v, key_scale, initial_state) -> None:
                          f"got initial_state.shape={tuple(jnp.shape(initial_state))}")
 
 
-def causal_linear_attention_pallas(q, k, v, key_scale, initial_state, *, interpret: bool = False,
-                                   block_sizes: BlockSizes | None = None):
+def causal_linear_attention_pallas(q: jax.Array, k: jax.Array, v: jax.Array, key_scale: jax.Array,
+                                   initial_state: jax.Array, *, interpret: bool = False,
+                                   block_sizes: BlockSizes | None = None) -> tuple[jax.Array, jax.Array]:
     """Causal linear attention with per-(position, query head) key scales, as Pallas kernels.
 
     Args:

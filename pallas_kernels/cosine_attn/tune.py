@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -120,7 +120,7 @@ def _error_text(err: Exception) -> str:
     return f"{type(err).__name__}: {lines[0][:160] if lines else ''}"
 
 
-def run_trials(shape: TuneShape, chunks, launches, *, interpret: bool = False, warmup: int = 2,
+def run_trials(shape: TuneShape, chunks: Iterable[int], launches: Iterable[pallas.KernelLaunch], *, interpret: bool = False, warmup: int = 2,
                repeats: int = 10, max_seconds: float = 1.0, seed: int = 0) -> Iterator[Trial]:
     """Yield a Trial for every (chunk, kernel, launch); compile or run errors become Trial.error."""
     args = _inputs(shape, jax.random.PRNGKey(seed))

@@ -110,7 +110,9 @@ def _forward(q, k, v, w, s0, chunk):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def causal_linear_attention_xla(q, k, v, key_scale, initial_state, chunk_size=DEFAULT_CHUNK):
+def causal_linear_attention_xla(q: jax.Array, k: jax.Array, v: jax.Array, key_scale: jax.Array,
+                                initial_state: jax.Array, chunk_size: int = DEFAULT_CHUNK,
+                                ) -> tuple[jax.Array, jax.Array]:
     """Causal linear attention with per-(position, query head) key scales.
 
     q (B, T, H, Dk), k (B, T, KV, Dk), v (B, T, KV, Dv) in any float dtype;
