@@ -3,8 +3,8 @@
 `train_and_evaluate(config, workdir, hooks=[...])` is the whole run, in three parts:
   setup_run   data (cottention_jax.data) -> model -> Optax AdamW (warm-up + decay, clipping,
               accumulation) -> mesh and sharding (optional) -> resume: a `RunState`;
-  run_loop    nnx.jit steps, each followed by the hooks due then (`Hook`: `every` N steps and
-              after the last): train log, evaluation, stabilizer logging, Orbax checkpoints
+  run_loop    nnx.jit steps, each followed by the hooks due then (`train_hooks`: `every` N steps
+              and after the last): train log, evaluation, stabilizer logging, Orbax checkpoints
               {model, optimizer, step} + iterator state + config, then the caller's hooks;
   report      held-out test, plot, generated sample, summary.json.
 Re-running with the same workdir resumes from the latest checkpoint and continues
@@ -24,7 +24,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -36,12 +36,13 @@ from tqdm import tqdm
 from cottention_jax import data as data_lib
 from cottention_jax import decoding
 from cottention_jax.checkpoint import Checkpointer
-from cottention_jax.layers import CosineAttention
 from cottention_jax.configs import OptimConfig, TrainConfig, from_dict, to_dict
-from cottention_jax.metrics import MetricsWriter, plot_training_curves, safe_exp
+from cottention_jax.metrics import MetricsWriter, plot_training_curves
 from cottention_jax.models import GPT, Bert
 from cottention_jax.objectives import LOSSES
 from cottention_jax.sharding import SEQ_AXIS, make_mesh, place_batch, shard_training_state
+from cottention_jax.train_hooks import (CheckpointHook, EvalHook, FunctionHook, Hook, StabilizerHook, TrainLogHook,
+                                        default_hooks, due, evaluate, hook, stabilizer_values)
 from cottention_jax.workdir_lock import WorkdirLock
 
 __all__ = ["CheckpointHook", "DataBundle", "EvalHook", "FunctionHook", "Hook", "RunState", "StabilizerHook",
@@ -145,12 +146,6 @@ def prepare_data(config: TrainConfig) -> DataBundle:
     return DataBundle(tok, train, evals, desc)
 
 
-def stabilizer_values(model: nnx.Module) -> list[np.ndarray]:
-    """sigmoid(m) of every cosine attention layer, in layer order: a list of (heads,) arrays."""
-    return [np.asarray(jax.nn.sigmoid(layer.stabilizer[...]))
-            for _, layer in nnx.iter_graph(model) if isinstance(layer, CosineAttention)]
-
-
 def make_train_step(kind: str):
     """A jitted step (model, optimizer, batch) -> (loss, gradient norm) that updates both in place."""
     objective = LOSSES[kind]
@@ -162,22 +157,6 @@ def make_train_step(kind: str):
         return loss, optax.tree_utils.tree_norm(grads)
 
     return train_step
-
-
-def evaluate(model, eval_step, batches: Iterator[dict], max_batches: int, mesh=None) -> dict:
-    """Exact mean loss and accuracy over up to max_batches batches (0: all)."""
-    model.eval()
-    totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
-    for i, batch in enumerate(batches):
-        if max_batches and i >= max_batches:
-            break
-        sums = eval_step(model, place_batch(batch, mesh))
-        for k in totals:
-            totals[k] += float(sums[k])
-    model.train()
-    loss = totals["loss_sum"] / max(totals["count"], 1.0)
-    return {"loss": loss, "accuracy": totals["correct"] / max(totals["count"], 1.0),
-            "perplexity": safe_exp(loss), "count": totals["count"]}
 
 
 # ----------------------------------------------------------------------------- the run
@@ -270,120 +249,6 @@ class RunState:
     def in_mesh(self):
         """The mesh as the context of a step (so attention finds its sequence axis), or nothing."""
         return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
-
-
-@runtime_checkable
-class Hook(Protocol):
-    """Something the loop calls as `hook(run, step)` after every `every`-th optimizer step and
-    after the last one (and at step 0 of a fresh run too when `at_start` is true)."""
-
-    every: int
-
-    def __call__(self, run: RunState, step: int) -> None: ...
-
-
-@dataclasses.dataclass(frozen=True)
-class FunctionHook:
-    """A function `fn(run, step)` as a Hook (what `hook` makes)."""
-
-    fn: Callable[[RunState, int], None]
-    every: int
-    at_start: bool = False
-
-    def __post_init__(self):
-        if not (isinstance(self.every, int) and not isinstance(self.every, bool) and self.every >= 1):
-            raise ValueError(f"a hook's every must be an int >= 1; got {self.every!r}")
-
-    def __call__(self, run: RunState, step: int) -> None:
-        self.fn(run, step)
-
-
-def hook(fn: Callable[[RunState, int], None] | None = None, *, every: int, at_start: bool = False):
-    """`fn(run, step)` run every `every` steps (and at the last): `hook(fn, every=50)`, or as a
-    decorator, `@hook(every=50)`. Pass it to `train_and_evaluate(config, workdir, hooks=[...])`."""
-    if fn is None:
-        return lambda f: FunctionHook(f, every, at_start)
-    return FunctionHook(fn, every, at_start)
-
-
-def _due(h: Hook, step: int, last_step: int) -> bool:
-    return step % h.every == 0 or step == last_step
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainLogHook:
-    """The train line of metrics.jsonl (mean loss and gradient norm since the last one, learning
-    rate, tokens per second) and the progress bar's loss and rate."""
-
-    every: int
-
-    def __call__(self, run: RunState, step: int) -> None:
-        config = run.config
-        tokens_per_step = config.data.batch_size * config.data.seq_len * config.optim.accumulate_steps
-        elapsed = time.perf_counter() - run.window_start
-        losses, norms = zip(*run.window)
-        rate = len(run.window) * tokens_per_step / elapsed
-        run.writer.write(step, "train", loss=float(np.mean(losses)), grad_norm=float(np.mean(norms)),
-                         learning_rate=float(run.schedule(step - 1)), tokens_per_second=rate)
-        if run.bar is not None:
-            run.bar.set_postfix(loss=f"{np.mean(losses):.3f}", tok_s=f"{rate:,.0f}")
-        run.window, run.window_start = [], time.perf_counter()
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalHook:
-    """Validation loss and accuracy (perplexity) over `config.eval_batches` batches: the eval line
-    of metrics.jsonl, `run.last_eval`, and a log line."""
-
-    every: int
-    at_start: bool = True
-
-    def __call__(self, run: RunState, step: int) -> None:
-        config = run.config
-        run.last_eval = evaluate(run.model, run.eval_step, run.data.eval_splits["eval"](), config.eval_batches,
-                                 run.mesh)
-        run.writer.write(step, "eval", **{k: v for k, v in run.last_eval.items() if k != "count"})
-        quality = (f"perplexity {run.last_eval['perplexity']:.2f}" if config.kind == "gpt"
-                   else f"accuracy {run.last_eval['accuracy']:.4f}")
-        run.log(f"step {step:>6}: validation loss {run.last_eval['loss']:.4f}, {quality}")
-
-
-@dataclasses.dataclass(frozen=True)
-class StabilizerHook:
-    """sigmoid(m) of the cosine layers: per layer (the mean over heads) and per head, in metrics.jsonl."""
-
-    every: int
-    at_start: bool = True
-
-    def __call__(self, run: RunState, step: int) -> None:
-        stab = stabilizer_values(run.model)
-        if stab:
-            run.writer.write(step, "stabilizer", **{f"layer{i}": float(v.mean()) for i, v in enumerate(stab)})
-            run.writer.write(step, "stabilizer_heads",
-                             **{f"layer{i}_head{h}": float(x) for i, v in enumerate(stab) for h, x in enumerate(v)})
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckpointHook:
-    """{model, optimizer, step} + iterator state + config, through the Checkpointer.
-
-    Called every step (every=1): the Checkpointer's manager applies `config.checkpoint_every`
-    itself (Orbax's save policy, which also saves on a preemption notice); the last step always saves.
-    """
-
-    every: int = 1
-
-    def __call__(self, run: RunState, step: int) -> None:
-        if run.checkpointer.save(step, run.model, run.optimizer, run.data.train.get_state(), to_dict(run.config),
-                                 force=step == run.config.steps):
-            run.last_saved = step
-
-
-def default_hooks(config: TrainConfig) -> list[Hook]:
-    """The run's own hooks, in the order they run after a step: train log, evaluation, stabilizers,
-    checkpoint. (Hooks given to train_and_evaluate run after these.)"""
-    return [TrainLogHook(config.log_every), EvalHook(config.eval_every), StabilizerHook(config.eval_every),
-            CheckpointHook()]
 
 
 # ----------------------------------------------------------------------------- the run: set-up, loop, report
@@ -485,7 +350,7 @@ def run_loop(run: RunState, hooks: Sequence[Hook], *, progress: bool = True) -> 
             run.window.append((float(loss), float(grad_norm)))
             run.history.append(float(loss))
             for h in hooks:
-                if _due(h, step, config.steps):
+                if due(h, step, config.steps):
                     h(run, step)
             run.bar.update(1)
         run.bar.close()
