@@ -59,7 +59,7 @@ def run_kind(base, kind: str, batches: list[dict]) -> dict:
     return {"losses": losses, "param": np.asarray(kernel).tolist(),
             "grads": [g.ravel().tolist() for g in grads],
             "sharding": str(kernel.sharding.spec) if mesh is not None else "",
-            "batch_shards": len({s.index for s in first["inputs"].addressable_shards}) if mesh else 1,
+            "batch_shards": len({str(s.index) for s in first["inputs"].addressable_shards}) if mesh else 1,  # str: slices hash from 3.12
             "collectives": collectives(hlo)}
 
 

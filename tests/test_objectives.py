@@ -1,6 +1,6 @@
 """Cross-entropies (cottention_jax.losses): the float64 definition, chunks, weights, memory, errors.
 
-The objectives with the chunked loss on the models: tests/test_models.py.
+The objectives with the chunked loss on the models: tests/models/test_models.py.
 
 Tolerances: 1e-5 relative. Every form computes the same float32 per-position
 losses; they differ only in the order of float32 sums (per chunk, then across

@@ -293,11 +293,15 @@ def test_parallel_recurrent_step_agree(case):
                                       has_aux=True))(q, k, v, gate)
                for form in ("parallel", "recurrent")}
     (grads_p, (out_p, state_p)), (grads_r, (out_r, state_r)) = results["parallel"], results["recurrent"]
-    assert rel_error(out_r, out_p) <= F32_TOL
+    # An odd-order series kernel (taylor1: 1 + s) can be negative, so a row's denominator can nearly
+    # cancel: its output then leaves the hull of the values (seen: -388 with |v| <= 3) and float32
+    # rounding in the two summation orders is amplified by the same factor. The bar scales with it.
+    amplification = max(1.0, float(jnp.max(jnp.abs(out_p)) / jnp.max(jnp.abs(v))))
+    assert rel_error(out_r, out_p) <= F32_TOL * amplification
     for g_r, g_p in zip(grads_r, grads_p):
-        assert rel_error(g_r, g_p) <= 5e-5
+        assert rel_error(g_r, g_p) <= 5e-5 * amplification, amplification
     out_s, state_s = jax.jit(step_scan, static_argnums=0)(variant, q, k, v, mask, gate)
-    assert rel_error(out_s, out_p) <= F32_TOL
+    assert rel_error(out_s, out_p) <= F32_TOL * amplification, amplification
     for final in (state_r, state_s):
         assert rel_error(final.numerator, state_p.numerator) <= F32_TOL
         assert rel_error(final.denominator, state_p.denominator) <= F32_TOL
