@@ -69,3 +69,18 @@ def export_for_h100(fn, *args):
     with warnings.catch_warnings(), use_abstract_mesh(AbstractMesh((1,), ("x",), abstract_device=h100)):
         warnings.simplefilter("ignore", DeprecationWarning)  # the Triton backend's deprecation notice
         return jax.export.export(jax.jit(fn), platforms=["cuda"], disabled_checks=unchecked)(*args)
+
+
+def stepwise_logits(model, tokens: jax.Array, prompt_len: int, max_length: int) -> jax.Array:
+    """Prefill tokens[:, :prompt_len], then feed the true continuation one token at a time through
+    the jitted decode step: the logits at positions prompt_len - 1 .. T - 2, (B, T - prompt_len, V),
+    to compare with the parallel forward's logits[:, prompt_len - 1:T - 1]."""
+    from cottention_jax import decoding  # noqa: PLC0415  (only the decoding tests need it)
+
+    last = decoding.prefill(model, tokens[:, :prompt_len], max_length=max_length)
+    step, cache = decoding.make_decode_step(model)
+    stepped = [last]
+    for t in range(prompt_len, tokens.shape[1] - 1):
+        logits, cache = step(cache, tokens[:, t])
+        stepped.append(logits)
+    return jnp.stack(stepped, axis=1)

@@ -9,7 +9,7 @@ from flax import nnx
 from cottention_jax import decoding
 from cottention_jax.memory import compiled_memory_bytes
 from cottention_jax.models import GPT, gpt_config
-from tests._util import fresh_key, rel_error
+from tests._util import fresh_key, rel_error, stepwise_logits
 
 
 def _model(attention, **overrides):
@@ -60,13 +60,8 @@ def test_stepwise_logits_under_tf32_matmuls_stay_within_tf32_error():
     tokens = jax.random.randint(fresh_key(), (2, 16), 1, 256)
     with jax.default_matmul_precision("tensorfloat32"):
         parallel = model(tokens)
-        last = decoding.prefill(model, tokens[:, :5], max_length=16)
-        step, cache = decoding.make_decode_step(model)
-        stepped = [last]
-        for t in range(5, 15):
-            logits, cache = step(cache, tokens[:, t])
-            stepped.append(logits)
-    assert rel_error(jnp.stack(stepped, axis=1), parallel[:, 4:15]) <= 1e-2
+        stepped = stepwise_logits(model, tokens, 5, max_length=16)
+    assert rel_error(stepped, parallel[:, 4:15]) <= 1e-2
 
 
 @pytest.mark.parametrize("attention", ["cosine", "softmax"])

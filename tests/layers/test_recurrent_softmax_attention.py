@@ -9,7 +9,7 @@ from cottention_jax import decoding
 from cottention_jax import recurrent_softmax as rs
 from cottention_jax.models import GPT, attention_names, bert_config, gpt_config
 from cottention_jax.layers import RecurrentSoftmaxAttention
-from tests._util import fresh_key, padding_mask, rel_error
+from tests._util import fresh_key, padding_mask, rel_error, stepwise_logits
 
 HI = jax.lax.Precision.HIGHEST
 
@@ -51,13 +51,7 @@ def test_variant_gpt_decodes_like_its_parallel_form(attention):
     model = GPT(gpt_config("tiny", attention=attention, num_kv_heads=2), rngs=nnx.Rngs(3))
     tokens = jax.random.randint(fresh_key(), (2, 16), 0, 256)
     parallel = model(tokens)
-    last = decoding.prefill(model, tokens[:, :6], max_length=16)
-    step, cache = decoding.make_decode_step(model)
-    stepped = [last]
-    for t in range(6, 15):
-        logits, cache = step(cache, tokens[:, t])
-        stepped.append(logits)
-    assert rel_error(jnp.stack(stepped, 1), parallel[:, 5:15]) <= 1e-5
+    assert rel_error(stepwise_logits(model, tokens, 6, max_length=16), parallel[:, 5:15]) <= 1e-5
 
 
 def test_variants_without_an_rnn_state_or_bidirectional_use_are_refused():
