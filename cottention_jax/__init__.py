@@ -6,8 +6,8 @@ implementations are `SOFTMAX_IMPLEMENTATIONS`, picked in `cottention_jax.softmax
 Flax NNX layers: `CosineAttention`, `SoftmaxAttention` (drop-ins for `nnx.MultiHeadAttention`),
 and `cosine_attention_fn` for Flax modules that take an `attention_fn`. Models live in
 `cottention_jax.models` (GPT, Bert), decoding in `cottention_jax.decoding`; `load_model(workdir)`
-loads a trained model (`cottention_jax.inference`), and `cottention_jax.interop` converts
-Hugging Face (PyTorch) weights to and from these models.
+and `load_tokenizer(workdir)` load a trained run's model and tokenizer (`cottention_jax.inference`),
+and `cottention_jax.interop` converts Hugging Face (PyTorch) weights to and from these models.
 """
 
 from cottention_jax.attention_fn import cosine_attention_fn
@@ -28,11 +28,11 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # load_model pulls in Orbax: imported on first use, so `import cottention_jax` stays light
-    if name == "load_model":
-        from cottention_jax.inference import load_model  # noqa: PLC0415
+    # inference pulls in Orbax: imported on first use, so `import cottention_jax` stays light
+    if name in ("load_model", "load_tokenizer"):
+        from cottention_jax import inference  # noqa: PLC0415
 
-        return load_model
+        return getattr(inference, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -50,4 +50,5 @@ __all__ = [
     "SOFTMAX_IMPLEMENTATIONS",
     "softmax_attention",
     "load_model",
+    "load_tokenizer",
 ]

@@ -1,7 +1,7 @@
 """Use a trained model: the model of a training run with its trained parameters, and its tokenizer.
 
     model = cottention_jax.load_model("runs/make-run")         # GPT or Bert, in eval mode
-    tokenizer = cottention_jax.inference.load_tokenizer("runs/make-run")
+    tokenizer = cottention_jax.load_tokenizer("runs/make-run")     # the run's tokenizer.json
     ids = jnp.asarray([tokenizer.encode("ROMEO:\\n")])
     text = tokenizer.decode(decoding.generate(model, ids, max_new_tokens=50)[0])
 
@@ -104,8 +104,16 @@ def _non_parameter_state(model_class, model_config) -> nnx.State:
 
 
 def load_tokenizer(workdir: str | os.PathLike, *, step: int | None = None):
-    """The tokenizer a run trained with (from its saved data config: kind, corpus, vocabulary size)."""
-    from cottention_jax.data.tokenization import get_tokenizer  # noqa: PLC0415  (imports `tokenizers`)
+    """The tokenizer a run trained with: `<workdir>/tokenizer.json`, which training writes at the
+    start of every run; for a run that predates it, the one its saved data config names (kind,
+    corpus, vocabulary size; `step` picks the checkpoint whose config is read).
 
+    Raises CorruptDataError (naming the file) when tokenizer.json is not a readable tokenizer.
+    """
+    from cottention_jax.data import tokenization  # noqa: PLC0415  (imports `tokenizers`)
+
+    saved = Path(workdir) / "tokenizer.json"
+    if saved.is_file():
+        return tokenization.load_tokenizer(saved)
     data = load_run_config(workdir, step=step).data
-    return get_tokenizer(data.tokenizer, data.corpus, data.vocab_size, data.data_dir)
+    return tokenization.get_tokenizer(data.tokenizer, data.corpus, data.vocab_size, data.data_dir)

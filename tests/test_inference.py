@@ -17,6 +17,7 @@ import cottention_jax
 from cottention_jax import cli, decoding, inference
 from cottention_jax.checkpoint import Checkpointer
 from cottention_jax.configs import to_dict, train_preset
+from cottention_jax.data import paths, tokenization
 from cottention_jax.models import GPT, Bert
 from tests._util import fresh_key
 
@@ -81,6 +82,25 @@ def test_load_model_of_a_bert_run_and_the_run_tokenizer(tmp_path):
     tokenizer = inference.load_tokenizer(tmp_path)
     assert tokenizer.kind == "wordpiece"
     assert inference.load_run_config(tmp_path) == _BERT
+
+
+def test_load_tokenizer_prefers_the_runs_own_tokenizer_json(tmp_path, capsys):
+    """Training writes <workdir>/tokenizer.json; it, not the config's shipped tokenizer, is the run's."""
+    (model,) = _save_run(tmp_path, _GPT)
+    assert cottention_jax.load_tokenizer is inference.load_tokenizer
+    shipped = tokenization.get_tokenizer("bpe", "shakespeare", 4096)     # no tokenizer.json: the config's
+    assert cottention_jax.load_tokenizer(tmp_path).to_json() == shipped.to_json()
+    tokenization.ByteTokenizer().save(tmp_path / "tokenizer.json")
+    tokenizer = cottention_jax.load_tokenizer(tmp_path)
+    assert tokenizer.kind == "byte"
+    # cottention-generate encodes and decodes with it.
+    (record,) = _generate_json(capsys, "--workdir", tmp_path, "--prompt", "ROMEO:", "--max-new-tokens", 5,
+                               "--no-stop", "--json")
+    want = decoding.generate(model, jnp.asarray([list(b"ROMEO:")]), max_new_tokens=5)[0].tolist()
+    assert record["tokens"] == want and record["completion"] == tokenizer.decode(want)
+    (tmp_path / "tokenizer.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(paths.CorruptDataError, match=r"tokenizer\.json is not a readable tokenizer"):
+        inference.load_tokenizer(tmp_path)
 
 
 def test_load_model_errors(tmp_path):

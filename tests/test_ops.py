@@ -467,7 +467,8 @@ def test_public_api_is_pinned():
     assert sorted(ca.__all__) == sorted([
         "CosineAttention", "CosineAttentionState", "IMPLEMENTATIONS", "SOFTMAX_IMPLEMENTATIONS", "STABILIZE_MODES",
         "SoftmaxAttention", "cosine_attention", "cosine_attention_fn", "cosine_attention_step",
-        "default_implementation", "init_cosine_attention_state", "load_model", "softmax_attention",
+        "default_implementation", "init_cosine_attention_state", "load_model", "load_tokenizer",
+        "softmax_attention",
     ])
     for name in ca.__all__:
         assert hasattr(ca, name), name

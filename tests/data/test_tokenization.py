@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import zlib
 
+import numpy as np
 import pytest
 
 from cottention_jax.data import corpus, paths, tokenization
@@ -15,6 +17,12 @@ def _random_unicode(rng, n: int) -> str:
     """Mixed ASCII, accented Latin, Greek, CJK, emoji and whitespace."""
     pools = ["abcXYZ 019.,;!?'\"\n\t", "éüßçøÅ", "αβγδΩ", "漢字かなカナ", "🙂🚀👍🏽", "  \n\n"]
     return "".join(rng.choice(list(pools[int(rng.integers(len(pools)))])) for _ in range(n))
+
+
+@pytest.fixture
+def rng(request):
+    """A generator seeded by the test's node id: the same inputs whatever ran before."""
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
 @pytest.fixture(scope="module")
@@ -130,10 +138,12 @@ def test_get_tokenizer_trains_once_and_caches(tmp_path):
 def test_missing_and_corrupt_tokenizer_files(tmp_path, monkeypatch):
     with pytest.raises(paths.MissingDataError, match="nope.json does not exist"):
         tokenization.load_tokenizer(tmp_path / "nope.json")
-    bad = tmp_path / "bad.json"
+    # A damaged cached tokenizer names the command that has it retrained.
+    bad = tmp_path / "tokenizers" / "mixed-bpe-300.json"
+    bad.parent.mkdir()
     bad.write_text('{"model": {"type": "BPE", "vocab"', encoding="utf-8")
-    with pytest.raises(paths.CorruptDataError, match=r"bad.json is corrupt.*\n.*rm .*bad.json"):
-        tokenization.load_tokenizer(bad)
+    with pytest.raises(paths.CorruptDataError, match=r"mixed-bpe-300.json is corrupt.*\n.*rm .*mixed-bpe-300"):
+        tokenization.get_tokenizer("bpe", "mixed", 300, data_dir=tmp_path)
     # A shipped tokenizer that was altered fails its checksum and names the restore command.
     repo = tmp_path / "repo"
     shutil.copytree(paths.SHIPPED_DATA_DIR / "tokenizers", repo / "tokenizers")
@@ -144,3 +154,151 @@ def test_missing_and_corrupt_tokenizer_files(tmp_path, monkeypatch):
     monkeypatch.setattr(paths, "SHIPPED_DATA_DIR", repo)
     with pytest.raises(paths.CorruptDataError, match="SHA-256 differs.*\n.*git checkout -- cottention_jax/data/shipped/tokenizers"):
         tokenization.get_tokenizer("bpe", "shakespeare", 4096)
+
+
+# ----------------------------------------------------------------- any tokenizer.json
+
+
+def _hf_file(hf, tmp_path, name="tokenizer.json"):
+    hf.save(str(tmp_path / name))
+    return tokenization.load_tokenizer(tmp_path / name)
+
+
+def _roles(tok) -> dict:
+    return {role: getattr(tok, f"{role}_id") for role in tokenization.SPECIAL_ROLES}
+
+
+def test_a_gpt2_style_tokenizer_loads_with_endoftext_as_bos_and_eos(tmp_path, rng):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    hf = Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    hf.train_from_iterator([random_prose(rng, 20) for _ in range(5)], trainer=trainer)
+    tok = _hf_file(hf, tmp_path)
+    end = hf.token_to_id("<|endoftext|>")
+    assert tok.kind == "bpe" and tok.vocab_size == hf.get_vocab_size()
+    assert _roles(tok) == {"pad": None, "bos": end, "eos": end, "cls": None, "sep": None,
+                           "mask": None, "unk": None}
+    assert tok.all_special_ids == (end,)
+    text = random_prose(rng, 4) + _random_unicode(rng, 100)
+    ids = tok.encode(text)
+    assert ids == hf.encode(text).ids and end not in ids
+    assert tok.decode([end] + ids + [end]) == text
+
+
+def test_a_llama_style_tokenizer_loads_with_its_roles(tmp_path, rng):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    hf = Tokenizer(models.BPE(unk_token="<unk>"))
+    hf.pre_tokenizer = pre_tokenizers.Metaspace()
+    hf.decoder = decoders.Metaspace()
+    hf.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<|extra|>"],
+                                  show_progress=False)
+    hf.train_from_iterator([random_prose(rng, 20) for _ in range(5)], trainer=trainer)
+    tok = _hf_file(hf, tmp_path)
+    assert tok.kind == "bpe"
+    assert _roles(tok) == {"pad": None, "bos": 1, "eos": 2, "cls": None, "sep": None, "mask": None, "unk": 0}
+    assert tok.all_special_ids == (0, 1, 2, 3)           # <|extra|> is special, though no role
+    text = " ".join(random_prose(rng, 3).split())
+    ids = tok.encode(text)
+    assert ids[0] != 1 and not set(ids) & {0, 2}        # no <s> added, nothing unknown
+    assert tok.decode(ids + [2]) == text
+    assert tok.unk_id in tok.encode("snow \u2603")      # a character it never saw
+
+
+def test_a_roberta_post_processor_names_cls_and_sep(tmp_path):
+    from tokenizers import Tokenizer, models, processors
+
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4, "a": 5}
+    hf = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    hf.add_special_tokens(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    hf.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    tok = _hf_file(hf, tmp_path)
+    assert tok.kind == "wordlevel"
+    assert _roles(tok) == {"pad": 1, "bos": 0, "eos": 2, "cls": 0, "sep": 2, "mask": 4, "unk": 3}
+    assert tok.all_special_ids == (0, 1, 2, 3, 4)
+
+
+def test_a_wordlevel_tokenizer_finds_roles_in_its_vocabulary_unless_it_marks_specials(tmp_path, rng):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = sorted(set(random_prose(rng, 10).replace(",", " ").replace(".", " ").replace("!", " ").split()))
+    specials = ["<pad>", "[UNK]", "</s>", "<s>"]
+    order = list(rng.permutation(specials + words))
+    vocab = {token: i for i, token in enumerate(order)}
+    hf = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = _hf_file(hf, tmp_path)                         # no added tokens: the vocabulary's names count
+    assert tok.kind == "wordlevel" and tok.vocab_size == len(vocab)
+    assert _roles(tok) == {"pad": vocab["<pad>"], "bos": vocab["<s>"], "eos": vocab["</s>"], "cls": None,
+                           "sep": None, "mask": None, "unk": vocab["[UNK]"]}
+    text = " ".join(rng.choice(words, 12))
+    assert tok.decode(tok.encode(text)) == text
+    assert tok.encode("zebra") == [vocab["[UNK]"]]
+    # Once the file marks a token special, plain vocabulary entries such as "<s>" are text.
+    hf.add_special_tokens(["<|endoftext|>"])
+    tok = _hf_file(hf, tmp_path, "marked.json")
+    end = len(vocab)
+    assert _roles(tok) == {"pad": None, "bos": end, "eos": end, "cls": None, "sep": None, "mask": None,
+                           "unk": vocab["[UNK]"]}
+
+
+def test_a_unigram_tokenizer_loads(tmp_path, rng):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    hf = Tokenizer(models.Unigram())
+    hf.pre_tokenizer = pre_tokenizers.Metaspace()
+    hf.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=120, special_tokens=["<pad>", "</s>", "<unk>"],
+                                      unk_token="<unk>", show_progress=False)
+    hf.train_from_iterator([random_prose(rng, 20) for _ in range(5)], trainer=trainer)
+    tok = _hf_file(hf, tmp_path)
+    assert tok.kind == "unigram"
+    assert _roles(tok) == {"pad": 0, "bos": None, "eos": 1, "cls": None, "sep": None, "mask": None, "unk": 2}
+    text = " ".join(random_prose(rng, 3).split())
+    assert tok.decode(tok.encode(text)) == text
+
+
+@pytest.mark.parametrize("content", [b"not json at all", b'{"a": 1}', b"[1, 2]", b"\xff\xfe\x00garbage",
+                                     b'{"version": "1.0", "model": {"type": "Sentencepiece", "vocab": {}}}'])
+def test_a_file_that_is_not_a_tokenizer_is_corrupt_data_naming_it(tmp_path, content):
+    path = tmp_path / "their tokenizer.json"
+    path.write_bytes(content)
+    with pytest.raises(paths.CorruptDataError) as caught:
+        tokenization.load_tokenizer(path)
+    message = str(caught.value)
+    assert str(path) in message and "\n" not in message
+
+
+def test_tiny_presets_tokenizers_are_shipped(tmp_path, monkeypatch):
+    """gpt-tiny and bert-tiny use 512-token vocabularies: shipped, so nothing is trained or written."""
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("COTTENTION_DATA_DIR", str(data_dir))
+    monkeypatch.setattr(tokenization, "train_tokenizer", None)        # any training would fail
+    bpe = tokenization.get_tokenizer("bpe", "shakespeare", 512)
+    wordpiece = tokenization.get_tokenizer("wordpiece", "shakespeare", 512)
+    assert not data_dir.exists()
+    assert (bpe.kind, bpe.vocab_size, bpe.eos_id) == ("bpe", 512, 2)
+    assert (wordpiece.kind, wordpiece.vocab_size, wordpiece.mask_id) == ("wordpiece", 512, 4)
+    monkeypatch.undo()
+    # The shipped BPE file is what training on the corpus's train split gives (WordPiece may differ
+    # at the cut-off; see the module docstring).
+    train = corpus.split_documents(corpus.load_embedded_corpus())["train"]
+    assert tokenization.train_tokenizer("bpe", [d.text for d in train], 512).to_json() == bpe.to_json()
+
+
+def test_an_altered_shipped_tokenizer_outside_a_checkout_names_the_reinstall(tmp_path, monkeypatch):
+    """A wheel user has no experiments/ folder: the restore command is pip's."""
+    shutil.copytree(paths.SHIPPED_DATA_DIR / "tokenizers", tmp_path / "shipped" / "tokenizers")
+    victim = tmp_path / "shipped" / "tokenizers" / "shakespeare-wordpiece-512.json"
+    victim.write_bytes(victim.read_bytes()[:-10])
+    monkeypatch.setattr(paths, "SHIPPED_DATA_DIR", tmp_path / "shipped")
+    monkeypatch.setattr(paths, "_CHECKOUT", tmp_path / "site-packages")
+    with pytest.raises(paths.CorruptDataError) as caught:
+        tokenization.get_tokenizer("wordpiece", "shakespeare", 512)
+    assert "pip install --force-reinstall --no-deps cottention-jax" in str(caught.value)
+    assert "experiments/" not in str(caught.value)
