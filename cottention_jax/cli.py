@@ -78,10 +78,12 @@ def _run_stopping_errors() -> tuple[type[BaseException], ...]:
     divergence, a workdir another run holds, a checkpoint that cannot be saved or resumed, missing
     or corrupt data (their messages carry the command that rebuilds it)."""
     from cottention_jax.checkpoint import CheckpointError  # noqa: PLC0415
+    from cottention_jax.data.documents import DataSourceError  # noqa: PLC0415
     from cottention_jax.data.paths import CorruptDataError, MissingDataError  # noqa: PLC0415
     from cottention_jax.train import TrainingDivergedError  # noqa: PLC0415
     from cottention_jax.workdir_lock import WorkdirLockedError  # noqa: PLC0415
-    return TrainingDivergedError, WorkdirLockedError, CheckpointError, MissingDataError, CorruptDataError
+    return (TrainingDivergedError, WorkdirLockedError, CheckpointError, MissingDataError, CorruptDataError,
+            DataSourceError)
 
 
 def train_main(argv: Sequence[str] | None = None) -> None:

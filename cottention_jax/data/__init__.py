@@ -1,30 +1,23 @@
-"""Offline data: corpora, tokenizers, TFDS datasets and resumable batch iterators.
+"""Offline data: text sources, tokenizers, prepared (tokenized) corpora and Grain input pipelines.
 
-Nothing here downloads. The Shakespeare corpus and its default tokenizers ship in
-the package (`cottention_jax/data/shipped/`); larger corpora and the labelled tasks are built from
-package registries by `experiments/build_corpus.py` and `experiments/build_tasks.py`.
+Nothing here downloads. A text source is a built-in corpus (`shakespeare` ships in the package;
+`mixed` is built from package registries by `cottention-data build-mixed`), a user's files
+(.txt/.md, .jsonl[.gz], .parquet: a file, directory or glob) or a prepared TFDS dataset
+(`tfds:NAME[/CONFIG][:SPLIT]`). It is prepared once into ArrayRecord token streams and then
+streamed by Grain (`pipeline.py`):
 
-Typical use (GPT on the embedded corpus):
-
-    ds = load_text_dataset("shakespeare", tokenizer="bpe")        # builds on first use
-    train = GPTBatches(ds.train, ds.tokenizer, batch_size=32, seq_len=256, seed=0)
+    prepared = prepare_text("my_notes/", tokenizer="bpe", vocab_size=4096)   # cached by fingerprint
+    train = gpt_train_batches(prepared, batch_size=32, seq_len=256, seed=0)
     batch = next(train)               # {"inputs", "targets", "weights"}, numpy
-    state = train.get_state()         # JSON dict: store it in the checkpoint
+    state = train.get_state()         # small JSON dict: store it in the checkpoint
     train.set_state(state)            # on resume: the next batch follows exactly
-    for batch in gpt_eval_batches(ds.validation, ds.tokenizer, 32, 256): ...
+    for batch in gpt_eval_batches(prepared, 32, 256): ...
+
+Labelled tasks for BERT finetuning (built-in, TFDS GLUE, CSV/JSONL) go the same way through
+`classification.prepare_task`.
 """
 
-from cottention_jax.data.batching import (
-    ClassificationBatches,
-    GPTBatches,
-    MLMBatches,
-    classification_eval_batches,
-    encode_classification_inputs,
-    gpt_eval_batches,
-    mask_tokens,
-    mlm_eval_batches,
-    pack_documents,
-)
+from cottention_jax.data.batching import encode_classification_inputs, mask_tokens
 from cottention_jax.data.corpus import (
     CORPORA,
     Document,
@@ -33,11 +26,9 @@ from cottention_jax.data.corpus import (
     load_embedded_corpus,
     split_documents,
 )
-from cottention_jax.data.paths import (
-    CorruptDataError,
-    MissingDataError,
-    default_data_dir,
-)
+from cottention_jax.data.documents import DataSourceError, TextSource, open_source
+from cottention_jax.data.paths import CorruptDataError, MissingDataError, default_data_dir
+from cottention_jax.data.prepare import PreparedText, open_prepared, prepare_text
 from cottention_jax.data.tasks import TASK_LABELS, TASKS, load_task_examples
 from cottention_jax.data.tokenization import (
     DEFAULT_VOCAB_SIZE,
@@ -49,17 +40,17 @@ from cottention_jax.data.tokenization import (
     train_tokenizer,
 )
 
-# The TFDS builders import tensorflow-datasets (the [train] extra): they load on first use, so
-# that corpora and tokenizers work without it (`cottention-generate` in a base install).
-_BUILDER_NAMES = ("CottentionTask", "CottentionText", "TaskDataset", "TaskSplit", "TextDataset",
-                  "load_task_dataset", "load_text_dataset")
+# The Grain pipelines import grain (the [train] extra): they load on first use, so that corpora and
+# tokenizers work without it (`cottention-generate` in a base install).
+_PIPELINE_NAMES = ("Batches", "TokenStream", "gpt_eval_batches", "gpt_train_batches", "mlm_eval_batches",
+                   "mlm_train_batches")
 
 
 def __getattr__(name: str):
-    if name in _BUILDER_NAMES:
-        from cottention_jax.data import builders  # noqa: PLC0415
+    if name in _PIPELINE_NAMES:
+        from cottention_jax.data import pipeline  # noqa: PLC0415
 
-        return getattr(builders, name)
+        return getattr(pipeline, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -68,35 +59,33 @@ __all__ = [
     "DEFAULT_VOCAB_SIZE",
     "TASKS",
     "TASK_LABELS",
+    "Batches",
     "ByteTokenizer",
-    "ClassificationBatches",
     "CorruptDataError",
-    "CottentionTask",
-    "CottentionText",
+    "DataSourceError",
     "Document",
-    "GPTBatches",
     "HFTokenizer",
-    "MLMBatches",
     "MissingDataError",
-    "TaskDataset",
-    "TaskSplit",
-    "TextDataset",
+    "PreparedText",
+    "TextSource",
+    "TokenStream",
     "Tokenizer",
-    "classification_eval_batches",
     "default_data_dir",
     "embedded_corpus_provenance",
     "encode_classification_inputs",
     "get_tokenizer",
     "gpt_eval_batches",
+    "gpt_train_batches",
     "load_corpus",
     "load_embedded_corpus",
-    "load_task_dataset",
     "load_task_examples",
-    "load_text_dataset",
     "load_tokenizer",
     "mask_tokens",
     "mlm_eval_batches",
-    "pack_documents",
+    "mlm_train_batches",
+    "open_prepared",
+    "open_source",
+    "prepare_text",
     "split_documents",
     "train_tokenizer",
 ]

@@ -9,7 +9,7 @@ A corpus is a folder `<name>/` holding
 `shakespeare` ships in the package (`cottention_jax/data/shipped/shakespeare/`, 42 works, about
 5 MB of text, 2 MB gzipped). `mixed` (Shakespeare, Jane Austen, the Brown
 Corpus and two Bible translations, tens of MB) is built on a machine by
-`python experiments/build_corpus.py --mixed` into `<data_dir>/corpora/mixed/`.
+`cottention-data build-mixed` into `<data_dir>/corpora/mixed/`.
 
 Documents of one `group` (the same Bible book in two translations, say) always
 land in the same split, so no text is in both the training and the validation split.
@@ -69,7 +69,7 @@ def rebuild_command(name: str, data_dir=None) -> str:
     if name == EMBEDDED_CORPUS:
         return paths.shipped_rebuild_command(name)
     where = [] if data_dir is None else ["--data-dir", str(data_dir)]
-    return shlex.join(["python", "experiments/build_corpus.py", f"--{name}", *where])   # paths quoted
+    return shlex.join(["cottention-data", f"build-{name}", *where])   # paths quoted
 
 
 def corpus_dir(name: str, data_dir=None) -> Path:

@@ -19,7 +19,7 @@ Splits (train/validation/test = 80/10/10) come from a SHA-256 of a key, so they
 are fixed whatever the machine: the sentence for sentiment, the chapter for
 paraphrase (all verses of a chapter, positives and negatives, share one split).
 The movie-review sentences are for research use, so tasks are built on each
-machine by `python experiments/build_tasks.py` into `<data_dir>/tasks/<task>/`,
+machine by `cottention-data build-task <task>` into `<data_dir>/tasks/<task>/`,
 never committed.
 
 An example is a dict {"id", "text_a", "text_b" ("" for single sentences),
@@ -159,7 +159,7 @@ def task_dir(task: str, data_dir=None) -> Path:
 
 def task_rebuild_command(task: str, data_dir=None) -> str:
     where = [] if data_dir is None else ["--data-dir", str(data_dir)]
-    return shlex.join(["python", "experiments/build_tasks.py", "--task", task, *where])   # paths quoted
+    return shlex.join(["cottention-data", "build-task", task, *where])   # paths quoted
 
 
 def write_task(task: str, examples: Sequence[dict], provenance: str, data_dir=None) -> Path:
@@ -177,7 +177,7 @@ def write_task(task: str, examples: Sequence[dict], provenance: str, data_dir=No
 
 
 def load_task_examples(task: str, data_dir=None) -> list[dict]:
-    """The examples of `task` built by experiments/build_tasks.py, checked against SHA256SUMS."""
+    """The examples of `task` built by `cottention-data build-task`, checked against SHA256SUMS."""
     directory = task_dir(task, data_dir)
     rebuild = task_rebuild_command(task, data_dir)
     paths.verify_checksums(directory, rebuild)

@@ -4,14 +4,12 @@ import cottention_jax.data as data
 
 EXPECTED = {
     "CORPORA", "DEFAULT_VOCAB_SIZE", "TASKS", "TASK_LABELS",
-    "ByteTokenizer", "ClassificationBatches", "CorruptDataError", "CottentionTask",
-    "CottentionText", "Document", "GPTBatches", "HFTokenizer", "MLMBatches", "MissingDataError",
-    "TaskDataset", "TaskSplit", "TextDataset", "Tokenizer",
-    "classification_eval_batches", "default_data_dir", "embedded_corpus_provenance",
-    "encode_classification_inputs", "get_tokenizer", "gpt_eval_batches", "load_corpus",
-    "load_embedded_corpus", "load_task_dataset", "load_task_examples", "load_text_dataset",
-    "load_tokenizer", "mask_tokens", "mlm_eval_batches", "pack_documents", "split_documents",
-    "train_tokenizer",
+    "Batches", "ByteTokenizer", "CorruptDataError", "DataSourceError", "Document", "HFTokenizer",
+    "MissingDataError", "PreparedText", "TextSource", "TokenStream", "Tokenizer",
+    "default_data_dir", "embedded_corpus_provenance", "encode_classification_inputs", "get_tokenizer",
+    "gpt_eval_batches", "gpt_train_batches", "load_corpus", "load_embedded_corpus", "load_task_examples",
+    "load_tokenizer", "mask_tokens", "mlm_eval_batches", "mlm_train_batches", "open_prepared", "open_source",
+    "prepare_text", "split_documents", "train_tokenizer",
 }
 
 
@@ -20,3 +18,4 @@ def test_the_documented_names_are_exported_and_exist():
     assert all(hasattr(data, name) for name in data.__all__)
     assert issubclass(data.MissingDataError, FileNotFoundError)
     assert issubclass(data.CorruptDataError, ValueError)
+    assert issubclass(data.DataSourceError, ValueError)

@@ -68,7 +68,7 @@ def test_split_bad_arguments():
 
 
 def test_missing_corpus_names_the_build_command(tmp_path):
-    with pytest.raises(FileNotFoundError, match="build_corpus.py --mixed --data-dir"):
+    with pytest.raises(FileNotFoundError, match="cottention-data build-mixed --data-dir"):
         corpus.load_corpus("mixed", tmp_path)
 
 
@@ -78,7 +78,7 @@ def test_corrupt_corpus_files(tmp_path):
     good = path.read_bytes()
     # Truncated: the checksum catches it; without the checksum, gzip does.
     path.write_bytes(good[: len(good) // 2])
-    with pytest.raises(ValueError, match="mixed.jsonl.gz is corrupt.*SHA-256.*\n.*build_corpus.py --mixed"):
+    with pytest.raises(ValueError, match="mixed.jsonl.gz is corrupt.*SHA-256.*\n.*cottention-data build-mixed"):
         corpus.load_corpus("mixed", tmp_path)
     with pytest.raises(paths.CorruptDataError, match="EOFError|BadGzipFile"):
         corpus.load_corpus("mixed", tmp_path, verify=False)

@@ -172,11 +172,11 @@ def test_task_files_round_trip_and_errors(tmp_path):
                  "split": tasks.TASK_SPLITS[i % 3]} for i in range(9)]
     tasks.write_task("sentiment", examples, "# test\n", tmp_path)
     assert tasks.load_task_examples("sentiment", tmp_path) == examples
-    with pytest.raises(paths.MissingDataError, match="build_tasks.py --task paraphrase --data-dir"):
+    with pytest.raises(paths.MissingDataError, match="build-task paraphrase --data-dir"):
         tasks.load_task_examples("paraphrase", tmp_path)
     path = tmp_path / "tasks" / "sentiment" / "sentiment.jsonl.gz"
     path.write_bytes(path.read_bytes()[:-9])
-    with pytest.raises(paths.CorruptDataError, match="build_tasks.py --task sentiment"):
+    with pytest.raises(paths.CorruptDataError, match="build-task sentiment"):
         tasks.load_task_examples("sentiment", tmp_path)
     with pytest.raises(ValueError, match="bad split or label in e0: split='dev'"):
         tasks.write_task("sentiment", [{**examples[0], "split": "dev"}], "", tmp_path)
