@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Callable, Iterator, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from flax import nnx
 
 from cottention_jax.configs import TrainConfig, to_dict
+from cottention_jax.data.glue import task_metrics
 from cottention_jax.layers import CosineAttention
 from cottention_jax.metrics import safe_exp
 from cottention_jax.sharding import place_batch
@@ -35,20 +37,49 @@ def stabilizer_values(model: nnx.Module) -> list[np.ndarray]:
             for _, layer in nnx.iter_graph(model) if isinstance(layer, CosineAttention)]
 
 
-def evaluate(model, eval_step, batches: Iterator[dict], max_batches: int, mesh=None) -> dict:
-    """Exact mean loss and accuracy over up to max_batches batches (0: all)."""
+def _host_rows(x) -> np.ndarray:
+    """A (B,) array of a step's output on the host, gathered from every process when sharded across them."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def evaluate(model, eval_step, batches: Iterator[dict], max_batches: int, mesh=None,
+             metric_names: Sequence[str] | None = None) -> dict:
+    """Exact mean loss (and accuracy, perplexity) over up to max_batches batches (0: all).
+
+    When eval_step's sums carry "predictions" (classification: `objectives.classification_objective`),
+    the rows of weight > 0 are gathered and the task metrics added (`glue.task_metrics`):
+    `metric_names`, or by default "f1" and "matthews_corrcoef" when every label and prediction is
+    0 or 1. Regression (float predictions) reports "pearson" and "spearman" and no accuracy.
+    """
     model.eval()
     totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+    rows: dict[str, list[np.ndarray]] = {"predictions": [], "labels": [], "weights": []}
     for i, batch in enumerate(batches):
         if max_batches and i >= max_batches:
             break
         sums = eval_step(model, place_batch(batch, mesh))
         for k in totals:
             totals[k] += float(sums[k])
+        if "predictions" in sums:
+            for k in rows:
+                rows[k].append(_host_rows(sums[k]).reshape(-1))
     model.train()
     loss = totals["loss_sum"] / max(totals["count"], 1.0)
-    return {"loss": loss, "accuracy": totals["correct"] / max(totals["count"], 1.0),
-            "perplexity": safe_exp(loss), "count": totals["count"]}
+    out = {"loss": loss, "accuracy": totals["correct"] / max(totals["count"], 1.0),
+           "perplexity": safe_exp(loss), "count": totals["count"]}
+    if rows["predictions"]:
+        keep = np.concatenate(rows["weights"]) > 0
+        predictions, labels = (np.concatenate(rows[k])[keep] for k in ("predictions", "labels"))
+        regression = np.issubdtype(predictions.dtype, np.floating)
+        if metric_names is None:
+            binary = np.isin(predictions, (0, 1)).all() and np.isin(labels, (0, 1)).all()
+            metric_names = ("pearson", "spearman") if regression else ("f1", "matthews_corrcoef") if binary else ()
+        if regression:
+            del out["accuracy"], out["perplexity"]
+        out.update(task_metrics(metric_names, predictions, labels))
+    return out
 
 
 @runtime_checkable
@@ -111,8 +142,8 @@ class TrainLogHook:
 
 @dataclasses.dataclass(frozen=True)
 class EvalHook:
-    """Validation loss and accuracy (perplexity) over `config.eval_batches` batches: the eval line
-    of metrics.jsonl, `run.last_eval`, and a log line."""
+    """Validation loss, accuracy or perplexity, and the task metrics (classification) over
+    `config.eval_batches` batches: the eval line of metrics.jsonl, `run.last_eval`, and a log line."""
 
     every: int
     at_start: bool = True
@@ -122,8 +153,11 @@ class EvalHook:
         run.last_eval = evaluate(run.model, run.eval_step, run.data.eval_splits["eval"](), config.eval_batches,
                                  run.mesh)
         run.writer.write(step, "eval", **{k: v for k, v in run.last_eval.items() if k != "count"})
-        quality = (f"perplexity {run.last_eval['perplexity']:.2f}" if config.kind == "gpt"
-                   else f"accuracy {run.last_eval['accuracy']:.4f}")
+        if config.kind == "gpt":
+            quality = f"perplexity {run.last_eval['perplexity']:.2f}"
+        else:   # classification: accuracy (none for regression) and the task metrics; MLM: accuracy
+            quality = ", ".join(f"{k} {v:.4f}" for k, v in run.last_eval.items()
+                                if k not in ("loss", "perplexity", "count"))
         run.log(f"step {step:>6}: validation loss {run.last_eval['loss']:.4f}, {quality}")
 
 
