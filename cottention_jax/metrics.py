@@ -67,7 +67,7 @@ def plot_training_curves(metrics_path: str | os.PathLike, png_path: str | os.Pat
     axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], label="train", alpha=0.7)
     axes[0].plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="validation")
     axes[0].set(xlabel="step", ylabel="loss (nats)", title="loss")
-    quality = next((k for k in ("perplexity", "accuracy") if evals and k in evals[0]), None)
+    quality = next((k for k in ("perplexity", "accuracy", "pearson") if evals and k in evals[0]), None)
     if quality:
         values = [r[quality] for r in evals]
         axes[1].plot([r["step"] for r in evals], values, "o-", color="C1")

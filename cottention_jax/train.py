@@ -34,6 +34,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from cottention_jax import data as data_lib
+from cottention_jax.data import classification, documents, pipeline, prepare
 from cottention_jax import decoding
 from cottention_jax.checkpoint import Checkpointer
 from cottention_jax.configs import OptimConfig, TrainConfig, from_dict, to_dict
@@ -112,38 +113,56 @@ class DataBundle:
     train: Any                                            # get_state() / set_state() / __next__
     eval_splits: dict[str, Callable[[], Iterator[dict]]]  # name -> fresh iterator over that split
     description: str
+    prepared: Any = None                                  # the prepared text (gpt, bert-mlm)
+    task: Any = None                                      # the prepared task (bert-classify)
 
 
-def prepare_data(config: TrainConfig) -> DataBundle:
-    """Load (building on first use) the dataset of `config.data` for `config.kind`."""
+def _shard(batch_size: int) -> tuple[int, int, int]:
+    """(batch rows per process, this process's index, process count): each process reads its own rows."""
+    index, count = jax.process_index(), jax.process_count()
+    if batch_size % count:
+        raise ValueError(f"data.batch_size ({batch_size}) must be divisible by the {count} processes")
+    return batch_size // count, index, count
+
+
+def _task_tokenizer(config: TrainConfig, log: Callable[[str], None]):
+    """Finetuning reads the pretraining run's own tokenizer (its tokenizer.json), else data.tokenizer."""
+    if config.init_from and (Path(config.init_from) / "tokenizer.json").is_file():
+        return data_lib.load_tokenizer(Path(config.init_from) / "tokenizer.json")
     d = config.data
-    if config.kind == "bert-classify":
-        task = data_lib.load_task_dataset(d.task, corpus=d.corpus, tokenizer=d.tokenizer,
-                                          vocab_size=d.vocab_size, data_dir=d.data_dir)
-        tok = task.tokenizer
+    source = documents.open_source(d.corpus, d.text_field, d.data_dir)
+    return prepare.resolve_tokenizer(source, d.tokenizer, d.vocab_size, d.validation_fraction, d.data_dir, log)
 
-        def split(name):
-            s = task.splits[name]
-            return lambda: data_lib.classification_eval_batches(s.ids_a, s.ids_b, s.labels, tok, d.batch_size,
-                                                                d.seq_len)
-        train = data_lib.ClassificationBatches.from_split(task.splits["train"], tok, d.batch_size, d.seq_len,
-                                                          seed=d.seed)
-        sizes = {k: len(v) for k, v in task.splits.items()}
-        return DataBundle(tok, train, {"eval": split("validation"), "test": split("test")},
-                          f"task {d.task} ({sizes})")
-    ds = data_lib.load_text_dataset(d.corpus, tokenizer=d.tokenizer, vocab_size=d.vocab_size,
-                                    data_dir=d.data_dir)
-    tok = ds.tokenizer
+
+def prepare_data(config: TrainConfig, *, progress: bool = False, log: Callable[[str], None] = tqdm.write
+                 ) -> DataBundle:
+    """The data of `config.data` for `config.kind`, prepared (tokenized to disk) on first use and streamed.
+
+    Raises MissingDataError / DataSourceError (one line, naming the file) before anything is written.
+    """
+    d = config.data
+    rows, index, count = _shard(d.batch_size)
+    if config.kind == "bert-classify":
+        fields = tuple(f.strip() for f in d.task_text_fields.split(",")) if d.task_text_fields else None
+        task = classification.prepare_task(d.task, _task_tokenizer(config, log), data_dir=d.data_dir,
+                                           text_fields=fields, label_field=d.task_label_field, progress=progress)
+        evals = {"eval": lambda: task.eval_batches("validation", rows, d.seq_len)}
+        if task.has_test:
+            evals["test"] = lambda: task.eval_batches("test", rows, d.seq_len)
+        train = task.train_batches(rows, d.seq_len, seed=d.seed, shard_index=index, shard_count=count)
+        return DataBundle(task.tokenizer, train, evals, f"task {d.task}: {task.split_sizes}", task=task)
+    prepared = prepare.prepare_text(d.corpus, tokenizer=d.tokenizer, vocab_size=d.vocab_size,
+                                    text_field=d.text_field, validation_fraction=d.validation_fraction,
+                                    data_dir=d.data_dir, progress=progress, log=log)
     if config.kind == "gpt":
-        train = data_lib.GPTBatches(ds.train, tok, d.batch_size, d.seq_len, seed=d.seed)
-        evals = {"eval": lambda: data_lib.gpt_eval_batches(ds.validation, tok, d.batch_size, d.seq_len)}
+        train = pipeline.gpt_train_batches(prepared, rows, d.seq_len, seed=d.seed, shard_index=index,
+                                           shard_count=count)
+        evals = {"eval": lambda: pipeline.gpt_eval_batches(prepared, rows, d.seq_len)}
     else:
-        train = data_lib.MLMBatches(ds.train, tok, d.batch_size, d.seq_len, seed=d.seed)
-        evals = {"eval": lambda: data_lib.mlm_eval_batches(ds.validation, tok, d.batch_size, d.seq_len,
-                                                           seed=d.seed)}
-    desc = (f"corpus {ds.name}: {len(ds.train)} train / {len(ds.validation)} validation documents, "
-            f"{ds.num_tokens('train'):,} / {ds.num_tokens('validation'):,} tokens")
-    return DataBundle(tok, train, evals, desc)
+        train = pipeline.mlm_train_batches(prepared, rows, d.seq_len, seed=d.seed, shard_index=index,
+                                           shard_count=count)
+        evals = {"eval": lambda: pipeline.mlm_eval_batches(prepared, rows, d.seq_len, seed=d.seed)}
+    return DataBundle(prepared.tokenizer, train, evals, prepared.describe(), prepared=prepared)
 
 
 def make_train_step(kind: str):
@@ -270,24 +289,44 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path, *, progress: bo
         if isinstance(h.every, bool) or not isinstance(h.every, int) or h.every < 1:
             raise ValueError(f"a hook's every must be an int >= 1; got {h.every!r} for {h!r}")
     workdir = Path(workdir)
+    _check_lengths(config)
+    data = prepare_data(config, progress=progress)     # before the workdir exists: bad data writes nothing
     workdir.mkdir(parents=True, exist_ok=True)
     with WorkdirLock(workdir, log=tqdm.write):
-        run = setup_run(config, workdir)
+        run = setup_run(config, workdir, data=data)
         run_loop(run, [*default_hooks(run.config), *hooks], progress=progress)
         return report(run)
 
 
-def setup_run(config: TrainConfig, workdir: Path, log: Callable[[str], None] = tqdm.write) -> RunState:
-    """Data, model, optimizer, mesh and sharding, then resume from the latest intact checkpoint
-    (if any); writes config.json and opens metrics.jsonl. The caller holds the workdir lock."""
-    if config.data.seq_len > config.model.max_len:   # the models refuse longer inputs: say so before any work
+def _check_lengths(config: TrainConfig) -> None:
+    """The models refuse inputs longer than max_len: say so before any work."""
+    if config.data.seq_len > config.model.max_len:
         raise ValueError(f"data.seq_len ({config.data.seq_len}) must be <= model.max_len ({config.model.max_len}); "
                          f"set model.max_len={config.data.seq_len} too")
-    data = prepare_data(config)
-    if config.model.vocab_size != data.tokenizer.vocab_size:
-        config = dataclasses.replace(config, model=dataclasses.replace(config.model,
-                                                                       vocab_size=data.tokenizer.vocab_size))
+
+
+def _fit_model_to_data(config: TrainConfig, data: DataBundle, log: Callable[[str], None]) -> TrainConfig:
+    """The model's vocabulary (and classifier outputs) as the data needs them, saying so when they change."""
+    model = config.model
+    if model.vocab_size != data.tokenizer.vocab_size:
+        log(f"model.vocab_size {model.vocab_size} -> {data.tokenizer.vocab_size}: the size of the tokenizer "
+            f"({data.tokenizer.kind}) the data was made with")
+        model = dataclasses.replace(model, vocab_size=data.tokenizer.vocab_size)
+    if data.task is not None and getattr(model, "num_labels", None) != data.task.num_labels:
+        model = dataclasses.replace(model, num_labels=data.task.num_labels)
+    return dataclasses.replace(config, model=model)
+
+
+def setup_run(config: TrainConfig, workdir: Path, log: Callable[[str], None] = tqdm.write,
+              data: DataBundle | None = None) -> RunState:
+    """Data (unless given), model, optimizer, mesh and sharding, then resume from the latest intact checkpoint
+    (if any); writes config.json and tokenizer.json (the run's own) and opens metrics.jsonl. The caller holds
+    the workdir lock."""
+    _check_lengths(config)
+    data = prepare_data(config, log=log) if data is None else data
+    config = _fit_model_to_data(config, data, log)
     log(f"data: {data.description}; tokenizer vocabulary {data.tokenizer.vocab_size}")
+    data.tokenizer.save(workdir / "tokenizer.json")
 
     model = build_model(config)
     if config.init_from:
@@ -359,6 +398,8 @@ def run_loop(run: RunState, hooks: Sequence[Hook], *, progress: bool = True) -> 
                 h(run, config.steps)
     run.checkpointer.close()
     run.writer.close()
+    if hasattr(run.data.train, "close"):       # stops the input pipeline's prefetch thread
+        run.data.train.close()
 
 
 def report(run: RunState) -> dict:
@@ -371,7 +412,8 @@ def report(run: RunState) -> dict:
     if "test" in run.data.eval_splits:
         with run.in_mesh():
             summary["test"] = evaluate(run.model, run.eval_step, run.data.eval_splits["test"](), 0, run.mesh)
-        log(f"held-out test accuracy {summary['test']['accuracy']:.4f} on {summary['test']['count']:.0f} examples")
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in summary["test"].items() if k not in ("loss", "count"))
+        log(f"held-out test: {scores} on {summary['test']['count']:.0f} examples")
     stab = stabilizer_values(run.model)
     if stab:
         summary["stabilizer_mean_per_layer"] = [float(v.mean()) for v in stab]
