@@ -15,12 +15,12 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from cottention_jax.configs import TRAIN_PRESETS, apply_overrides, finetune_config, to_dict, train_preset
+from cottention_jax.configs import TRAIN_PRESETS, TrainConfig, apply_overrides, finetune_config, to_dict, train_preset
 
 __all__ = ["generate_main", "train_cli", "train_main"]
 
 _TRAIN_EXTRA = 'pip install "cottention-jax[train]"'
-_TRAIN_MODULES = ("tensorflow_datasets", "array_record", "tqdm", "tensorboardX", "matplotlib")   # that extra
+_TRAIN_MODULES = ("tensorflow_datasets", "array_record", "grain", "tqdm", "tensorboardX", "matplotlib")   # that extra
 
 
 def _parser(description: str, default_preset: str, kinds: tuple[str, ...], finetune: bool):
@@ -39,7 +39,9 @@ def _parser(description: str, default_preset: str, kinds: tuple[str, ...], finet
     if finetune:
         p.add_argument("--finetune", action="store_true",
                        help="classification finetuning of the pretrained encoder instead of MLM pretraining")
-        p.add_argument("--task", default="sentiment", choices=["sentiment", "paraphrase"])
+        p.add_argument("--task", default="sentiment",
+                       help="sentiment | paraphrase | tfds:glue/NAME (e.g. tfds:glue/mrpc) | PATH.csv / .jsonl | "
+                            "a folder with train.* and validation.* | glue: the 8 tasks of the paper's table")
         p.add_argument("--init-from", default=None,
                        help="pretraining workdir to start from (default: runs/<preset>)")
     return p
@@ -48,29 +50,64 @@ def _parser(description: str, default_preset: str, kinds: tuple[str, ...], finet
 def train_cli(argv: Sequence[str] | None, *, description: str, default_preset: str,
               kinds: tuple[str, ...], finetune: bool = False) -> dict | None:
     """Parse argv, resolve the config and run `train_and_evaluate`; returns its summary."""
-    args = _parser(description, default_preset, kinds, finetune).parse_args(argv)
+    parser = _parser(description, default_preset, kinds, finetune)
+    args = parser.parse_args(argv)
     config = train_preset(args.preset)
     workdir = args.workdir or f"runs/{args.preset}"
-    if finetune and args.finetune:
-        init_from = args.init_from or f"runs/{args.preset}"
-        config = finetune_config(config, args.task, init_from)
-        workdir = args.workdir or f"runs/{args.preset}-{args.task}"
-    config = apply_overrides(config, args.overrides)
+    try:                                    # a config value that fails validation: one line, exit status 2
+        if finetune and args.finetune:
+            init_from = args.init_from or f"runs/{args.preset}"
+            if args.task == "glue":
+                apply_overrides(config, args.overrides)      # checked before any run starts
+                return _run_glue(args, config, init_from)
+            config = finetune_config(config, args.task, init_from)
+            workdir = args.workdir or f"runs/{args.preset}-{_task_slug(args.task)}"
+        config = apply_overrides(config, args.overrides)
+    except ValueError as err:
+        raise SystemExit(f"{parser.prog}: error: {err}") from None
     if args.print_config:
         print(json.dumps(to_dict(config), indent=1))
         return None
-    missing = [name for name in _TRAIN_MODULES if importlib.util.find_spec(name) is None]
-    if missing:
-        raise SystemExit(f"training needs the [train] extra ({', '.join(missing)} not installed): {_TRAIN_EXTRA}")
+    _require_train_extra()
     from cottention_jax.train import train_and_evaluate  # noqa: PLC0415  (jax start-up after --help)
     try:
         summary = train_and_evaluate(config, workdir, progress=not args.no_progress)
     except _run_stopping_errors() as err:   # what the user acts on is the message, not the traceback
-        raise SystemExit(f"{Path(sys.argv[0]).name}: {type(err).__name__}: {err}") from None
+        raise SystemExit(_one_line(err)) from None
     print(json.dumps({k: v for k, v in summary.items() if k != "sample"}, indent=1))
     if "sample" in summary:
         print("\n--- generated sample (RNN decoding) ---\n" + summary["sample"])
     return summary
+
+
+def _one_line(err: BaseException) -> str:
+    """`<command>: <ErrorType>: <message>` on one line (a message's own lines joined)."""
+    message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return f"{Path(sys.argv[0]).name}: {type(err).__name__}: {message}"
+
+
+def _task_slug(task: str) -> str:
+    """A workdir-friendly name of a task spec: "tfds:glue/mrpc" -> "glue-mrpc", "data/x.csv" -> "x"."""
+    name = task.removeprefix("tfds:") if task.startswith("tfds:") else Path(task).name.split(".")[0] or "task"
+    return name.replace("/", "-")
+
+
+def _run_glue(args, pretrain: TrainConfig, init_from: str) -> dict:
+    """--task glue: finetune on each task of the paper's GLUE table from one pretraining workdir, print the table."""
+    _require_train_extra()
+    from cottention_jax.glue import run_glue  # noqa: PLC0415
+
+    try:
+        return run_glue(init_from, pretrain, workdir_root=args.workdir or f"runs/{args.preset}-glue",
+                        overrides=args.overrides, progress=not args.no_progress)
+    except _run_stopping_errors() as err:
+        raise SystemExit(_one_line(err)) from None
+
+
+def _require_train_extra() -> None:
+    missing = [name for name in _TRAIN_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise SystemExit(f"training needs the [train] extra ({', '.join(missing)} not installed): {_TRAIN_EXTRA}")
 
 
 def _run_stopping_errors() -> tuple[type[BaseException], ...]:
@@ -148,7 +185,7 @@ def generate_main(argv: Sequence[str] | None = None) -> None:
                                    key=jax.random.PRNGKey(args.seed), temperature=args.temperature,
                                    top_k=args.top_k, top_p=args.top_p, eos_token_id=eos)
     except ValueError as err:
-        parser.error(str(err))
+        raise SystemExit(f"{parser.prog}: error: {err}") from None
     for text, row in zip(args.prompt, tokens.tolist()):
         ids = row[:row.index(eos)] if eos is not None and eos in row else row
         completion = tokenizer.decode(ids)

@@ -58,10 +58,13 @@ def _data_config(args):
     changes = {"corpus": args.corpus, "tokenizer": args.tokenizer, "vocab_size": args.vocab_size,
                "text_field": args.text_field, "validation_fraction": args.validation_fraction,
                "data_dir": args.data_dir}
-    if args.tokenizer is not None and args.tokenizer.lower().endswith(".json"):
+    changes = {k: v for k, v in changes.items() if v is not None}
+    # The preset's vocab_size is the size of its bpe / wordpiece tokenizer: a tokenizer file fixes
+    # its own size, and the byte tokenizer has only one (`--tokenizer byte` failed on 4096 != 263).
+    tokenizer = changes.get("tokenizer", data.tokenizer)
+    if tokenizer.lower().endswith(".json") or (tokenizer == "byte" and args.vocab_size is None):
         changes["vocab_size"] = None
-    return dataclasses.replace(data, **{k: v for k, v in changes.items() if v is not None or k == "vocab_size"
-                                        and args.tokenizer is not None and args.tokenizer.endswith(".json")})
+    return dataclasses.replace(data, **changes)
 
 
 def _summary(prepared) -> dict:
@@ -87,7 +90,8 @@ def _run(args) -> None:
     prepared = prepare.prepare_text(d.corpus, tokenizer=d.tokenizer, vocab_size=d.vocab_size, text_field=d.text_field,
                                     validation_fraction=d.validation_fraction, data_dir=d.data_dir,
                                     progress=args.command == "prepare" and not args.no_progress,
-                                    build=args.command == "prepare")
+                                    build=args.command == "prepare",
+                                    log=lambda message: print(message, file=sys.stderr))   # stdout: the JSON
     summary = _summary(prepared)
     if args.command == "prepare":
         seconds = time.perf_counter() - start

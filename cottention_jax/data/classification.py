@@ -269,7 +269,7 @@ def prepare_task(task: str, tokenizer: Tokenizer, *, data_dir=None, text_fields:
         parts, load = builtin_source(task, data_dir)
         fields = ("text_a", "text_b") if task == "paraphrase" else ("text_a",)
     elif task.startswith("tfds:"):
-        parts, fields, load = tfds_source(task[len("tfds:"):], data_dir, text_fields, label_field)
+        parts, fields, load = tfds_source(task[len("tfds:"):], text_fields, label_field)
     else:
         parts, load = file_source(Path(task).expanduser(), text_fields, label_field)
         fields = text_fields

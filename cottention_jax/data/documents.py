@@ -21,14 +21,13 @@ import dataclasses
 import glob
 import gzip
 import hashlib
-import importlib
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from cottention_jax.data import corpus as corpus_lib
-from cottention_jax.data import paths
+from cottention_jax.data import paths, tfds_catalog
 from cottention_jax.data.spec import CorpusSpec, parse_corpus, suffix_kind
 
 __all__ = ["DataSourceError", "Piece", "TextSource", "open_source"]
@@ -193,7 +192,7 @@ class TextSource:
         for split, source in self.tfds_splits.items():
             for start in range(0, len(source), _TFDS_READ):
                 indices = list(range(start, min(start + _TFDS_READ, len(source))))
-                for i, record in zip(indices, source.__getitems__(indices)):
+                for i, record in zip(indices, _read(source, indices)):
                     text = record[self.text_field]
                     text = text.decode("utf-8") if isinstance(text, bytes) else str(text)
                     yield Piece(group=f"{split}:{i}", text=text, split=split if fixed else None)
@@ -251,36 +250,37 @@ def _expand_files(path: str) -> list[str]:
     return supported
 
 
-def _import_tfds_builder(name: str) -> None:
-    """TFDS finds a catalogue dataset only once its module is imported (the lazy registry needs
-    TensorFlow): import it where TFDS keeps it, if it is one."""
-    for module in (f"tensorflow_datasets.datasets.{name}.{name}_dataset_builder",
-                   f"tensorflow_datasets.text.{name}", f"tensorflow_datasets.text.{name}.{name}"):
-        try:
-            importlib.import_module(module)
-            return
-        except Exception:  # noqa: BLE001  (not that module; or needs TensorFlow)
-            continue
+def _read(source, indices: list[int]) -> list:
+    """Records of a TFDS data source, in one batched read where the source has one (a mocked one does not)."""
+    try:
+        return source.__getitems__(indices)
+    except (AttributeError, TypeError):
+        return [source[i] for i in indices]
 
 
 def _open_tfds(spec: CorpusSpec) -> dict:
-    """{split: data source}: the one split named, else train plus validation (or test) when present."""
-    import tensorflow_datasets as tfds  # noqa: PLC0415
+    """{split: data source}: the one split named, else train plus validation (or else test) when present.
 
-    _import_tfds_builder(spec.name)
-    data_dir = os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+    Splits are opened one by one (a prepared dataset lists its splits; a mocked one does not)."""
+    tfds = tfds_catalog.import_builder(spec.name)
+    where = str(tfds_catalog.data_dir())
+
+    def open_split(split: str):
+        return tfds.data_source(spec.tfds_name, split=split, data_dir=where, download=False)
+
     try:
-        sources = tfds.data_source(spec.tfds_name, split=spec.split, data_dir=None, download=False)
+        if spec.split is not None:
+            return {spec.split: open_split(spec.split)}
+        sources = {"train": open_split("train")}
     except Exception as err:  # noqa: BLE001  (TFDS raises several types for "not found / not prepared")
-        raise paths.MissingDataError(
-            f"data.corpus: TFDS dataset {spec.tfds_name} is not prepared in {data_dir} "
-            f"({type(err).__name__}); nothing is downloaded here: prepare it where there is a network "
-            f"(`tfds build {spec.tfds_name} --file_format=array_record`) and copy it into that folder, "
-            "or set TFDS_DATA_DIR") from None
-    if spec.split is not None:
-        return {spec.split: sources}
-    held_out = next((s for s in ("validation", "test") if s in sources), None)
-    return {"train": sources["train"], **({"validation": sources[held_out]} if held_out else {})}
+        raise tfds_catalog.not_prepared(spec.tfds_name, type(err).__name__) from None
+    for held_out in ("validation", "test"):
+        try:
+            sources["validation"] = open_split(held_out)
+            break
+        except Exception:  # noqa: BLE001  (the dataset has no such split)
+            continue
+    return sources
 
 
 def open_source(corpus: str, text_field: str = "text", data_dir=None) -> TextSource:

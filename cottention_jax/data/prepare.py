@@ -129,9 +129,11 @@ def resolve_tokenizer(source: TextSource, tokenizer: str, vocab_size: int | None
     shipped (or cached) one, or one trained on this source's train split and cached (build=False:
     MissingDataError instead of training)."""
     if tokenizer not in tokenization.KINDS:
-        return tokenization.load_tokenizer(tokenizer, rebuild="a readable tokenizer.json as data.tokenizer")
-    if tokenizer == "byte" or source.builtin:
-        return tokenization.get_tokenizer(tokenizer, source.builtin or "shakespeare", vocab_size, data_dir)
+        return tokenization.load_tokenizer(tokenizer)
+    if tokenizer == "byte":                    # one size: a preset's vocab_size for bpe does not apply
+        return tokenization.ByteTokenizer()
+    if source.builtin:
+        return tokenization.get_tokenizer(tokenizer, source.builtin, vocab_size, data_dir)
     vocab_size = tokenization.DEFAULT_VOCAB_SIZE[tokenizer] if vocab_size is None else int(vocab_size)
     key = hashlib.sha256(f"{source.fingerprint()}:{fraction}".encode()).hexdigest()[:16]
     cached = paths.resolve_data_dir(data_dir) / "tokenizers" / f"{key}-{tokenizer}-{vocab_size}.json"

@@ -28,7 +28,9 @@ TOKENIZER_KINDS = ("bpe", "wordpiece", "byte")
 # suffix -> reader of `documents.py`
 TEXT_SUFFIXES = {".txt": "text", ".md": "text", ".jsonl": "jsonl", ".jsonl.gz": "jsonl",
                  ".parquet": "parquet"}
-_TFDS = re.compile(r"tfds:(?P<name>[A-Za-z0-9_]+)(?:/(?P<config>[A-Za-z0-9_.\-]+))?(?::(?P<split>[A-Za-z0-9_\[\]:%+\-]+))?")
+# A TFDS split: names, each optionally sliced ("train[:10%]"), joined by "+"; a colon only in a slice.
+_SPLIT = r"[A-Za-z0-9_]+(?:\[[A-Za-z0-9_:%\-]*\])?"
+_TFDS = re.compile(rf"tfds:(?P<name>[A-Za-z0-9_]+)(?:/(?P<config>[A-Za-z0-9_.\-]+))?(?::(?P<split>{_SPLIT}(?:\+{_SPLIT})*))?")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +76,10 @@ def parse_corpus(value) -> CorpusSpec:
         raise ValueError(f"data.corpus must be a built-in corpus {BUILTIN_CORPORA}, tfds:NAME[/CONFIG][:SPLIT] "
                          f"or a path to .txt/.md/.jsonl/.jsonl.gz/.parquet files; got {value!r}, which is none "
                          "of these (no such file or directory)")
-    if not os.path.isdir(value) and not glob.has_magic(value) and suffix_kind(value) is None:
+    # A file of another type is refused; a path that is absent here and names no file type may be a
+    # directory on the machine the config came from (only the form is checked: see the docstring).
+    other_type = os.path.isfile(value) or (not os.path.exists(value) and os.path.splitext(value)[1] != "")
+    if other_type and not glob.has_magic(value) and suffix_kind(value) is None:
         raise ValueError(f"data.corpus {value!r}: unsupported file type; use .txt, .md, .jsonl, .jsonl.gz or "
                          ".parquet (or a directory of them)")
     return CorpusSpec("files", path=value)

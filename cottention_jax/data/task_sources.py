@@ -13,8 +13,6 @@ import csv
 import dataclasses
 import gzip
 import hashlib
-import importlib
-import importlib.util
 import json
 import math
 import numbers
@@ -23,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cottention_jax.data import glue, paths
+from cottention_jax.data import glue, paths, tfds_catalog
 from cottention_jax.data import tasks as builtin_tasks
 
 __all__ = ["SPLITS", "RawTask", "builtin_source", "file_source", "hash_split", "tfds_source"]
@@ -211,25 +209,6 @@ def builtin_source(task: str, data_dir):
 
 # ----------------------------------------------------------------------------- TFDS
 
-def _import_tfds_builder(name: str):
-    """Import tensorflow_datasets and, best-effort, the module defining builder `name` (catalog builders
-    register only when their module is imported: tensorflow_datasets.text.glue for "glue/sst2")."""
-    import tensorflow_datasets as tfds
-
-    base = name.split("/")[0].split(":")[0]
-    for module in (f"tensorflow_datasets.datasets.{base}.{base}_dataset_builder",
-                   *(f"tensorflow_datasets.{group}.{base}" for group in (
-                       "text", "structured", "question_answering", "summarization", "translate",
-                       "image_classification", "image", "audio", "video"))):
-        try:
-            if importlib.util.find_spec(module) is not None:
-                importlib.import_module(module)
-                break
-        except Exception:          # a missing parent package, or a builder needing TensorFlow
-            continue
-    return tfds
-
-
 def _read_all(source) -> list[dict]:
     """Every example of a TFDS data source, in order (batched reads where the source has them)."""
     try:
@@ -238,23 +217,15 @@ def _read_all(source) -> list[dict]:
         return [source[i] for i in range(len(source))]
 
 
-def _not_prepared(name: str, tfds_dir: Path, detail: str) -> paths.MissingDataError:
-    detail = " ".join(detail.split())[:200]
-    return paths.MissingDataError(
-        f"TFDS dataset {name} is not prepared in {tfds_dir} ({detail}); nothing is downloaded here: prepare it "
-        f"on a machine with network with `tfds build {name} --data_dir {tfds_dir} --file_format array_record` "
-        f"and copy that folder here")
-
-
-def tfds_source(name: str, data_dir, text_fields, label_field: str):
-    tfds_dir = paths.resolve_data_dir(data_dir) / "tfds"
-    tfds = _import_tfds_builder(name)
+def tfds_source(name: str, text_fields, label_field: str):
+    tfds_dir = tfds_catalog.data_dir()
+    tfds = tfds_catalog.import_builder(name)
     config = name.split("/", 1)[1] if name.startswith("glue/") else None
     table = glue.TASKS.get(config) if config else None
     try:
         builder = tfds.builder(name, data_dir=str(tfds_dir))
     except Exception as err:           # DatasetNotFoundError (a ValueError), or a broken builder
-        raise _not_prepared(name, tfds_dir, f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
+        raise tfds_catalog.not_prepared(name, f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
     features = builder.info.features
     known = set(builder.info.splits)          # empty when not prepared (or mocked): then try each split
     wanted = {"train": "train",
@@ -268,7 +239,7 @@ def tfds_source(name: str, data_dir, text_fields, label_field: str):
             sources[split] = tfds.data_source(name, split=tfds_split, data_dir=str(tfds_dir), download=False)
         except Exception as err:
             if split == "train" or known:
-                raise _not_prepared(name, tfds_dir, f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
+                raise tfds_catalog.not_prepared(name, f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
     columns = list(features.keys())
     fields = tuple(text_fields) if text_fields else (table.text_fields if table else
                                                      _default_fields(columns, f"TFDS dataset {name}"))
