@@ -83,3 +83,96 @@ def write_ztext(folder: Path, testament: str, slots: list[str], block_size: int 
             bzv += struct.pack("<IIH", first // block_size, offset, size)
     for ext, content in (("bzs", bzs), ("bzz", bzz), ("bzv", bzv)):
         (folder / f"{testament}.{ext}").write_bytes(bytes(content))
+
+
+# ---------------------------------------------------------------- prepared text (issue 18)
+
+_SPLIT_SEED = 20240926   # corpus.split_documents' seed: the split is part of the data
+
+
+def write_text_files(folder: Path, rng: np.random.Generator, names, low: int = 8, high: int = 60) -> list[Path]:
+    """Random-prose text files `names` (relative paths) under folder; returns their paths."""
+    out = []
+    for name in names:
+        path = Path(folder) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(random_prose(rng, int(rng.integers(low, high))), encoding="utf-8")
+        out.append(path)
+    return out
+
+
+def validation_groups(groups, fraction: float) -> set:
+    """The held-out groups, by the rule of `corpus.split_documents` written out again: the
+    round(fraction * G) groups (at least 1, at most G - 1) whose SHA-256 of "<seed>:<group>" sorts first."""
+    import hashlib
+
+    groups = sorted(set(groups))
+    n_val = min(max(1, round(fraction * len(groups))), len(groups) - 1)
+    ranked = sorted(groups, key=lambda g: hashlib.sha256(f"{_SPLIT_SEED}:{g}".encode()).hexdigest())
+    return set(ranked[:n_val])
+
+
+def expected_streams(pieces, encode, separator: int, fraction: float = 0.1):
+    """({split: token stream}, {split: documents}) built piece by piece, independently of prepare.py.
+
+    A piece's split: its own (a TFDS split) or by its group. Each split's stream is its pieces'
+    tokens in source order; the separator follows a piece that ends its document, and a piece
+    whose document continues in the other split. A split's documents: its pieces that start a
+    document, or whose previous piece went to the other split.
+    """
+    pieces = list(pieces)
+    if any(p.split is not None for p in pieces):
+        splits = ["train" if p.split == "train" else "validation" for p in pieces]
+    else:
+        held_out = validation_groups((p.group for p in pieces), fraction)
+        splits = ["validation" if p.group in held_out else "train" for p in pieces]
+    streams = {"train": [], "validation": []}
+    documents = {"train": 0, "validation": 0}
+    for i, (piece, split) in enumerate(zip(pieces, splits)):
+        documents[split] += int(i == 0 or pieces[i - 1].ends or splits[i - 1] != split)
+        streams[split] += list(encode(piece.text))
+        if piece.ends or splits[i + 1] != split:
+            streams[split].append(separator)
+    return {s: np.asarray(v, np.int64) for s, v in streams.items()}, documents
+
+
+# ---------------------------------------------------------------- TFDS without a download
+
+
+def offline_tfds(tmp_path: Path, monkeypatch):
+    """An empty TFDS data dir as $TFDS_DATA_DIR, and sockets that fail the test if anything connects.
+    Returns (tensorflow_datasets, that dir); skips where TFDS is not installed."""
+    import socket
+
+    import pytest
+
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a test tried to use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    home = Path(tmp_path) / "tfds_home"
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(home))
+    return tfds, home
+
+
+def mock_lm1b(tmp_path: Path, num_examples: int):
+    """`tfds.testing.mock_data` for lm1b with its real split names, train and test (no validation), in
+    metadata written here (without it a mocked dataset accepts any split name); a context manager.
+    Call offline_tfds first."""
+    import tensorflow_datasets as tfds
+    import tensorflow_datasets.datasets.lm1b.lm1b_dataset_builder  # noqa: F401  (registers lm1b)
+    from tensorflow_datasets.core import splits as splits_lib
+
+    meta = Path(tmp_path) / "tfds_meta"
+    builder = tfds.builder("lm1b", data_dir=str(meta), file_format="array_record")
+    builder.info.set_splits(splits_lib.SplitDict([
+        splits_lib.SplitInfo(name=name, shard_lengths=[num_examples], num_bytes=0, filename_template=None)
+        for name in ("train", "test")]))
+    Path(builder.data_dir).mkdir(parents=True, exist_ok=True)
+    builder.info.write_to_directory(builder.data_dir)
+    return tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_FILES,
+                                  data_dir=str(meta))
