@@ -67,6 +67,7 @@ def test_sdist_and_wheel_hold_the_data_licence_and_entry_points(dist):
         assert "Apache License" in whl.read(licence).decode() and "Apache-2.0" in metadata
     assert "cottention-train = cottention_jax.cli:train_main" in entry_points
     assert "cottention-generate = cottention_jax.cli:generate_main" in entry_points
+    assert "cottention-data = cottention_jax.data_cli:main" in entry_points
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     base = [r for r in requires if "extra ==" not in r]
     train = [r for r in requires if "extra == \"train\"" in r]
@@ -154,6 +155,9 @@ def test_the_wheel_trains_generates_and_runs_the_op_in_a_fresh_environment(dist,
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["final_eval"]["loss"] > 0
     assert (workdir / "training.png").stat().st_size > 1000 and (workdir / "sample.txt").read_text()
+    assert not (tmp_path / "data" / "tokenizers").exists()          # the tiny preset's tokenizer ships
+    info = json.loads(run(bin_dir / "cottention-data", "info", "shakespeare", "--preset", "gpt-tiny").stdout)
+    assert info["splits"]["train"]["documents"] == 38 and info["tokenizer"]["vocab_size"] == 512
 
     steps = 6
     generated = run(bin_dir / "cottention-generate", "--workdir", workdir, "--prompt", "ROMEO:", "--json",

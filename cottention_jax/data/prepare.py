@@ -141,12 +141,22 @@ def resolve_tokenizer(source: TextSource, tokenizer: str, vocab_size: int | None
         return tokenization.load_tokenizer(cached)
     if not build:
         raise paths.MissingDataError(f"{source.name} is not prepared (its {tokenizer} tokenizer is not trained): "
-                                     f"cottention-data prepare {shlex.quote(source.name)}")
+                                     + prepare_command(source.name, tokenizer, vocab_size, fraction))
     log(f"training a {tokenizer} tokenizer ({vocab_size} tokens) on the train split of {source.name}")
     rule = split_rule(source, fraction)
     trained = tokenization.train_tokenizer(tokenizer, _train_texts(source, rule, TOKENIZER_TRAIN_BYTES), vocab_size)
     trained.save(cached)
     return trained
+
+
+def prepare_command(corpus: str, tokenizer: str, vocab_size: int | None, fraction: float) -> str:
+    """The `cottention-data prepare` command line that prepares these settings (every value quoted)."""
+    words = ["cottention-data", "prepare", corpus, "--tokenizer", tokenizer]
+    if vocab_size is not None and tokenizer in ("bpe", "wordpiece"):
+        words += ["--vocab-size", str(vocab_size)]
+    if fraction != DEFAULT_VALIDATION_FRACTION:
+        words += ["--validation-fraction", str(fraction)]
+    return shlex.join(words)
 
 
 def _separator(tok: tokenization.Tokenizer) -> int:
@@ -286,21 +296,21 @@ def prepare_text(corpus: str, *, tokenizer: str = "bpe", vocab_size: int | None 
         "fraction": validation_fraction, "tokenizer": hashlib.sha256(tok_json.encode()).hexdigest(),
     }, sort_keys=True).encode()).hexdigest()
 
-    def make(tmp: Path) -> None:
-        rule = split_rule(source, validation_fraction)
-        stats = _tokenize_into(tmp, source, tok, rule, progress)
-        (tmp / "tokenizer.json").write_text(tok_json, encoding="utf-8")
-        cache.write_meta(tmp, {"format": FORMAT_VERSION, "corpus": source.name, "text_field": text_field,
-                               "validation_fraction": validation_fraction, "fingerprint": fingerprint,
-                               "record_tokens": RECORD_TOKENS, "tokenizer": {"kind": tok.kind,
-                                                                              "vocab_size": tok.vocab_size},
-                               **stats})
+    folder = cache.find_prepared(data_dir, "text", fingerprint)
+    if folder is None and not build:
+        raise paths.MissingDataError(f"{source.name} is not prepared with this tokenizer and split: "
+                                     + prepare_command(source.name, tokenizer, vocab_size, validation_fraction))
+    if folder is None:
+        rule = split_rule(source, validation_fraction)    # reads the whole source once: bad files fail here,
+                                                          # before anything is written to the data dir
+        def make(tmp: Path) -> None:
+            stats = _tokenize_into(tmp, source, tok, rule, progress)
+            (tmp / "tokenizer.json").write_text(tok_json, encoding="utf-8")
+            cache.write_meta(tmp, {"format": FORMAT_VERSION, "corpus": source.name, "text_field": text_field,
+                                   "validation_fraction": validation_fraction, "fingerprint": fingerprint,
+                                   "record_tokens": RECORD_TOKENS, "tokenizer": {"kind": tok.kind,
+                                                                                  "vocab_size": tok.vocab_size},
+                                   **stats})
 
-    if not build:
-        folder = cache.find_prepared(data_dir, "text", fingerprint)
-        if folder is None:
-            raise paths.MissingDataError(f"{source.name} is not prepared with this tokenizer and split: "
-                                         f"cottention-data prepare {shlex.quote(source.name)}")
-    else:
         folder = cache.prepared_folder(data_dir, "text", fingerprint, make)
     return PreparedText(folder=folder, meta=cache.read_meta(folder), tokenizer=tok)

@@ -201,7 +201,8 @@ def test_tfds_mnli_reads_the_matched_validation_split(tmp_path, monkeypatch):
     assert task.num_labels == 3 and task.label_names == ("entailment", "neutral", "contradiction") and task.is_pair
 
 
-def test_tfds_not_prepared_says_how_to_prepare_it(tmp_path):
+def test_tfds_not_prepared_says_how_to_prepare_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))     # where TFDS datasets are read
     with pytest.raises(paths.MissingDataError, match="tfds build glue/sst2") as err:
         classification.prepare_task("tfds:glue/sst2", TOK, data_dir=tmp_path)
     assert "\n" not in str(err.value) and str(tmp_path / "tfds") in str(err.value)
