@@ -1,29 +1,47 @@
 """An exclusive lock on a training workdir: one run writes a workdir at a time.
 
 Two runs in one workdir interleave their metrics and overwrite each other's
-checkpoints, so `train_and_evaluate` holds `WorkdirLock(workdir)` for the whole run.
+checkpoints, so `train_and_evaluate` holds `WorkdirLock(workdir)` for the whole run
+(in a multi-process run, process 0 only: the others pass `enabled=False`).
 The lock is the file `<workdir>/train.lock`, created with `os.open(O_CREAT | O_EXCL)`
 (atomic: of two runs creating it at once exactly one succeeds) and holding one JSON
 line that names its holder: pid, host, the process's start time (Linux), when it was
-taken, a random token and the command line. A second run fails at once with
-`WorkdirLockedError` naming that holder.
+taken, a random token, the command line and the holder's heartbeat interval. The
+content is written once and never changes.
 
-Stale locks (a run killed with SIGKILL, or by a power cut) are detected on the same
-host: the holder's pid no longer exists, or it now belongs to a process started at
-another time (a reused pid). Such a lock is broken with a one-line message and taken.
-A lock held from another host cannot be checked from here; the error says which host
-and how to remove the lock by hand once that run is known to be gone.
+Heartbeat: while held, a daemon thread refreshes the file's modification time every
+`heartbeat_s` seconds (`ls -l --time-style=full-iso train.lock` shows the last beat).
+It touches the file through a descriptor it has just checked holds our token, so a
+beat never creates, replaces or rewrites a lock: a lock broken or taken over by
+another run is left alone (and the loss is said once). The age of a beat is measured
+against the modification time of a probe file created in the workdir at that moment,
+so on a shared (NFS) filesystem both times come from the file server's clock and the
+hosts' clocks may disagree. (A timestamp written in the JSON by the holder would
+compare two hosts' clocks, and rewriting the file could resurrect a broken lock.)
+
+A lock is stale, broken with a one-line notice through `log` and taken, when:
+- its holder is on this host and its pid no longer exists, or now belongs to a process
+  started at another time (a reused pid). A live pid is never broken, whatever its heartbeat;
+- its holder is on another host and its heartbeat is older than `stale_after_s`
+  (at least three of the holder's own heartbeat intervals): e.g. a preempted job,
+  requeued on another node;
+- it stayed empty or partial for seconds (its writer died mid-write).
+Breaking is a rename of the lock aside, then a check that the moved file is the very
+lock judged stale (same token, not beaten since); otherwise it is put back. Of runs
+racing to break one stale lock exactly one takes it.
 
 Standard library only (no jax): cheap to import, and usable from any process.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import secrets
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -72,45 +90,98 @@ def _describe(holder: dict) -> str:
 class WorkdirLock:
     """`with WorkdirLock(workdir): ...` holds `<workdir>/train.lock` for the block.
 
-    log: where the one-line notice of a broken stale lock goes (default: stderr).
-    Raises WorkdirLockedError when a live run holds the lock.
+    log: where one-line notices go (a broken stale lock, a lost lock; default: stderr).
+    heartbeat_s: how often the holder refreshes the lock's heartbeat (its mtime).
+    stale_after_s: a lock from another host whose heartbeat is older than this is broken.
+    enabled: False gives a lock that is never taken (processes other than 0 of a run).
+    Raises WorkdirLockedError when a live run holds the lock. Released on leaving the
+    block however it is left (exceptions, SystemExit, KeyboardInterrupt), by `release()`,
+    or at interpreter exit.
     """
 
-    def __init__(self, workdir: str | os.PathLike, *, log: Callable[[str], None] | None = None):
+    def __init__(self, workdir: str | os.PathLike, *, log: Callable[[str], None] | None = None,
+                 heartbeat_s: float = 10.0, stale_after_s: float = 60.0, enabled: bool = True):
+        if not heartbeat_s > 0 or not stale_after_s > heartbeat_s:
+            raise ValueError(f"need 0 < heartbeat_s < stale_after_s; got heartbeat_s={heartbeat_s}, "
+                             f"stale_after_s={stale_after_s}")
         self.path = Path(workdir) / LOCK_FILE
         self.log = log or (lambda line: print(line, file=sys.stderr))
+        self.heartbeat_s, self.stale_after_s, self.enabled = float(heartbeat_s), float(stale_after_s), enabled
         self.token: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.token is not None
 
     # ------------------------------------------------------------------ holder records
 
     def _record(self) -> dict:
         return {"pid": os.getpid(), "host": socket.gethostname(), "start": _process_start(os.getpid()),
-                "since": time.time(), "token": self.token, "command": " ".join(sys.argv)}
+                "since": time.time(), "token": self.token, "command": " ".join(sys.argv),
+                "heartbeat_s": self.heartbeat_s}
 
-    def _read(self, path: Path | None = None) -> dict | None:
-        """The holder in the lock file; {} while it is being written (empty or partial); None if absent."""
+    def _read(self, path: Path | None = None) -> tuple[dict | None, int | None]:
+        """(holder, heartbeat as mtime in ns) of the lock file. The holder is {} while it is being
+        written (empty or partial), None if absent. Both come from one open file (one inode)."""
         try:
-            text = (path or self.path).read_text()
+            with open(path or self.path, "rb") as f:
+                text, mtime = f.read(), os.fstat(f.fileno()).st_mtime_ns
         except FileNotFoundError:
-            return None
+            return None, None
         try:
             holder = json.loads(text)
         except ValueError:
-            return {}
-        return holder if isinstance(holder, dict) else {}
+            return {}, mtime
+        return (holder if isinstance(holder, dict) else {}), mtime
 
-    def _is_stale(self, holder: dict) -> bool:
+    def _fs_now(self) -> float:
+        """Now, by the clock that stamps files in the workdir (the file server's, on NFS)."""
+        probe = self.path.with_name(f"{LOCK_FILE}.now-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except OSError:
+            return time.time()
+        try:
+            return os.fstat(fd).st_mtime_ns / 1e9
+        finally:
+            os.close(fd)
+            probe.unlink(missing_ok=True)
+
+    def _stale_bound(self, holder: dict) -> float:
+        theirs = holder.get("heartbeat_s")
+        return max(self.stale_after_s, 3 * theirs if isinstance(theirs, (int, float)) else 0.0)
+
+    def _verdict(self, holder: dict, mtime_ns: int) -> str | None:
+        """Why this lock is stale (the notice's words), or None while its holder lives."""
         if not holder:   # empty or partial: stale only if it has stayed so (its writer died mid-write)
-            try:
-                return time.time() - self.path.stat().st_mtime > _PARTIAL_GRACE_S
-            except FileNotFoundError:
-                return False
-        if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
-            return False
+            age = self._fs_now() - mtime_ns / 1e9
+            return f"left empty by a run that died while taking it {age:.0f} s ago" \
+                if age > _PARTIAL_GRACE_S else None
+        if holder.get("host") != socket.gethostname():
+            age = self._fs_now() - mtime_ns / 1e9
+            return f"whose heartbeat is {age:.0f} s old" if age > self._stale_bound(holder) else None
+        if not isinstance(holder.get("pid"), int):
+            return None
         if not _pid_exists(holder["pid"]):
-            return True
+            return "which is no longer running"
         start = _process_start(holder["pid"])
-        return holder.get("start") is not None and start is not None and start != holder["start"]
+        if holder.get("start") is not None and start is not None and start != holder["start"]:
+            return "which is no longer running (its pid now belongs to another process)"
+        return None
+
+    def _refusal(self, holder: dict, mtime_ns: int) -> WorkdirLockedError:
+        head = f"workdir {self.path.parent} is in use by another run: {_describe(holder)}"
+        if holder.get("host") == socket.gethostname():
+            return WorkdirLockedError(
+                f"{head}, which is running. Wait for it to finish or use another workdir. If that run is "
+                f"gone, delete {self.path}")
+        age, bound = max(0.0, self._fs_now() - mtime_ns / 1e9), self._stale_bound(holder)
+        return WorkdirLockedError(
+            f"{head}, alive: heartbeat {age:.0f} s ago. It counts as stale once its heartbeat is over "
+            f"{bound:.0f} s old (in {max(0.0, bound - age):.0f} s). Wait for it to finish or use another "
+            f"workdir; if that run is known to be gone, delete {self.path}")
 
     # ------------------------------------------------------------------ acquire / release
 
@@ -125,54 +196,88 @@ class WorkdirLock:
             os.fsync(f.fileno())
         return True
 
-    def _break(self, holder: dict) -> bool:
-        """Move a stale lock aside; False when it changed in between (someone else took it)."""
+    def _break(self, holder: dict, mtime_ns: int, why: str) -> None:
+        """Move a stale lock aside and delete it, unless it changed in between (put back then)."""
         aside = self.path.with_name(f"{LOCK_FILE}.stale-{os.getpid()}-{secrets.token_hex(4)}")
         try:
             os.rename(self.path, aside)
         except FileNotFoundError:
-            return True            # already broken by another run: just try to create it again
-        moved = self._read(aside) or {}
-        if moved.get("token") == holder.get("token"):
+            return                  # already broken by another run: just try to create it again
+        moved, moved_mtime = self._read(aside)
+        if (moved or {}).get("token") == holder.get("token") and moved_mtime == mtime_ns:
             aside.unlink()
             if holder:
-                self.log(f"workdir lock {self.path}: removed the stale lock of {_describe(holder)}, "
-                         "which is no longer running")
-            return True
-        try:                        # a fresh lock was moved: put it back unless yet another exists
+                self.log(f"workdir lock {self.path}: removed the stale lock of {_describe(holder)}, {why}")
+            return
+        try:                        # a fresh (or just beaten) lock was moved: put it back unless another exists
             os.link(aside, self.path)
         except FileExistsError:
             pass
         aside.unlink()
-        return False
 
     def acquire(self) -> None:
+        if not self.enabled or self.held:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.token = secrets.token_hex(16)
+        try:
+            self._take()
+        except BaseException:
+            self.token = None
+            raise
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat {self.path}", daemon=True)
+        self._thread.start()
+        atexit.register(self.release)
+
+    def _take(self) -> None:
         for _ in range(_ATTEMPTS):
             if self._try_create():
                 return
-            holder = self._read()
+            holder, mtime = self._read()
             if holder is None:     # released in between
                 continue
-            if not self._is_stale(holder):
+            why = self._verdict(holder, mtime)
+            if why is None:
                 if not holder:     # being written right now: look again shortly
                     time.sleep(0.05)
-                    holder = self._read() or {}
-                    if not holder or self._is_stale(holder):
+                    holder, mtime = self._read()
+                    if not holder or self._verdict(holder, mtime):
                         continue
-                raise WorkdirLockedError(
-                    f"workdir {self.path.parent} is in use by another run: {_describe(holder)}. Wait for it "
-                    f"to finish or use another workdir. If that run is gone (e.g. its machine crashed), "
-                    f"delete {self.path}")
-            self._break(holder)
+                raise self._refusal(holder, mtime)
+            self._break(holder, mtime, why)
         raise WorkdirLockedError(f"could not take the workdir lock {self.path}: it kept changing "
                                  f"({_ATTEMPTS} attempts); another run is starting in this workdir")
 
+    def _beat(self) -> None:
+        """Refresh the heartbeat (mtime) of our own lock file until released; never create one."""
+        while not self._stop.wait(self.heartbeat_s):
+            token = self.token
+            try:
+                with open(self.path, "rb") as f:
+                    ours = token is not None and (json.loads(f.read()) or {}).get("token") == token
+                    if ours:
+                        os.utime(f.fileno() if os.utime in os.supports_fd else self.path)
+            except FileNotFoundError:
+                ours = False
+            except (OSError, ValueError, AttributeError):
+                continue            # a passing filesystem error or a partial read: try at the next beat
+            if not ours:
+                if not self._stop.is_set():
+                    self.log(f"workdir lock {self.path}: lost (removed or taken by another run); this run no "
+                             "longer holds its workdir")
+                return
+
     def release(self) -> None:
-        """Remove the lock if it is still ours (never another run's)."""
-        if self.token is not None and (self._read() or {}).get("token") == self.token:
-            self.path.unlink(missing_ok=True)
+        """Stop the heartbeat and remove the lock if it is still ours (never another run's). Idempotent."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)
+        self._thread = None
+        if self.token is not None:
+            atexit.unregister(self.release)
+            if (self._read()[0] or {}).get("token") == self.token:
+                self.path.unlink(missing_ok=True)
         self.token = None
 
     def __enter__(self) -> WorkdirLock:

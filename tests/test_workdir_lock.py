@@ -6,6 +6,7 @@ standard library), so each child starts in a fraction of a second.
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -29,7 +30,7 @@ with lock_mod.WorkdirLock(sys.argv[1]):
     sys.stdin.read()
 """
 
-# A child that tries once at time argv[2]: prints "won" or "lost"; a winner holds the lock 3 s.
+# A child that tries once at time argv[2]: prints "won" or "lost"; a winner holds the lock argv[3] s (3).
 CONTENDER = f"""
 import importlib.util, sys, time
 spec = importlib.util.spec_from_file_location("workdir_lock", {str(MODULE)!r})
@@ -38,7 +39,7 @@ time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
 try:
     with lock_mod.WorkdirLock(sys.argv[1], log=lambda line: None):
         print("won", flush=True)
-        time.sleep(3.0)
+        time.sleep(float(sys.argv[3]) if len(sys.argv) > 3 else 3.0)
 except lock_mod.WorkdirLockedError:
     print("lost", flush=True)
 """
@@ -115,3 +116,134 @@ def test_racing_runs_over_a_stale_lock_leave_exactly_one_winner(tmp_path):
                                  stdout=subprocess.PIPE, text=True) for _ in range(4)]
     results = sorted(child.communicate(timeout=60)[0].strip() for child in children)
     assert results == ["lost", "lost", "lost", "won"], results
+
+
+# ---------------------------------------------------------------- heartbeat and other hosts (issue 19)
+
+def _age(path: Path, seconds: float) -> None:
+    """Make the lock's heartbeat (its mtime) `seconds` old."""
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def test_another_hosts_lock_with_an_old_heartbeat_is_broken_with_a_notice(tmp_path):
+    """A requeued job on another node used to refuse to start: that lock was never broken."""
+    _age(_write_lock(tmp_path, pid=4242, host="node-17", start=None), 120)
+    lines = []
+    with WorkdirLock(tmp_path, log=lines.append):
+        mine = json.loads((tmp_path / LOCK_FILE).read_text())
+        assert mine["pid"] == os.getpid() and mine["host"] == socket.gethostname() and mine["heartbeat_s"] == 10
+    assert len(lines) == 1 and "\n" not in lines[0], lines
+    assert "pid 4242" in lines[0] and "'node-17'" in lines[0] and re.search(r"heartbeat is 1[12]\d s old", lines[0])
+    assert not list(tmp_path.iterdir())                     # no aside or probe files left
+
+
+@pytest.mark.parametrize("age, holder_beat, eta", [(0, None, 60), (50, None, 10), (70, 30.0, 20)])
+def test_a_fresh_lock_of_another_host_is_refused(tmp_path, age, holder_beat, eta):
+    """Alive: its heartbeat is recent (a holder that beats rarely is given 3 of its own intervals)."""
+    path = _write_lock(tmp_path, pid=4242, host="node-17", start=None, heartbeat_s=holder_beat)
+    _age(path, age)
+    with pytest.raises(WorkdirLockedError) as caught:
+        WorkdirLock(tmp_path, log=lambda line: pytest.fail(line)).acquire()
+    message = str(caught.value)
+    assert "\n" not in message and "pid 4242 on host 'node-17'" in message, message
+    assert f"alive: heartbeat {age} s ago" in message, message
+    assert f"over {max(60, 3 * (holder_beat or 0)):.0f} s old (in {eta} s)" in message, message
+    assert json.loads(path.read_text())["token"] == "t0"     # left alone
+
+
+def test_the_heartbeat_advances_while_held_and_stops_on_release(tmp_path):
+    lock = WorkdirLock(tmp_path, heartbeat_s=0.05, stale_after_s=1.0)
+    lock.acquire()
+    path, thread = tmp_path / LOCK_FILE, lock._thread
+    content = path.read_bytes()
+    _age(path, 100)
+    deadline = time.time() + 2.0
+    while time.time() - path.stat().st_mtime > 5 and time.time() < deadline:
+        time.sleep(0.02)
+    assert time.time() - path.stat().st_mtime < 5            # beaten again
+    assert path.read_bytes() == content                      # same holder and token: only the mtime moves
+    lock.release()
+    assert not path.exists() and not thread.is_alive() and not lock.held
+    lock.release()                                           # idempotent
+
+
+@pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt, SystemExit])
+def test_the_lock_is_released_however_the_block_is_left(tmp_path, exc):
+    lock = WorkdirLock(tmp_path, heartbeat_s=0.05, stale_after_s=1.0)
+    with pytest.raises(exc):
+        with lock:
+            thread = lock._thread
+            assert (tmp_path / LOCK_FILE).exists() and thread.is_alive()
+            raise exc("stop")
+    assert not (tmp_path / LOCK_FILE).exists() and not thread.is_alive()
+    with WorkdirLock(tmp_path):                              # free again
+        pass
+
+
+def test_a_lost_lock_is_said_once_and_never_recreated(tmp_path):
+    lines = []
+    lock = WorkdirLock(tmp_path, log=lines.append, heartbeat_s=0.05, stale_after_s=1.0)
+    lock.acquire()
+    path = _write_lock(tmp_path, pid=4242, host="node-17", start=None, token="theirs")
+    lock._thread.join(timeout=2.0)
+    assert not lock._thread.is_alive() and len(lines) == 1 and "lost" in lines[0], lines
+    lock.release()
+    assert json.loads(path.read_text())["token"] == "theirs"  # never removed nor rewritten
+
+
+def test_a_lock_beaten_while_being_broken_is_put_back(tmp_path):
+    """Judged stale, then its holder beat before the rename: the moved file is restored."""
+    path = _write_lock(tmp_path, pid=4242, host="node-17", start=None)
+    _age(path, 120)
+    lines = []
+    lock = WorkdirLock(tmp_path, log=lines.append)
+    holder, mtime = lock._read()
+    _age(path, 1)                                            # the holder's heartbeat
+    lock._break(holder, mtime, "whose heartbeat is 120 s old")
+    assert json.loads(path.read_text())["token"] == "t0" and not lines
+    assert [p.name for p in tmp_path.iterdir()] == [LOCK_FILE]
+
+
+def test_racing_runs_over_another_hosts_stale_lock_leave_exactly_one_winner(tmp_path):
+    _age(_write_lock(tmp_path, pid=4242, host="node-17", start=None), 600)
+    go = time.time() + 1.5
+    children = [subprocess.Popen([sys.executable, "-c", CONTENDER, str(tmp_path), str(go), "1.0"],
+                                 stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    results = sorted(child.communicate(timeout=60)[0].strip() for child in children)
+    assert results == ["lost", "lost", "lost", "won"], results
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_pid_of_another_user_counts_as_alive(tmp_path, monkeypatch):
+    """os.kill raises PermissionError for another user's process: it exists (the suite runs as root,
+    so this branch never ran). On this host a live pid is never broken, however old its heartbeat."""
+    def kill(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(os, "kill", kill)
+    path = _write_lock(tmp_path, pid=_dead_pid(), host=socket.gethostname(), start=None)
+    _age(path, 10_000)
+    with pytest.raises(WorkdirLockedError, match="which is running"):
+        WorkdirLock(tmp_path, log=lambda line: pytest.fail(line)).acquire()
+    assert json.loads(path.read_text())["token"] == "t0"
+
+
+def test_a_live_holder_without_a_start_time_is_not_stale(tmp_path):
+    path = _write_lock(tmp_path, pid=os.getpid(), host=socket.gethostname(), start=None)
+    _age(path, 10_000)
+    with pytest.raises(WorkdirLockedError, match=rf"in use by another run: pid {os.getpid()}"):
+        WorkdirLock(tmp_path, log=lambda line: pytest.fail(line)).acquire()
+    assert path.exists()
+
+
+def test_a_disabled_lock_is_never_taken(tmp_path):
+    """Processes other than 0 of a multi-process run: the object exists, nothing is written."""
+    _write_lock(tmp_path, pid=os.getpid(), host=socket.gethostname(), start=None)   # even over a held lock
+    with WorkdirLock(tmp_path / "sub", enabled=False) as lock, WorkdirLock(tmp_path, enabled=False):
+        assert not lock.held and not (tmp_path / "sub").exists()
+    assert json.loads((tmp_path / LOCK_FILE).read_text())["token"] == "t0"
+
+
+def test_bad_intervals_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="heartbeat_s < stale_after_s"):
+        WorkdirLock(tmp_path, heartbeat_s=60, stale_after_s=30)
