@@ -53,6 +53,18 @@ class NonFiniteStateError(CheckpointError):
     """The state to save holds NaN or inf values; nothing was written."""
 
 
+def _sync(name: str) -> None:
+    """Wait until every process of a multi-process run gets here (nothing for one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _primary() -> bool:
+    return jax.process_index() == 0
+
+
 def _error_summary(err: BaseException) -> str:
     """One line for an Orbax / TensorStore error: the OS error when there is one, else its first line."""
     chain, seen = [], err
@@ -156,16 +168,19 @@ class Checkpointer:
             error.orbax_error = err
             raise error from None
         if saved:
+            _sync(f"cottention-saved-{step}")        # every process has committed its part of the step
             try:
-                write_manifest(self._step_dir(step))
+                if _primary():
+                    write_manifest(self._step_dir(step))
             except OSError as err:
                 raise CheckpointSaveError(f"checkpoint {step} in {self.directory} was saved but its checksums "
                                           f"could not be written: {_error_summary(err)}") from None
+            _sync(f"cottention-checksummed-{step}")
         return saved
 
     def _discard_partial(self, step: int) -> None:
         """Remove what a failed save left (Orbax's temporary directory) and resynchronise the manager."""
-        for partial in Path(self.directory).glob(f"{step}.orbax-checkpoint-tmp*"):
+        for partial in Path(self.directory).glob(f"{step}.orbax-checkpoint-tmp*") if _primary() else ():
             shutil.rmtree(partial, ignore_errors=True)
         with contextlib.suppress(Exception), _quiet_orbax_errors():
             self.manager.reload()
@@ -222,11 +237,13 @@ class Checkpointer:
         return target
 
     def _report_skipped(self, skipped: list, restored: int, set_aside: bool) -> None:
+        """Warn of each skipped step; with set_aside, the primary process moves them away (all wait for it)."""
         for step, why in skipped:
-            where = f"; moved to {self._set_aside(step)}" if set_aside else ""
+            where = f"; moved to {self._set_aside(step)}" if set_aside and _primary() else ""
             self.log(f"warning: checkpoint {step} in {self.directory} is damaged ({why}): skipped, "
                      f"using step {restored}{where}")
         if skipped and set_aside:
+            _sync("cottention-set-aside")
             self.manager.reload()
 
     def restore(self, model: nnx.Module, optimizer: nnx.Optimizer, step: int | None = None, *,

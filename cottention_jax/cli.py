@@ -70,8 +70,13 @@ def train_cli(argv: Sequence[str] | None, *, description: str, default_preset: s
         return None
     _require_train_extra()
     from cottention_jax.train import train_and_evaluate  # noqa: PLC0415  (jax start-up after --help)
+    from cottention_jax.preemption import RunInterrupted  # noqa: PLC0415
+
     try:
         summary = train_and_evaluate(config, workdir, progress=not args.no_progress)
+    except RunInterrupted as stop:          # SIGTERM / SIGINT: saved, one line, 143 / 130
+        print(_one_line(stop), file=sys.stderr)
+        raise SystemExit(stop.exit_status) from None
     except _run_stopping_errors() as err:   # what the user acts on is the message, not the traceback
         raise SystemExit(_one_line(err)) from None
     print(json.dumps({k: v for k, v in summary.items() if k != "sample"}, indent=1))

@@ -16,7 +16,7 @@ import math
 import os
 from pathlib import Path
 
-__all__ = ["MetricsWriter", "new_figure", "plot_training_curves", "read_metrics", "safe_exp"]
+__all__ = ["MetricsWriter", "NullWriter", "new_figure", "plot_training_curves", "read_metrics", "safe_exp"]
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
@@ -54,6 +54,16 @@ class MetricsWriter:
 
     def close(self) -> None:
         self.tb.close()
+
+
+class NullWriter:
+    """The MetricsWriter of a process other than the primary one: it writes nothing."""
+
+    def write(self, step: int, split: str, **scalars: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def plot_training_curves(metrics_path: str | os.PathLike, png_path: str | os.PathLike, title: str = "") -> None:

@@ -43,6 +43,10 @@ def make_mesh(kind: str, seq_parallel: int = 1, devices=None) -> Mesh | None:
     devices = list(jax.devices() if devices is None else devices)
     if seq_parallel < 1 or len(devices) % seq_parallel:
         raise ValueError(f"seq_parallel must divide the {len(devices)} devices; got seq_parallel={seq_parallel}")
+    if jax.process_count() > 1 and jax.local_device_count() % seq_parallel:
+        # each process feeds whole sequences of its rows: a sequence may not span processes
+        raise ValueError(f"seq_parallel ({seq_parallel}) must divide the {jax.local_device_count()} devices of each "
+                         f"process in a multi-process run")
     return Mesh(np.array(devices).reshape(len(devices) // seq_parallel, seq_parallel), (AXIS, SEQ_AXIS))
 
 
@@ -77,10 +81,20 @@ def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
 
 
 def place_batch(batch: dict, mesh: Mesh | None) -> dict:
-    """Put every array of a batch dict on the mesh (`batch_sharding`), or on the default device."""
+    """Put every array of a batch dict on the mesh (`batch_sharding`), or on the default device.
+
+    In a multi-process run `batch` holds this process's rows only (the data pipeline reads rows
+    p*B/P ... of each global batch in process p): the global arrays are assembled from every
+    process's rows with `jax.make_array_from_process_local_data`, and no process holds the whole batch.
+    """
     if mesh is None:
         return {k: jax.numpy.asarray(v) for k, v in batch.items()}
-    return {k: jax.device_put(v, batch_sharding(mesh, np.ndim(v))) for k, v in batch.items()}
+    if jax.process_count() == 1:
+        return {k: jax.device_put(v, batch_sharding(mesh, np.ndim(v))) for k, v in batch.items()}
+    count = jax.process_count()
+    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), np.asarray(v),
+                                                      (np.shape(v)[0] * count, *np.shape(v)[1:]))
+            for k, v in batch.items()}
 
 
 _COLLECTIVE = re.compile(r"= (?P<shape>\([^()]*\)|\S+) (?P<op>all-gather|all-reduce|collective-permute|"

@@ -38,15 +38,16 @@ from cottention_jax.data import classification, documents, pipeline, prepare
 from cottention_jax import decoding
 from cottention_jax.checkpoint import Checkpointer
 from cottention_jax.configs import OptimConfig, TrainConfig, from_dict, to_dict
-from cottention_jax.metrics import MetricsWriter, plot_training_curves
+from cottention_jax.metrics import MetricsWriter, NullWriter, plot_training_curves
 from cottention_jax.models import GPT, Bert
 from cottention_jax.objectives import LOSSES
+from cottention_jax.preemption import RunInterrupted, StopSignals
 from cottention_jax.sharding import SEQ_AXIS, make_mesh, place_batch, shard_training_state
 from cottention_jax.train_hooks import (CheckpointHook, EvalHook, FunctionHook, Hook, StabilizerHook, TrainLogHook,
                                         default_hooks, due, evaluate, hook, stabilizer_values)
 from cottention_jax.workdir_lock import WorkdirLock
 
-__all__ = ["CheckpointHook", "DataBundle", "EvalHook", "FunctionHook", "Hook", "RunState", "StabilizerHook",
+__all__ = ["CheckpointHook", "DataBundle", "RunInterrupted", "EvalHook", "FunctionHook", "Hook", "RunState", "StabilizerHook",
            "TrainLogHook", "TrainingDivergedError", "build_model", "build_optimizer", "default_hooks", "evaluate",
            "hook", "learning_rate_schedule", "make_train_step", "prepare_data", "report", "run_loop", "setup_run",
            "stabilizer_values", "train_and_evaluate"]
@@ -154,14 +155,13 @@ def prepare_data(config: TrainConfig, *, progress: bool = False, log: Callable[[
     prepared = prepare.prepare_text(d.corpus, tokenizer=d.tokenizer, vocab_size=d.vocab_size,
                                     text_field=d.text_field, validation_fraction=d.validation_fraction,
                                     data_dir=d.data_dir, progress=progress, log=log)
+    shard = dict(shard_index=index, shard_count=count)     # each process reads its rows of every global batch
     if config.kind == "gpt":
-        train = pipeline.gpt_train_batches(prepared, rows, d.seq_len, seed=d.seed, shard_index=index,
-                                           shard_count=count)
-        evals = {"eval": lambda: pipeline.gpt_eval_batches(prepared, rows, d.seq_len)}
+        train = pipeline.gpt_train_batches(prepared, d.batch_size, d.seq_len, seed=d.seed, **shard)
+        evals = {"eval": lambda: pipeline.gpt_eval_batches(prepared, d.batch_size, d.seq_len, **shard)}
     else:
-        train = pipeline.mlm_train_batches(prepared, rows, d.seq_len, seed=d.seed, shard_index=index,
-                                           shard_count=count)
-        evals = {"eval": lambda: pipeline.mlm_eval_batches(prepared, rows, d.seq_len, seed=d.seed)}
+        train = pipeline.mlm_train_batches(prepared, d.batch_size, d.seq_len, seed=d.seed, **shard)
+        evals = {"eval": lambda: pipeline.mlm_eval_batches(prepared, d.batch_size, d.seq_len, seed=d.seed, **shard)}
     return DataBundle(prepared.tokenizer, train, evals, prepared.describe(), prepared=prepared)
 
 
@@ -290,12 +290,25 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path, *, progress: bo
             raise ValueError(f"a hook's every must be an int >= 1; got {h.every!r} for {h!r}")
     workdir = Path(workdir)
     _check_lengths(config)
-    data = prepare_data(config, progress=progress)     # before the workdir exists: bad data writes nothing
+    _check_processes(config)
+    primary = jax.process_index() == 0
+    data = prepare_data(config, progress=progress and primary)  # before the workdir exists: bad data writes nothing
     workdir.mkdir(parents=True, exist_ok=True)
-    with WorkdirLock(workdir, log=tqdm.write):
-        run = setup_run(config, workdir, data=data)
-        run_loop(run, [*default_hooks(run.config), *hooks], progress=progress)
+    # One run per workdir: the primary process holds the lock for all of a multi-process run.
+    with WorkdirLock(workdir, log=tqdm.write, enabled=primary):
+        run = setup_run(config, workdir, data=data, log=tqdm.write if primary else _quiet)
+        run_loop(run, [*default_hooks(run.config), *hooks], progress=progress and primary)
         return report(run)
+
+
+def _quiet(line: str) -> None:
+    """The log of a process other than the primary: its errors are raised, its progress is the primary's."""
+
+
+def _check_processes(config: TrainConfig) -> None:
+    if jax.process_count() > 1 and config.sharding == "none":
+        raise ValueError(f"a run over {jax.process_count()} processes needs sharding='data' or 'fsdp' (a mesh over "
+                         "their devices); got sharding='none'")
 
 
 def _check_lengths(config: TrainConfig) -> None:
@@ -325,8 +338,10 @@ def setup_run(config: TrainConfig, workdir: Path, log: Callable[[str], None] = t
     _check_lengths(config)
     data = prepare_data(config, log=log) if data is None else data
     config = _fit_model_to_data(config, data, log)
+    primary = jax.process_index() == 0                 # only the primary process writes the run's files
     log(f"data: {data.description}; tokenizer vocabulary {data.tokenizer.vocab_size}")
-    data.tokenizer.save(workdir / "tokenizer.json")
+    if primary:
+        data.tokenizer.save(workdir / "tokenizer.json")
 
     model = build_model(config)
     if config.init_from:
@@ -339,8 +354,9 @@ def setup_run(config: TrainConfig, workdir: Path, log: Callable[[str], None] = t
                              f"{mesh.shape['data']} devices of the data axis for sharding={config.sharding!r}")
         shard_training_state(model, optimizer, mesh, fsdp=config.sharding == "fsdp")
     n_params = sum(int(np.prod(v[...].shape)) for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
     log(f"model: {config.kind} {config.model.attention} attention, {n_params:,} parameters, "
-        f"{jax.device_count()} {jax.default_backend()} device(s), sharding={config.sharding}"
+        f"{jax.device_count()} {jax.default_backend()} device(s){processes}, sharding={config.sharding}"
         + (f", sequence split over {config.seq_parallel}" if config.seq_parallel > 1 else ""))
 
     ckpt = Checkpointer(workdir / "checkpoints", save_every=config.checkpoint_every, keep=config.keep_checkpoints,
@@ -351,8 +367,9 @@ def setup_run(config: TrainConfig, workdir: Path, log: Callable[[str], None] = t
                                             check_config=lambda saved: _check_resumable(saved, config))
         data.train.set_state(data_state)
         log(f"resumed from step {start}")
-    (workdir / "config.json").write_text(json.dumps(to_dict(config), indent=1))
-    writer = MetricsWriter(workdir, resume_step=start if start else None)
+    if primary:
+        (workdir / "config.json").write_text(json.dumps(to_dict(config), indent=1))
+    writer = MetricsWriter(workdir, resume_step=start if start else None) if primary else NullWriter()
 
     objective = LOSSES[config.kind]
 
@@ -377,7 +394,7 @@ def run_loop(run: RunState, hooks: Sequence[Hook], *, progress: bool = True) -> 
     at_start = [h for h in hooks if getattr(h, "at_start", False)]
     run.bar = tqdm(total=config.steps, initial=run.start, desc=f"train {config.kind}/{config.model.attention}",
                    unit="step", disable=not progress, dynamic_ncols=True)
-    with run.in_mesh():
+    with run.in_mesh(), StopSignals() as signals:
         if run.start == 0:
             for h in at_start:
                 h(run, 0)
@@ -392,6 +409,9 @@ def run_loop(run: RunState, hooks: Sequence[Hook], *, progress: bool = True) -> 
                 if due(h, step, config.steps):
                     h(run, step)
             run.bar.update(1)
+            signum = signals.agreed(step)
+            if signum is not None and step < config.steps:
+                _stop_on_signal(run, step, signum)
         run.bar.close()
         if not run.last_eval:          # the workdir held a finished run: evaluate it again for the summary
             for h in at_start:
@@ -400,6 +420,21 @@ def run_loop(run: RunState, hooks: Sequence[Hook], *, progress: bool = True) -> 
     run.writer.close()
     if hasattr(run.data.train, "close"):       # stops the input pipeline's prefetch thread
         run.data.train.close()
+
+
+def _stop_on_signal(run: RunState, step: int, signum: int) -> None:
+    """Save the state after `step` (every process takes part), close what the run holds, raise RunInterrupted."""
+    saved = run.last_saved == step
+    if not saved:
+        saved = run.checkpointer.save(step, run.model, run.optimizer, run.data.train.get_state(),
+                                      to_dict(run.config), force=True)
+        run.last_saved = step if saved else run.last_saved
+    run.bar.close()
+    run.checkpointer.close()
+    run.writer.close()
+    if hasattr(run.data.train, "close"):
+        run.data.train.close()
+    raise RunInterrupted(step, signum, saved)
 
 
 def report(run: RunState) -> dict:
@@ -417,12 +452,14 @@ def report(run: RunState) -> dict:
     stab = stabilizer_values(run.model)
     if stab:
         summary["stabilizer_mean_per_layer"] = [float(v.mean()) for v in stab]
-    plot_training_curves(workdir / "metrics.jsonl", workdir / "training.png",
-                         f"{config.kind} / {config.model.attention} attention")
-    if config.kind == "gpt" and config.sample_tokens:
-        summary["sample"] = _sample(run.model, run.data.tokenizer, config)
-        (workdir / "sample.txt").write_text(summary["sample"])
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
+    if config.kind == "gpt" and config.sample_tokens and jax.process_count() == 1:
+        summary["sample"] = _sample(run.model, run.data.tokenizer, config)   # (several processes: cottention-generate)
+    if jax.process_index() == 0:                  # the run's files: the primary process writes them
+        plot_training_curves(workdir / "metrics.jsonl", workdir / "training.png",
+                             f"{config.kind} / {config.model.attention} attention")
+        if "sample" in summary:
+            (workdir / "sample.txt").write_text(summary["sample"])
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 

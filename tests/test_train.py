@@ -160,6 +160,40 @@ def test_sigkill_then_resume_gives_the_same_losses(data_dir, tmp_path):
     assert [losses["killed"][s] for s in after] == [losses["clean"][s] for s in after]   # bit for bit
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_between_checkpoints_saves_that_step_and_the_rerun_continues_exactly(signum, data_dir, tmp_path):
+    """SIGTERM (a preemption notice) or SIGINT at a step between checkpoints: the run saves that step,
+    releases the lock and exits 128 + signum with one line; the rerun's losses equal an uninterrupted run's."""
+    steps = 60
+    stopped, clean = tmp_path / "stopped", tmp_path / "clean"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(_train_cmd(stopped, data_dir, steps), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        records = read_metrics(stopped / "metrics.jsonl")
+        if any(r["split"] == "train" and r["step"] >= 12 for r in records):
+            proc.send_signal(signum)
+            break
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err
+    (line,) = err.strip().splitlines()[-1:]
+    interrupted = int(line.split("after step ")[1].split(":")[0])
+    assert f"stopped by {signal.Signals(signum).name} after step {interrupted}" in line
+    assert interrupted >= 12 and interrupted in _complete_checkpoints(stopped)
+    assert not (stopped / LOCK_FILE).exists() and not (stopped / "summary.json").exists()
+
+    subprocess.run(_train_cmd(stopped, data_dir, steps), env=env, check=True, capture_output=True)
+    subprocess.run(_train_cmd(clean, data_dir, steps), env=env, check=True, capture_output=True)
+    losses = {name: {r["step"]: r["loss"] for r in read_metrics(d / "metrics.jsonl") if r["split"] == "train"}
+              for name, d in (("stopped", stopped), ("clean", clean))}
+    assert sorted(losses["stopped"]) == list(range(1, steps + 1))
+    assert [losses["stopped"][s] for s in range(interrupted + 1, steps + 1)] == \
+        [losses["clean"][s] for s in range(interrupted + 1, steps + 1)]                 # bit for bit
+
+
 def test_sharded_training_step_equals_single_device(data_dir):
     """data / fsdp on 8 devices and a 2 x 4 data x sequence mesh: the single-device losses, gradients and
     parameters; the sequence-parallel attention exchanges only d x d states."""

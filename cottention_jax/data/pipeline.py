@@ -1,10 +1,12 @@
 """Batches from prepared token streams, with Grain: random access, a global shuffle, exact resume.
 
 Training (infinite): the train stream is cut into windows at fixed offsets; Grain shuffles the
-window indices globally (a new permutation every epoch, from `seed`), slices them per JAX process
-(`shard_index::shard_count`, after the shuffle, so processes read disjoint windows), reads each
-window from the ArrayRecord records it spans (one or two), batches, and prefetches batches on a
-background thread. Nothing else is held: memory does not grow with the corpus.
+window indices globally (a new permutation every epoch, from `seed`); global batch k is windows
+k*B ... k*B + B - 1 of that order, and JAX process p of P reads only its rows of it, rows
+p*B/P ... (p+1)*B/P - 1, so the processes' rows together are exactly the batch one process
+would read (the same run on 1, 2 or 4 processes sees the same data). Each window is read from
+the ArrayRecord records it spans (one or two); batches are prefetched on a background thread.
+Nothing else is held: memory does not grow with the corpus.
 
     GPT:  window i = stream[i*T : i*T + T + 1]; inputs its first T tokens, targets its last T, so
           windows cross documents at the separator (eos), as GPT-2 was trained;
@@ -12,13 +14,15 @@ background thread. Nothing else is held: memory does not grow with the corpus.
           tokens masked BERT's way from (seed, process, batch number), so a resumed run sees the
           same masks.
 
-`Batches.get_state()` is a small JSON dict (Grain's iterator state plus the settings it is valid
-for); `set_state` on batches of the same data and settings continues exactly.
+`Batches.get_state()` is a small JSON dict (Grain's iterator state, a count of global batches,
+plus the settings it is valid for); `set_state` on batches of the same data and settings continues
+exactly. The state is the same in every process and does not name the process count, so a run
+saved with P processes resumes with another number of them on the same batches.
 
 Evaluation (finite, in order): every target token (GPT) or window (MLM) of the validation stream
-exactly once, the last batch padded with weight-0 entries.
+exactly once, the last batch padded with weight-0 entries; process p again reads its rows only.
 
-Batches (B = batch size per process, T = seq_len): GPT inputs / targets (B, T) int32, weights
+Batches (B = the global batch size, each process gets B / P rows; T = seq_len): GPT inputs / targets (B, T) int32, weights
 (B, T) float32; MLM input_ids, segment_ids (B, T) int32, padding_mask (B, T) bool, mlm_labels
 (B, T) int32, mlm_weights (B, T) float32.
 """
@@ -109,16 +113,29 @@ def _windows(stream: TokenStream, span: int, stride: int, what: str) -> int:
     return count
 
 
-def _shuffled(num: int, seed: int, shard_index: int, shard_count: int) -> grain.MapDataset:
+def _rows(batch_size: int, shard_index: int, shard_count: int) -> int:
+    """Rows of each global batch that one process reads."""
     _check("shard_count", shard_count)
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index must be in [0, {shard_count}); got {shard_index}")
-    return grain.MapDataset.range(num).shuffle(seed=seed).repeat(None)[shard_index::shard_count]
+    if batch_size % shard_count:
+        raise ValueError(f"batch_size ({batch_size}) must be divisible by the {shard_count} processes")
+    return batch_size // shard_count
 
 
-def _settings(kind, prepared, batch_size, seq_len, seed, shard_index, shard_count) -> dict:
+def _local_order(num: int, seed: int, batch_size: int, shard_index: int, shard_count: int) -> grain.MapDataset:
+    """This process's window indices: its rows of every global batch of the shuffled, repeated order."""
+    rows = _rows(batch_size, shard_index, shard_count)
+    order = grain.MapDataset.range(num).shuffle(seed=seed).repeat(None)
+    if shard_count == 1:
+        return order
+    return grain.MapDataset.range(len(order) // shard_count).map(
+        lambda i: order[(i // rows) * batch_size + shard_index * rows + i % rows])
+
+
+def _settings(kind, prepared, batch_size, seq_len, seed) -> dict:
     return {"kind": kind, "data": prepared.meta["fingerprint"], "batch_size": batch_size, "seq_len": seq_len,
-            "seed": int(seed), "shard": [shard_index, shard_count]}
+            "seed": int(seed)}
 
 
 # ----------------------------------------------------------------------------- GPT
@@ -138,26 +155,30 @@ def gpt_train_batches(prepared: PreparedText, batch_size: int, seq_len: int, see
         return {"inputs": windows[:, :-1], "targets": windows[:, 1:],
                 "weights": np.ones((len(windows), seq_len), np.float32)}
 
-    ds = _shuffled(num, seed, shard_index, shard_count).map(window).batch(batch_size).map(to_batch)
-    return Batches(ds, _settings("gpt", prepared, batch_size, seq_len, seed, shard_index, shard_count))
+    rows = _rows(batch_size, shard_index, shard_count)
+    ds = _local_order(num, seed, batch_size, shard_index, shard_count).map(window).batch(rows).map(to_batch)
+    return Batches(ds, _settings("gpt", prepared, batch_size, seq_len, seed))
 
 
-def gpt_eval_batches(prepared: PreparedText, batch_size: int, seq_len: int,
-                     split: str = "validation") -> Iterator[dict[str, np.ndarray]]:
+def gpt_eval_batches(prepared: PreparedText, batch_size: int, seq_len: int, split: str = "validation",
+                     shard_index: int = 0, shard_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
     """Every target token of the split exactly once, in order; padding has weight 0, so
-    sum(loss * weights) / sum(weights) is the exact per-token loss."""
+    sum(loss * weights) / sum(weights) is the exact per-token loss. Row r of global batch k holds
+    targets (k*B + r)*T ... (k*B + r + 1)*T - 1; this process reads its rows only."""
     batch_size, seq_len = _check("batch_size", batch_size), _check("seq_len", seq_len)
+    rows = _rows(batch_size, shard_index, shard_count)
     stream = TokenStream(prepared, split)
     pad = prepared.tokenizer.pad_id if prepared.tokenizer.pad_id is not None else prepared.separator_id
     num_targets = stream.num_tokens - 1
-    per_batch = batch_size * seq_len
-    for start in range(0, num_targets, per_batch):
-        span = stream.read(start, min(start + per_batch + 1, stream.num_tokens))
-        padded = np.full(per_batch + 1, pad, np.int32)
+    local = rows * seq_len
+    for start in range(0, num_targets, batch_size * seq_len):
+        first = start + shard_index * local                            # this process's first input
+        span = stream.read(first, min(first + local + 1, stream.num_tokens)) if first < stream.num_tokens else []
+        padded = np.full(local + 1, pad, np.int32)
         padded[:len(span)] = span
-        weights = (np.arange(per_batch) < len(span) - 1).astype(np.float32)
-        yield {"inputs": padded[:-1].reshape(batch_size, seq_len), "targets": padded[1:].reshape(batch_size, seq_len),
-               "weights": weights.reshape(batch_size, seq_len)}
+        weights = (np.arange(local) < len(span) - 1).astype(np.float32)
+        yield {"inputs": padded[:-1].reshape(rows, seq_len), "targets": padded[1:].reshape(rows, seq_len),
+               "weights": weights.reshape(rows, seq_len)}
 
 
 # ----------------------------------------------------------------------------- BERT MLM
@@ -169,8 +190,12 @@ def _mlm_rows(windows: np.ndarray, tokenizer) -> np.ndarray:
                            np.full((b, 1), tokenizer.sep_id, np.int32)], axis=1)
 
 
-def _mlm_batch(rows, padding_mask, tokenizer, rng, mask_rate):
-    masked, labels, weights = mask_tokens(rows, padding_mask, tokenizer, rng, mask_rate)
+def _masked_rows(rows, padding_mask, tok, seed: int, stream_id: int, first_row: int, mask_rate: float) -> dict:
+    """MLM batch of (b, T) rows whose masks are drawn per global row number, so that they do not depend
+    on how the batch is split over processes."""
+    parts = [mask_tokens(rows[r:r + 1], padding_mask[r:r + 1], tok, seeded_rng(seed, stream_id, first_row + r),
+                         mask_rate) for r in range(len(rows))]
+    masked, labels, weights = (np.concatenate(x) for x in zip(*parts))
     return {"input_ids": masked, "segment_ids": np.zeros_like(rows), "padding_mask": padding_mask,
             "mlm_labels": labels, "mlm_weights": weights}
 
@@ -181,38 +206,41 @@ def mlm_train_batches(prepared: PreparedText, batch_size: int, seq_len: int, see
     tok = prepared.tokenizer
     require_roles(tok, ["pad", "cls", "sep", "mask"], "MLM batches")
     batch_size, seq_len = _check("batch_size", batch_size), _check("seq_len", seq_len, 3)
+    rows = _rows(batch_size, shard_index, shard_count)
     stream = TokenStream(prepared, "train")
     body = seq_len - 2
     num = _windows(stream, body, body, f"seq_len={seq_len}")
 
     def to_batch(index, windows):
-        rows = _mlm_rows(windows, tok)
-        rng = seeded_rng(seed, _MASK_STREAM, shard_index, index)
-        return _mlm_batch(rows, np.ones(rows.shape, bool), tok, rng, mask_rate)
+        full = _mlm_rows(windows, tok)
+        return _masked_rows(full, np.ones(full.shape, bool), tok, seed, _MASK_STREAM,
+                            index * batch_size + shard_index * rows, mask_rate)
 
-    ds = (_shuffled(num, seed, shard_index, shard_count).map(lambda i: stream.read(i * body, (i + 1) * body))
-          .batch(batch_size).map_with_index(to_batch))
-    settings = {**_settings("mlm", prepared, batch_size, seq_len, seed, shard_index, shard_count),
-                "mask_rate": float(mask_rate)}
-    return Batches(ds, settings)
+    ds = (_local_order(num, seed, batch_size, shard_index, shard_count)
+          .map(lambda i: stream.read(i * body, (i + 1) * body)).batch(rows).map_with_index(to_batch))
+    return Batches(ds, {**_settings("mlm", prepared, batch_size, seq_len, seed), "mask_rate": float(mask_rate)})
 
 
 def mlm_eval_batches(prepared: PreparedText, batch_size: int, seq_len: int, seed: int = 0,
-                     split: str = "validation", mask_rate: float = 0.15) -> Iterator[dict[str, np.ndarray]]:
-    """Every window of the split once, in order, masks fixed by (seed, batch number); the last
-    window is short (padding after its [SEP]) and the last batch is filled with empty rows."""
+                     split: str = "validation", mask_rate: float = 0.15, shard_index: int = 0,
+                     shard_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """Every window of the split once, in order, masks fixed by (seed, row number); the last
+    window is short (padding after its [SEP]) and the last batch is filled with empty rows.
+    This process reads its rows of each global batch only."""
     tok = prepared.tokenizer
     require_roles(tok, ["pad", "cls", "sep", "mask"], "MLM evaluation batches")
     batch_size, seq_len = _check("batch_size", batch_size), _check("seq_len", seq_len, 3)
+    rows = _rows(batch_size, shard_index, shard_count)
     stream = TokenStream(prepared, split)
     body = seq_len - 2
     starts = list(range(0, stream.num_tokens, body))
-    for b, first in enumerate(range(0, len(starts), batch_size)):
-        rows = np.full((batch_size, seq_len), tok.pad_id, np.int32)
-        lengths = np.zeros(batch_size, np.int64)
-        for r, start in enumerate(starts[first:first + batch_size]):
+    for first in range(0, len(starts), batch_size):
+        mine = first + shard_index * rows
+        batch = np.full((rows, seq_len), tok.pad_id, np.int32)
+        lengths = np.zeros(rows, np.int64)
+        for r, start in enumerate(starts[mine:mine + rows]):
             piece = stream.read(start, min(start + body, stream.num_tokens))
-            rows[r, 0], rows[r, 1:len(piece) + 1], rows[r, len(piece) + 1] = tok.cls_id, piece, tok.sep_id
+            batch[r, 0], batch[r, 1:len(piece) + 1], batch[r, len(piece) + 1] = tok.cls_id, piece, tok.sep_id
             lengths[r] = len(piece) + 2
         padding_mask = np.arange(seq_len)[None, :] < lengths[:, None]
-        yield _mlm_batch(rows, padding_mask, tok, seeded_rng(seed, _EVAL_MASK_STREAM, b), mask_rate)
+        yield _masked_rows(batch, padding_mask, tok, seed, _EVAL_MASK_STREAM, mine, mask_rate)

@@ -126,7 +126,6 @@ def test_set_state_refuses_other_settings_and_data(prepared, corpus, tmp_path, k
         (make(prepared, seq_len=32), r"state\['seq_len'\] is 16 .* seq_len=32"),
         (make(prepared, seed=12), r"state\['seed'\] is 11 .* seed=12"),
         (make(other_data), r"state\['data'\] is '[0-9a-f]{64}' .* other data"),
-        (make(prepared, shard_index=1, shard_count=2), r"state\['shard'\] is \[0, 1\]"),
         (_train("mlm" if kind == "gpt" else "gpt")(prepared), r"state\['kind'\] is '" + kind),
     ]
     for batches, message in refusals:
@@ -140,20 +139,24 @@ def test_set_state_refuses_other_settings_and_data(prepared, corpus, tmp_path, k
 
 
 def test_shards_read_disjoint_windows_that_together_are_the_epoch(prepared):
-    stream, seq_len, batch_size = _stream(prepared), 16, 5
+    """Process i of 2 reads rows i*B/2 ... of every global batch: the two together are the one-process batches."""
+    stream, seq_len, batch_size = _stream(prepared), 16, 6
     windows = _gpt_windows(stream, seq_len)
     w = len(windows)
-    n = -(-w // (2 * batch_size)) + 1
-    shards = [_gpt_rows(_take(pipeline.gpt_train_batches(prepared, batch_size, seq_len, seed=2, shard_index=i,
-                                                         shard_count=2), n)) for i in range(2)]
-    whole = _gpt_rows(_take(pipeline.gpt_train_batches(prepared, batch_size, seq_len, seed=2), 2 * n))
-    interleaved = [row for pair in zip(*shards) for row in pair]
-    assert interleaved == whole                     # process i reads every other window of the one order
-    epoch = collections.Counter(interleaved[:w])
-    assert epoch == collections.Counter(windows)
-    first = collections.Counter(interleaved[:w:2])
-    second = collections.Counter(interleaved[1:w:2])
-    assert first + second == epoch and sum(first.values()) == -(-w // 2)
+    n = -(-w // batch_size) + 1
+    shards = [[_gpt_rows([b]) for b in _take(pipeline.gpt_train_batches(prepared, batch_size, seq_len, seed=2,
+                                                                        shard_index=i, shard_count=2), n)]
+              for i in range(2)]
+    whole = [_gpt_rows([b]) for b in _take(pipeline.gpt_train_batches(prepared, batch_size, seq_len, seed=2), n)]
+    assert all(len(a) == len(b) == batch_size // 2 for a, b in zip(*shards))
+    assert [a + b for a, b in zip(*shards)] == whole           # the global batch, split by rows
+    rows = [row for batch in whole for row in batch]
+    first = collections.Counter(row for batch in shards[0] for row in batch)
+    second = collections.Counter(row for batch in shards[1] for row in batch)
+    assert first + second == collections.Counter(rows)
+    assert collections.Counter(rows[:w]) == collections.Counter(windows)   # one epoch: every window once
+    with pytest.raises(ValueError, match="batch_size \\(5\\) must be divisible by the 2 processes"):
+        pipeline.gpt_train_batches(prepared, 5, 16, shard_index=0, shard_count=2)
     with pytest.raises(ValueError, match=r"shard_index must be in \[0, 2\)"):
         pipeline.gpt_train_batches(prepared, 4, 16, shard_index=2, shard_count=2)
 
@@ -290,3 +293,23 @@ def test_bad_arguments(prepared, corpus, tmp_path):
         pipeline.mlm_train_batches(bpe, 2, 8)
     with pytest.raises(ValueError, match="MLM evaluation batches needs special tokens"):
         next(pipeline.mlm_eval_batches(bpe, 2, 8))
+
+
+@pytest.mark.parametrize("kind", ["gpt", "mlm"])
+def test_two_processes_read_exactly_the_one_process_batches(prepared, kind):
+    """Training and evaluation batches of processes 0 and 1 of 2, stacked, equal one process's, masks included:
+    a run sees the same data whatever its process count (and resumes across counts from the same state)."""
+    make = _train(kind)
+    whole = _take(make(prepared, batch_size=6), 5)
+    parts = [_take(make(prepared, batch_size=6, shard_index=i, shard_count=2), 5) for i in range(2)]
+    for one, a, b in zip(whole, *parts):
+        assert set(one) == set(a) == set(b)
+        for key in one:
+            np.testing.assert_array_equal(np.concatenate([a[key], b[key]]), one[key])
+    evaluate = {"gpt": pipeline.gpt_eval_batches, "mlm": pipeline.mlm_eval_batches}[kind]
+    whole = list(evaluate(prepared, 6, 16))
+    parts = [list(evaluate(prepared, 6, 16, shard_index=i, shard_count=2)) for i in range(2)]
+    assert len(whole) == len(parts[0]) == len(parts[1])
+    for one, a, b in zip(whole, *parts):
+        for key in one:
+            np.testing.assert_array_equal(np.concatenate([a[key], b[key]]), one[key])
