@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Sequence
 
@@ -36,6 +38,12 @@ def _parser(description: str, default_preset: str, kinds: tuple[str, ...], finet
                                                    "an existing workdir resumes")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    multi = p.add_argument_group("several processes (run the same command in each; cottention-launch does it "
+                                 "on one machine; SLURM / Open MPI are detected)")
+    multi.add_argument("--coordinator", help="HOST:PORT of process 0's coordination service "
+                                             "(or $COTTENTION_COORDINATOR)")
+    multi.add_argument("--num-processes", type=int, help="how many processes (or $COTTENTION_NUM_PROCESSES)")
+    multi.add_argument("--process-id", type=int, help="this process's index (or $COTTENTION_PROCESS_ID)")
     if finetune:
         p.add_argument("--finetune", action="store_true",
                        help="classification finetuning of the pretrained encoder instead of MLM pretraining")
@@ -69,20 +77,61 @@ def train_cli(argv: Sequence[str] | None, *, description: str, default_preset: s
         print(json.dumps(to_dict(config), indent=1))
         return None
     _require_train_extra()
-    from cottention_jax.train import train_and_evaluate  # noqa: PLC0415  (jax start-up after --help)
+    multi = _join_processes(args)
     from cottention_jax.preemption import RunInterrupted  # noqa: PLC0415
+    from cottention_jax.train import train_and_evaluate  # noqa: PLC0415  (jax start-up after --help)
 
     try:
         summary = train_and_evaluate(config, workdir, progress=not args.no_progress)
     except RunInterrupted as stop:          # SIGTERM / SIGINT: saved, one line, 143 / 130
-        print(_one_line(stop), file=sys.stderr)
-        raise SystemExit(stop.exit_status) from None
+        _leave(stop.exit_status, _one_line(stop), multi)
     except _run_stopping_errors() as err:   # what the user acts on is the message, not the traceback
-        raise SystemExit(_one_line(err)) from None
+        _leave(1, _one_line(err), multi)
+    except BaseException:                   # an internal error keeps its traceback
+        if not multi:
+            raise
+        traceback.print_exc()
+        _leave(1, "", multi)
+    if multi:
+        from cottention_jax import distributed  # noqa: PLC0415
+
+        distributed.barrier("cottention-train-end", timeout_s=600)   # no process exits while another still writes
+        if not distributed.is_primary():
+            return summary
     print(json.dumps({k: v for k, v in summary.items() if k != "sample"}, indent=1))
     if "sample" in summary:
         print("\n--- generated sample (RNN decoding) ---\n" + summary["sample"])
     return summary
+
+
+def _join_processes(args) -> bool:
+    """Join a multi-process run (jax.distributed) when flags, `COTTENTION_*` variables or a cluster say so;
+    before anything starts a JAX backend. False for a single process (nothing changes)."""
+    from cottention_jax import distributed  # noqa: PLC0415
+
+    try:
+        cfg = distributed.config_from_env(distributed.DistributedConfig(
+            coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id))
+        return distributed.initialize(cfg)
+    except (ValueError, RuntimeError) as err:
+        raise SystemExit(_one_line(err)) from None
+
+
+def _leave(status: int, message: str, multi: bool) -> None:
+    """Exit with `status` after one line on stderr. A process of a multi-process run leaves at once
+    (os._exit): waiting in JAX's shutdown barrier for peers that stopped too would end in an abort."""
+    if not multi:
+        if status == 1:
+            raise SystemExit(message)
+        print(message, file=sys.stderr)
+        raise SystemExit(status)
+    from cottention_jax import distributed  # noqa: PLC0415
+
+    if message:
+        print(distributed.process_prefix() + message, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _one_line(err: BaseException) -> str:

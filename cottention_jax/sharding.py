@@ -61,14 +61,26 @@ def param_spec(shape: tuple[int, ...], n_devices: int, fsdp: bool, min_fsdp_size
     return PartitionSpec(*([None] * axis + [AXIS]))
 
 
+def _put(x, sharding: NamedSharding):
+    """`x` (the same value in every process) as a global array with `sharding`. In a multi-process run the
+    mesh has devices of other processes, which device_put cannot reach: each process then gives the
+    shards of its own devices, cut from its copy."""
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):            # typed PRNG keys: place their data
+        return jax.random.wrap_key_data(_put(jax.random.key_data(x), sharding), impl=jax.random.key_impl(x))
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def shard_training_state(model: nnx.Module, optimizer: nnx.Optimizer, mesh: Mesh, fsdp: bool) -> None:
     """Place the model's and optimizer's arrays on the mesh, in place (fsdp: split over "data")."""
     n = mesh.shape[AXIS]
 
     def place(x):
         if not hasattr(x, "shape") or getattr(x, "ndim", 0) == 0:
-            return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
-        return jax.device_put(x, NamedSharding(mesh, param_spec(x.shape, n, fsdp)))
+            return _put(x, NamedSharding(mesh, PartitionSpec())) if hasattr(x, "dtype") else x
+        return _put(x, NamedSharding(mesh, param_spec(x.shape, n, fsdp)))
 
     for node in (model, optimizer):
         nnx.update(node, jax.tree.map(place, nnx.state(node)))
