@@ -87,9 +87,12 @@ def train_cli(argv: Sequence[str] | None, *, description: str, default_preset: s
         _leave(stop.exit_status, _one_line(stop), multi)
     except _run_stopping_errors() as err:   # what the user acts on is the message, not the traceback
         _leave(1, _one_line(err), multi)
-    except BaseException:                   # an internal error keeps its traceback
+    except BaseException as err:            # an internal error keeps its traceback
         if not multi:
             raise
+        if _lost_a_peer(err):               # another process died: its own log says why
+            _leave(1, f"lost another process of the run ({_one_line(err)[:300]}); rerun the command on every "
+                      "process to resume from the last intact checkpoint", multi)
         traceback.print_exc()
         _leave(1, "", multi)
     if multi:
@@ -115,6 +118,13 @@ def _join_processes(args) -> bool:
         return distributed.initialize(cfg)
     except (ValueError, RuntimeError) as err:
         raise SystemExit(_one_line(err)) from None
+
+
+def _lost_a_peer(err: BaseException) -> bool:
+    """Whether a collective failed because a peer process went away (gloo / NCCL connection errors)."""
+    text = str(err)
+    return any(sign in text for sign in ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
+                                         "heartbeat timeout", "unhealthy"))
 
 
 def _leave(status: int, message: str, multi: bool) -> None:
