@@ -30,9 +30,12 @@ run: $(STAMP)
 # The whole test suite (GPU tests are skipped, with the reason, when JAX sees no GPU). It also builds
 # the wheel and installs it into a fresh virtual environment (tests/test_packaging.py), and the
 # converter tests build .venv-interop/ once (Python 3.11 with CPU torch and transformers; see
-# tests/_interop.py): both from the package index through pip's cache.
+# tests/_interop.py): both from the package index through pip's cache. Compiled programs are cached
+# on disk (.cache/jax-tests, JAX's persistent compilation cache) for the suite's many identical tiny
+# training runs, in-process and in subprocesses: it halves a gpt-tiny run (12 s -> 6.4 s here).
 test: $(STAMP)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	JAX_COMPILATION_CACHE_DIR="$(CURDIR)/.cache/jax-tests" JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0.2 \
+	  $(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # Benchmarks behind the README's tables (benchmarks/, run from the checkout; not installed).
 scaling: $(STAMP)
@@ -80,4 +83,4 @@ interop-env: $(STAMP)
 	$(PY) -c "from tests._interop import interop_python; print(interop_python())"
 
 clean:
-	rm -rf $(VENV) .venv-interop build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-interop build dist *.egg-info .pytest_cache .cache
