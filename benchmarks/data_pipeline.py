@@ -39,22 +39,21 @@ Writes --out (JSON: machine, versions, commit, the rows) and prints a markdown t
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):   # run as `python benchmarks/<name>.py`: import from the root
     sys.path[0] = str(ROOT)
+
+from benchmarks.machine import machine_facts  # noqa: E402  (after the path set-up above)
 
 MB = 1e6
 VOCAB = 4096
@@ -295,30 +294,6 @@ def run_worker(name: str, env: dict, **params) -> dict:
 
 # ----------------------------------------------------------------------------- the run
 
-def _machine() -> dict:
-    def version(name):
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=str(ROOT),
-                                check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                    text=True, cwd=str(ROOT)).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = None, None
-    with open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
-    return {"platform": platform.platform(), "cpu": cpu or platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "memory_GB": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9,
-            "python": platform.python_version(), "jax": version("jax"), "jaxlib": version("jaxlib"),
-            "grain": version("grain"), "array_record": version("array-record"), "tokenizers": version("tokenizers"),
-            "numpy": version("numpy"), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "git_commit": commit, "git_dirty": dirty}
-
-
 def _spread(rows: list[dict], key: str) -> dict:
     values = [r[key]["peak_rss_MB"] for r in rows]
     spread = values[-1] - values[0]
@@ -429,7 +404,7 @@ def main(argv):
                "batches_over_step": batch_rate / step["tokens_per_s"],
                "batches_meet_target": batch_rate / step["tokens_per_s"] >= TARGET_RATIO
                and batch_rate >= TARGET_BATCH_TOKENS_S}
-    result = {"benchmark": "data_pipeline", "smoke": args.smoke, "machine": _machine(),
+    result = {"benchmark": "data_pipeline", "smoke": args.smoke, "machine": machine_facts("jax", "jaxlib", "grain", "array-record", "tokenizers", "numpy"),
               "note": " ".join(filter(None, [
                   "Corpus: synthetic JSONL (see the script's docstring); MB = 1e6 bytes; peak RSS = the "
                   "subprocess's VmHWM. batch_tokens_per_s in the summary is the lowest over sizes.",

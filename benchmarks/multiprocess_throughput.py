@@ -19,47 +19,25 @@ table. On a CPU this is a functional figure: all processes share the same cores.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):   # run as `python benchmarks/<name>.py`: import from the root
+    sys.path[0] = str(ROOT)
+
+from benchmarks.machine import machine_facts  # noqa: E402  (after the path set-up above)
+
 NOTE = ("A functional figure, not a speed claim: measured on a {cores}-core CPU machine shared with other work, "
         "where all N processes (and their XLA CPU devices) share the same {cores} cores and the gloo "
         "collectives between processes go over loopback TCP. It shows that multi-process training runs and "
         "what it costs here, not how it scales on separate hosts or accelerators.")
-
-
-def _machine() -> dict:
-    def version(name):
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    def git(*args):
-        try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return None
-
-    with open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
-    return {"platform": platform.platform(), "cpu": cpu or platform.machine(), "cpu_count": os.cpu_count(),
-            "memory_GB": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
-            "python": platform.python_version(), "jax": version("jax"), "jaxlib": version("jaxlib"),
-            "flax": version("flax"), "numpy": version("numpy"),
-            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "git_commit": git("rev-parse", "HEAD"),
-            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
 def _env(devices: int | None) -> dict:
@@ -130,7 +108,7 @@ def main(argv=None) -> dict:
         p.error("--steps must be a multiple of --log-every, at least two windows (the first is dropped)")
     layouts = [tuple(int(x) for x in layout.lower().split("x")) for layout in args.layouts]
 
-    machine = _machine()
+    machine = machine_facts("jax", "jaxlib", "flax", "numpy")
     rows = []
     with tempfile.TemporaryDirectory(prefix="mp-throughput-", dir=args.tmp) as tmp:
         for nproc, per_process in layouts:

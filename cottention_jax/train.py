@@ -24,7 +24,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +33,6 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from cottention_jax import data as data_lib
-from cottention_jax.data import classification, documents, pipeline, prepare
 from cottention_jax import decoding
 from cottention_jax.checkpoint import Checkpointer
 from cottention_jax.configs import OptimConfig, TrainConfig, from_dict, to_dict
@@ -43,6 +41,7 @@ from cottention_jax.models import GPT, Bert
 from cottention_jax.objectives import LOSSES
 from cottention_jax.preemption import RunInterrupted, StopSignals
 from cottention_jax.sharding import SEQ_AXIS, make_mesh, place_batch, shard_training_state
+from cottention_jax.train_data import DataBundle, prepare_data
 from cottention_jax.train_hooks import (CheckpointHook, EvalHook, FunctionHook, Hook, StabilizerHook, TrainLogHook,
                                         default_hooks, due, evaluate, hook, stabilizer_values)
 from cottention_jax.workdir_lock import WorkdirLock
@@ -104,65 +103,6 @@ def build_model(config: TrainConfig, seed: int | None = None) -> nnx.Module:
     if config.seq_parallel > 1 and model_config.sequence_axis is None:
         model_config = dataclasses.replace(model_config, sequence_axis=SEQ_AXIS)
     return GPT(model_config, rngs=rngs) if config.kind == "gpt" else Bert(model_config, rngs=rngs)
-
-
-@dataclasses.dataclass
-class DataBundle:
-    """What a run reads: the tokenizer, the resumable training iterator and finite evaluation splits."""
-
-    tokenizer: Any
-    train: Any                                            # get_state() / set_state() / __next__
-    eval_splits: dict[str, Callable[[], Iterator[dict]]]  # name -> fresh iterator over that split
-    description: str
-    prepared: Any = None                                  # the prepared text (gpt, bert-mlm)
-    task: Any = None                                      # the prepared task (bert-classify)
-
-
-def _shard(batch_size: int) -> tuple[int, int, int]:
-    """(batch rows per process, this process's index, process count): each process reads its own rows."""
-    index, count = jax.process_index(), jax.process_count()
-    if batch_size % count:
-        raise ValueError(f"data.batch_size ({batch_size}) must be divisible by the {count} processes")
-    return batch_size // count, index, count
-
-
-def _task_tokenizer(config: TrainConfig, log: Callable[[str], None]):
-    """Finetuning reads the pretraining run's own tokenizer (its tokenizer.json), else data.tokenizer."""
-    if config.init_from and (Path(config.init_from) / "tokenizer.json").is_file():
-        return data_lib.load_tokenizer(Path(config.init_from) / "tokenizer.json")
-    d = config.data
-    source = documents.open_source(d.corpus, d.text_field, d.data_dir)
-    return prepare.resolve_tokenizer(source, d.tokenizer, d.vocab_size, d.validation_fraction, d.data_dir, log)
-
-
-def prepare_data(config: TrainConfig, *, progress: bool = False, log: Callable[[str], None] = tqdm.write
-                 ) -> DataBundle:
-    """The data of `config.data` for `config.kind`, prepared (tokenized to disk) on first use and streamed.
-
-    Raises MissingDataError / DataSourceError (one line, naming the file) before anything is written.
-    """
-    d = config.data
-    rows, index, count = _shard(d.batch_size)
-    if config.kind == "bert-classify":
-        fields = tuple(f.strip() for f in d.task_text_fields.split(",")) if d.task_text_fields else None
-        task = classification.prepare_task(d.task, _task_tokenizer(config, log), data_dir=d.data_dir,
-                                           text_fields=fields, label_field=d.task_label_field, progress=progress)
-        evals = {"eval": lambda: task.eval_batches("validation", rows, d.seq_len)}
-        if task.has_test:
-            evals["test"] = lambda: task.eval_batches("test", rows, d.seq_len)
-        train = task.train_batches(rows, d.seq_len, seed=d.seed, shard_index=index, shard_count=count)
-        return DataBundle(task.tokenizer, train, evals, f"task {d.task}: {task.split_sizes}", task=task)
-    prepared = prepare.prepare_text(d.corpus, tokenizer=d.tokenizer, vocab_size=d.vocab_size,
-                                    text_field=d.text_field, validation_fraction=d.validation_fraction,
-                                    data_dir=d.data_dir, progress=progress, log=log)
-    shard = dict(shard_index=index, shard_count=count)     # each process reads its rows of every global batch
-    if config.kind == "gpt":
-        train = pipeline.gpt_train_batches(prepared, d.batch_size, d.seq_len, seed=d.seed, **shard)
-        evals = {"eval": lambda: pipeline.gpt_eval_batches(prepared, d.batch_size, d.seq_len, **shard)}
-    else:
-        train = pipeline.mlm_train_batches(prepared, d.batch_size, d.seq_len, seed=d.seed, **shard)
-        evals = {"eval": lambda: pipeline.mlm_eval_batches(prepared, d.batch_size, d.seq_len, seed=d.seed, **shard)}
-    return DataBundle(prepared.tokenizer, train, evals, prepared.describe(), prepared=prepared)
 
 
 def make_train_step(kind: str):
