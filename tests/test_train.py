@@ -134,6 +134,18 @@ def _complete_checkpoints(workdir):
     return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.exists() else []
 
 
+def _assert_rerun_continues_exactly(interrupted, clean, data_dir, steps: int, resumed_from: int, env) -> None:
+    """Rerun the interrupted workdir to the end, and train `clean` uninterrupted: every step is logged once
+    and the losses after `resumed_from` are the same, bit for bit."""
+    subprocess.run(_train_cmd(interrupted, data_dir, steps), env=env, check=True, capture_output=True)
+    subprocess.run(_train_cmd(clean, data_dir, steps), env=env, check=True, capture_output=True)
+    losses = [{r["step"]: r["loss"] for r in read_metrics(d / "metrics.jsonl") if r["split"] == "train"}
+              for d in (interrupted, clean)]
+    assert sorted(losses[0]) == list(range(1, steps + 1))
+    after = range(resumed_from + 1, steps + 1)
+    assert [losses[0][s] for s in after] == [losses[1][s] for s in after]
+
+
 def test_sigkill_then_resume_gives_the_same_losses(data_dir, tmp_path):
     steps = 200
     killed, clean = tmp_path / "killed", tmp_path / "clean"
@@ -151,13 +163,7 @@ def test_sigkill_then_resume_gives_the_same_losses(data_dir, tmp_path):
     assert not (killed / "summary.json").exists()
     resumed_from = max(_complete_checkpoints(killed))
 
-    subprocess.run(_train_cmd(killed, data_dir, steps), env=env, check=True, capture_output=True)
-    subprocess.run(_train_cmd(clean, data_dir, steps), env=env, check=True, capture_output=True)
-    losses = {name: {r["step"]: r["loss"] for r in read_metrics(d / "metrics.jsonl") if r["split"] == "train"}
-              for name, d in (("killed", killed), ("clean", clean))}
-    assert sorted(losses["killed"]) == list(range(1, steps + 1))
-    after = [s for s in range(resumed_from + 1, steps + 1)]
-    assert [losses["killed"][s] for s in after] == [losses["clean"][s] for s in after]   # bit for bit
+    _assert_rerun_continues_exactly(killed, clean, data_dir, steps, resumed_from, env)
 
 
 @pytest.mark.slow
@@ -185,13 +191,7 @@ def test_a_signal_between_checkpoints_saves_that_step_and_the_rerun_continues_ex
     assert interrupted >= 12 and interrupted in _complete_checkpoints(stopped)
     assert not (stopped / LOCK_FILE).exists() and not (stopped / "summary.json").exists()
 
-    subprocess.run(_train_cmd(stopped, data_dir, steps), env=env, check=True, capture_output=True)
-    subprocess.run(_train_cmd(clean, data_dir, steps), env=env, check=True, capture_output=True)
-    losses = {name: {r["step"]: r["loss"] for r in read_metrics(d / "metrics.jsonl") if r["split"] == "train"}
-              for name, d in (("stopped", stopped), ("clean", clean))}
-    assert sorted(losses["stopped"]) == list(range(1, steps + 1))
-    assert [losses["stopped"][s] for s in range(interrupted + 1, steps + 1)] == \
-        [losses["clean"][s] for s in range(interrupted + 1, steps + 1)]                 # bit for bit
+    _assert_rerun_continues_exactly(stopped, clean, data_dir, steps, interrupted, env)
 
 
 def test_sharded_training_step_equals_single_device(data_dir):
