@@ -20,8 +20,11 @@ hosts' clocks may disagree. (A timestamp written in the JSON by the holder would
 compare two hosts' clocks, and rewriting the file could resurrect a broken lock.)
 
 A lock is stale, broken with a one-line notice through `log` and taken, when:
-- its holder is on this host and its pid no longer exists, or now belongs to a process
+- its holder is on this host and its pid no longer exists, is a zombie (exited, not yet
+  reaped: in a container whose PID 1 reaps nothing it stays so), or now belongs to a process
   started at another time (a reused pid). A live pid is never broken, whatever its heartbeat;
+  one the kernel is tearing down (just killed: a pending SIGKILL, or exiting) is waited for,
+  up to 5 s, before the run is refused;
 - its holder is on another host and its heartbeat is older than `stale_after_s`
   (at least three of the holder's own heartbeat intervals): e.g. a preempted job,
   requeued on another node;
@@ -43,29 +46,47 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 __all__ = ["LOCK_FILE", "WorkdirLock", "WorkdirLockedError"]
 
 LOCK_FILE = "train.lock"
 _PARTIAL_GRACE_S = 5.0     # a lock file still empty after this long was left by a crash mid-write
 _ATTEMPTS = 8
+_EXIT_WAIT_S = 5.0         # how long to wait for a holder that the kernel is tearing down (e.g. just after kill -9)
+_EXIT_POLL_S = 0.05
+_PF_EXITING = 0x4          # linux/sched.h: the task is exiting
 
 
 class WorkdirLockedError(RuntimeError):
     """Another run holds the workdir's lock; the message names it (pid, host, since, command)."""
 
 
-def _process_start(pid: int) -> str | None:
-    """An identifier of when process `pid` started (Linux: boot id + start ticks), else None."""
+def _proc_stat(pid: int) -> dict | None:
+    """What Linux says of process `pid` (/proc/<pid>/stat and status), else None (no /proc, or no such pid):
+    state ('R', 'S', 'D', 'Z' zombie, 'X' dead...), start (boot id + start ticks, which tells a reused pid),
+    exiting (the kernel is tearing it down: PF_EXITING, or a SIGKILL not yet acted on)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()   # after "pid (comm) ": state is field 3
-    return f"{boot}:{fields[19]}"                   # field 22, starttime in clock ticks since boot
+    fields = stat[stat.rindex(")") + 2:].split()   # after "pid (comm) ": field 3 (state) onwards
+    exiting = int(fields[6]) & _PF_EXITING != 0     # field 9, the task's flags
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(("SigPnd:", "ShdPnd:")):   # pending signals, a hex mask: bit 8 is SIGKILL (9)
+                exiting = exiting or int(line.split()[1], 16) & (1 << 8) != 0
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"state": fields[0], "start": f"{boot}:{fields[19]}", "exiting": exiting}   # field 22, starttime
+
+
+def _process_start(pid: int) -> str | None:
+    """An identifier of when process `pid` started (Linux: boot id + start ticks), else None."""
+    info = _proc_stat(pid)
+    return None if info is None else info["start"]
 
 
 def _pid_exists(pid: int) -> bool:
@@ -164,16 +185,45 @@ class WorkdirLock:
             return f"whose heartbeat is {age:.0f} s old" if age > self._stale_bound(holder) else None
         if not isinstance(holder.get("pid"), int):
             return None
+        return self._pid_verdict(holder)
+
+    @staticmethod
+    def _pid_verdict(holder: dict) -> str | None:
+        """Whether the holder's pid (on this host) is gone, a zombie or another process; None while it lives."""
         if not _pid_exists(holder["pid"]):
             return "which is no longer running"
-        start = _process_start(holder["pid"])
-        if holder.get("start") is not None and start is not None and start != holder["start"]:
+        info = _proc_stat(holder["pid"])
+        if info is None:           # no /proc (or it vanished in between): os.kill said it exists
+            return None
+        if info["state"] in ("Z", "X", "x"):   # exited; a zombie nobody reaps (e.g. PID 1 of a container) stays
+            return "which has exited (a zombie process, never reaped)"
+        if holder.get("start") is not None and info["start"] != holder["start"]:
             return "which is no longer running (its pid now belongs to another process)"
         return None
+
+    def _wait_for_exit(self, holder: dict) -> str | None:
+        """A holder on this host that the kernel is tearing down (just killed): wait up to _EXIT_WAIT_S
+        for it to go. The verdict once it has gone, None if it is alive and not exiting, or still there."""
+        if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+            return None
+        deadline = time.monotonic() + _EXIT_WAIT_S
+        while True:
+            info = _proc_stat(holder["pid"])
+            if info is None or not info["exiting"] or time.monotonic() >= deadline:
+                return None
+            time.sleep(_EXIT_POLL_S)
+            why = self._pid_verdict(holder)
+            if why is not None:
+                return why
 
     def _refusal(self, holder: dict, mtime_ns: int) -> WorkdirLockedError:
         head = f"workdir {self.path.parent} is in use by another run: {_describe(holder)}"
         if holder.get("host") == socket.gethostname():
+            info = _proc_stat(holder["pid"]) if isinstance(holder.get("pid"), int) else None
+            if info is not None and info["exiting"]:
+                return WorkdirLockedError(
+                    f"{head}, which is exiting but still there after {_EXIT_WAIT_S:.0f} s. Rerun in a moment; if "
+                    f"it never goes, delete {self.path}")
             return WorkdirLockedError(
                 f"{head}, which is running. Wait for it to finish or use another workdir. If that run is "
                 f"gone, delete {self.path}")
@@ -244,7 +294,9 @@ class WorkdirLock:
                     holder, mtime = self._read()
                     if not holder or self._verdict(holder, mtime):
                         continue
-                raise self._refusal(holder, mtime)
+                why = self._wait_for_exit(holder)
+                if why is None:
+                    raise self._refusal(holder, mtime)
             self._break(holder, mtime, why)
         raise WorkdirLockedError(f"could not take the workdir lock {self.path}: it kept changing "
                                  f"({_ATTEMPTS} attempts); another run is starting in this workdir")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from cottention_jax import workdir_lock as lock_mod
 from cottention_jax.workdir_lock import LOCK_FILE, WorkdirLock, WorkdirLockedError
 from tests._util import REPO_ROOT
 
@@ -247,3 +248,88 @@ def test_a_disabled_lock_is_never_taken(tmp_path):
 def test_bad_intervals_are_refused(tmp_path):
     with pytest.raises(ValueError, match="heartbeat_s < stale_after_s"):
         WorkdirLock(tmp_path, heartbeat_s=60, stale_after_s=30)
+
+
+def _zombie() -> subprocess.Popen:
+    """A child that has exited and is never reaped (until the caller waits): state 'Z' in /proc."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    for _ in range(2000):                                   # bounded: the child exits within moments
+        if Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return child
+        time.sleep(0.01)
+    child.kill()
+    child.wait()
+    pytest.fail(f"child {child.pid} never became a zombie")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_a_lock_of_a_zombie_holder_is_broken(tmp_path):
+    """kill -9 of a run in a container whose PID 1 reaps nothing leaves a zombie forever: it holds nothing."""
+    child = _zombie()
+    try:
+        start = lock_mod._process_start(child.pid)
+        assert start is not None                            # a zombie still has its /proc entry
+        path = _write_lock(tmp_path, pid=child.pid, host=socket.gethostname(), start=start)
+        notices = []
+        with WorkdirLock(tmp_path, log=notices.append):
+            assert json.loads(path.read_text())["pid"] == os.getpid()
+        assert len(notices) == 1 and f"pid {child.pid}" in notices[0] and "zombie" in notices[0]
+    finally:
+        child.wait()
+
+
+def _fake_proc(monkeypatch, states: list[dict | None]) -> list[float]:
+    """Make the /proc reader answer `states` one call after another (the last one from then on);
+    time.sleep records its calls instead of sleeping. Returns the recorded sleeps."""
+    answers, sleeps = list(states), []
+    monkeypatch.setattr(lock_mod, "_proc_stat", lambda pid: answers.pop(0) if len(answers) > 1 else answers[0])
+    monkeypatch.setattr(lock_mod.time, "sleep", sleeps.append)
+    return sleeps
+
+
+ALIVE = {"state": "S", "start": "boot:1", "exiting": False}
+EXITING = {"state": "D", "start": "boot:1", "exiting": True}
+ZOMBIE = {"state": "Z", "start": "boot:1", "exiting": True}
+
+
+@pytest.mark.parametrize("gone", [ZOMBIE, {"state": "X", "start": "boot:1", "exiting": True}],
+                         ids=["zombie", "dead"])
+def test_a_holder_being_torn_down_is_waited_for_then_broken(tmp_path, monkeypatch, gone):
+    """Right after kill -9 the holder still exists for a moment (its memory being freed): wait for it."""
+    sleeps = _fake_proc(monkeypatch, [EXITING, EXITING, EXITING, EXITING, gone])
+    _write_lock(tmp_path, pid=os.getpid(), host=socket.gethostname(), start="boot:1")
+    notices = []
+    with WorkdirLock(tmp_path, log=notices.append) as lock:
+        assert lock.held
+    assert len(sleeps) >= 2 and len(notices) == 1 and "zombie" in notices[0]
+
+
+def test_a_holder_that_never_finishes_exiting_is_refused_after_a_bounded_wait(tmp_path, monkeypatch):
+    sleeps = _fake_proc(monkeypatch, [EXITING])
+    clock = iter(range(0, 1000))                            # each reading of the clock is one second later
+    monkeypatch.setattr(lock_mod.time, "monotonic", lambda: float(next(clock)))
+    path = _write_lock(tmp_path, pid=os.getpid(), host=socket.gethostname(), start="boot:1")
+    with pytest.raises(WorkdirLockedError, match="exiting but still there"):
+        WorkdirLock(tmp_path, log=lambda line: pytest.fail(line)).acquire()
+    assert 0 < len(sleeps) <= lock_mod._EXIT_WAIT_S + 1
+    assert json.loads(path.read_text())["token"] == "t0"
+
+
+def test_a_live_holder_that_is_not_exiting_is_refused_without_waiting(tmp_path, monkeypatch):
+    sleeps = _fake_proc(monkeypatch, [ALIVE])
+    path = _write_lock(tmp_path, pid=os.getpid(), host=socket.gethostname(), start="boot:1")
+    with pytest.raises(WorkdirLockedError, match="which is running"):
+        WorkdirLock(tmp_path, log=lambda line: pytest.fail(line)).acquire()
+    assert sleeps == [] and json.loads(path.read_text())["token"] == "t0"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_the_proc_reader_reads_state_and_start_time():
+    """The parsing behind both: this live process (running, not exiting) and a zombie (state Z)."""
+    me = lock_mod._proc_stat(os.getpid())
+    assert me["state"] in "RS" and not me["exiting"] and me["start"] == lock_mod._process_start(os.getpid())
+    child = _zombie()
+    try:
+        assert lock_mod._proc_stat(child.pid)["state"] == "Z"
+    finally:
+        child.wait()
