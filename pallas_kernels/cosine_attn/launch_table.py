@@ -24,8 +24,12 @@ larger of d_k and d_v). An entry matches a device when its `device` equals the
 device kind or is a substring of it (the shipped "NVIDIA H100" rows, measured on
 an "NVIDIA H100 80GB HBM3", match every H100 variant); failing that,
 an entry measured on a device of the same compute capability is used (same SM
-architecture, e.g. an H200 takes the H100's rows). float16 takes a bfloat16
-entry when it has none of its own (the same 2-byte tensor-core dots).
+architecture, e.g. an H200 takes the H100's rows), but only when no table has a
+row for the device itself. float16 takes a bfloat16 entry when it has none of
+its own (the same 2-byte tensor-core dots).
+
+$COTTENTION_KERNEL_TABLE naming a missing file, or a file that is not a table,
+is a ValueError naming the variable and the path (never silently skipped).
 """
 
 from __future__ import annotations
@@ -54,11 +58,22 @@ def user_table_path() -> Path:
     return Path(cache) / "cottention_jax" / "tuned_block_sizes.json"
 
 
+def _env_table() -> Path | None:
+    """The file named by $COTTENTION_KERNEL_TABLE; ValueError if it names no file."""
+    value = os.environ.get(ENV_VAR)
+    if not value:
+        return None
+    if not Path(value).is_file():
+        raise ValueError(f"{ENV_VAR}={value}: no such file; point it at a table written by "
+                         f"experiments/tune_kernels.py, or unset it")
+    return Path(value)
+
+
 def table_paths() -> list[Path]:
-    """The tables the kernels consult, highest priority first (only those that exist)."""
-    paths = [Path(os.environ[ENV_VAR])] if os.environ.get(ENV_VAR) else []
-    paths += [user_table_path(), shipped_table_path()]
-    return [p for p in paths if p.is_file()]
+    """The tables the kernels consult, highest priority first: $COTTENTION_KERNEL_TABLE (which must
+    exist), then the user and the shipped tables where they exist."""
+    env = _env_table()
+    return ([env] if env else []) + [p for p in (user_table_path(), shipped_table_path()) if p.is_file()]
 
 
 def validate_entry(entry: dict, where: str = "entry") -> dict:
@@ -81,10 +96,13 @@ def validate_entry(entry: dict, where: str = "entry") -> dict:
 @functools.lru_cache(maxsize=16)
 def _load(path: str, mtime: float) -> tuple[dict, ...]:
     del mtime                                   # part of the cache key: an edited file is read again
-    data = json.loads(Path(path).read_text())
-    if data.get("format") != FORMAT or data.get("version") != VERSION:
-        raise ValueError(f"{path}: not a {FORMAT!r} version {VERSION} file "
-                         f"(format={data.get('format')!r}, version={data.get('version')!r})")
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
+        got = (data.get("format"), data.get("version")) if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{path}: not a {FORMAT!r} version {VERSION} file (format, version: {got!r})")
     return tuple(validate_entry(e, f"{path} entry {i}") for i, e in enumerate(data.get("entries", [])))
 
 
@@ -106,19 +124,37 @@ def find_entry(device_kind: str, compute_capability: str | None, dtype: str, hea
     device (exact kind, then substring), then the same compute capability;
     float16 falls back to bfloat16 entries.
     """
-    tables = [load_table(p) for p in (table_paths() if paths is None else paths)]
+    tables = [_load_named(p) for p in (table_paths() if paths is None else paths)]
     dtypes = [dtype, "bfloat16"] if dtype == "float16" else [dtype]
+
+    def by_name(e):      # exact kind first, then a substring ("NVIDIA H100" serves "NVIDIA H100 PCIe")
+        return 2 if e["device"] == device_kind else 1 if e["device"] in device_kind else 0
+
+    def by_architecture(e):
+        return compute_capability is not None and e.get("compute_capability") == str(compute_capability)
+
     for wanted in dtypes:
+        # 1. a row for this device, in table order; 2. only then one of the same compute capability
         for entries in tables:
-            rows = [e for e in entries if _matches(e, wanted, head_dim)]
-            for test in (lambda e: e["device"] == device_kind,
-                         lambda e: e["device"] in device_kind,
-                         lambda e: compute_capability is not None
-                         and e.get("compute_capability") == compute_capability):
-                found = [e for e in rows if test(e)]
-                if found:
-                    return found[0]
+            named = sorted((e for e in entries if _matches(e, wanted, head_dim) and by_name(e)),
+                           key=by_name, reverse=True)
+            if named:
+                return named[0]
+        for entries in tables:
+            same_sm = [e for e in entries if _matches(e, wanted, head_dim) and by_architecture(e)]
+            if same_sm:
+                return same_sm[0]
     return None
+
+
+def _load_named(path: Path) -> list[dict]:
+    """load_table, with a table that $COTTENTION_KERNEL_TABLE names said so in its error."""
+    try:
+        return load_table(path)
+    except ValueError as err:
+        if os.environ.get(ENV_VAR) and Path(os.environ[ENV_VAR]) == Path(path):
+            raise ValueError(f"{ENV_VAR}={os.environ[ENV_VAR]}: {err}") from None
+        raise
 
 
 def merge_entries(old: list[dict], new: list[dict]) -> list[dict]:

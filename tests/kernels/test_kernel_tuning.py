@@ -116,6 +116,49 @@ def test_user_tables_take_precedence_in_order(no_user_tables, monkeypatch):
     assert launch_table.find_entry("cpu", None, "bfloat16", 128) is None
 
 
+def test_a_kind_missing_from_every_table_takes_a_row_of_its_compute_capability(no_user_tables):
+    """Fake device kinds: a row for the device itself, in any table, wins over a same-architecture row
+    in an earlier table; a kind no table names takes a row of its compute capability (H100 rows serve
+    an H200), and only then the generic launch."""
+    h100_d128 = next(e for e in SHIPPED if e["head_dim"] == 128)
+    h200, gh200 = _device("NVIDIA H200", "9.0"), _device("NVIDIA GH200 480GB", "9.0")
+    assert pallas.BlockSizes.get_default(jnp.bfloat16, 128, 128, device=h200) == pallas.BlockSizes.from_entry(h100_d128)
+    # a user table tuned on a GH200 (sm_90 too): the GH200 and the H200 take it; an H100 keeps its own row
+    launch_table.write_table(launch_table.user_table_path(), [_entry("NVIDIA GH200 480GB", block=16, cc="9.0")])
+    for device in (gh200, h200):
+        assert pallas.BlockSizes.get_default(jnp.bfloat16, 128, 128, device=device).forward.block == 16
+    h100 = pallas.BlockSizes.get_default(jnp.bfloat16, 128, 128, device=_device(H100, "9.0"))
+    assert h100 == pallas.BlockSizes.from_entry(h100_d128)
+    # an H200 row of its own beats both; another architecture and no capability get the generic launch
+    launch_table.write_table(launch_table.user_table_path(), [_entry("NVIDIA GH200 480GB", block=16, cc="9.0"),
+                                                              _entry("NVIDIA H200", block=128, cc="9.0")])
+    assert pallas.BlockSizes.get_default(jnp.bfloat16, 128, 128, device=h200).forward.block == 128
+    for device in (_device("NVIDIA B200", "10.0"), _device("NVIDIA H20", None)):
+        assert pallas.BlockSizes.get_default(jnp.bfloat16, 128, 128, device=device) == \
+            pallas.BlockSizes.fallback(jnp.bfloat16, 128, 128)
+
+
+def test_env_table_naming_a_missing_file_is_an_error(no_user_tables, monkeypatch):
+    missing = no_user_tables / "no_such_table.json"
+    monkeypatch.setenv(launch_table.ENV_VAR, str(missing))
+    with pytest.raises(ValueError, match=rf"{launch_table.ENV_VAR}={missing}: no such file"):
+        pallas.BlockSizes.get_default(jnp.bfloat16, 128, 128, device=_device(H100, "9.0"))
+
+
+@pytest.mark.parametrize("text, match", [("{\"format\": ", "not valid JSON"), ("[1, 2]", "not a 'cottention-jax")])
+def test_env_table_that_is_not_a_table_is_an_error_naming_variable_and_path(no_user_tables, monkeypatch,
+                                                                            text, match):
+    bad = no_user_tables / "bad.json"
+    bad.write_text(text)
+    monkeypatch.setenv(launch_table.ENV_VAR, str(bad))
+    with pytest.raises(ValueError, match=rf"^{launch_table.ENV_VAR}={bad}: {bad}: {match}") as info:
+        pallas.BlockSizes.get_default(jnp.bfloat16, 128, 128, device=_device(H100, "9.0"))
+    assert type(info.value) is ValueError          # not a bare JSONDecodeError
+    # the same file read directly names its path
+    with pytest.raises(ValueError, match=rf"^{bad}: {match}"):
+        launch_table.load_table(bad)
+
+
 def test_caller_block_sizes_override_the_table():
     mine = pallas.BlockSizes.uniform(chunk=32, block=16, num_warps=8, num_stages=1)
     plan = pallas.launch_plan((1, 100, 2, 64), (1, 100, 2, 64), (1, 100, 2, 64), jnp.bfloat16, mine, True)
