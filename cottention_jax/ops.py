@@ -118,6 +118,10 @@ def _check_state(state, b: int, h: int, dk: int, dv: int, name: str = "initial_s
                          f"got {name}.count.shape={tuple(jnp.shape(state.count))}")
     if not jnp.issubdtype(jnp.result_type(state.count), jnp.integer):
         raise ValueError(f"{name}.count must be an integer array; got dtype {jnp.result_type(state.count)}")
+    if not isinstance(state.count, jax.core.Tracer):     # a traced count (under jit) has no value to check
+        count = np.asarray(state.count)
+        if np.any(count < 0):
+            raise ValueError(f"{name}.count must be >= 0 (real tokens seen so far); got {name}.count={count.tolist()}")
     _check_float(**{f"{name}.kv": state.kv})
 
 

@@ -9,8 +9,8 @@ outputs, final states and gradients for q, k, v and the stabilizer.
 import functools
 
 import jax
-import jax.test_util  # noqa: F401  (check_grads)
 import jax.numpy as jnp
+import jax.test_util  # noqa: F401  (check_grads)
 import numpy as np
 import pytest
 
@@ -98,7 +98,7 @@ def test_gradients_agree_fp32(case):
             return jnp.sum(ct * step_scan(q, k, v, m, mask=mask, stabilize=stab)[0])
         grads["steps"] = jax.grad(f_steps, argnums=(0, 1, 2, 3))(q, k, v, m)
     for impl in grads:
-        for name, g, r in zip("qkvm", grads[impl], grads["reference"]):
+        for name, g, r in zip("qkvm", grads[impl], grads["reference"], strict=True):
             assert rel_error(g, r) <= F32_TOL, (impl, name)
 
 
@@ -126,7 +126,7 @@ def test_half_precision_inputs(causal, dtype):
         return jnp.sum(ca.cosine_attention(q, k, v, m, implementation=impl, **kw).astype(jnp.float32) ** 2)
     g_half = jax.grad(f, argnums=(0, 1, 2, 3))(q, k, v, m, "xla")
     g_ref = jax.grad(f, argnums=(0, 1, 2, 3))(*(x.astype(jnp.float32) for x in (q, k, v)), m, "reference")
-    for name, g, r in zip("qkvm", g_half, g_ref):
+    for name, g, r in zip("qkvm", g_half, g_ref, strict=True):
         assert g.dtype == (dtype if name != "m" else jnp.float32), name
         assert rel_error(g, r) <= 5 * BF16_TOL, name
 
@@ -169,7 +169,7 @@ def test_initial_state_gradient_matches_reference():
 
     g_ref = jax.grad(f, argnums=(0, 1))(s0.kv, q, "reference")
     g_xla = jax.grad(f, argnums=(0, 1))(s0.kv, q, "xla")
-    for g, r in zip(g_xla, g_ref):
+    for g, r in zip(g_xla, g_ref, strict=True):
         assert rel_error(g, r) <= F32_TOL
 
 
@@ -497,3 +497,16 @@ def test_the_docstring_examples_of_cosine_attention_run():
     for test in tests:
         runner.run(test)
     assert runner.summarize(verbose=False).failed == 0
+
+
+def test_a_negative_count_in_a_state_is_refused():
+    """A count is a number of real tokens: a negative one would give max(n, 1)^-p = 1 silently."""
+    q, k, v, m = _inputs()
+    kv0 = jax.random.normal(fresh_key(), (2, 4, 8, 8))
+    bad = ca.CosineAttentionState(kv0, jnp.array([3, -1], jnp.int32))
+    with pytest.raises(ValueError, match=r"initial_state\.count must be >= 0.*-1"):
+        ca.cosine_attention(q, k, v, m, causal=True, initial_state=bad)
+    with pytest.raises(ValueError, match=r"state\.count must be >= 0.*-1"):
+        ca.cosine_attention_step(bad, q[:, 0], k[:, 0], v[:, 0], m)
+    ok = ca.CosineAttentionState(kv0, jnp.array([3, 0], jnp.int32))       # zero is a valid count
+    assert ca.cosine_attention(q, k, v, m, causal=True, initial_state=ok).shape == q.shape
