@@ -14,30 +14,61 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["MetricsWriter", "NullWriter", "new_figure", "plot_training_curves", "read_metrics", "safe_exp"]
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """All records of a metrics.jsonl file (empty if it does not exist)."""
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def read_metrics(path: str | os.PathLike, *, log: Callable[[str], None] | None = _stderr) -> list[dict]:
+    """All records of a metrics.jsonl file (empty if it does not exist).
+
+    A last line that is not a whole record (the write of it was cut: a full disk, a killed run) is
+    dropped with a one-line notice to `log` (None: silently); a bad line before it is a ValueError
+    naming the file and the line.
+    """
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text(errors="replace").splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number < len(lines):
+                raise ValueError(f"{path} line {number} is not a JSON record ({err.msg}): {line[:80]!r}; "
+                                 "remove that line to use the file") from None
+            if log is not None:
+                log(f"warning: {path}: the last line is cut ({len(line)} characters, not a whole record): "
+                    "dropped")
+    return records
 
 
 class MetricsWriter:
     """Append records to workdir/metrics.jsonl and workdir/tensorboard/.
 
-    resume_step: drop records with step > resume_step left by an interrupted run.
+    resume_step: drop records with step > resume_step left by an interrupted run (and a cut last line,
+    with a notice to `log`). A record of the resume step itself is not written a second time: the
+    split of a step is written once (a rerun of a finished run evaluates it again for its summary).
     """
 
-    def __init__(self, workdir: str | os.PathLike, resume_step: int | None = None):
+    def __init__(self, workdir: str | os.PathLike, resume_step: int | None = None,
+                 log: Callable[[str], None] | None = _stderr):
         self.path = Path(workdir) / "metrics.jsonl"
+        self._resume_step = resume_step
+        self._written_at_resume: set[str] = set()      # splits already recorded at resume_step
         if resume_step is not None and self.path.exists():
-            kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
+            kept = [r for r in read_metrics(self.path, log=log) if r["step"] <= resume_step]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            self._written_at_resume = {r["split"] for r in kept if r["step"] == resume_step}
         elif resume_step is None and self.path.exists():
             self.path.unlink()
         from tensorboardX import SummaryWriter  # noqa: PLC0415  (the [train] extra)
@@ -46,6 +77,8 @@ class MetricsWriter:
         self.tb = SummaryWriter(str(Path(workdir) / "tensorboard"), purge_step=purge)
 
     def write(self, step: int, split: str, **scalars: float) -> None:
+        if self._written_at_resume and step == self._resume_step and split in self._written_at_resume:
+            return                                       # in the file (and TensorBoard) already
         record = {"step": int(step), "split": split, **{k: float(v) for k, v in scalars.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
