@@ -6,14 +6,19 @@
 Each optimizer step sees --tokens tokens (batch = tokens / seq), random token ids.
 Each row's step is compiled once; when XLA's compiled memory of the step exceeds
 the device's memory (a GPU's allocator limit, or this host's RAM on a CPU) the
-row is skipped with that reason instead of run. Time: the median of
-synchronised steps after warm-up. MFU = model FLOPs per second (matmuls 6 N T
-plus attention, `benchmarks.measure.gpt_train_flops`) / the device's
-dense bf16 peak (unknown devices and non-2-byte dtypes: no MFU). Softmax uses
-its default implementation (cuDNN flash on a GPU). Writes results.json to --out.
+row is skipped with that reason instead of run; running out of memory (at
+compile or run time) is a row with status "oom: ...", not a crash. Time: the
+median of synchronised steps after warm-up. MFU = model FLOPs per second (matmuls
+6 N T plus attention, `benchmarks.measure.gpt_train_flops`, whose docstring is
+results.json's "flop_formula") / the device's dense bf16 peak (unknown devices and
+non-2-byte dtypes: no MFU). Peak memory: the device allocator's peak
+(`memory_stats()`, a GPU) since the process started, so run one row per process
+to read it per row (benchmarks/gpu_check.py does). Softmax uses its default
+implementation (cuDNN flash on a GPU). Writes results.json to --out.
 """
 
 import argparse
+import inspect
 import json
 import pathlib
 import sys
@@ -24,16 +29,29 @@ if __package__ in (None, ""):   # run as `python benchmarks/<name>.py`: import `
 import jax
 import jax.numpy as jnp
 
-from benchmarks.measure import (describe_device, gpt_train_flops, host_memory_bytes, median_time,  # noqa: E402
-                                peak_flops)
+from benchmarks.measure import (  # noqa: E402
+    describe_device,
+    device_peak_bytes,
+    gpt_train_flops,
+    host_memory_bytes,
+    median_time,
+    peak_flops,
+)
+from cottention_jax.configs import train_preset  # noqa: E402
 from cottention_jax.memory import compiled_bytes  # noqa: E402
-from cottention_jax.configs import train_preset
-from cottention_jax.train import build_model, build_optimizer, make_train_step
+from cottention_jax.train import build_model, build_optimizer, make_train_step  # noqa: E402
 
 
 def device_memory_limit() -> int:
     stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
     return (stats or {}).get("bytes_limit") or host_memory_bytes()
+
+
+def _failure(err: Exception, what: str) -> str:
+    """A row's status for an exception: "oom: ..." when the device ran out of memory."""
+    text = (str(err).splitlines() or [""])[0][:160]
+    oom = "RESOURCE_EXHAUSTED" in str(err) or "out of memory" in str(err).lower()
+    return f"{'oom' if oom else what}: {type(err).__name__}: {text}"
 
 
 def measure(cfg, seq: int, tokens: int, repeats: int, limit: int) -> dict:
@@ -46,7 +64,7 @@ def measure(cfg, seq: int, tokens: int, repeats: int, limit: int) -> dict:
     try:
         compiled = make_train_step(cfg.kind).lower(model, optimizer, batch).compile()
     except Exception as err:  # noqa: BLE001  (a step that cannot compile is a result)
-        return {**row, "status": f"skipped: does not compile ({type(err).__name__}: {str(err)[:160]})"}
+        return {**row, "status": _failure(err, "skipped: does not compile")}
     row["compiled_GB"] = (compiled_bytes(compiled) or 0) / 1e9
     if row["compiled_GB"] * 1e9 > limit:
         return {**row, "status": f"skipped: needs {row['compiled_GB']:.1f} GB compiled, the device has "
@@ -54,12 +72,20 @@ def measure(cfg, seq: int, tokens: int, repeats: int, limit: int) -> dict:
     try:
         timing = median_time(compiled, model, optimizer, batch, warmup=2, repeats=repeats)
     except Exception as err:  # noqa: BLE001  (out of memory at run time is a result too)
-        return {**row, "status": f"error: {type(err).__name__}: {str(err).splitlines()[0][:160]}"}
+        return {**row, "status": _failure(err, "error"), "peak_memory_GB": _peak_GB()}
     seconds = timing["median_s"]
     peak = peak_flops(describe_device()["device"], cfg.model.dtype)
     flops = gpt_train_flops(cfg.model, batch_size, seq)
     return {**row, "status": "ok", "ms_per_step": 1e3 * seconds, "tokens_per_second": row["tokens"] / seconds,
-            "model_tflops_per_s": flops / seconds / 1e12, "mfu": None if peak is None else flops / seconds / peak}
+            "model_flops_per_step": flops, "model_tflops_per_s": flops / seconds / 1e12,
+            "peak_flops": peak, "mfu": None if peak is None else flops / seconds / peak,
+            "peak_memory_GB": _peak_GB()}
+
+
+def _peak_GB() -> float | None:
+    """The device allocator's peak since the process started (None on a CPU)."""
+    peak = device_peak_bytes()
+    return None if peak is None else peak / 1e9
 
 
 def main(argv):
@@ -90,13 +116,15 @@ def main(argv):
                       flush=True)
             else:
                 print(f"{attention:>8} seq {seq:>6}: {row['status']}", flush=True)
-    print(f"GPT preset {args.preset!r} training steps on {info['device']} ({info['cpu_cores']} cores), jax {info['jax']}")
+    print(f"GPT preset {args.preset!r} training steps on {info['device']} ({info['cpu_cores']} cores), "
+          f"jax {info['jax']}")
     for seq in args.seq_lens:
         rate = {r["attention"]: r.get("tokens_per_second") for r in rows if r["seq"] == seq}
         if rate.get("cosine") and rate.get("softmax"):
             print(f"seq {seq}: cosine / softmax tokens/s = {rate['cosine'] / rate['softmax']:.2f}x")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
+    (args.out / "results.json").write_text(json.dumps(
+        {"info": info, "flop_formula": inspect.getdoc(gpt_train_flops), "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
