@@ -8,8 +8,8 @@ PYTEST_ARGS ?=
 # keys from its name (tests/conftest.py), so results do not depend on the split.
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test setup scaling decode-bench ablation data corpus tasks gpu-test tune-kernels notebooks dist \
-        interop-env clean
+.PHONY: run test setup scaling decode-bench ablation data corpus tasks gpu-test gpu-check tune-kernels notebooks \
+        dist interop-env clean
 
 $(STAMP): requirements.txt setup.cfg pyproject.toml
 	@test -x $(PY) || { echo "creating $(VENV) with $$(./scripts/pick_python.sh)"; $$(./scripts/pick_python.sh) -m venv $(VENV); }
@@ -65,6 +65,10 @@ tasks: $(STAMP)
 gpu-test: $(STAMP)
 	XLA_FLAGS="$$XLA_FLAGS --xla_gpu_autotune_level=0" $(PY) -m pytest -m gpu --durations=0 $(PYTEST_ARGS)
 	$(PY) benchmarks/bench_kernels.py
+
+# On a CUDA machine: every GPU figure in one 9-minute pass (benchmarks/gpu_check.py --help; GPU_CHECK_ARGS=--dry-run).
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 # On a CUDA machine: measure the kernels' launch parameters and write the table they read.
 tune-kernels: $(STAMP)
