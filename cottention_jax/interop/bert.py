@@ -1,12 +1,14 @@
-"""BERT checkpoints (transformers' `BertForMaskedLM`, `BertForSequenceClassification`, `BertModel`) to
-our `Bert` and back.
+"""BERT checkpoints (transformers' `BertForMaskedLM`, `BertForSequenceClassification`, `BertModel`,
+`BertForPreTraining`) to our `Bert` and back.
 
 Our Bert is BERT's architecture: token + absolute position + segment embeddings, LayerNorm;
 post-LN layers (attention with biases, then the MLP); the MLM head (dense, activation,
 LayerNorm, decoder tied to the token embedding, plus a bias); the pooler (tanh dense on the first
 token) and the classifier. A checkpoint brings the parts it has: `BertForMaskedLM` no pooler or
 classifier, `BertForSequenceClassification` no MLM head; the missing parts keep their
-initialisation (`seed`), named in a warning, as transformers does. The official Cottention BERT
+initialisation (`seed`), named in a warning, as transformers does. `BertForPreTraining` (the
+official Cottention BERT checkpoints) adds the next-sentence-prediction head `cls.seq_relationship.*`,
+which our Bert has no place for: it is dropped with a one-line warning. The official Cottention BERT
 replaces `attention.self` by cosine attention with the same projections and one learned
 `norm_const` (1, heads, 1, 1) per layer, values / n ** sigmoid(norm_const), n the real tokens of
 the row: our `stabilizer`, so those checkpoints convert to `attention="cosine"` (detected).
@@ -16,6 +18,9 @@ Config (config.json, model_type "bert"): vocab_size, hidden_size -> d_model, num
 max_position_embeddings -> max_len, type_vocab_size, layer_norm_eps, hidden_act -> activation
 (BERT's "gelu" is the exact one), hidden_dropout_prob -> dropout_rate, num_labels (or the
 size of id2label). Only absolute position embeddings and encoders (is_decoder False) convert.
+transformers numbers positions 0..T-1 whatever the padding, so converted models get
+positions="absolute" (our own models count real tokens, "from_mask"; the config.json we write
+records which, so a round trip keeps it).
 
 The parameters, `BERT_PARAMETERS` (PyTorch name, our parameter, layout, part):
 """
@@ -29,8 +34,16 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from cottention_jax.interop.files import (CONFIG_NAME, SAFETENSORS_NAME, read_state_dict, resolve_config,
-                                          write_safetensors)
+from cottention_jax.interop.files import (
+    CONFIG_NAME,
+    SAFETENSORS_NAME,
+    TORCH_NAME,
+    read_state_dict,
+    resolve_config,
+    source_name,
+    write_safetensors,
+    write_torch,
+)
 from cottention_jax.interop.gptj import HF_ACTIVATIONS
 from cottention_jax.interop.mapping import Entry, export_parameters, format_table, load_parameters
 from cottention_jax.models import Bert, BertConfig
@@ -83,6 +96,7 @@ BERT_ARCHITECTURES = {"BertForMaskedLM": ("base", "mlm"),
 _TIED = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
          "cls.predictions.decoder.bias": "cls.predictions.bias"}
 _IGNORED = (r"bert\.embeddings\.position_ids",)
+_NSP = "cls.seq_relationship."     # BertForPreTraining's next-sentence head (weight (2, d), bias (2,))
 _MARKER = "cottention_jax"
 
 
@@ -98,14 +112,15 @@ def bert_config_from_hf(hf: dict, *, attention: str = "softmax", **overrides) ->
     if act not in HF_ACTIVATIONS:
         raise ValueError(f"config: hidden_act {act!r} has no counterpart here; supported: {sorted(HF_ACTIVATIONS)}")
     labels = hf.get("num_labels", len(hf["id2label"]) if hf.get("id2label") else 2)
-    marker = hf.get(_MARKER, {})
+    marker = hf.get(_MARKER, {})   # written by save_bert (earlier versions: no "positions", all "from_mask")
     fields = dict(vocab_size=hf.get("vocab_size", 30522), d_model=hf.get("hidden_size", 768),
                   num_layers=hf.get("num_hidden_layers", 12), num_heads=hf.get("num_attention_heads", 12),
                   ff_dim=hf.get("intermediate_size", 3072), max_len=hf.get("max_position_embeddings", 512),
                   type_vocab_size=hf.get("type_vocab_size", 2), num_labels=labels,
                   layer_norm_eps=hf.get("layer_norm_eps", 1e-12), activation=HF_ACTIVATIONS[act],
                   dropout_rate=hf.get("hidden_dropout_prob", 0.1), attention=marker.get("attention", attention),
-                  stabilize=marker.get("stabilize", "value"))
+                  stabilize=marker.get("stabilize", "value"),
+                  positions=marker.get("positions", "from_mask" if marker else "absolute"))
     return BertConfig(**{**fields, **overrides})
 
 
@@ -120,7 +135,8 @@ def hf_config_from_bert(config: BertConfig, architecture: str = "BertForMaskedLM
             "layer_norm_eps": config.layer_norm_eps, "hidden_act": activation,
             "hidden_dropout_prob": config.dropout_rate, "attention_probs_dropout_prob": 0.0,
             "position_embedding_type": "absolute", "num_labels": config.num_labels, "pad_token_id": 0,
-            _MARKER: {"attention": config.attention, "stabilize": config.stabilize}, **extra}
+            _MARKER: {"attention": config.attention, "stabilize": config.stabilize, "positions": config.positions},
+            **extra}
 
 
 def _check_exportable(config: BertConfig, architecture: str) -> None:
@@ -138,11 +154,21 @@ def _with_prefix(state: dict) -> dict:
     return {(n if n.startswith(("cls.", "classifier.")) else f"bert.{n}"): v for n, v in state.items()}
 
 
-def _check_tied(state: dict) -> None:
+def _check_tied(state: dict, where: str) -> None:
     for tied, source in _TIED.items():
         if tied in state and source in state and not np.array_equal(state[tied], state[source]):
-            raise ValueError(f"{tied!r} differs from {source!r}: this Bert ties its MLM decoder to the token "
-                             "embedding, so an untied decoder has no place here")
+            raise ValueError(f"{where}: {tied!r} differs from {source!r}: this Bert ties its MLM decoder to the "
+                             "token embedding, so an untied decoder has no place here")
+
+
+def _without_nsp(state: dict, where: str) -> dict:
+    """The state dict less BertForPreTraining's next-sentence head, with a one-line warning when it had one."""
+    dropped = sorted(n for n in state if n.startswith(_NSP))
+    if dropped:
+        warnings.warn(f"{where}: dropped the next-sentence-prediction head {_NSP}* "
+                      f"({', '.join(n.removeprefix(_NSP) for n in dropped)}): Bert has no NSP head", UserWarning,
+                      stacklevel=3)
+    return {n: v for n, v in state.items() if not n.startswith(_NSP)}
 
 
 def load_bert(source, config: BertConfig | dict | None = None, *, attention: str | None = None, seed: int = 0,
@@ -151,16 +177,22 @@ def load_bert(source, config: BertConfig | dict | None = None, *, attention: str
 
     source, config, attention, overrides: as `load_gptj` (config.json / a BertConfig dict / ours).
     seed: initialises the parts the checkpoint lacks (a UserWarning lists them).
+    A transformers checkpoint converts with positions="absolute" (0..T-1 whatever the padding, as
+    transformers numbers them), so left-padded inputs give transformers' logits at the real tokens.
+    BertForPreTraining's NSP head (cls.seq_relationship.*) is dropped with a warning.
     """
-    state = _with_prefix(read_state_dict(source))
-    _check_tied(state)
+    where = source_name(source)
+    state = _without_nsp(_with_prefix(read_state_dict(source)), where)
+    _check_tied(state, where)
     config, attention = resolve_config(state, source, config, attention, ours=BertConfig, from_hf=bert_config_from_hf,
-                                       hf_name="BertConfig", norm_const_suffix=".attention.self.norm_const", overrides=overrides)
+                                       hf_name="BertConfig", norm_const_suffix=".attention.self.norm_const",
+                                       overrides=overrides)
     parts = ("base", "mlm", "pooler", "classifier") + (("cosine",) if attention == "cosine" else ())
     required = ("base", "cosine") if attention == "cosine" else ("base",)
     state = {n: v for n, v in state.items() if n not in _TIED}
     model, fresh = load_parameters(lambda: Bert(config, rngs=nnx.Rngs(seed)), state, BERT_PARAMETERS,
-                                   num_layers=config.num_layers, parts=parts, required=required, ignored=_IGNORED)
+                                   num_layers=config.num_layers, parts=parts, required=required, ignored=_IGNORED,
+                                   where=where)
     if fresh:
         warnings.warn(f"{len(fresh)} parameter(s) of Bert are not in the checkpoint and keep their initial "
                       f"values (seed {seed}): {', '.join(fresh)}", UserWarning, stacklevel=2)
@@ -182,11 +214,26 @@ def bert_state_dict(model: Bert, architecture: str = "BertForMaskedLM") -> dict[
 
 def save_bert(model: Bert, directory, architecture: str = "BertForMaskedLM", **config_extra) -> Path:
     """Write `model.safetensors` and `config.json` as `<architecture>.save_pretrained` would (the tied
-    decoder tensors left out, as transformers leaves them out)."""
+    decoder tensors left out, as transformers leaves them out). A cosine model also gets
+    `pytorch_model.bin` when torch is installed: the official Cottention code reads its norm_const
+    tensors from that file (without torch, a warning says it was not written).
+
+    A model with positions="from_mask" warns: transformers numbers positions 0..T-1, so its logits
+    differ from ours on left-padded inputs (unpadded and right-padded ones agree).
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    _check_exportable(model.config, architecture)
+    if model.config.positions == "from_mask":
+        warnings.warn("a Bert with positions='from_mask': transformers numbers positions 0..T-1 whatever the "
+                      "padding, so its logits differ from this model's on left-padded inputs (unpadded and "
+                      "right-padded inputs agree)", UserWarning, stacklevel=2)
     state = {n: v for n, v in bert_state_dict(model, architecture).items() if n not in _TIED}
     write_safetensors(state, directory / SAFETENSORS_NAME)
+    if model.config.attention == "cosine" and write_torch(state, directory / TORCH_NAME) is None:
+        warnings.warn(f"a cosine-attention Bert: torch is not installed, so only {SAFETENSORS_NAME} was written; "
+                      f"the official Cottention code reads the norm_const tensors from {TORCH_NAME} (pip install "
+                      "torch and save again)", UserWarning, stacklevel=2)
     config = hf_config_from_bert(model.config, architecture, **config_extra)
     (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2))
     return directory

@@ -26,8 +26,16 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from cottention_jax.interop.files import (CONFIG_NAME, SAFETENSORS_NAME, read_state_dict, resolve_config,
-                                          write_safetensors)
+from cottention_jax.interop.files import (
+    CONFIG_NAME,
+    SAFETENSORS_NAME,
+    TORCH_NAME,
+    read_state_dict,
+    resolve_config,
+    source_name,
+    write_safetensors,
+    write_torch,
+)
 from cottention_jax.interop.mapping import Entry, export_parameters, format_table, load_parameters
 from cottention_jax.models import GPT, GPTConfig
 
@@ -134,14 +142,15 @@ def load_gptj(source, config: GPTConfig | dict | None = None, *, attention: str 
     Every tensor must find its parameter and every parameter its tensor (a ValueError names the
     first that does not); the causal-mask buffers older checkpoints carry are skipped.
     """
+    where = source_name(source)
     state = read_state_dict(source)
     config, attention = resolve_config(state, source, config, attention, ours=GPTConfig, from_hf=gpt_config_from_hf,
                                        hf_name="GPTJConfig", norm_const_suffix=".attn.norm_const", overrides=overrides)
     model, fresh = load_parameters(lambda: GPT(config, rngs=nnx.Rngs(seed)), state, GPTJ_PARAMETERS,
                                    num_layers=config.num_layers, parts=_parts(config), required=_parts(config),
-                                   ignored=_IGNORED)
+                                   ignored=_IGNORED, where=where)
     if fresh:
-        raise ValueError(f"the checkpoint left parameters without a value: {fresh[:5]}")
+        raise ValueError(f"{where}: the checkpoint left parameters without a value: {fresh[:5]}")
     model.eval()
     return model
 
@@ -155,13 +164,20 @@ def gptj_state_dict(model: GPT) -> dict[str, np.ndarray]:
 
 def save_gptj(model: GPT, directory, **config_extra) -> Path:
     """Write `model.safetensors` and `config.json` to `directory`, as `GPTJForCausalLM.save_pretrained`
-    would: transformers loads a softmax model with `GPTJForCausalLM.from_pretrained(directory)`."""
+    would: transformers loads a softmax model with `GPTJForCausalLM.from_pretrained(directory)`. A
+    cosine model also gets `pytorch_model.bin` (the same tensors), which the official Cottention
+    loaders read, when torch is installed; its warning says whether that file was written."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    state = gptj_state_dict(model)
+    write_safetensors(state, directory / SAFETENSORS_NAME)
     if model.config.attention == "cosine":
+        torch_file = write_torch(state, directory / TORCH_NAME)
+        written = (f"{SAFETENSORS_NAME} and {TORCH_NAME} were written" if torch_file else
+                   f"torch is not installed, so only {SAFETENSORS_NAME} was written, not the {TORCH_NAME} the "
+                   "official loaders read (pip install torch and save again)")
         warnings.warn("a cosine-attention GPT: transformers' GPTJForCausalLM would read its projections as "
                       "softmax attention and drop the norm_const tensors; the files are for cosine-attention code "
-                      "(the official Cottention GPT, or load_gptj)", UserWarning, stacklevel=2)
-    write_safetensors(gptj_state_dict(model), directory / SAFETENSORS_NAME)
+                      f"(the official Cottention GPT, or load_gptj); {written}", UserWarning, stacklevel=2)
     (directory / CONFIG_NAME).write_text(json.dumps(hf_config_from_gpt(model.config, **config_extra), indent=2))
     return directory

@@ -87,14 +87,16 @@ def format_table(table) -> str:
 
 
 def load_parameters(build, state: dict[str, np.ndarray], table, *, num_layers: int, parts, required,
-                    ignored=()) -> tuple[nnx.Module, list[str]]:
+                    ignored=(), where: str = "state dict") -> tuple[nnx.Module, list[str]]:
     """The model `build()` makes, its parameters from `state` as the table says.
 
     parts: the table parts to read; required: those whose tensors must all be present (a
     ValueError names the first missing); the other parts' missing tensors, and parameters no
     entry fills, are initialised as `build` initialises them. A tensor no entry reads and no
-    regex in `ignored` matches is a ValueError (nothing is dropped silently). Returns the model
-    and the our-side names of the parameters that were initialised rather than loaded.
+    regex in `ignored` matches is a ValueError (nothing is dropped silently), and so is a tensor
+    read that is not floating point (int, bool, complex: no cast makes it a weight). `where`
+    names the source in every error (its file). Returns the model and the our-side names of the
+    parameters that were initialised rather than loaded.
     """
     graphdef, params, _ = nnx.split(nnx.eval_shape(build), nnx.Param, ...)
     flat = dict(nnx.to_flat_state(params))
@@ -103,14 +105,17 @@ def load_parameters(build, state: dict[str, np.ndarray], table, *, num_layers: i
         path = _path(entry.ours)
         if entry.hf not in state:
             if entry.part in required:
-                raise ValueError(f"the state dict has no {entry.hf!r} (for {entry.ours}); its names look like "
-                                 f"{sorted(state)[:4]}")
+                raise ValueError(f"{where}: the state dict has no {entry.hf!r} (for {entry.ours}); its names look "
+                                 f"like {sorted(state)[:4]}")
             continue
         var = flat[path]
         value = np.asarray(state[entry.hf])
+        if not jnp.issubdtype(value.dtype, jnp.floating):     # bfloat16 included; no silent cast to float
+            raise ValueError(f"{where}: tensor {entry.hf!r} has dtype {value.dtype}; a weight must be floating "
+                             f"point (float32, float16, bfloat16, float64) for {entry.ours}")
         want = _hf_shape(var.shape, entry.layout)
         if value.shape != want:
-            raise ValueError(f"{entry.hf!r} has shape {value.shape}; the model config needs {want} (for "
+            raise ValueError(f"{where}: {entry.hf!r} has shape {value.shape}; the model config needs {want} (for "
                              f"{entry.ours}, shape {var.shape})")
         var.set_value(jnp.asarray(_to_ours(value, entry.layout, var.shape), var.dtype))
         loaded.add(path)
@@ -118,7 +123,7 @@ def load_parameters(build, state: dict[str, np.ndarray], table, *, num_layers: i
     patterns = [re.compile(p) for p in ignored]
     unread = sorted(n for n in state if n not in consumed and not any(p.fullmatch(n) for p in patterns))
     if unread:
-        raise ValueError(f"the state dict holds {len(unread)} tensor(s) this model has no place for, e.g. "
+        raise ValueError(f"{where}: the state dict holds {len(unread)} tensor(s) this model has no place for, e.g. "
                          f"{unread[:5]}: another architecture, or a config that does not match it")
     fresh = [path for path in flat if path not in loaded]
     initial, rest = _initial_values(build, fresh)

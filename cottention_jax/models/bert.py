@@ -1,6 +1,8 @@
 """BERT (post-LayerNorm encoder) with switchable attention, an MLM head and a classification head.
 
-Embeddings: token + position + segment, LayerNorm, dropout.
+Embeddings: token + position + segment, LayerNorm, dropout. Positions count the real tokens of
+            each row (config.positions "from_mask": left padding shifts nothing), or are 0..T-1
+            whatever the padding ("absolute": transformers' BERT, which the converters set).
 Layer:      x <- LN(x + Drop(Attn(x)));  x <- LN(x + Drop(MLP(x)))   (bidirectional attention)
 MLM head:   Dense + GELU (config.activation) + LN, then logits tied to the token embedding, plus a bias.
 Classifier: tanh(Dense(h_[CLS])) -> Dropout -> Dense(num_labels), [CLS] = first real token.
@@ -9,6 +11,7 @@ Classifier: tanh(Dense(h_[CLS])) -> Dropout -> Dense(num_labels), [CLS] = first 
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal, get_args
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +22,11 @@ from cottention_jax.models import _deprecated
 from cottention_jax.models.common import (FeedForward, TransformerConfig, activation_fn, check_model_config,
                                           embed_ids, make_attention, preset, remat_layer)
 
-__all__ = ["Bert", "BertConfig", "BERT_PRESETS", "bert_config"]
+__all__ = ["Bert", "BertConfig", "BERT_POSITIONS", "BERT_PRESETS", "bert_config"]
+
+# how position ids are numbered: among the real tokens of a row, or 0..T-1 (transformers' BERT)
+BertPositions = Literal["from_mask", "absolute"]
+BERT_POSITIONS: tuple[str, ...] = get_args(BertPositions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,9 +46,12 @@ class BertConfig(TransformerConfig):
     layer_norm_eps: float = 1e-12
     type_vocab_size: int = 2
     num_labels: int = 2
+    positions: BertPositions = "from_mask"    # BERT_POSITIONS; checkpoints of transformers: "absolute"
 
     def __post_init__(self):
         check_model_config(self, causal=False)
+        if self.positions not in BERT_POSITIONS:
+            raise ValueError(f"BertConfig.positions must be one of {BERT_POSITIONS}; got {self.positions!r}")
 
 
 BERT_PRESETS = {
@@ -118,7 +128,8 @@ class Bert(nnx.Module):
             if arr is not None and arr.shape != (b, t):
                 raise ValueError(f"{name} must have the shape of input_ids {(b, t)}; got {name}.shape={arr.shape}")
         segment_ids = jnp.zeros_like(input_ids) if segment_ids is None else segment_ids
-        positions = positions_from_mask(padding_mask, (b, t))
+        # (B, T) position ids: counted over the real tokens, or 0..T-1 as transformers numbers them
+        positions = positions_from_mask(padding_mask if self.config.positions == "from_mask" else None, (b, t))
         checked = self.config.checkify_ids
         x = (embed_ids(self.token_embed, input_ids, "input_ids", padding_mask, checkify_ids=checked)
              + self.position_embed(positions)
