@@ -7,6 +7,8 @@
           gptj        GPTJForCausalLM, left-padded batch with explicit position ids
           bert_mlm    BertForMaskedLM (exact GELU), right-padded, random segment ids
           bert_cls    BertForSequenceClassification, 3 labels
+          bert_pretraining  BertForPreTraining (MLM and NSP heads, the official Cottention BERT's class),
+                      left-padded: logits.npy holds its MLM prediction logits
         and the official Cottention layout (no logits: transformers has no cosine attention):
           gptj_cosine, bert_cosine   the state dicts above plus one norm_const (1, heads, 1, 1)
                                      per layer, at the names of the Cottention code
@@ -25,8 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import save_file
-from transformers import (BertConfig, BertForMaskedLM, BertForSequenceClassification, GPTJConfig,
-                          GPTJForCausalLM)
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    BertForPreTraining,
+    BertForSequenceClassification,
+    GPTJConfig,
+    GPTJForCausalLM,
+)
 
 
 def _randomise(model: torch.nn.Module, generator: torch.Generator) -> None:
@@ -77,8 +85,10 @@ def _gptj_logits(model, inputs):
 
 def _bert_logits(model, inputs):
     with torch.no_grad():
-        return model(input_ids=torch.from_numpy(inputs["tokens"]), token_type_ids=torch.from_numpy(
-            inputs["segments"]), attention_mask=torch.from_numpy(inputs["mask"].astype(np.int64))).logits.numpy()
+        out = model(input_ids=torch.from_numpy(inputs["tokens"]), token_type_ids=torch.from_numpy(
+            inputs["segments"]), attention_mask=torch.from_numpy(inputs["mask"].astype(np.int64)))
+    # BertForPreTraining: its MLM head's logits (transformers numbers positions 0..T-1 whatever the padding)
+    return (out.prediction_logits if isinstance(model, BertForPreTraining) else out.logits).numpy()
 
 
 def build(out: Path, seed: int) -> None:
@@ -122,6 +132,13 @@ def build(out: Path, seed: int) -> None:
             _save(model, out / name, inputs, None, extra)
         else:
             _save(model, out / name, inputs, _bert_logits(model, inputs))
+    mask = _lengths_mask(rng, 4, 13, "left")
+    inputs = {"tokens": rng.integers(0, 101, size=(4, 13)), "segments": rng.integers(0, 2, size=(4, 13)),
+              "mask": mask}
+    model = BertForPreTraining(BertConfig(**bert_config)).eval()
+    _randomise(model, generator)
+    model.tie_weights()
+    _save(model, out / "bert_pretraining", inputs, _bert_logits(model, inputs))
     print(json.dumps({"transformers": __import__("transformers").__version__, "torch": torch.__version__}))
 
 

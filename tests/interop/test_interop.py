@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 
 from cottention_jax import interop
-from tests._interop import hf_checkpoints, run_interop  # noqa: F401  (hf_checkpoints: a fixture)
+from tests import _interop
+from tests._interop import run_interop
 from tests._reference_transformers import bert_outputs, gptj_logits
 from tests._util import fresh_key, rel_error
 
 pytestmark = pytest.mark.slow
+hf_checkpoints = _interop.hf_checkpoints          # the session fixture, for the tests below
 
 
 def _inputs(folder):
@@ -92,6 +94,20 @@ def test_bert_masked_lm_and_classifier_convert_with_transformers_logits(hf_check
         classifier = interop.load_bert(cls_folder)
     assert classifier.config.num_labels == 3
     assert rel_error(_ours_bert(classifier, _inputs(cls_folder))[1], np.load(cls_folder / "logits.npy")) < 1e-5
+
+
+def test_bert_pretraining_converts_with_transformers_logits_under_left_padding(hf_checkpoints):
+    """BertForPreTraining loads with its NSP head dropped (one warning), and numbers positions 0..T-1 as
+    transformers does: left-padded inputs give transformers' MLM logits at the real tokens."""
+    folder = hf_checkpoints / "bert_pretraining"
+    assert any(k.startswith("cls.seq_relationship.") for k in interop.read_state_dict(folder))
+    with pytest.warns(UserWarning, match="dropped the next-sentence-prediction head cls.seq_relationship"):
+        model = interop.load_bert(folder)
+    assert model.config.positions == "absolute"
+    inputs = _inputs(folder)
+    real = inputs["mask"]
+    assert not real[:, 0].all()                                            # left padding in some row
+    assert rel_error(_ours_bert(model, inputs)[0][real], np.load(folder / "logits.npy")[real]) < 1e-5
 
 
 def test_official_cottention_bert_layout_matches_the_specification(hf_checkpoints):
@@ -183,4 +199,5 @@ def test_converter_input_errors(hf_checkpoints):
     with pytest.raises(ValueError, match="differs from 'bert.embeddings.word_embeddings.weight'"):
         interop.load_bert(untied, _config(hf_checkpoints / "bert_mlm"))
     with pytest.raises(ValueError, match="position_embedding_type must be 'absolute'"):
-        interop.load_bert(bert_state, _config(hf_checkpoints / "bert_mlm") | {"position_embedding_type": "relative_key"})
+        interop.load_bert(bert_state,
+                          _config(hf_checkpoints / "bert_mlm") | {"position_embedding_type": "relative_key"})
