@@ -12,10 +12,14 @@ Nothing is lost, and nothing restored is silently wrong:
   and moved to `<directory>/damaged/`, so the run can write that step again. A checkpoint
   without checksums (saved before they existed, or killed between the save and its
   checksums) is restored unverified, still falling back if Orbax cannot read it.
+  `restore_params` and `read_config` (a trained model, a run's config) fall back the same way,
+  with the same one-line warnings, but move nothing.
 - Finite only: `save` refuses a state holding a NaN or an infinity (`NonFiniteStateError`).
 - A failed save (a full disk) is one line, `CheckpointSaveError`; its partial files are
   removed and the earlier checkpoints are untouched (Orbax rotates old ones out only after
-  a save completes). Saves are synchronous so that this happens at the failing step.
+  a save completes). Saves are synchronous so that this happens at the failing step. The
+  tracebacks that Orbax's threads and its closed event loop leave after a failed save or
+  restore are dropped (`_quiet_orbax_errors`).
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -96,10 +100,45 @@ class _DropErrorRecords(logging.Filter):
         return record.levelno < logging.ERROR
 
 
+def _is_orphaned_callback(unraisable) -> bool:
+    """A TensorStore completion callback that found its asyncio loop closed.
+
+    Orbax runs a save or restore as one `asyncio.gather` of TensorStore reads/writes in a loop
+    of its own. When one fails (a full disk, a damaged file), the gather raises at once and Orbax
+    closes the loop while the other operations are still in flight; as each of them completes, its
+    callback (`loop.call_soon_threadsafe`) raises "Event loop is closed" in a TensorStore thread,
+    which Python prints as an unraisable exception: tens of tracebacks after the one real error.
+    """
+    err, tb = unraisable.exc_value, unraisable.exc_traceback
+    if not (isinstance(err, RuntimeError) and str(err) == "Event loop is closed" and unraisable.object is None):
+        return False
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_name == "_check_closed"
+
+
+def _drop_orphaned_callbacks() -> None:
+    """Wrap `sys.unraisablehook` (once; again if someone replaced it) so that only the orphaned
+    TensorStore callbacks of `_is_orphaned_callback` are dropped; every other one still goes to the
+    previous hook. It stays installed: those callbacks may arrive after the failed call returned."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_orphaned_callbacks", False):
+        return
+
+    def hook(unraisable):
+        if not _is_orphaned_callback(unraisable):
+            previous(unraisable)
+
+    hook._drops_orphaned_callbacks = True
+    sys.unraisablehook = hook
+
+
 @contextlib.contextmanager
 def _quiet_orbax_errors():
     """Orbax logs each failure of its writer threads with a traceback (hundreds of lines) before
-    raising; the failure is reported once, as one line, by the caller instead."""
+    raising, and its closed event loop leaves tens more (`_is_orphaned_callback`); the failure is
+    reported once, as one line, by the caller instead."""
+    _drop_orphaned_callbacks()
     logger, quiet = logging.getLogger("absl"), _DropErrorRecords()
     logger.addFilter(quiet)
     try:
@@ -196,32 +235,45 @@ class Checkpointer:
         return (self._step_dir(step) / MANIFEST).is_file()
 
     def _candidates(self, step: int | None) -> list[int]:
-        steps = sorted(self.manager.all_steps(), reverse=True) if step is None else [step]
+        """`[step]`, or (None) every step, newest first; FileNotFoundError for none or a step not there."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
         if not steps:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        return steps
+        if step is None:
+            return steps
+        if step not in steps:
+            raise FileNotFoundError(f"no checkpoint of step {step} in {self.directory}; there are {sorted(steps)}")
+        return [step]
 
     def _read_config(self, step: int) -> dict:
         with _quiet_orbax_errors():
             restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
         return dict(restored.config)
 
-    def _first_intact(self, step: int | None, load: Callable[[int], object]) -> tuple[int, object, list]:
+    def _first_intact(self, step: int | None, load: Callable[[int], object], *,
+                      notice_unverified: bool = True) -> tuple[int, object, list]:
         """The newest candidate step that verifies and that `load(step)` reads: (step, what load returned,
-        [(skipped step, why)]). Raises CheckpointError when none does."""
+        [(skipped step, why)], newest first). Raises CheckpointError when none does.
+
+        A step without checksums is tried unverified: if load reads it, a one-line notice says so
+        (unless not notice_unverified); if not, it is skipped as damaged like any other."""
         skipped = []
         for candidate in self._candidates(step):
             damage = self.damage(candidate)
             if damage is None:
-                if not self.has_checksums(candidate):
-                    self.log(f"checkpoint {candidate} in {self.directory} has no {MANIFEST} (saved before "
-                             "checksums, or stopped right after the save): restoring it unverified")
                 try:
-                    return candidate, load(candidate), skipped
+                    loaded = load(candidate)
                 except _ConfigRefused as refused:
                     raise refused.error from None
                 except Exception as err:  # noqa: BLE001  (TensorStore / Orbax / JSON errors of a damaged file)
                     damage = _error_summary(err)
+                    if not self.has_checksums(candidate):
+                        damage = f"unreadable, and it has no {MANIFEST} to check: {damage}"
+                else:
+                    if notice_unverified and not self.has_checksums(candidate):
+                        self.log(f"checkpoint {candidate} in {self.directory} has no {MANIFEST} (saved before "
+                                 "checksums, or stopped right after the save): restored unverified")
+                    return candidate, loaded, skipped
             skipped.append((candidate, damage))
         raise CheckpointError(f"no intact checkpoint in {self.directory}: "
                               + "; ".join(f"step {s}: {why}" for s, why in skipped))
@@ -279,10 +331,37 @@ class Checkpointer:
         return int(restored.state["step"]), dict(restored.data), dict(restored.config)
 
     def read_config(self, step: int | None = None) -> dict:
-        """The config saved with a checkpoint (default: the newest intact one), without loading any arrays."""
-        found, config, skipped = self._first_intact(step, self._read_config)
+        """The config saved with a checkpoint (default: the newest intact one), without loading any arrays.
+        Skipped (damaged) steps are warned of in one line each and left in place."""
+        found, config, skipped = self._first_intact(step, self._read_config, notice_unverified=False)
         self._report_skipped(skipped, found, set_aside=False)
         return config
+
+    def restore_params(self, target: Callable[[dict], object], step: int | None = None) -> tuple[int, dict, object]:
+        """The model parameters of a checkpoint, without the optimizer state: `step`, or by default the
+        newest intact one (as `restore`, but damaged steps are only warned of, one line each, and left in
+        place: reading a run changes nothing in it). Returns (step, config_dict, parameters).
+
+        target(config) gets the step's saved config before any array is read and returns the
+        abstract parameter tree to read (`jax.ShapeDtypeStruct` leaves with shardings, the structure of
+        `nnx.state(model, nnx.Param)`); what it raises propagates (a refusal, not damage).
+        """
+
+        def load(candidate: int):
+            config = self._read_config(candidate)
+            try:
+                abstract = target(config)
+            except Exception as err:
+                raise _ConfigRefused(err) from err
+            restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
+            with _quiet_orbax_errors():   # partial: the optimizer's subtree is never read
+                restored = self.manager.restore(candidate, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                    item={"model": abstract}, restore_args={"model": restore_args}, partial_restore=True)))
+            return config, restored.state["model"]
+
+        found, (config, params), skipped = self._first_intact(step, load)
+        self._report_skipped(skipped, found, set_aside=False)
+        return found, config, params
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -8,6 +8,8 @@ and any Hugging Face tokenizer.json.
     tok.pad_id, tok.bos_id, tok.eos_id, tok.cls_id, tok.sep_id, tok.mask_id, tok.unk_id
                                          an int, or None where the tokenizer has no such token
     tok.save(path) / load_tokenizer(path)    one tokenizer.json
+    save_run_tokenizer(tok, workdir)         a run's <workdir>/tokenizer.json and its fingerprint,
+                                             which load_tokenizer checks
 
 `load_tokenizer` takes any `tokenizers` file (GPT-2's, a Llama-style BPE, BERT's WordPiece,
 a Unigram or WordLevel model): the special roles are found from the token strings
@@ -34,6 +36,7 @@ shipped in `cottention_jax/data/shipped/tokenizers/` if there is one, else the o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -54,11 +57,14 @@ __all__ = [
     "find_special_ids",
     "get_tokenizer",
     "load_tokenizer",
+    "save_run_tokenizer",
     "tokenizer_name",
     "train_tokenizer",
 ]
 
 KINDS = ("bpe", "wordpiece", "byte")
+RUN_TOKENIZER = "tokenizer.json"            # a training run's own tokenizer, in its workdir
+FINGERPRINT_SUFFIX = ".sha256"              # beside it: its SHA-256 (save_run_tokenizer)
 SPECIAL_ROLES = ("pad", "bos", "eos", "cls", "sep", "mask", "unk")
 DEFAULT_VOCAB_SIZE = {"bpe": 4096, "wordpiece": 4096, "byte": 256 + len(SPECIAL_ROLES)}
 _SPECIAL_TOKENS = {
@@ -330,19 +336,59 @@ def _parse_tokenizer_json(text: str) -> Tokenizer:
     return HFTokenizer(HF.from_str(text))
 
 
+def _fingerprint_path(path: Path) -> Path:
+    return path.with_name(path.name + FINGERPRINT_SUFFIX)
+
+
+def save_run_tokenizer(tokenizer: Tokenizer, workdir) -> Path:
+    """Write the tokenizer of a training run: `<workdir>/tokenizer.json`, and its fingerprint (the
+    SHA-256 of the file) beside it in `tokenizer.json.sha256` (`sha256sum` format, so
+    `sha256sum -c tokenizer.json.sha256` checks it by hand). Returns the tokenizer's path.
+
+    `load_tokenizer` compares the two, so a tokenizer.json changed after training is refused
+    instead of decoding the model's ids into other text.
+    """
+    path = tokenizer.save(Path(workdir) / RUN_TOKENIZER)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    fingerprint = _fingerprint_path(path)
+    tmp = fingerprint.with_name(fingerprint.name + f".tmp{os.getpid()}")
+    tmp.write_text(f"{digest}  {path.name}\n", encoding="utf-8")
+    os.replace(tmp, fingerprint)
+    return path
+
+
+def _check_fingerprint(path: Path, text: bytes) -> None:
+    """CorruptDataError (one line, naming the file) when `<path>.sha256` exists and `text` (the file's
+    bytes) does not match it; nothing when there is no fingerprint (files written before them)."""
+    fingerprint = _fingerprint_path(path)
+    if not fingerprint.is_file():
+        return
+    recorded = fingerprint.read_text(encoding="utf-8", errors="replace").split()
+    digest = hashlib.sha256(text).hexdigest()
+    if not recorded or recorded[0] != digest:
+        raise paths.CorruptDataError(
+            f"tokenizer file {path} has changed since it was saved (its SHA-256 {digest[:16]}... is not the "
+            f"{(recorded or ['nothing'])[0][:16]}... recorded in {fingerprint.name}): the model's ids would decode "
+            f"to other text. Put back the run's own tokenizer.json, or delete {fingerprint} to use this one")
+
+
 def load_tokenizer(path, rebuild: str | None = None) -> Tokenizer:
     """A tokenizer saved with `Tokenizer.save` (any kind), or any Hugging Face tokenizer.json
     (BPE, WordPiece, Unigram or WordLevel; special roles found by `find_special_ids`).
 
-    Raises MissingDataError / CorruptDataError naming the file; `rebuild`, when given, is the
-    command that rebuilds it, named in the message.
+    A file with a fingerprint beside it (`<file>.sha256`, written by `save_run_tokenizer`) must
+    match it. Raises MissingDataError / CorruptDataError naming the file (CorruptDataError for a
+    file that no longer matches its fingerprint too); `rebuild`, when given, is the command that
+    rebuilds it, named in the message.
     """
     path = Path(path)
     if not path.is_file():
         raise paths.missing(path, rebuild) if rebuild else paths.MissingDataError(
             f"tokenizer file {path} does not exist")
+    raw = path.read_bytes()
+    _check_fingerprint(path, raw)
     try:
-        return _parse_tokenizer_json(path.read_text(encoding="utf-8"))
+        return _parse_tokenizer_json(raw.decode("utf-8"))
     except Exception as err:  # HF raises its own exception types for malformed JSON
         detail = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         if rebuild:
