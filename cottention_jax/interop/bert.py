@@ -184,14 +184,14 @@ def load_bert(source, config: BertConfig | dict | None = None, *, attention: str
     where = source_name(source)
     state = _without_nsp(_with_prefix(read_state_dict(source)), where)
     _check_tied(state, where)
-    config, attention = resolve_config(state, source, config, attention, ours=BertConfig, from_hf=bert_config_from_hf,
-                                       hf_name="BertConfig", norm_const_suffix=".attention.self.norm_const",
-                                       overrides=overrides)
+    cfg, attention = resolve_config(state, source, config, attention, ours=BertConfig, from_hf=bert_config_from_hf,
+                                    hf_name="BertConfig", norm_const_suffix=".attention.self.norm_const",
+                                    overrides=overrides)
     parts = ("base", "mlm", "pooler", "classifier") + (("cosine",) if attention == "cosine" else ())
     required = ("base", "cosine") if attention == "cosine" else ("base",)
     state = {n: v for n, v in state.items() if n not in _TIED}
-    model, fresh = load_parameters(lambda: Bert(config, rngs=nnx.Rngs(seed)), state, BERT_PARAMETERS,
-                                   num_layers=config.num_layers, parts=parts, required=required, ignored=_IGNORED,
+    model, fresh = load_parameters(lambda: Bert(cfg, rngs=nnx.Rngs(seed)), state, BERT_PARAMETERS,
+                                   num_layers=cfg.num_layers, parts=parts, required=required, ignored=_IGNORED,
                                    where=where)
     if fresh:
         warnings.warn(f"{len(fresh)} parameter(s) of Bert are not in the checkpoint and keep their initial "

@@ -17,6 +17,7 @@ import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -185,8 +186,8 @@ def write_torch(state: Mapping[str, np.ndarray], path) -> Path | None:
     return path
 
 
-def resolve_config(state: Mapping[str, np.ndarray], source, config, attention: str | None, *, ours: type,
-                   from_hf, hf_name: str, norm_const_suffix: str, overrides: dict):
+def resolve_config(state: Mapping[str, np.ndarray], source, config, attention: str | None, *, ours: type[Any],
+                   from_hf, hf_name: str, norm_const_suffix: str, overrides: dict) -> tuple[Any, str]:
     """Our config for a checkpoint: (config, attention).
 
     attention: "softmax" or "cosine"; None: "cosine" when the state dict has `norm_const` tensors

@@ -144,10 +144,10 @@ def load_gptj(source, config: GPTConfig | dict | None = None, *, attention: str 
     """
     where = source_name(source)
     state = read_state_dict(source)
-    config, attention = resolve_config(state, source, config, attention, ours=GPTConfig, from_hf=gpt_config_from_hf,
-                                       hf_name="GPTJConfig", norm_const_suffix=".attn.norm_const", overrides=overrides)
-    model, fresh = load_parameters(lambda: GPT(config, rngs=nnx.Rngs(seed)), state, GPTJ_PARAMETERS,
-                                   num_layers=config.num_layers, parts=_parts(config), required=_parts(config),
+    cfg, attention = resolve_config(state, source, config, attention, ours=GPTConfig, from_hf=gpt_config_from_hf,
+                                    hf_name="GPTJConfig", norm_const_suffix=".attn.norm_const", overrides=overrides)
+    model, fresh = load_parameters(lambda: GPT(cfg, rngs=nnx.Rngs(seed)), state, GPTJ_PARAMETERS,
+                                   num_layers=cfg.num_layers, parts=_parts(cfg), required=_parts(cfg),
                                    ignored=_IGNORED, where=where)
     if fresh:
         raise ValueError(f"{where}: the checkpoint left parameters without a value: {fresh[:5]}")

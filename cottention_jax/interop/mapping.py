@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
+from typing import TypeVar, cast
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +29,7 @@ from flax import nnx
 
 __all__ = ["Entry", "LAYOUTS", "export_parameters", "format_table", "load_parameters"]
 
+M = TypeVar("M", bound=nnx.Module)
 LAYOUTS = ("same", "linear", "to_heads", "from_heads", "head_bias", "per_head")
 
 
@@ -86,8 +89,8 @@ def format_table(table) -> str:
     return "\n".join(f"  {e.hf:<{width}}  {e.ours:<{ours}}  {e.layout:<10}  {e.part}" for e in table)
 
 
-def load_parameters(build, state: dict[str, np.ndarray], table, *, num_layers: int, parts, required,
-                    ignored=(), where: str = "state dict") -> tuple[nnx.Module, list[str]]:
+def load_parameters(build: Callable[[], M], state: dict[str, np.ndarray], table, *, num_layers: int, parts,
+                    required, ignored=(), where: str = "state dict") -> tuple[M, list[str]]:
     """The model `build()` makes, its parameters from `state` as the table says.
 
     parts: the table parts to read; required: those whose tensors must all be present (a
@@ -98,7 +101,7 @@ def load_parameters(build, state: dict[str, np.ndarray], table, *, num_layers: i
     names the source in every error (its file). Returns the model and the our-side names of the
     parameters that were initialised rather than loaded.
     """
-    graphdef, params, _ = nnx.split(nnx.eval_shape(build), nnx.Param, ...)
+    graphdef, params, *_ = nnx.split(nnx.eval_shape(build), nnx.Param, ...)
     flat = dict(nnx.to_flat_state(params))
     loaded, consumed = set(), set()
     for entry in _expand(table, num_layers, parts):
@@ -129,7 +132,7 @@ def load_parameters(build, state: dict[str, np.ndarray], table, *, num_layers: i
     initial, rest = _initial_values(build, fresh)
     for path in fresh:
         flat[path].set_value(initial[path])
-    return nnx.merge(graphdef, params, rest), [".".join(map(str, p)) for p in fresh]
+    return cast(M, nnx.merge(graphdef, params, rest)), [".".join(map(str, p)) for p in fresh]
 
 
 def _initial_values(build, paths: list[tuple]) -> tuple[dict, nnx.State]:
