@@ -12,7 +12,8 @@ import dataclasses
 import math
 import types
 import typing
-from typing import Any, Literal, Sequence, get_args
+from collections.abc import Sequence
+from typing import Any, Literal, get_args
 
 from cottention_jax.data.spec import check_tokenizer_spec, parse_corpus
 from cottention_jax.models.bert import BertConfig, bert_config
@@ -127,7 +128,11 @@ class TrainConfig:
     sharding: Sharding = "none"        # "none", "data" (data parallel) or "fsdp" (parameters sharded too)
     seq_parallel: int = 1              # devices the sequence is split over (cosine attention: only d x d states move)
     seed: int = 0                      # parameter initialisation and dropout
-    init_from: str | None = None       # bert-classify: a bert-mlm workdir whose latest checkpoint starts the encoder
+    init_from: str | None = None       # a workdir whose latest checkpoint starts the model (bert-classify: a bert-mlm
+    #                                    run's encoder); every parameter array but a classifier head must match it
+    init_from_partial: bool = False    # init_from may match only some arrays: the others start from scratch
+    vocab_from_tokenizer: bool = True  # model.vocab_size becomes the tokenizer's (with a notice); False (what a
+    #                                    `model.vocab_size=N` override sets): a size not the tokenizer's is an error
     sample_tokens: int = 200           # gpt: tokens generated at the end (0: none)
     sample_prompt: str = "ROMEO:\n"
 
@@ -152,6 +157,8 @@ class TrainConfig:
             _require(self, name, _is_int(getattr(self, name)) and getattr(self, name) >= 1, "an int >= 1")
         _require(self, "eval_batches", _is_int(self.eval_batches) and self.eval_batches >= 0,
                  "an int >= 0 (0: the whole split)")
+        for name in ("init_from_partial", "vocab_from_tokenizer"):
+            _require(self, name, isinstance(getattr(self, name), bool), "a bool")
         _require(self, "sample_tokens", _is_int(self.sample_tokens) and self.sample_tokens >= 0,
                  "an int >= 0 (0: no sample)")
         if self.kind == "gpt" and self.sample_tokens:
@@ -165,7 +172,8 @@ def _gpt(name, model_overrides=None, **kw):
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     # seconds on a CPU: tests
-    "gpt-tiny": _gpt("tiny", {"vocab_size": 512, "max_len": 64}, data=DataConfig(vocab_size=512, seq_len=64, batch_size=8),
+    "gpt-tiny": _gpt("tiny", {"vocab_size": 512, "max_len": 64},
+                     data=DataConfig(vocab_size=512, seq_len=64, batch_size=8),
                      optim=OptimConfig(learning_rate=3e-3, warmup_steps=5), steps=20, eval_every=10,
                      eval_batches=2, log_every=5, checkpoint_every=10, sample_tokens=20),
     # make run: a few minutes on a 2-core CPU, with the BPE vocabulary that ships in data/tokenizers
@@ -286,12 +294,20 @@ def _replace_path(obj, path: list[str], raw: str, full: str):
 
 
 def apply_overrides(config, overrides: Sequence[str]):
-    """Apply `section.key=value` strings in order, e.g. ["model.attention=softmax", "steps=50"]."""
+    """Apply `section.key=value` strings in order, e.g. ["model.attention=softmax", "steps=50"].
+
+    Setting `model.vocab_size` of a TrainConfig makes it the user's: `vocab_from_tokenizer` becomes
+    False (unless the overrides set that too), and training refuses a tokenizer of another size.
+    """
+    keys = []
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override must look like key=value; got {item!r}")
         key, raw = item.split("=", 1)
+        keys.append(key.strip())
         config = _replace_path(config, key.strip().split("."), raw, key.strip())
+    if isinstance(config, TrainConfig) and "model.vocab_size" in keys and "vocab_from_tokenizer" not in keys:
+        config = dataclasses.replace(config, vocab_from_tokenizer=False)
     return config
 
 

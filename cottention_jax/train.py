@@ -8,7 +8,11 @@
               {model, optimizer, step} + iterator state + config, then the caller's hooks;
   report      held-out test, plot, generated sample, summary.json.
 Re-running with the same workdir resumes from the latest checkpoint and continues
-exactly as if never interrupted (same batches, same dropout, same losses).
+exactly as if never interrupted (same batches, same dropout, same losses). A larger `steps`
+extends the run (the learning-rate schedule is recomputed for the new length, with a notice);
+any other change of the model, data, optimizer or seed is refused, naming the field.
+`init_from` starts the model from another run's latest checkpoint: every parameter array but a
+classifier head must match it by name and shape (`init_from_partial=True`: those that do).
 
 Guards: the workdir is locked for the run (`workdir_lock`: a second run there fails at
 once); a non-finite loss or gradient norm stops the run with `TrainingDivergedError`
@@ -18,13 +22,11 @@ checkpoints are checksummed and a damaged one is skipped on resume (`checkpoint`
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
-import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,21 +37,33 @@ from tqdm import tqdm
 
 from cottention_jax import decoding
 from cottention_jax.checkpoint import Checkpointer
-from cottention_jax.configs import OptimConfig, TrainConfig, from_dict, to_dict
+from cottention_jax.configs import DataConfig, OptimConfig, TrainConfig, from_dict, to_dict
 from cottention_jax.metrics import MetricsWriter, NullWriter, plot_training_curves
 from cottention_jax.models import GPT, Bert
 from cottention_jax.objectives import LOSSES
 from cottention_jax.preemption import RunInterrupted, StopSignals
 from cottention_jax.sharding import SEQ_AXIS, make_mesh, place_batch, shard_training_state
 from cottention_jax.train_data import DataBundle, prepare_data
-from cottention_jax.train_hooks import (CheckpointHook, EvalHook, FunctionHook, Hook, StabilizerHook, TrainLogHook,
-                                        default_hooks, due, evaluate, hook, stabilizer_values)
+from cottention_jax.train_hooks import (
+    CheckpointHook,
+    EvalHook,
+    FunctionHook,
+    Hook,
+    RunState,
+    StabilizerHook,
+    TrainLogHook,
+    default_hooks,
+    due,
+    evaluate,
+    hook,
+    stabilizer_values,
+)
 from cottention_jax.workdir_lock import WorkdirLock
 
-__all__ = ["CheckpointHook", "DataBundle", "RunInterrupted", "EvalHook", "FunctionHook", "Hook", "RunState", "StabilizerHook",
-           "TrainLogHook", "TrainingDivergedError", "build_model", "build_optimizer", "default_hooks", "evaluate",
-           "hook", "learning_rate_schedule", "make_train_step", "prepare_data", "report", "run_loop", "setup_run",
-           "stabilizer_values", "train_and_evaluate"]
+__all__ = ["CheckpointHook", "DataBundle", "EvalHook", "FunctionHook", "Hook", "RunInterrupted", "RunState",
+           "StabilizerHook", "TrainLogHook", "TrainingDivergedError", "build_model", "build_optimizer",
+           "default_hooks", "evaluate", "hook", "learning_rate_schedule", "make_train_step", "prepare_data",
+           "report", "run_loop", "setup_run", "stabilizer_values", "train_and_evaluate"]
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -123,42 +137,122 @@ def make_train_step(kind: str):
 # How a step is computed, not what it computes: these may change between a run and its resumption.
 _EXECUTION_FIELDS = ("remat", "loss_chunk", "implementation", "interpret", "sequence_axis", "checkify_ids")
 
+# What makes a run the same run; `steps` may change (the schedule is recomputed), execution fields too.
+_RUN_FIELDS = ("kind", "model", "data", "optim", "seed")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """{"model": {"attention": "cosine"}} -> {"model.attention": "cosine"}."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        out.update(_flat(value, name + ".") if isinstance(value, dict) else {name: value})
+    return out
+
 
 def _check_resumable(saved: dict, config: TrainConfig) -> None:
-    """Resuming with a different model, data, optimizer or seed would not continue the same run.
+    """Resuming with a different model, data, optimizer or seed would not continue the same run:
+    a ValueError naming each changed field with its saved and its new value, in one line.
 
     The model's execution fields (rematerialisation, loss chunking, attention implementation,
     sequence splitting) are not compared, and fields a checkpoint predates take their defaults.
+    `steps` is not compared: a run may be extended (or shortened, down to its checkpoint's step).
     """
     current = to_dict(config)
-    saved = {**saved, "model": to_dict(dataclasses.replace(config, model=type(config.model)(**{
-        **{k: v for k, v in saved.get("model", {}).items() if k not in _EXECUTION_FIELDS},
-        **{k: getattr(config.model, k) for k in _EXECUTION_FIELDS}})))["model"]} if "model" in saved else saved
-    for key in ("kind", "model", "data", "optim", "seed", "steps"):
-        if saved.get(key) != current[key]:
-            raise ValueError(f"the checkpoint in this workdir was written with a different {key!r}: "
-                             f"saved {saved.get(key)!r}, now {current[key]!r}. Use a new workdir.")
+    if saved.get("kind") != config.kind:
+        raise ValueError(f"the checkpoint in this workdir is of a different run: kind {saved.get('kind')!r} there, "
+                         f"{config.kind!r} now. Use a new workdir (or the kind it was trained with)")
+    defaults = {"model": type(config.model)(), "data": DataConfig(), "optim": OptimConfig()}
+    then = {"kind": saved["kind"], "seed": saved.get("seed")}
+    for section, default in defaults.items():
+        then[section] = {**dataclasses.asdict(default), **saved.get(section, {})}
+    for name in _EXECUTION_FIELDS:           # how a step is computed may change
+        then["model"][name] = current["model"][name]
+    now, then = _flat({k: current[k] for k in _RUN_FIELDS}), _flat(then)
+    changed = [f"{k} {then.get(k, '(absent)')!r} -> {now.get(k, '(absent)')!r}"
+               for k in sorted(set(now) | set(then)) if then.get(k, "(absent)") != now.get(k, "(absent)")]
+    if changed:
+        raise ValueError(f"the checkpoint in this workdir is of a different run: {', '.join(changed)} (saved -> "
+                         "now). Resume with the saved values, or use a new workdir")
 
 
-def _init_from_pretrained(model: nnx.Module, workdir: str) -> str:
-    """Copy the encoder parameters of a bert-mlm run's latest checkpoint into `model` (heads of matching shape too)."""
-    ckpt = Checkpointer(Path(workdir) / "checkpoints", save_every=1, keep=1, log=tqdm.write)
-    saved = from_dict(ckpt.read_config())
+def _check_init_from_exists(config: TrainConfig) -> None:
+    """init_from must be a training workdir holding a checkpoint; checked before anything is written."""
+    if not config.init_from:
+        return
+    root = Path(config.init_from)
+    if not root.is_dir():
+        raise ValueError(f"init_from={config.init_from!r} does not exist or is not a directory: give the workdir of "
+                         "the run to start from")
+    ckpts = root / "checkpoints"
+    if not ckpts.is_dir() or not any(p.name.isdigit() for p in ckpts.iterdir()):
+        raise ValueError(f"init_from={config.init_from!r} holds no checkpoint ({ckpts} has none): give the workdir "
+                         "of a run that saved one")
+
+
+def _param_shapes(model: nnx.Module) -> dict[tuple, tuple]:
+    """{parameter path: shape} of a model (concrete or from nnx.eval_shape)."""
+    return {path: tuple(var.get_raw_value().shape) for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def _init_plan(config: TrainConfig, target: dict[tuple, tuple], source: dict[tuple, tuple], source_kind: str
+               ) -> tuple[list[tuple], list[tuple]]:
+    """Which of the new model's parameter arrays init_from gives: (matching paths, the others).
+
+    Every array but the classifier head (new for a task) must match one of the source model by path and
+    shape, unless config.init_from_partial; none matching is always refused.
+    """
+    wanted = [path for path in target if path[0] != "classifier"]
+    matching = [path for path in wanted if source.get(path) == target[path]]
+    others = [path for path in wanted if source.get(path) != target[path]]
+    where = f"init_from={config.init_from!r}"
+    if not matching:
+        raise ValueError(f"{where}: its {source_kind} model shares no parameter array with this {config.kind} model "
+                         f"(0 of {len(wanted)} match by name and shape): start from a run of the same architecture")
+    if others and not config.init_from_partial:
+        shown = "; ".join(f"{'.'.join(map(str, p))} {target[p]} here, "
+                          f"{source[p] if p in source else 'absent'} there" for p in others[:3])
+        more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+        raise ValueError(f"{where}: only {len(matching)} of {len(wanted)} parameter arrays of this {config.kind} "
+                         f"model match its {source_kind} model by name and shape ({shown}{more}); set "
+                         f"init_from_partial=true to start from the {len(matching)} that match and train the others "
+                         "from scratch")
+    return matching, others
+
+
+def _read_init_from(config: TrainConfig, log: Callable[[str], None]) -> tuple[Checkpointer, TrainConfig]:
+    _check_init_from_exists(config)
+    ckpt = Checkpointer(Path(config.init_from) / "checkpoints", save_every=1, keep=1, log=log)
+    return ckpt, from_dict(ckpt.read_config())
+
+
+def _check_init_from(config: TrainConfig, log: Callable[[str], None]) -> None:
+    """Refuse an init_from whose model does not fit this one (see `_init_plan`), from shapes alone."""
+    ckpt, saved = _read_init_from(config, log)
+    ckpt.close()
+    _init_plan(config, _param_shapes(nnx.eval_shape(lambda: build_model(config))),
+               _param_shapes(nnx.eval_shape(lambda: build_model(saved))), saved.kind)
+
+
+def _init_from_pretrained(model: nnx.Module, config: TrainConfig, log: Callable[[str], None]) -> str:
+    """Copy the parameters of config.init_from's latest checkpoint into `model` (all but a classifier head;
+    with init_from_partial, those that match by name and shape)."""
+    ckpt, saved = _read_init_from(config, log)
     pre_model = build_model(saved)
     step, _, _ = ckpt.restore(pre_model, build_optimizer(pre_model, saved.optim, saved.steps),
                               set_aside_damaged=False)   # another run's workdir: read only
     ckpt.close()
+    matching, others = _init_plan(config, _param_shapes(model), _param_shapes(pre_model), saved.kind)
     params = nnx.state(model, nnx.Param)
     pretrained = dict(nnx.to_flat_state(nnx.state(pre_model, nnx.Param)))
-    flat = list(nnx.to_flat_state(params))
-    copied = 0
-    for path, var in flat:
-        source = pretrained.get(path)
-        if source is not None and source[...].shape == var[...].shape and path[0] != "classifier":
-            var[...] = source[...]
-            copied += 1
+    flat = dict(nnx.to_flat_state(params))
+    for path in matching:
+        flat[path][...] = pretrained[path][...]
     nnx.update(model, params)
-    return f"initialised {copied} of {len(flat)} parameter arrays from {workdir} (step {step})"
+    rest = (f"; {len(others)} start from scratch (init_from_partial), e.g. {'.'.join(map(str, others[0]))}"
+            if others else "")
+    return (f"initialised {len(matching)} of {len(matching) + len(others)} parameter arrays from {config.init_from} "
+            f"(step {step}){rest}")
 
 
 def _check_finite(step: int, loss: float, grad_norm: float, last_saved: int | None, schedule) -> None:
@@ -170,44 +264,6 @@ def _check_finite(step: int, loss: float, grad_norm: float, last_saved: int | No
             f"training diverged at step {step}: loss {loss}, gradient norm {grad_norm} at learning rate {lr:.3g}; "
             f"the run stops and saves nothing of it, {kept}. Lower optim.learning_rate (or raise warmup_steps, "
             f"clip gradients with optim.grad_clip) and start again in a new workdir")
-
-
-# ----------------------------------------------------------------------------- the run: state and hooks
-
-@dataclasses.dataclass(eq=False)
-class RunState:
-    """What a run holds from set-up to the summary; hooks read it, and write through `writer`/`log`.
-
-    `step` is the optimizer step just taken (0 before the first); `window` the (loss, gradient
-    norm) of each step since the last train log, `history` every step's loss; `last_eval` the
-    latest evaluation (empty until one ran); `last_saved` the latest checkpoint's step, or None.
-    """
-
-    config: TrainConfig
-    workdir: Path
-    data: DataBundle
-    model: nnx.Module
-    optimizer: nnx.Optimizer
-    mesh: Any                                # jax.sharding.Mesh, or None: one device
-    checkpointer: Checkpointer
-    writer: MetricsWriter
-    schedule: optax.Schedule
-    train_step: Callable
-    eval_step: Callable
-    n_params: int
-    start: int                               # the step the run (re)started from
-    last_saved: int | None
-    log: Callable[[str], None] = tqdm.write
-    step: int = 0
-    last_eval: dict = dataclasses.field(default_factory=dict)
-    window: list[tuple[float, float]] = dataclasses.field(default_factory=list)
-    window_start: float = dataclasses.field(default_factory=time.perf_counter)   # from set-up
-    history: list[float] = dataclasses.field(default_factory=list)
-    bar: Any = None                          # the tqdm progress bar, while the loop runs
-
-    def in_mesh(self):
-        """The mesh as the context of a step (so attention finds its sequence axis), or nothing."""
-        return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
 
 
 # ----------------------------------------------------------------------------- the run: set-up, loop, report
@@ -231,12 +287,18 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path, *, progress: bo
     workdir = Path(workdir)
     _check_lengths(config)
     _check_processes(config)
+    _check_init_from_exists(config)
     primary = jax.process_index() == 0
-    data = prepare_data(config, progress=progress and primary)  # before the workdir exists: bad data writes nothing
+    log = tqdm.write if primary else _quiet
+    # Before the workdir exists, so that a mistake writes nothing: the data, the vocabulary, init_from.
+    data = prepare_data(config, progress=progress and primary)
+    config = _fit_model_to_data(config, data, log)
+    if config.init_from:
+        _check_init_from(config, log)
     workdir.mkdir(parents=True, exist_ok=True)
     # One run per workdir: the primary process holds the lock for all of a multi-process run.
     with WorkdirLock(workdir, log=tqdm.write, enabled=primary):
-        run = setup_run(config, workdir, data=data, log=tqdm.write if primary else _quiet)
+        run = setup_run(config, workdir, data=data, log=log)
         run_loop(run, [*default_hooks(run.config), *hooks], progress=progress and primary)
         return report(run)
 
@@ -259,12 +321,21 @@ def _check_lengths(config: TrainConfig) -> None:
 
 
 def _fit_model_to_data(config: TrainConfig, data: DataBundle, log: Callable[[str], None]) -> TrainConfig:
-    """The model's vocabulary (and classifier outputs) as the data needs them, saying so when they change."""
-    model = config.model
-    if model.vocab_size != data.tokenizer.vocab_size:
-        log(f"model.vocab_size {model.vocab_size} -> {data.tokenizer.vocab_size}: the size of the tokenizer "
-            f"({data.tokenizer.kind}) the data was made with")
-        model = dataclasses.replace(model, vocab_size=data.tokenizer.vocab_size)
+    """The model's vocabulary (and classifier outputs) as the data needs them, saying so when they change.
+
+    A vocabulary the user set (config.vocab_from_tokenizer False, as a `model.vocab_size=N` override
+    makes it) is never changed: one that is not the tokenizer's is a ValueError naming both.
+    """
+    model, size = config.model, data.tokenizer.vocab_size
+    if model.vocab_size != size:
+        if not config.vocab_from_tokenizer:
+            raise ValueError(f"model.vocab_size={model.vocab_size} was set, but the tokenizer ({data.tokenizer.kind}) "
+                             f"the data is made with has {size} tokens: set model.vocab_size={size}, or leave it "
+                             "unset (it then follows the tokenizer), or choose data.vocab_size / data.tokenizer to "
+                             "make the vocabulary you want")
+        log(f"model.vocab_size {model.vocab_size} -> {size}: the size of the tokenizer ({data.tokenizer.kind}) the "
+            "data was made with")
+        model = dataclasses.replace(model, vocab_size=size)
     if data.task is not None and getattr(model, "num_labels", None) != data.task.num_labels:
         model = dataclasses.replace(model, num_labels=data.task.num_labels)
     return dataclasses.replace(config, model=model)
@@ -285,8 +356,9 @@ def setup_run(config: TrainConfig, workdir: Path, log: Callable[[str], None] = t
 
     model = build_model(config)
     if config.init_from:
-        log(_init_from_pretrained(model, config.init_from))
+        log(_init_from_pretrained(model, config, log))
     optimizer = build_optimizer(model, config.optim, config.steps)
+    schedule = learning_rate_schedule(config.optim, config.steps)       # what the optimizer follows
     mesh = make_mesh(config.sharding, config.seq_parallel)
     if mesh is not None:
         if config.data.batch_size % mesh.shape["data"]:
@@ -303,13 +375,20 @@ def setup_run(config: TrainConfig, workdir: Path, log: Callable[[str], None] = t
                         log=log)
     start = 0
     if ckpt.latest_step() is not None:
-        start, data_state, _ = ckpt.restore(model, optimizer,
-                                            check_config=lambda saved: _check_resumable(saved, config))
+        start, data_state, saved = ckpt.restore(model, optimizer,
+                                                check_config=lambda saved: _check_resumable(saved, config))
+        if start > config.steps:
+            ckpt.close()
+            raise ValueError(f"steps={config.steps} is below the step of the checkpoint in {workdir} ({start}): set "
+                             f"steps >= {start} to continue that run, or use a new workdir")
         data.train.set_state(data_state)
         log(f"resumed from step {start}")
+        if saved.get("steps") != config.steps:
+            log(f"steps {saved.get('steps')} -> {config.steps}: the learning-rate schedule is recomputed for "
+                f"{config.steps} steps (at step {start}: {float(schedule(start)):.3g})")
     if primary:
         (workdir / "config.json").write_text(json.dumps(to_dict(config), indent=1))
-    writer = MetricsWriter(workdir, resume_step=start if start else None) if primary else NullWriter()
+    writer = MetricsWriter(workdir, resume_step=start if start else None, log=log) if primary else NullWriter()
 
     objective = LOSSES[config.kind]
 
@@ -318,7 +397,7 @@ def setup_run(config: TrainConfig, workdir: Path, log: Callable[[str], None] = t
         return objective(model, batch)[1]
 
     return RunState(config=config, workdir=workdir, data=data, model=model, optimizer=optimizer, mesh=mesh,
-                    checkpointer=ckpt, writer=writer, schedule=learning_rate_schedule(config.optim, config.steps),
+                    checkpointer=ckpt, writer=writer, schedule=schedule,
                     train_step=make_train_step(config.kind), eval_step=eval_step, n_params=n_params, start=start,
                     last_saved=start or None, log=log, step=start)
 
@@ -327,7 +406,8 @@ def run_loop(run: RunState, hooks: Sequence[Hook], *, progress: bool = True) -> 
     """The optimizer steps from run.start + 1 to config.steps, each followed by the hooks due then.
 
     A fresh run first calls the hooks marked `at_start` at step 0 (the evaluation before training);
-    a workdir that held a finished run calls them at the last step (so the summary has an evaluation).
+    a workdir that held a finished run calls them at the last step (so the summary has an evaluation;
+    the records they make are in metrics.jsonl already, and `MetricsWriter` does not repeat them).
     Every micro-step's loss and gradient norm is checked before any hook (a checkpoint) sees the state.
     """
     config = run.config

@@ -8,8 +8,9 @@ splits. In a run of P processes each process reads its own rows of every global 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import jax
 from tqdm import tqdm

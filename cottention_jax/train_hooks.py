@@ -1,35 +1,83 @@
-"""The hooks of a training run: what `train.run_loop` calls after an optimizer step.
+"""The hooks of a training run and the state they read: what `train.run_loop` calls after a step.
 
-A `Hook` is any callable `hook(run, step)` with an `every`: the loop calls it after every
-`every`-th step and after the last one (and at step 0 of a fresh run when `at_start`).
-The run's own, in order (`default_hooks`): the train log line, evaluation, the stabilizer
-values, the checkpoint. Users add theirs with `hook(fn, every=N)` (or `@hook(every=N)`) and
-`train_and_evaluate(config, workdir, hooks=[...])`; `run` is the `train.RunState`.
+`RunState` is what a run holds from set-up to the summary. A `Hook` is any callable
+`hook(run, step)` with an `every`: the loop calls it after every `every`-th step and after
+the last one (and at step 0 of a fresh run when `at_start`). The run's own, in order
+(`default_hooks`): the train log line, evaluation, the stabilizer values, the checkpoint.
+Users add theirs with `hook(fn, every=N)` (or `@hook(every=N)`) and
+`train_and_evaluate(config, workdir, hooks=[...])`.
+
+Layering: `train` builds and runs a `RunState` with these hooks; this module imports nothing of `train`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Callable, Iterator, Protocol, Sequence, runtime_checkable
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from flax import nnx
+from jax.experimental import multihost_utils
+from tqdm import tqdm
 
 from cottention_jax.configs import TrainConfig, to_dict
 from cottention_jax.data.glue import task_metrics
 from cottention_jax.layers import CosineAttention
-from cottention_jax.metrics import safe_exp
+from cottention_jax.metrics import MetricsWriter, safe_exp
 from cottention_jax.sharding import place_batch
 
 if TYPE_CHECKING:
-    from cottention_jax.train import RunState
+    import optax
 
-__all__ = ["CheckpointHook", "EvalHook", "FunctionHook", "Hook", "StabilizerHook", "TrainLogHook", "default_hooks",
-           "due", "evaluate", "hook", "stabilizer_values"]
+    from cottention_jax.checkpoint import Checkpointer
+    from cottention_jax.train_data import DataBundle
 
+__all__ = ["CheckpointHook", "EvalHook", "FunctionHook", "Hook", "RunState", "StabilizerHook", "TrainLogHook",
+           "default_hooks", "due", "evaluate", "hook", "stabilizer_values"]
+
+
+@dataclasses.dataclass(eq=False)
+class RunState:
+    """What a run holds from set-up to the summary; hooks read it, and write through `writer`/`log`.
+
+    `step` is the optimizer step just taken (0 before the first); `window` the (loss, gradient
+    norm) of each step since the last train log, `history` every step's loss; `last_eval` the
+    latest evaluation (empty until one ran); `last_saved` the latest checkpoint's step, or None.
+    """
+
+    config: TrainConfig
+    workdir: Path
+    data: DataBundle
+    model: nnx.Module
+    optimizer: nnx.Optimizer
+    mesh: Any                                # jax.sharding.Mesh, or None: one device
+    checkpointer: Checkpointer
+    writer: MetricsWriter
+    schedule: optax.Schedule
+    train_step: Callable
+    eval_step: Callable
+    n_params: int
+    start: int                               # the step the run (re)started from
+    last_saved: int | None
+    log: Callable[[str], None] = tqdm.write
+    step: int = 0
+    last_eval: dict = dataclasses.field(default_factory=dict)
+    window: list[tuple[float, float]] = dataclasses.field(default_factory=list)
+    window_start: float = dataclasses.field(default_factory=time.perf_counter)   # from set-up
+    history: list[float] = dataclasses.field(default_factory=list)
+    bar: Any = None                          # the tqdm progress bar, while the loop runs
+
+    def in_mesh(self):
+        """The mesh as the context of a step (so attention finds its sequence axis), or nothing."""
+        return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------- evaluation and hooks
 
 def stabilizer_values(model: nnx.Module) -> list[np.ndarray]:
     """sigmoid(m) of every cosine attention layer, in layer order: a list of (heads,) arrays."""
@@ -123,7 +171,11 @@ def due(h: Hook, step: int, last_step: int) -> bool:
 @dataclasses.dataclass(frozen=True)
 class TrainLogHook:
     """The train line of metrics.jsonl (mean loss and gradient norm since the last one, learning
-    rate, tokens per second) and the progress bar's loss and rate."""
+    rate, tokens per second) and the progress bar's loss and rate.
+
+    `steps_averaged` is how many steps the means are over: `every`, or fewer at the last step and
+    at the first line after a resume from a step between two lines (the steps before it are in the
+    interrupted run's window, not in any line)."""
 
     every: int
 
@@ -131,10 +183,11 @@ class TrainLogHook:
         config = run.config
         tokens_per_step = config.data.batch_size * config.data.seq_len * config.optim.accumulate_steps
         elapsed = time.perf_counter() - run.window_start
-        losses, norms = zip(*run.window)
+        losses, norms = zip(*run.window, strict=True)
         rate = len(run.window) * tokens_per_step / elapsed
         run.writer.write(step, "train", loss=float(np.mean(losses)), grad_norm=float(np.mean(norms)),
-                         learning_rate=float(run.schedule(step - 1)), tokens_per_second=rate)
+                         steps_averaged=len(run.window), learning_rate=float(run.schedule(step - 1)),
+                         tokens_per_second=rate)
         if run.bar is not None:
             run.bar.set_postfix(loss=f"{np.mean(losses):.3f}", tok_s=f"{rate:,.0f}")
         run.window, run.window_start = [], time.perf_counter()

@@ -18,10 +18,19 @@ from cottention_jax.checkpoint import Checkpointer
 from cottention_jax.cli import train_cli
 from cottention_jax.configs import apply_overrides, from_dict, to_dict, train_preset
 from cottention_jax.metrics import read_metrics
-from cottention_jax.train import (RunState, TrainingDivergedError, build_model, build_optimizer, hook,
-                                  learning_rate_schedule, prepare_data, train_and_evaluate)
+from cottention_jax.train import (
+    RunState,
+    TrainingDivergedError,
+    build_model,
+    build_optimizer,
+    hook,
+    learning_rate_schedule,
+    prepare_data,
+    setup_run,
+    train_and_evaluate,
+)
 from cottention_jax.workdir_lock import LOCK_FILE, WorkdirLockedError
-from tests._util import REPO_ROOT
+from tests._util import REPO_ROOT, fresh_key
 
 REPO = REPO_ROOT
 
@@ -115,7 +124,8 @@ def test_checkpoint_round_trip(data_dir, tmp_path):
     ckpt.close()
     assert step == 7 and from_dict(saved_cfg) == cfg
     fresh_data.train.set_state(data_state)
-    for a, b in zip(jax.tree.leaves(nnx.state((model, opt))), jax.tree.leaves(nnx.state((fresh, fresh_opt)))):
+    for a, b in zip(jax.tree.leaves(nnx.state((model, opt))), jax.tree.leaves(nnx.state((fresh, fresh_opt))),
+                    strict=True):
         if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
             a, b = jax.random.key_data(a), jax.random.key_data(b)
         np.testing.assert_array_equal(a, b)
@@ -224,7 +234,7 @@ def test_sharded_training_step_equals_single_device(data_dir):
 def test_resume_refuses_a_different_config(data_dir, tmp_path):
     cfg = _config("gpt-tiny", data_dir, "steps=10", "checkpoint_every=10", "eval_every=10", "sample_tokens=0")
     train_and_evaluate(cfg, tmp_path, progress=False)
-    with pytest.raises(ValueError, match=r"different 'model'"):
+    with pytest.raises(ValueError, match=r"different run: model.attention 'cosine' -> 'softmax' \(saved -> now\)"):
         train_and_evaluate(apply_overrides(cfg, ["model.attention=softmax"]), tmp_path, progress=False)
     # how the step is computed may change (remat, loss chunks, implementation): the same run resumes
     same_run = apply_overrides(cfg, ["model.remat=block", "model.loss_chunk=32", "model.implementation=reference"])
@@ -360,3 +370,126 @@ def test_bert_pretrain_then_finetune(data_dir, tmp_path):
     assert "initialised" in run.stdout + run.stderr
 
 
+
+
+# ----------------------------------------------------------------------------- extending, init_from, vocabulary
+
+def _cosine_lr(optim, total: int, count: int) -> float:
+    """The learning rate at optimizer count `count` of a `total`-step cosine schedule, written out."""
+    warmup = min(optim.warmup_steps, total - 1)
+    peak, end = optim.learning_rate, optim.learning_rate * optim.end_lr_ratio
+    if count < warmup:
+        return peak * count / warmup
+    return end + (peak - end) * 0.5 * (1 + np.cos(np.pi * (count - warmup) / (total - warmup)))
+
+
+@pytest.mark.slow
+def test_a_finished_run_extends_to_more_steps_and_its_reruns_repeat_no_record(data_dir, tmp_path, capsys):
+    """A finished 4-step run continued to 8 used to be refused ('Use a new workdir'); a rerun of a finished
+    run wrote its last eval and stabilizer records again; the first train line after a resume from
+    step 4 (log_every=3) averaged 2 steps and did not say so."""
+    cfg = _config("gpt-tiny", data_dir, "steps=4", "log_every=3", "checkpoint_every=4", "eval_every=4",
+                  "eval_batches=1", "sample_tokens=0")
+    losses = {}
+    record = hook(lambda run, step: losses.__setitem__(step, run.history[-1]), every=1)
+    train_and_evaluate(cfg, tmp_path, progress=False, hooks=[record])
+    metrics = tmp_path / "metrics.jsonl"
+    text = metrics.read_text()
+    metrics.write_text(text[:-15])                        # the last record (stabilizer_heads) cut by a full disk
+    capsys.readouterr()
+    train_and_evaluate(cfg, tmp_path, progress=False)     # the finished run again: its summary, no new record
+    out = capsys.readouterr().out
+    assert sum("last line is cut" in line for line in out.splitlines()) == 1, out
+    at_4 = [r["split"] for r in read_metrics(metrics) if r["step"] == 4]
+    assert sorted(at_4) == ["eval", "stabilizer", "stabilizer_heads", "train"], at_4   # each once, the cut one again
+
+    longer = apply_overrides(cfg, ["steps=8"])
+    train_and_evaluate(longer, tmp_path, progress=False, hooks=[record])
+    out = capsys.readouterr().out
+    assert "resumed from step 4" in out
+    (notice,) = [line for line in out.splitlines() if "schedule" in line]
+    assert "steps 4 -> 8" in notice and "recomputed" in notice
+    assert sorted(losses) == list(range(1, 9))
+    train = {r["step"]: r for r in read_metrics(metrics) if r["split"] == "train"}
+    assert sorted(train) == [3, 4, 6, 8]
+    windows = {3: [1, 2, 3], 4: [4], 6: [5, 6], 8: [7, 8]}      # 6: the steps after the resume only
+    for step, window in windows.items():
+        assert train[step]["steps_averaged"] == len(window)
+        assert train[step]["loss"] == pytest.approx(np.mean([losses[s] for s in window]), rel=1e-12)
+    for step, total in ((3, 4), (6, 8), (8, 8)):               # the extension follows the 8-step schedule
+        assert train[step]["learning_rate"] == pytest.approx(_cosine_lr(cfg.optim, total, step - 1), rel=1e-5)
+    assert [r["step"] for r in read_metrics(metrics) if r["split"] == "eval"] == [0, 4, 8]
+
+    with pytest.raises(ValueError) as refused:                # the architecture: refused, in one line
+        train_and_evaluate(apply_overrides(longer, ["model.attention=softmax"]), tmp_path, progress=False)
+    message = str(refused.value)
+    assert "model.attention 'cosine' -> 'softmax'" in message and "\n" not in message and "{" not in message
+    with pytest.raises(ValueError, match=r"steps=6 is below the step of the checkpoint .* \(8\)"):
+        train_and_evaluate(apply_overrides(cfg, ["steps=6"]), tmp_path, progress=False)
+
+
+def _saved_run(workdir: Path, cfg) -> dict:
+    """A workdir holding one checkpoint of a freshly built `cfg` model (no training); its {path: array}."""
+    model = build_model(cfg, seed=int(jax.random.randint(fresh_key(), (), 0, 2**20)))
+    ckpt = Checkpointer(workdir / "checkpoints", save_every=1, keep=1)
+    ckpt.save(1, model, build_optimizer(model, cfg.optim, cfg.steps), {}, to_dict(cfg), force=True)
+    ckpt.close()
+    return {path: np.asarray(v[...]) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def test_init_from_a_missing_or_empty_workdir_is_refused_and_creates_nothing(data_dir, tmp_path):
+    (tmp_path / "empty").mkdir()
+    for source, why in ((tmp_path / "missing", "does not exist"), (tmp_path / "empty", "holds no checkpoint")):
+        cfg = _config("gpt-tiny", data_dir, f"init_from={source}")
+        with pytest.raises(ValueError, match=rf"init_from='{source}' {why}"):
+            train_and_evaluate(cfg, tmp_path / "run", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"] and not list((tmp_path / "empty").iterdir())
+
+
+def test_init_from_another_architecture_is_refused_and_partial_needs_its_flag(data_dir, tmp_path, capsys):
+    """A GPT run from a BERT workdir used to log 'initialised 0 of 27 parameter arrays', train from
+    scratch and exit 0."""
+    _saved_run(tmp_path / "bert", _config("bert-tiny", data_dir))
+    cfg = _config("gpt-tiny", data_dir, f"init_from={tmp_path / 'bert'}")
+    with pytest.raises(ValueError, match=r"bert-mlm model shares no parameter array with this gpt model \(0 of"):
+        train_and_evaluate(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+    source = _saved_run(tmp_path / "one-layer", _config("gpt-tiny", data_dir, "model.num_layers=1"))
+    cfg = _config("gpt-tiny", data_dir, f"init_from={tmp_path / 'one-layer'}")     # two layers
+    with pytest.raises(ValueError, match=r"only \d+ of \d+ parameter arrays .* init_from_partial=true"):
+        train_and_evaluate(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+    partial = apply_overrides(cfg, ["init_from_partial=true"])
+    (tmp_path / "run").mkdir()
+    lines = []
+    run = setup_run(partial, tmp_path / "run", log=lines.append)
+    run.checkpointer.close()
+    run.writer.close()
+    scratch = dict(nnx.to_flat_state(nnx.state(build_model(partial), nnx.Param)))
+    got = dict(nnx.to_flat_state(nnx.state(run.model, nnx.Param)))
+    copied = [p for p in got if p in source]
+    assert 0 < len(copied) < len(got)
+    for path, value in got.items():      # the first block and the embeddings from the source, the rest as new
+        np.testing.assert_array_equal(value[...], source[path] if path in source else scratch[path][...])
+    (notice,) = [line for line in lines if line.startswith("initialised")]
+    assert f"initialised {len(copied)} of {len(got)} parameter arrays" in notice and "from scratch" in notice
+
+
+def test_a_vocab_size_set_by_the_user_must_be_the_tokenizers(data_dir, tmp_path):
+    """model.vocab_size=1000 used to be replaced by the tokenizer's 512 without a word."""
+    cfg = _config("gpt-tiny", data_dir, "model.vocab_size=1000", "steps=2")
+    with pytest.raises(ValueError, match=r"model.vocab_size=1000 was set, but the tokenizer .* has 512 tokens"):
+        train_and_evaluate(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    # the preset's own value (not the user's) follows the tokenizer, with a notice naming both sizes
+    byte = _config("gpt-tiny", data_dir, "data.tokenizer=byte")
+    tokens = prepare_data(byte).tokenizer.vocab_size
+    lines = []
+    (tmp_path / "byte").mkdir()
+    run = setup_run(byte, tmp_path / "byte", log=lines.append)
+    run.checkpointer.close()
+    run.writer.close()
+    assert run.config.model.vocab_size == tokens != byte.model.vocab_size
+    assert any(f"model.vocab_size {byte.model.vocab_size} -> {tokens}" in line for line in lines), lines
