@@ -70,8 +70,8 @@ STAGES = ("tune", "bench", "tests", "train", "decode")
 SHARES = {"tune": 0.30, "bench": 0.15, "tests": 0.15, "train": 0.25, "decode": 0.15}
 PROBE_SECONDS = 60.0
 MIN_STEP_SECONDS = 5.0
-PACKAGES = ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "flax", "optax", "triton", "jax-triton",
-            "torch", "fla-core", "flash-linear-attention")
+PACKAGES = ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "jax-cuda13-pjrt", "flax", "optax", "triton",
+            "jax-triton", "torch", "fla-core", "flash-linear-attention")
 TABLE = "tuned_block_sizes.json"
 SHIPPED_TABLE = ROOT / "pallas_kernels" / "cosine_attn" / TABLE
 OOM_MARKERS = ("RESOURCE_EXHAUSTED", "out of memory", "Out of memory", "OOM")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -120,8 +120,9 @@ def _error_text(err: Exception) -> str:
     return f"{type(err).__name__}: {lines[0][:160] if lines else ''}"
 
 
-def run_trials(shape: TuneShape, chunks: Iterable[int], launches: Iterable[pallas.KernelLaunch], *, interpret: bool = False, warmup: int = 2,
-               repeats: int = 10, max_seconds: float = 1.0, seed: int = 0) -> Iterator[Trial]:
+def run_trials(shape: TuneShape, chunks: Iterable[int], launches: Iterable[pallas.KernelLaunch], *,
+               interpret: bool = False, warmup: int = 2, repeats: int = 10, max_seconds: float = 1.0,
+               seed: int = 0) -> Iterator[Trial]:
     """Yield a Trial for every (chunk, kernel, launch); compile or run errors become Trial.error."""
     args = _inputs(shape, jax.random.PRNGKey(seed))
     q, k, v = args[:3]
@@ -198,13 +199,15 @@ def check_block_sizes(shape: TuneShape, sizes: pallas.BlockSizes, *, interpret: 
     def rel(a, e):
         a, e = a.astype(jnp.float32), e.astype(jnp.float32)
         return float(jnp.linalg.norm(a - e) / jnp.maximum(jnp.linalg.norm(e), 1e-30))
-    return max(rel(a, e) for a, e in zip(got, want))
+    return max(rel(a, e) for a, e in zip(got, want, strict=True))
 
 
 def make_entry(device: jax.Device, shape: TuneShape, sizes: pallas.BlockSizes, measured: dict,
                source: str) -> dict:
-    """A launch-table entry for `device`, the shape's dtype and padded head dim."""
+    """A launch-table entry for `device`, the shape's dtype and padded head dim (`device` and
+    `measured_on` are its kind: edit `device` to a prefix to let the row serve a device family)."""
     return launch_table.validate_entry({
-        "device": device.device_kind, "compute_capability": getattr(device, "compute_capability", None),
+        "device": device.device_kind, "measured_on": device.device_kind,
+        "compute_capability": getattr(device, "compute_capability", None),
         "dtype": jnp.dtype(shape.dtype).name, "head_dim": shape.padded_dim, **sizes.to_entry(),
         "source": source, "measured": measured})
