@@ -212,3 +212,17 @@ def test_valid_edge_values_are_accepted():
     assert cfg.eval_batches == 0 and cfg.sample_prompt == "" and cfg.optim.grad_clip == 0
     assert dataclasses.replace(OptimConfig(), b1=0.0).b1 == 0.0
     assert all(np.isfinite([cfg.optim.learning_rate, cfg.optim.eps]))
+
+
+def test_a_model_vocab_size_override_marks_it_as_the_users():
+    """Training refuses a user's model.vocab_size that is not the tokenizer's (tests/test_train.py), and fits
+    the preset's own: the override is what tells them apart."""
+    size = int(jax.random.randint(fresh_key(), (), 300, 5000))
+    assert train_preset("gpt-tiny").vocab_from_tokenizer is True
+    assert train_preset("gpt-tiny", [f"data.vocab_size={size}"]).vocab_from_tokenizer is True
+    users = train_preset("gpt-tiny", [f"model.vocab_size={size}"])
+    assert users.model.vocab_size == size and users.vocab_from_tokenizer is False
+    assert train_preset("gpt-tiny", [f"model.vocab_size={size}", "vocab_from_tokenizer=true"]).vocab_from_tokenizer
+    for name in ("vocab_from_tokenizer", "init_from_partial"):
+        with pytest.raises(ValueError, match=rf"TrainConfig\.{name} must be a bool; got 'yes'"):
+            dataclasses.replace(train_preset("gpt-tiny"), **{name: "yes"})
