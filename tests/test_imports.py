@@ -104,3 +104,8 @@ def test_the_training_modules_are_in_no_import_circle():
     training = {"cottention_jax.train", "cottention_jax.train_hooks", "cottention_jax.train_data",
                 "cottention_jax.metrics", "cottention_jax.configs", "cottention_jax.checkpoint"}
     assert [c for c in import_circles(import_graph()) if training & set(c)] == []
+
+
+def test_the_package_has_no_import_circle():
+    """ops <-> parallel and train <-> train_hooks were the two: the layering now reads top-down."""
+    assert import_circles(import_graph()) == []
