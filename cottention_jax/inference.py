@@ -83,18 +83,19 @@ def _model_config(saved, model_class, overrides: dict):
             raise ValueError(f"load_model: the override {name}={value!r} would change the trained model (the "
                              f"checkpoint has {name}={getattr(saved, name)!r}); only these fields may be "
                              f"overridden: {', '.join(RUNTIME_FIELDS)}")
-    config = dataclasses.replace(saved, **{"sequence_axis": None, **overrides})
+    base = dataclasses.replace(saved, sequence_axis=None)       # one device: the sequence is not split
+    config = dataclasses.replace(base, **overrides)
     changed = {name: value for name, value in overrides.items() if value != getattr(saved, name)}
     if changed:
-        want = _parameter_shapes(model_class, saved)
+        want = _parameter_shapes(model_class, base)
         for name, value in changed.items():
-            got = _parameter_shapes(model_class, dataclasses.replace(saved, **{name: value}))
-            moved = next((p for p in want if got.get(p) != want[p]), None)
+            got = _parameter_shapes(model_class, dataclasses.replace(base, **{name: value}))
+            moved = next((p for p in [*want, *got] if got.get(p) != want.get(p)), None)   # resized, gone or new
             if moved is not None:
                 where = "/".join(map(str, moved))
                 raise ValueError(f"load_model: the override {name}={value!r} changes the shape of the trained "
-                                 f"parameter {where} from {want[moved]} to {got.get(moved)} (the checkpoint has "
-                                 f"{name}={getattr(saved, name)!r}): it cannot be overridden for this model")
+                                 f"parameter {where} from {want.get(moved)} to {got.get(moved)} (the checkpoint "
+                                 f"has {name}={getattr(saved, name)!r}): it cannot be overridden for this model")
     return config
 
 
