@@ -27,11 +27,14 @@ Budget. The stages share what is left of --budget after the probe: tune 30%,
 bench 15%, tests 15%, train 25%, decode 15%, as deadlines on one clock, so time a
 stage leaves unused goes to the next ones. Within a stage the steps split the
 stage's remaining time by weight. A step that runs past its time is stopped (its
-whole process group), a step is given at least 5 s and is not started with less, and once the
-budget is spent the remaining stages are recorded as skipped. SIGTERM / SIGINT
-stop the running step and end the same way.
+whole process group); a step is given at least 5 s and is not started with less;
+once the budget is spent the remaining stages are recorded as skipped. SIGTERM / SIGINT
+stop the running step: its stage is recorded as stopped, with the steps that
+ended, and the rest as skipped. Step statuses: ok, failed, oom, timeout, skipped;
+stage statuses: ok, partial, failed, timeout, skipped, stopped.
 
-Output, in --out (default $OUT when set, else benchmarks/results/gpu-check-<date>),
+Output, in --out (default $OUT when set, else benchmarks/results/gpu-check-<date>;
+for --dry-run a temporary folder),
 at most 8 files (what a device machine sends back):
   <device>.json            every stage: status, seconds, steps, results (the format
                            benchmarks/render_tables.py turns into README tables);
@@ -39,6 +42,8 @@ at most 8 files (what a device machine sends back):
   tuned_block_sizes.json   the shipped table with this device's tuned rows merged in
   1-tune.log ... 5-decode.log   each stage's output
 --dry-run runs every stage on the CPU at toy sizes (Pallas in interpret mode).
+To publish: copy <device>.json to benchmarks/results/ and tuned_block_sizes.json over
+pallas_kernels/cosine_attn/tuned_block_sizes.json, then run benchmarks/render_tables.py.
 """
 
 from __future__ import annotations
@@ -214,10 +219,12 @@ def _tail(path: pathlib.Path, chars: int) -> str:
     return text[-chars:]
 
 
-def run_stage(stage: str, steps: list[Step], deadline: float, log: pathlib.Path, env: dict) -> dict:
-    """Run a stage's steps in order, each with its weighted share of the time left before `deadline`."""
+def run_stage(stage: str, steps: list[Step], deadline: float, log: pathlib.Path, env: dict,
+              results: list[dict] | None = None) -> dict:
+    """Run a stage's steps in order, each with its weighted share of the time left before `deadline`.
+    Each step's outcome is appended to `results` as it ends (what a signal leaves behind)."""
     start = time.monotonic()
-    results = []
+    results = [] if results is None else results
     for i, step in enumerate(steps):
         left = deadline - time.monotonic()
         timeout = min(left, max(MIN_STEP_SECONDS, left * step.weight / sum(s.weight for s in steps[i:])))
@@ -369,8 +376,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.budget <= 0:
         p.error(f"--budget must be > 0 seconds; got {args.budget}")
-    if args.out is None:
-        args.out = pathlib.Path(os.environ["OUT"]) if os.environ.get("OUT") else \
+    if args.out is None and os.environ.get("OUT"):
+        args.out = pathlib.Path(os.environ["OUT"])
+    elif args.out is None:        # a rehearsal leaves nothing in the checkout
+        args.out = pathlib.Path(tempfile.mkdtemp(prefix="gpu_check-dry-run-")) if args.dry_run else \
             ROOT / "benchmarks" / "results" / f"gpu-check-{datetime.date.today().isoformat()}"
     args.stages = [s for s in STAGES if s in args.stages]
     return args
@@ -401,6 +410,7 @@ def main(argv=None) -> int:
               "device": None, "probe": None, "stages": {}}
     old_handlers = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     path = out / "unknown-device.json"
+    running = None
 
     def write():
         report["elapsed_s"] = round(time.monotonic() - t0, 1)
@@ -427,14 +437,21 @@ def main(argv=None) -> int:
                 report["stages"][stage] = {"status": "skipped", "reason": f"the budget of {args.budget:.0f} s is spent"}
                 continue
             log = out / f"{STAGES.index(stage) + 1}-{stage}.log"
-            steps = plan(stage, size, out, scratch)
+            steps, done = plan(stage, size, out, scratch), []
+            running = (stage, steps, done, log)
             print(f"[gpu_check] stage {i}/{len(args.stages)} {stage}: until +{deadline - t0:.0f} s", flush=True)
-            record = run_stage(stage, steps, deadline, log, env)
+            record = run_stage(stage, steps, deadline, log, env, done)
+            running = None
             record.update(log=log.name, results=collect(stage, steps, record, out, probe))
             report["stages"][stage] = record
             print(f"[gpu_check] {stage}: {record['status']} in {record['seconds']:.0f} s", flush=True)
             write()
     except Stopped as why:
+        if running:                # the steps that ended, and what they wrote
+            stage, steps, done, log = running
+            record = {"status": "stopped", "reason": f"stopped by {why}", "steps": done, "log": log.name}
+            record["results"] = collect(stage, steps[:len(done)], record, out, probe)
+            report["stages"][stage] = record
         for stage in args.stages:
             report["stages"].setdefault(stage, {"status": "skipped", "reason": f"stopped by {why}"})
         report["stopped"] = str(why)
@@ -443,7 +460,9 @@ def main(argv=None) -> int:
             signal.signal(sig, handler)
         write()
         shutil.rmtree(scratch, ignore_errors=True)
-    print(f"[gpu_check] wrote {path} ({report['elapsed_s']:.0f} s of {args.budget:.0f})", flush=True)
+    print(f"[gpu_check] wrote {path} ({report['elapsed_s']:.0f} s of {args.budget:.0f}); to publish it: copy it "
+          f"to benchmarks/results/ (and {TABLE} over the shipped table), then run benchmarks/render_tables.py",
+          flush=True)
     return 0
 
 

@@ -89,8 +89,9 @@ def test_sigterm_stops_the_running_step_and_writes_what_there_is(tmp_path):
     assert proc.returncode == 0, output[-3000:]
     report = json.loads((tmp_path / "cpu.json").read_text())
     assert report["stopped"] == "SIGTERM" and list(report["stages"]) == list(gpu_check.STAGES)
-    assert all(stage["status"] == "skipped" and "stopped by SIGTERM" in stage["reason"]
-               for stage in report["stages"].values())
+    statuses = [(stage["status"], stage["reason"]) for stage in report["stages"].values()]
+    assert statuses == [("stopped", "stopped by SIGTERM")] + [("skipped", "stopped by SIGTERM")] * 4
+    assert report["stages"]["tune"]["log"] == "1-tune.log"
 
 
 def test_without_a_gpu_and_without_dry_run_it_says_so_in_one_line(tmp_path):
@@ -193,3 +194,14 @@ def test_device_slug():
     assert gpu_check.device_slug("NVIDIA H200") == "nvidia-h200"
     assert gpu_check.device_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
     assert gpu_check.device_slug(None) == "unknown-device"
+
+
+def test_output_folder_defaults(monkeypatch, tmp_path):
+    monkeypatch.setenv("OUT", str(tmp_path))
+    assert gpu_check.parse_args([]).out == tmp_path                      # a device machine's $OUT
+    monkeypatch.delenv("OUT")
+    assert gpu_check.parse_args([]).out.parent == REPO_ROOT / "benchmarks" / "results"
+    rehearsal = gpu_check.parse_args(["--dry-run"]).out                  # nothing left in the checkout
+    assert not rehearsal.resolve().is_relative_to(REPO_ROOT)
+    rehearsal.rmdir()
+    assert gpu_check.parse_args(["--stages", "decode", "tune"]).stages == ["tune", "decode"]    # always in order
