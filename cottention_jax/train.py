@@ -27,6 +27,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +40,7 @@ from cottention_jax import decoding
 from cottention_jax.checkpoint import Checkpointer
 from cottention_jax.configs import DataConfig, OptimConfig, TrainConfig, from_dict, to_dict
 from cottention_jax.metrics import MetricsWriter, NullWriter, plot_training_curves
-from cottention_jax.models import GPT, Bert
+from cottention_jax.models import GPT, Bert, GPTConfig
 from cottention_jax.objectives import LOSSES
 from cottention_jax.preemption import RunInterrupted, StopSignals
 from cottention_jax.sharding import SEQ_AXIS, make_mesh, place_batch, shard_training_state
@@ -116,7 +117,9 @@ def build_model(config: TrainConfig, seed: int | None = None) -> nnx.Module:
     model_config = config.model
     if config.seq_parallel > 1 and model_config.sequence_axis is None:
         model_config = dataclasses.replace(model_config, sequence_axis=SEQ_AXIS)
-    return GPT(model_config, rngs=rngs) if config.kind == "gpt" else Bert(model_config, rngs=rngs)
+    if isinstance(model_config, GPTConfig):          # kind "gpt" (TrainConfig checks that they agree)
+        return GPT(model_config, rngs=rngs)
+    return Bert(model_config, rngs=rngs)
 
 
 def make_train_step(kind: str):
@@ -143,7 +146,7 @@ _RUN_FIELDS = ("kind", "model", "data", "optim", "seed")
 
 def _flat(tree: dict, prefix: str = "") -> dict:
     """{"model": {"attention": "cosine"}} -> {"model.attention": "cosine"}."""
-    out = {}
+    out: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         out.update(_flat(value, name + ".") if isinstance(value, dict) else {name: value})
@@ -221,8 +224,9 @@ def _init_plan(config: TrainConfig, target: dict[tuple, tuple], source: dict[tup
 
 
 def _read_init_from(config: TrainConfig, log: Callable[[str], None]) -> tuple[Checkpointer, TrainConfig]:
+    """A Checkpointer on config.init_from's checkpoints (after `_check_init_from_exists`) and its run's config."""
     _check_init_from_exists(config)
-    ckpt = Checkpointer(Path(config.init_from) / "checkpoints", save_every=1, keep=1, log=log)
+    ckpt = Checkpointer(Path(str(config.init_from)) / "checkpoints", save_every=1, keep=1, log=log)
     return ckpt, from_dict(ckpt.read_config())
 
 
@@ -461,7 +465,7 @@ def report(run: RunState) -> dict:
     """The summary (also summary.json): final evaluation, held-out test (classification), stabilizers;
     the training plot, and for GPT a generated sample (sample.txt)."""
     config, workdir, log = run.config, run.workdir, run.log
-    summary = {"kind": config.kind, "attention": config.model.attention, "steps": config.steps,
+    summary: dict[str, Any] = {"kind": config.kind, "attention": config.model.attention, "steps": config.steps,
                "parameters": run.n_params, "vocab_size": config.model.vocab_size, "final_eval": run.last_eval,
                "workdir": str(workdir)}
     if "test" in run.data.eval_splits:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from cottention_jax.configs import TrainConfig, to_dict
 from cottention_jax.data.glue import task_metrics
 from cottention_jax.layers import CosineAttention
-from cottention_jax.metrics import MetricsWriter, safe_exp
+from cottention_jax.metrics import MetricsWriter, NullWriter, safe_exp
 from cottention_jax.sharding import place_batch
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class RunState:
     optimizer: nnx.Optimizer
     mesh: Any                                # jax.sharding.Mesh, or None: one device
     checkpointer: Checkpointer
-    writer: MetricsWriter
+    writer: MetricsWriter | NullWriter        # NullWriter: a process other than the primary one
     schedule: optax.Schedule
     train_step: Callable
     eval_step: Callable
@@ -135,7 +135,8 @@ class Hook(Protocol):
     """Something the loop calls as `hook(run, step)` after every `every`-th optimizer step and
     after the last one (and at step 0 of a fresh run too when `at_start` is true)."""
 
-    every: int
+    @property
+    def every(self) -> int: ...
 
     def __call__(self, run: RunState, step: int) -> None: ...
 
