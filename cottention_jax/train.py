@@ -281,7 +281,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path, *, progress: bo
     stabilizers, checkpoint). Holds the workdir's lock throughout (`WorkdirLockedError` if
     another run has it). Raises TrainingDivergedError at the first non-finite loss or gradient
     norm, and the errors of `Checkpointer` for checkpoints that cannot be saved or of which none
-    is intact.
+    is intact. A config that cannot run here is a one-line ValueError: a checkpoint of another run
+    in `workdir` (naming each changed field), `steps` below its step, an init_from that is missing
+    or of another architecture, a model.vocab_size set by the user that is not the tokenizer's.
     """
     for h in hooks:
         if not isinstance(h, Hook):
