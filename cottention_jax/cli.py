@@ -14,9 +14,10 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+from cottention_jax.cli_errors import OneLineParser, add_debug_flag, is_user_error, joined, one_line
 from cottention_jax.configs import TRAIN_PRESETS, TrainConfig, apply_overrides, finetune_config, to_dict, train_preset
 
 __all__ = ["generate_main", "train_cli", "train_main"]
@@ -27,10 +28,10 @@ _TRAIN_MODULES = ("tensorflow_datasets", "array_record", "grain", "tqdm", "tenso
 
 def _parser(description: str, default_preset: str, kinds: tuple[str, ...], finetune: bool):
     presets = sorted(n for n, c in TRAIN_PRESETS.items() if c.kind in kinds)
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Examples of --set: model.attention=softmax steps=500 "
-                                       "optim.learning_rate=3e-4 data.corpus=mixed sharding=data "
-                                       "model.dtype=bfloat16 optim.accumulate_steps=4")
+    p = OneLineParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                      epilog="Examples of --set: model.attention=softmax steps=500 "
+                             "optim.learning_rate=3e-4 data.corpus=mixed sharding=data "
+                             "model.dtype=bfloat16 optim.accumulate_steps=4")
     p.add_argument("--preset", default=default_preset, choices=presets, help="named configuration")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (repeatable)")
@@ -38,6 +39,7 @@ def _parser(description: str, default_preset: str, kinds: tuple[str, ...], finet
                                                    "an existing workdir resumes")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_debug_flag(p)
     multi = p.add_argument_group("several processes (run the same command in each; cottention-launch does it "
                                  "on one machine; SLURM / Open MPI are detected)")
     multi.add_argument("--coordinator", help="HOST:PORT of process 0's coordination service "
@@ -62,7 +64,7 @@ def train_cli(argv: Sequence[str] | None, *, description: str, default_preset: s
     args = parser.parse_args(argv)
     config = train_preset(args.preset)
     workdir = args.workdir or f"runs/{args.preset}"
-    try:                                    # a config value that fails validation: one line, exit status 2
+    try:                                    # a config value that fails validation: one line, exit status 1
         if finetune and args.finetune:
             init_from = args.init_from or f"runs/{args.preset}"
             if args.task == "glue":
@@ -71,8 +73,10 @@ def train_cli(argv: Sequence[str] | None, *, description: str, default_preset: s
             config = finetune_config(config, args.task, init_from)
             workdir = args.workdir or f"runs/{args.preset}-{_task_slug(args.task)}"
         config = apply_overrides(config, args.overrides)
-    except ValueError as err:
-        raise SystemExit(f"{parser.prog}: error: {err}") from None
+    except Exception as err:
+        if args.debug or not is_user_error(err):
+            raise
+        raise SystemExit(f"{parser.prog}: error: {joined(err)}") from None
     if args.print_config:
         print(json.dumps(to_dict(config), indent=1))
         return None
@@ -85,12 +89,12 @@ def train_cli(argv: Sequence[str] | None, *, description: str, default_preset: s
         summary = train_and_evaluate(config, workdir, progress=not args.no_progress)
     except RunInterrupted as stop:          # SIGTERM / SIGINT: saved, one line, 143 / 130
         _leave(stop.exit_status, _one_line(stop), multi)
-    except _run_stopping_errors() as err:   # what the user acts on is the message, not the traceback
-        _leave(1, _one_line(err), multi)
-    except BaseException as err:            # an internal error keeps its traceback
-        if not multi:
+    except BaseException as err:
+        if is_user_error(err) and not args.debug:   # what the user acts on is the message, not the traceback
+            _leave(1, _one_line(err), multi)
+        if not multi:                       # an internal error (or --debug) keeps its traceback
             raise
-        if _lost_a_peer(err):               # another process died: its own log says why
+        if _lost_a_peer(err) and not args.debug:   # another process died: its own log says why
             _leave(1, f"lost another process of the run ({_one_line(err)[:300]}); rerun the command on every "
                       "process to resume from the last intact checkpoint", multi)
         traceback.print_exc()
@@ -144,10 +148,9 @@ def _leave(status: int, message: str, multi: bool) -> None:
     os._exit(status)
 
 
-def _one_line(err: BaseException) -> str:
-    """`<command>: <ErrorType>: <message>` on one line (a message's own lines joined)."""
-    message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-    return f"{Path(sys.argv[0]).name}: {type(err).__name__}: {message}"
+def _one_line(err: BaseException, prog: str | None = None) -> str:
+    """`<command>: <ErrorType>: <message>` on one line."""
+    return one_line(err, prog or Path(sys.argv[0]).name)
 
 
 def _task_slug(task: str) -> str:
@@ -164,7 +167,9 @@ def _run_glue(args, pretrain: TrainConfig, init_from: str) -> dict:
     try:
         return run_glue(init_from, pretrain, workdir_root=args.workdir or f"runs/{args.preset}-glue",
                         overrides=args.overrides, progress=not args.no_progress)
-    except _run_stopping_errors() as err:
+    except Exception as err:
+        if args.debug or not is_user_error(err):
+            raise
         raise SystemExit(_one_line(err)) from None
 
 
@@ -172,19 +177,6 @@ def _require_train_extra() -> None:
     missing = [name for name in _TRAIN_MODULES if importlib.util.find_spec(name) is None]
     if missing:
         raise SystemExit(f"training needs the [train] extra ({', '.join(missing)} not installed): {_TRAIN_EXTRA}")
-
-
-def _run_stopping_errors() -> tuple[type[BaseException], ...]:
-    """The errors that end a run with a message written for its user (a one-line exit, rc 1):
-    divergence, a workdir another run holds, a checkpoint that cannot be saved or resumed, missing
-    or corrupt data (their messages carry the command that rebuilds it)."""
-    from cottention_jax.checkpoint import CheckpointError  # noqa: PLC0415
-    from cottention_jax.data.documents import DataSourceError  # noqa: PLC0415
-    from cottention_jax.data.paths import CorruptDataError, MissingDataError  # noqa: PLC0415
-    from cottention_jax.train import TrainingDivergedError  # noqa: PLC0415
-    from cottention_jax.workdir_lock import WorkdirLockedError  # noqa: PLC0415
-    return (TrainingDivergedError, WorkdirLockedError, CheckpointError, MissingDataError, CorruptDataError,
-            DataSourceError)
 
 
 def train_main(argv: Sequence[str] | None = None) -> None:
@@ -197,7 +189,7 @@ def train_main(argv: Sequence[str] | None = None) -> None:
 
 
 def _generate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="cottention-generate", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Continue prompts with a trained GPT (its workdir): a prefill of the prompt, then RNN "
                     "decoding (cosine attention) or a KV cache (softmax).",
@@ -216,22 +208,31 @@ def _generate_parser() -> argparse.ArgumentParser:
     stop.add_argument("--no-stop", action="store_true", help="always generate --max-new-tokens tokens")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest intact one)")
     p.add_argument("--json", action="store_true", help="one JSON object per prompt: prompt, completion, tokens")
+    add_debug_flag(p)
     return p
 
 
 def generate_main(argv: Sequence[str] | None = None) -> None:
-    """`cottention-generate`: print each prompt followed by its completion (or, --json, one JSON line each)."""
+    """`cottention-generate`: print each prompt followed by its completion (or, --json, one JSON line each).
+    A user's mistake (no such workdir or step, a damaged checkpoint or tokenizer, a bad flag value) ends in
+    one line on stderr and exit status 1 (2 for a malformed command line); --debug shows the traceback."""
     parser = _generate_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        _generate(args, parser)
+    except Exception as err:
+        if args.debug or not is_user_error(err):
+            raise
+        raise SystemExit(_one_line(err, parser.prog)) from None
+
+
+def _generate(args, parser: argparse.ArgumentParser) -> None:
     import jax  # noqa: PLC0415  (jax start-up after --help)
     import jax.numpy as jnp  # noqa: PLC0415
 
     from cottention_jax import decoding, inference  # noqa: PLC0415
 
-    try:
-        config = inference.load_run_config(args.workdir, step=args.step)
-    except (FileNotFoundError, ValueError) as err:
-        parser.error(str(err))
+    config = inference.load_run_config(args.workdir, step=args.step)
     if config.kind != "gpt":
         parser.error(f"--workdir holds a {config.kind!r} run; generation needs a GPT (kind 'gpt')")
     tokenizer = inference.load_tokenizer(args.workdir, step=args.step)
@@ -244,13 +245,10 @@ def generate_main(argv: Sequence[str] | None = None) -> None:
     pad = tokenizer.pad_id or 0
     prompt = jnp.asarray([[pad] * (width - len(ids)) + ids for ids in encoded], jnp.int32)   # left-padded
     mask = jnp.asarray([[False] * (width - len(ids)) + [True] * len(ids) for ids in encoded])
-    try:
-        tokens = decoding.generate(model, prompt, prompt_mask=mask, max_new_tokens=args.max_new_tokens,
-                                   key=jax.random.PRNGKey(args.seed), temperature=args.temperature,
-                                   top_k=args.top_k, top_p=args.top_p, eos_token_id=eos)
-    except ValueError as err:
-        raise SystemExit(f"{parser.prog}: error: {err}") from None
-    for text, row in zip(args.prompt, tokens.tolist()):
+    tokens = decoding.generate(model, prompt, prompt_mask=mask, max_new_tokens=args.max_new_tokens,
+                               key=jax.random.PRNGKey(args.seed), temperature=args.temperature,
+                               top_k=args.top_k, top_p=args.top_p, eos_token_id=eos)
+    for text, row in zip(args.prompt, tokens.tolist(), strict=True):
         ids = row[:row.index(eos)] if eos is not None and eos in row else row
         completion = tokenizer.decode(ids)
         print(json.dumps({"prompt": text, "completion": completion, "tokens": ids}) if args.json

