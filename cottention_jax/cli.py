@@ -220,6 +220,11 @@ def generate_main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         _generate(args, parser)
+    except KeyboardInterrupt:              # Ctrl-C: nothing to save, no traceback
+        if args.debug:
+            raise
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     except Exception as err:
         if args.debug or not is_user_error(err):
             raise

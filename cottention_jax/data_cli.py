@@ -110,6 +110,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         _run(args)
+    except KeyboardInterrupt:              # Ctrl-C: one line, status 130, no traceback
+        if args.debug:
+            raise
+        print("cottention-data: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     except Exception as err:
         if args.debug or not is_user_error(err):
             raise

@@ -264,3 +264,22 @@ def test_launch_a_malformed_command_is_one_line(capsys):
                          (["--nproc", "2"], "no command"), (["--nproc", "two", "--", "true"], "'two'")]:
         status, err = _run(launch.main, argv, capsys)
         _assert_one_line(status, err, "cottention-launch: error:", needle)
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_is_one_line_and_status_130(gpt_run, capsys, monkeypatch):
+    """Ctrl-C during generation or data preparation: no traceback (--debug: the KeyboardInterrupt)."""
+    monkeypatch.setattr("cottention_jax.decoding.generate", _interrupt)
+    monkeypatch.setattr(data_cli, "_run", _interrupt)
+    for main, argv in [(cli.generate_main, _generate(gpt_run)), (data_cli.main, ["info", "shakespeare"])]:
+        try:
+            status, err = _run(main, argv, capsys)
+        except KeyboardInterrupt:          # not left to propagate: it would stop the whole pytest session
+            pytest.fail(f"{main.__name__}: Ctrl-C propagated (a traceback)")
+        assert status == 130
+        _assert_one_line(status, err, "interrupted")
+        with pytest.raises(KeyboardInterrupt):
+            _run(main, [*argv, "--debug"], capsys)
