@@ -4,7 +4,7 @@ A model of the work of one call (useful FLOPs, least HBM bytes, the device's pea
 bandwidth), the JAX measurement of every (implementation, mode, sequence length) at
 one head dim in one process, and the results' throughput and Markdown table.
 Implementations:
-  pallas   pallas_kernels.cosine_attn.chunked with its default (tuned) block sizes
+  pallas   pallas_kernels.cosine_attn.pallas with its default (tuned) block sizes
   xla      pallas_kernels.cosine_attn.xla (chunk-parallel jnp)
   softmax  jax.nn.dot_product_attention(is_causal=True): cuDNN flash on a GPU, XLA elsewhere
   naive    the quadratic form ((Q K~^T) * M) V
@@ -158,7 +158,7 @@ def check_error(impl: str, mode: str, d: int, settings: BenchSettings) -> float:
     def rel(a, e):
         a, e = jnp.asarray(a, jnp.float32), jnp.asarray(e, jnp.float32)
         return float(jnp.linalg.norm(a - e) / jnp.maximum(jnp.linalg.norm(e), 1e-30))
-    return max(rel(a, e) for a, e in zip(got, want))
+    return max(rel(a, e) for a, e in zip(got, want, strict=True))
 
 
 def _fits(impl: str, t: int, settings: BenchSettings, limit: int | None) -> bool:
@@ -245,7 +245,8 @@ def markdown_table(result: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         ok = r.get("status") == "ok"
-        fmt = lambda key, spec: format(r[key], spec) if ok and r.get(key) is not None else "-"  # noqa: E731
+        def fmt(key, spec, r=r, ok=ok):     # a cell of this row, "-" when it did not run
+            return format(r[key], spec) if ok and r.get(key) is not None else "-"
         roof = f"{100 * r['roofline_fraction']:.0f}" if ok and r.get("roofline_fraction") else "-"
         memory = (f"{r['compiled_bytes'] / 2**20:.0f}" if r.get("compiled_bytes") else
                   f"{r['peak_bytes'] / 2**20:.0f}*" if r.get("peak_bytes") else "-")

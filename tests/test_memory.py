@@ -12,7 +12,6 @@ import pytest
 from cottention_jax.configs import train_preset
 from cottention_jax.memory import abstract_batch, train_step_memory
 
-
 BATCH, SEQ, VOCAB, CHUNK = 8, 128, 2048, 256
 _REMAT_VISIBLE_ON_CPU = tuple(int(x) for x in jax.__version__.split(".")[:2]) >= (0, 12)
 
@@ -51,12 +50,3 @@ def test_abstract_batch_shapes_and_errors():
     with pytest.raises(ValueError, match=r"covers kind 'gpt' and 'bert-mlm'; got kind='bert-classify'"):
         abstract_batch(classify, 2, 16)
 
-
-def test_the_old_benchmark_module_forwards_with_a_deprecation_warning():
-    """cottention_jax.benchmark (named by an earlier notebook) still resolves its names, with a warning."""
-    import cottention_jax.benchmark as old  # noqa: PLC0415
-    from cottention_jax import memory, sharding  # noqa: PLC0415
-    with pytest.warns(DeprecationWarning, match="moved to cottention_jax.memory.compiled_memory_bytes"):
-        assert old.compiled_memory_bytes is memory.compiled_memory_bytes
-    with pytest.warns(DeprecationWarning, match="moved to cottention_jax.sharding.collectives"):
-        assert old.collectives is sharding.collectives

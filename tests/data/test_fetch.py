@@ -104,11 +104,3 @@ def test_build_tasks(fake_registries):
     provenance = (data_dir / "tasks" / "paraphrase" / "PROVENANCE.md").read_text()
     assert "sword-text-kjv" in provenance and "- test:" in provenance
 
-
-def test_the_old_module_name_forwards_with_a_deprecation_warning():
-    import importlib  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-    sys.modules.pop("cottention_jax.data.build", None)
-    with pytest.warns(DeprecationWarning, match="data.build is now cottention_jax.data.fetch"):
-        old = importlib.import_module("cottention_jax.data.build")
-    assert old.build_mixed_corpus is fetch.build_mixed_corpus and old.MIXED_SOURCES is fetch.MIXED_SOURCES

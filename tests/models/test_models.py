@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cottention_jax.models import BERT_PRESETS, GPT_PRESETS, GPT, Bert, bert_config, gpt_config
+from cottention_jax.models import BERT_PRESETS, GPT, GPT_PRESETS, Bert, bert_config, gpt_config
 from cottention_jax.objectives import classification_objective, gpt_objective, mlm_objective
 from tests._util import fresh_key, rel_error
 
@@ -277,34 +277,6 @@ def test_public_api_of_models_decoding_and_layers():
     assert cottention_jax.SoftmaxAttention is layers.SoftmaxAttention
 
 
-def test_moved_names_still_import_and_warn():
-    from cottention_jax import layers, rnn_attention
-    with pytest.warns(DeprecationWarning, match="import RecurrentSoftmaxAttention from cottention_jax.layers"):
-        assert rnn_attention.RecurrentSoftmaxAttention is layers.RecurrentSoftmaxAttention
-    with pytest.warns(DeprecationWarning, match="ProjectedAttention"):
-        assert layers._ProjectedAttention is layers.ProjectedAttention
-
-
-def test_deprecated_model_losses_warn_and_equal_the_objectives():
-    from cottention_jax import models
-    from cottention_jax.models import bert, gpt
-    logits = jax.random.normal(fresh_key(), (2, 5, 7))
-    labels = jax.random.randint(fresh_key(), (2, 5), 0, 7)
-    weights = jnp.array([[1.0, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
-    from cottention_jax.losses import weighted_cross_entropy
-    want = weighted_cross_entropy(logits, labels, weights)[0]
-    for fn, args in ((models.lm_loss, (logits, labels, weights)), (gpt.lm_loss, (logits, labels, weights)),
-                     (models.mlm_loss, (logits, labels, weights)), (bert.mlm_loss, (logits, labels, weights))):
-        with pytest.warns(DeprecationWarning, match="cottention_jax.objectives"):
-            assert float(fn(*args)) == float(want)
-    with pytest.warns(DeprecationWarning, match="classification_objective"):
-        got = models.classification_loss(logits[:, 0], labels[:, 0])
-    assert float(got) == float(weighted_cross_entropy(logits[:, 0], labels[:, 0])[0])
-    with pytest.warns(DeprecationWarning, match="safe_exp"):
-        assert float(models.perplexity(jnp.log(3.0))) == pytest.approx(3.0)
-    assert not {"lm_loss", "perplexity", "mlm_loss", "classification_loss"} & set(models.__all__)
-
-
 def test_gpt_and_bert_configs_share_the_attention_config():
     from cottention_jax.models.common import AttentionConfig, TransformerConfig
     gpt, bert = gpt_config("tiny", attention="softmax", num_kv_heads=2), bert_config("tiny", stabilize="query")
@@ -346,9 +318,9 @@ def test_config_literal_types_name_what_the_checks_accept():
     import typing
 
     from cottention_jax import configs, ops, softmax_ops
-    from cottention_jax.models.common import AttentionKind, Implementation, attention_names
     from cottention_jax.layers.cosine import CosineImplementation, Stabilize
     from cottention_jax.layers.softmax import SoftmaxImplementation
+    from cottention_jax.models.common import AttentionKind, Implementation, attention_names
     assert set(typing.get_args(AttentionKind)) == set(attention_names())
     assert set(typing.get_args(Stabilize)) == set(ops.STABILIZE_MODES)
     assert set(typing.get_args(CosineImplementation)) == set(ops.IMPLEMENTATIONS)
