@@ -99,10 +99,14 @@ def _read_file(path: Path) -> dict[str, np.ndarray]:
 
 
 def _read_json(path: Path) -> dict:
+    """A JSON object from `path`; bad JSON, or JSON that is not an object, is a ValueError naming the file."""
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: must hold a JSON object {{...}}; got a {type(value).__name__}")
+    return value
 
 
 def _read_sharded(index: Path) -> dict[str, np.ndarray]:

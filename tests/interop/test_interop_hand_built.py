@@ -286,6 +286,9 @@ def test_errors_name_the_file(tmp_path):
     config.write_text("{not json")
     with pytest.raises(ValueError, match=_at(config) + r"not valid JSON"):
         interop.load_bert(folder)
+    config.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=_at(config) + r"must hold a JSON object"):
+        interop.load_bert(folder)
     config.unlink()
     with pytest.raises(ValueError, match=re.escape(f"no {config} beside the weights ({weights})")):
         interop.load_bert(folder)
