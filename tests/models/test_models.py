@@ -285,7 +285,7 @@ def test_gpt_and_bert_configs_share_the_attention_config():
     for cfg in (gpt, bert):   # declared once, in the base classes: the models add only their own fields
         own = {f.name for f in dataclasses.fields(cfg)} - {f.name for f in dataclasses.fields(TransformerConfig)}
         assert own == ({"rotary_dim", "rope_base", "tie_embeddings"} if cfg is gpt else {"type_vocab_size",
-                                                                                           "num_labels"})
+                                                                                           "num_labels", "positions"})
         assert set(dataclasses.asdict(cfg.attention_config())) == attention_fields
     assert gpt.attention_config() == AttentionConfig(d_model=64, num_heads=4, num_kv_heads=2, attention="softmax")
     assert bert.attention_config().stabilize == "query"
