@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-import logging
 import zlib
 
 import jax
@@ -29,7 +28,6 @@ from cottention_jax.train_hooks import evaluate
 from tests.data._fixtures import fresh_rng
 
 TOK = ByteTokenizer()
-logging.getLogger("absl").setLevel(logging.ERROR)      # TFDS warns that mocked folders have no dataset_info.json
 
 
 def _rng(request) -> np.random.Generator:
@@ -54,7 +52,7 @@ def _decode_split(task, split):
     """[(text_a, text_b or None, label)] of a prepared split, decoded from its stored ids."""
     ids_a, ids_b, labels = task.read_split(split)
     return [(bytes(a.tolist()).decode(), bytes(b.tolist()).decode() if task.is_pair else None, float(y))
-            for a, b, y in zip(ids_a, ids_b, labels)]
+            for a, b, y in zip(ids_a, ids_b, labels, strict=True)]
 
 
 def _write_csv(path, header, rows):
@@ -79,7 +77,7 @@ def _take(iterator, k):
 
 def _assert_batches_equal(first, second):
     assert len(first) == len(second)
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         assert a.keys() == b.keys()
         for key in a:
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
@@ -117,12 +115,12 @@ def test_single_csv_is_split_80_10_10_by_text_and_keeps_every_example(tmp_path, 
     texts[1] = texts[0]                                          # a duplicate must stay in one split
     labels = rng.integers(0, 3, len(texts))
     path = _write_csv(tmp_path / "reviews.csv", ["id", "text", "label"],
-                      [[i, t, int(y)] for i, (t, y) in enumerate(zip(texts, labels))])
+                      [[i, t, int(y)] for i, (t, y) in enumerate(zip(texts, labels, strict=True))])
     task = classification.prepare_task(str(path), TOK, data_dir=tmp_path / "data")
     assert (task.name, task.num_labels, task.label_names, task.metric_names) == ("reviews", 3, ("0", "1", "2"),
                                                                                  ("accuracy",))
     got = {split: _decode_split(task, split) for split in task.splits}
-    expected = sorted((t, None, float(y)) for t, y in zip(texts, labels))
+    expected = sorted((t, None, float(y)) for t, y in zip(texts, labels, strict=True))
     assert sorted(x for rows in got.values() for x in rows) == expected
     assert 20 <= len(got["validation"]) <= 60 and 20 <= len(got["test"]) <= 60       # 40 +- 3.3 sigma
     assert sorted(sum(r[0] == texts[0] for r in rows) for rows in got.values()) == [0, 0, 2]   # together
@@ -155,11 +153,11 @@ def test_explicit_fields_and_string_labels_in_csv(tmp_path, request):
     rng = _rng(request)
     q, a = _texts(rng, 20), _texts(rng, 20)
     path = _write_csv(tmp_path / "qa.csv", ["question", "answer", "is_match"],
-                      [[x, y, str(i % 2)] for i, (x, y) in enumerate(zip(q, a))])
+                      [[x, y, str(i % 2)] for i, (x, y) in enumerate(zip(q, a, strict=True))])
     task = classification.prepare_task(str(path), TOK, data_dir=tmp_path, text_fields=("question", "answer"),
                                        label_field="is_match")
     rows = [x for s in task.splits for x in _decode_split(task, s)]
-    assert sorted(rows) == sorted((x, y, float(i % 2)) for i, (x, y) in enumerate(zip(q, a)))
+    assert sorted(rows) == sorted((x, y, float(i % 2)) for i, (x, y) in enumerate(zip(q, a, strict=True)))
     assert task.is_pair and task.metric_names == ("accuracy", "f1")
 
 
