@@ -24,7 +24,9 @@ Inputs are (B, T, features); padding_mask (B, T) bool, True = real token, or a F
 `mask` (B, heads, T, S) of the padding form (`attention_fn.padding_from_mask`;
 SoftmaxAttention takes any mask); keys of another length S: cross-attention
 (bidirectional layers); positions (B, T) int for rotary embeddings (default: index
-among real tokens). dropout_rate drops whole value vectors (`attention_fn` docstring).
+among real tokens, continued in decode mode from the real tokens in the layer's cache, so
+decoding equals the parallel pass). dropout_rate drops whole value vectors (`attention_fn`
+docstring).
 
 Decode mode (causal only): `init_cache((batch, max_length, features))` once,
 then each call continues from the cache. CosineAttention carries a
@@ -32,7 +34,10 @@ then each call continues from the cache. CosineAttention carries a
 tokens); SoftmaxAttention a key/value cache of max_length positions. A call
 with `decode=True, prefill=True` restarts the cache from its tokens (a prompt):
 both layers then use their parallel form (SoftmaxAttention its flash path over
-the prompt alone, never scores against the empty cache slots).
+the prompt alone, never scores against the empty cache slots). Each layer counts
+the real tokens in its cache per batch row (padding does not advance it): the
+rotary position of the next token. SoftmaxAttention refuses (ValueError) tokens
+that do not fit in its max_length slots.
 """
 
 from cottention_jax.layers.cosine import CosineAttention
@@ -44,12 +49,3 @@ from cottention_jax.layers.softmax import SoftmaxAttention
 __all__ = ["CosineAttention", "SoftmaxAttention", "RecurrentSoftmaxAttention", "ProjectedAttention",
            "apply_rope", "positions_from_mask"]
 
-
-def __getattr__(name: str):
-    if name == "_ProjectedAttention":   # the base's name before it was public
-        import warnings  # noqa: PLC0415
-
-        warnings.warn("cottention_jax.layers._ProjectedAttention is now cottention_jax.layers.ProjectedAttention",
-                      DeprecationWarning, stacklevel=2)
-        return ProjectedAttention
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,8 +16,12 @@ from flax.typing import Dtype
 
 from cottention_jax.attention_fn import cosine_cross_attention
 from cottention_jax.layers.projected import ProjectedAttention
-from cottention_jax.ops import (CosineAttentionState, cosine_attention, cosine_attention_step,
-                                init_cosine_attention_state)
+from cottention_jax.ops import (
+    CosineAttentionState,
+    cosine_attention,
+    cosine_attention_step,
+    init_cosine_attention_state,
+)
 
 __all__ = ["CosineAttention", "CosineImplementation", "Stabilize"]
 
@@ -91,6 +95,10 @@ class CosineAttention(ProjectedAttention):
         state = init_cosine_attention_state(input_shape[0], self.num_heads, self.head_dim, self.head_dim)
         self.cached_kv = nnx.Cache(state.kv)
         self.cached_count = nnx.Cache(state.count)
+
+    def _tokens_seen(self) -> jax.Array:
+        self._check_cache(self.cached_count)
+        return self.cached_count[...]
 
     def _attend(self, q, k, v, padding_mask, decode, prefill, inputs):
         del inputs

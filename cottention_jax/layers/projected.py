@@ -26,6 +26,7 @@ from cottention_jax.layers.rope import apply_rope, positions_from_mask
 __all__ = ["ProjectedAttention"]
 
 _default_kernel_init = nnx.initializers.lecun_normal()
+_default_bias_init = nnx.initializers.zeros_init()
 
 
 def _attended_keys(mask: jax.Array, batch: int, length: int) -> jax.Array:
@@ -41,7 +42,9 @@ class ProjectedAttention(nnx.Module):
     (inputs: the layer's query-side input, for layers that compute gates from it;
     prefill: decode mode restarting the cache from these tokens), and may implement
     `_attend_cross(q, k, v, query_mask, key_mask)` (bidirectional, T != S allowed) or
-    `_attend_masked(q, k, v, mask, inputs)` (a Flax-style `mask=`).
+    `_attend_masked(q, k, v, mask, inputs)` (a Flax-style `mask=`). Layers that decode implement
+    `_tokens_seen() -> (B,)`: the real tokens in the cache, where decoding continues the rotary
+    positions.
     """
 
     def __init__(self, num_heads: int, in_features: int, qkv_features: int | None = None,
@@ -49,7 +52,7 @@ class ProjectedAttention(nnx.Module):
                  in_kv_features: int | None = None, causal: bool = False, rotary_dim: int = 0,
                  rope_base: float = 10000.0, dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32,
                  use_bias: bool = True, kernel_init: Initializer = _default_kernel_init,
-                 bias_init: Initializer = nnx.initializers.zeros_init(),
+                 bias_init: Initializer = _default_bias_init,
                  out_kernel_init: Initializer | None = None, out_bias_init: Initializer | None = None,
                  precision: PrecisionLike = None, dropout_rate: float = 0.0,
                  broadcast_dropout: bool = True, deterministic: bool | None = None, keep_rngs: bool = True,
@@ -103,7 +106,9 @@ class ProjectedAttention(nnx.Module):
             form query_real & key_real (& causal), e.g. `nnx.make_attention_mask(q_real, k_real)`
             (SoftmaxAttention takes any mask; see `cottention_jax.attention_fn.padding_from_mask`).
         Padded (wholly masked) query rows output the projection of zero. positions (B, T) int:
-        rotary positions. deterministic / rngs: the value dropout (`dropout_rate`), as in Flax.
+        rotary positions (default: the index among the real tokens; in decode mode counted on from
+        the real tokens already in the cache, so decoding equals the parallel pass).
+        deterministic / rngs: the value dropout (`dropout_rate`), as in Flax.
         is_causal: accepted for Flax's call; True needs a layer built with causal=True.
         decode: continue from the cache (causal layers; `init_cache` first); prefill (with
         decode): restart the cache from these tokens instead of continuing it.
@@ -145,7 +150,10 @@ class ProjectedAttention(nnx.Module):
             if cross and masked:
                 raise ValueError("rotary embeddings (rotary_dim > 0) need self-attention: the keys of another "
                                  "sequence have no positions of their own here")
-            if positions is None:   # the index among real tokens (those some query attends to, under a mask)
+            if positions is None and decode:   # continue from the real tokens already in the cache
+                offset = None if prefill else self._tokens_seen()                   # (B,)
+                positions = positions_from_mask(padding_mask, q.shape[:2], offset)
+            elif positions is None:   # the index among real tokens (those some query attends to, under a mask)
                 real = padding_mask if mask is None else _attended_keys(mask, *q.shape[:2])
                 positions = positions_from_mask(real, q.shape[:2])
             q = apply_rope(q, positions, self.rotary_dim, self.rope_base)
@@ -185,6 +193,12 @@ class ProjectedAttention(nnx.Module):
 
     def _attend_cross(self, q, k, v, query_mask, key_mask):
         raise ValueError(f"{type(self).__name__} does not take cross-attention or a mask= (use padding_mask)")
+
+    def _tokens_seen(self) -> jax.Array:
+        """(B,) int32: the real tokens in the decode cache (since the last prefill or init_cache), the
+        rotary position of the next real token. Raises as `_check_cache` before init_cache."""
+        raise NotImplementedError(f"{type(self).__name__} does not count the tokens in its decode cache: "
+                                  "implement _tokens_seen, or pass positions= in decode mode")
 
     def _check_cache(self, cache) -> None:
         if cache is None:

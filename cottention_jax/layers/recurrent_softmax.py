@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 from flax.typing import Dtype
@@ -72,6 +73,10 @@ class RecurrentSoftmaxAttention(ProjectedAttention):
         self.cached_numerator = nnx.Cache(state.numerator)
         self.cached_denominator = nnx.Cache(state.denominator)
         self.cached_count = nnx.Cache(state.count)
+
+    def _tokens_seen(self) -> jax.Array:
+        self._check_cache(self.cached_count)
+        return self.cached_count[...]
 
     def _attend(self, q, k, v, padding_mask, decode, prefill, inputs):
         gate = None if self.gate is None else self.gate(inputs)                 # (B, T, H, 1)

@@ -35,8 +35,10 @@ class SoftmaxAttention(ProjectedAttention):
       interpret: passed to `softmax_attention` (the "pallas" kernel in interpret mode, on CPU).
 
     Decode mode attends over the key/value cache with a dense mask (XLA), whatever implementation.
-    A decode call that would write past the cache's max_length gives NaN outputs (under jit the
-    index is not known while tracing; `decoding.make_decode_step` refuses such a step eagerly).
+    A decode call that would write past the cache's max_length is refused (ValueError) when it runs
+    eagerly, and a chunk longer than the cache always; under jit the index is not known while
+    tracing and an overflowing step gives NaN outputs (`decoding.make_decode_step` and
+    `make_decode_loop` check the concrete cache before they run).
     A sequence split over a mesh needs nothing here: XLA partitions the attention call.
     """
 
@@ -69,6 +71,10 @@ class SoftmaxAttention(ProjectedAttention):
         self.cache_mask = nnx.Cache(jnp.zeros((b, length), bool))
         self.cache_index = nnx.Cache(jnp.array(0, jnp.int32))
 
+    def _tokens_seen(self) -> jax.Array:
+        self._check_cache(self.cache_mask)
+        return jnp.sum(self.cache_mask[...], axis=1, dtype=jnp.int32)   # real slots per row
+
     def _attend(self, q, k, v, padding_mask, decode, prefill, inputs):
         del inputs
         if not decode or prefill:   # the parallel (flash) form; padded query rows come back zero
@@ -81,6 +87,7 @@ class SoftmaxAttention(ProjectedAttention):
         real = jnp.ones((b, t), bool) if padding_mask is None else padding_mask
         self._check_cache(self.cached_key)
         idx = self.cache_index[...]
+        self._check_room(idx, t)
         keys = jax.lax.dynamic_update_slice(self.cached_key[...], k.astype(self.cached_key[...].dtype),
                                             (0, idx, 0, 0))
         values = jax.lax.dynamic_update_slice(self.cached_value[...],
@@ -111,6 +118,17 @@ class SoftmaxAttention(ProjectedAttention):
             attend = attend & jnp.tril(jnp.ones((t, s), bool))
         out = jax.nn.dot_product_attention(q, k, v, mask=attend)
         return jnp.where(jnp.any(attend, axis=(1, 3))[:, :, None, None], out, 0).astype(q.dtype)
+
+    def _check_room(self, index, new_tokens: int) -> None:
+        """Refuse `new_tokens` written from slot `index` past the cache's end: always for a chunk longer
+        than the cache, and for any overflow when the index is concrete (an eager call)."""
+        length = self.cached_key[...].shape[1]
+        used = None if isinstance(index, jax.core.Tracer) else int(index)
+        if new_tokens > length or (used is not None and used + new_tokens > length):
+            used_text = "" if used is None else f", {used} of them used"
+            raise ValueError(f"{type(self).__name__}: the KV cache holds {length} positions{used_text}: "
+                             f"{new_tokens} more token(s) do not fit. Prefill with a larger max_length "
+                             "(decoding.prefill(model, prompt, max_length=...)) or init_cache with one")
 
     def _restart_cache(self, k, v, padding_mask) -> None:
         """The cache holds exactly these T tokens: slots [0, T) written, the rest empty."""

@@ -7,8 +7,8 @@ from flax import nnx
 
 from cottention_jax import decoding
 from cottention_jax import recurrent_softmax as rs
-from cottention_jax.models import GPT, attention_names, bert_config, gpt_config
 from cottention_jax.layers import RecurrentSoftmaxAttention
+from cottention_jax.models import GPT, attention_names, bert_config, gpt_config
 from tests._util import fresh_key, padding_mask, rel_error, stepwise_logits
 
 HI = jax.lax.Precision.HIGHEST
