@@ -95,7 +95,8 @@ def print_table(rows, info):
             mb = f"{r['compiled_bytes'] / 2**20:.0f}" if r.get("compiled_bytes") else "-"
             if r.get("status") == "ok":
                 times[name] = r["median_s"]
-                cells.append(f"{1e3 * r['median_s']:>{10 if name == 'cosine' else 11}.1f} {mb:>{10 if name == 'cosine' else 11}}")
+                width = 10 if name == "cosine" else 11
+                cells.append(f"{1e3 * r['median_s']:>{width}.1f} {mb:>{width}}")
             else:
                 cells.append(f"{r.get('status', '-'):>{21 if name == 'cosine' else 23}}")
         ratio = f"{times['softmax'] / times['cosine']:.1f}x" if len(times) == 2 else "-"

@@ -16,8 +16,8 @@ import sys
 def _unavailable() -> str | None:
     """Why FLA cannot run here, or None."""
     try:
-        import torch  # noqa: PLC0415
         import fla.ops.linear_attn  # noqa: F401, PLC0415
+        import torch  # noqa: PLC0415
     except Exception as err:  # noqa: BLE001
         return f"not run: flash-linear-attention does not import here ({type(err).__name__}: {err})"[:200]
     return None if torch.cuda.is_available() else "not run: torch sees no CUDA device"
@@ -42,7 +42,7 @@ def measure(args, d: int, mode: str) -> list[dict]:
             q, k = (torch.nn.functional.normalize(x, dim=-1) for x in (q, k))
             q, k, v = (x.to(dtype).requires_grad_(mode == "fwd+bwd") for x in (q, k, v))
             do = do.to(dtype)
-            def call():
+            def call(q=q, k=k, v=v, do=do):   # this (mode, T)'s inputs
                 if mode == "fwd":      # no autograd graph, as the JAX forward rows
                     with torch.no_grad():
                         return chunk_linear_attn(q, k, v, **options)[0]

@@ -315,14 +315,16 @@ def table(result: dict) -> str:
                      f"| {a['peak_rss_MB']:,.0f} / {b['peak_rss_MB']:,.0f} MB | {r['train']['peak_rss_MB']:,.0f} MB "
                      f"| {r['batches']['tokens_per_s'] / 1e6:.2f}M tokens/s |")
     s = result["summary"]
-    lines += ["", f"Peak RSS, largest minus smallest corpus: prepare {s['rss_prepare_given']['largest_minus_smallest_MB']:+.0f}"
-              f" MB (given tokenizer), {s['rss_prepare_training']['largest_minus_smallest_MB']:+.0f} MB (training it), "
+    lines += ["", "Peak RSS, largest minus smallest corpus: prepare "
+              f"{s['rss_prepare_given']['largest_minus_smallest_MB']:+.0f} MB (given tokenizer), "
+              f"{s['rss_prepare_training']['largest_minus_smallest_MB']:+.0f} MB (training it), "
               f"training run {s['rss_train']['largest_minus_smallest_MB']:+.0f} MB (target within "
               f"{TARGET_RSS_SPREAD_MB} MB, peak under {TARGET_RSS_PEAK_MB / 1000:.1f} GB).",
               f"Batch throughput: `gpt_train_batches(prepared, {BATCH}, {SEQ})` gives "
               f"{s['batch_tokens_per_s'] / 1e6:.2f}M tokens/s; a {result['step']['preset']} training step consumes "
               f"{result['step']['tokens_per_s']:,.0f} tokens/s on this CPU ({result['step']['step_s'] * 1e3:.0f} ms "
-              f"per {result['step']['batch']} x {result['step']['seq_len']} batch): {s['batches_over_step']:,.0f}x (target >= {TARGET_RATIO}x and "
+              f"per {result['step']['batch']} x {result['step']['seq_len']} batch): {s['batches_over_step']:,.0f}x "
+              f"(target >= {TARGET_RATIO}x and "
               f">= {TARGET_BATCH_TOKENS_S / 1e6:.0f}M tokens/s)."]
     return "\n".join(lines)
 
@@ -404,7 +406,8 @@ def main(argv):
                "batches_over_step": batch_rate / step["tokens_per_s"],
                "batches_meet_target": batch_rate / step["tokens_per_s"] >= TARGET_RATIO
                and batch_rate >= TARGET_BATCH_TOKENS_S}
-    result = {"benchmark": "data_pipeline", "smoke": args.smoke, "machine": machine_facts("jax", "jaxlib", "grain", "array-record", "tokenizers", "numpy"),
+    result = {"benchmark": "data_pipeline", "smoke": args.smoke,
+              "machine": machine_facts("jax", "jaxlib", "grain", "array-record", "tokenizers", "numpy"),
               "note": " ".join(filter(None, [
                   "Corpus: synthetic JSONL (see the script's docstring); MB = 1e6 bytes; peak RSS = the "
                   "subprocess's VmHWM. batch_tokens_per_s in the summary is the lowest over sizes.",

@@ -28,7 +28,6 @@ if __package__ in (None, ""):   # run as `python benchmarks/<name>.py`: import `
     sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 from tqdm import tqdm
 

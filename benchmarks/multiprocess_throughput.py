@@ -139,7 +139,8 @@ def main(argv=None) -> dict:
     for r in rows:
         print(f"| {r['processes']} x {r['devices_per_process']} | {r['median_tokens_per_s']:,.0f} | "
               f"{min(r['windows_tokens_per_s']):,.0f}-{max(r['windows_tokens_per_s']):,.0f} | "
-              f"{r['ratio_to_baseline']:.2f} | {r['median_step_s']:.3f} | {r['load_before'][0]:.2f} | {r['wall_s']:.0f} |")
+              f"{r['ratio_to_baseline']:.2f} | {r['median_step_s']:.3f} | {r['load_before'][0]:.2f} | "
+              f"{r['wall_s']:.0f} |")
     print(f"\n{result['note']}\nwrote {args.out}")
     return result
 

@@ -14,7 +14,7 @@ batch and sequence length.
 from __future__ import annotations
 
 import operator
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -64,8 +64,8 @@ def chunked_cross_entropy(hidden: jax.Array, labels: jax.Array, weights: jax.Arr
     logits. Chunks cut along each row's positions, never across rows: each holds
     c = max(chunk // B, 1) positions of every row, so a batch axis sharded over devices
     stays sharded inside every chunk; the positions of a chunk are strided (every
-    (P/c)-th), so a sequence axis sharded over devices stays sharded too. Rows are padded to a multiple of c with weight 0;
-    a chunk's logits live only inside a rematerialised `lax.map` body (in the forward
+    (P/c)-th), so a sequence axis sharded over devices stays sharded too. Rows are padded to a
+    multiple of c with weight 0; a chunk's logits live only inside a rematerialised `lax.map` body (in the forward
     pass, and again in the backward pass).
     """
     try:

@@ -281,7 +281,7 @@ def build_task(task: str, data_dir=None, work_dir=None, log=print) -> Path:
     for example in examples:
         counts[example["split"]][example["label"]] += 1
     table = [f"- {s}: {sum(c)} examples, " + ", ".join(
-        f"{name} {n}" for name, n in zip(tasks.TASK_LABELS[task], c)) for s, c in counts.items()]
+        f"{name} {n}" for name, n in zip(tasks.TASK_LABELS[task], c, strict=True)) for s, c in counts.items()]
     provenance = "\n".join([f"# Provenance: {task}", "", f"Source: {origin}", "",
                             "Built by `python experiments/build_tasks.py` "
                             "(see cottention_jax/data/tasks.py for the rules).", "", *table, ""])

@@ -63,7 +63,7 @@ def _unit_hash(key: str) -> float:
 
 def _split_of(key: str, fractions: Sequence[float] = _FRACTIONS) -> str:
     u, edge = _unit_hash(key), 0.0
-    for name, fraction in zip(TASK_SPLITS, fractions):
+    for name, fraction in zip(TASK_SPLITS, fractions, strict=True):
         edge += fraction
         if u < edge:
             return name

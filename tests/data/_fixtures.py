@@ -128,7 +128,7 @@ def expected_streams(pieces, encode, separator: int, fraction: float = 0.1):
         splits = ["validation" if p.group in held_out else "train" for p in pieces]
     streams = {"train": [], "validation": []}
     documents = {"train": 0, "validation": 0}
-    for i, (piece, split) in enumerate(zip(pieces, splits)):
+    for i, (piece, split) in enumerate(zip(pieces, splits, strict=True)):
         documents[split] += int(i == 0 or pieces[i - 1].ends or splits[i - 1] != split)
         streams[split] += list(encode(piece.text))
         if piece.ends or splits[i + 1] != split:

@@ -1,9 +1,9 @@
-"""BERT input helpers: MLM masking statistics and the [CLS] a [SEP] b [SEP] encoding, against independent constructions."""
+"""BERT input helpers: MLM masking statistics and the [CLS] a [SEP] b [SEP] encoding, against independent
+constructions."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from cottention_jax.data import batching, tokenization
 from tests.data._fixtures import fresh_rng

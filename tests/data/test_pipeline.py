@@ -44,7 +44,7 @@ def _take(batches, n):
 
 def _same(a: list[dict], b: list[dict]) -> bool:
     return len(a) == len(b) and all(x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
-                                    for x, y in zip(a, b))
+                                    for x, y in zip(a, b, strict=True))
 
 
 def _gpt_rows(batches: list[dict]) -> list[tuple]:
@@ -54,7 +54,7 @@ def _gpt_rows(batches: list[dict]) -> list[tuple]:
         assert batch["inputs"].dtype == batch["targets"].dtype == np.int32
         assert batch["weights"].dtype == np.float32 and np.all(batch["weights"] == 1)
         np.testing.assert_array_equal(batch["targets"][:, :-1], batch["inputs"][:, 1:])
-        rows += [tuple(np.append(i, t[-1])) for i, t in zip(batch["inputs"], batch["targets"])]
+        rows += [tuple(np.append(i, t[-1])) for i, t in zip(batch["inputs"], batch["targets"], strict=True)]
     return rows
 
 
@@ -148,8 +148,8 @@ def test_shards_read_disjoint_windows_that_together_are_the_epoch(prepared):
                                                                         shard_index=i, shard_count=2), n)]
               for i in range(2)]
     whole = [_gpt_rows([b]) for b in _take(pipeline.gpt_train_batches(prepared, batch_size, seq_len, seed=2), n)]
-    assert all(len(a) == len(b) == batch_size // 2 for a, b in zip(*shards))
-    assert [a + b for a, b in zip(*shards)] == whole           # the global batch, split by rows
+    assert all(len(a) == len(b) == batch_size // 2 for a, b in zip(*shards, strict=True))
+    assert [a + b for a, b in zip(*shards, strict=True)] == whole           # the global batch, split by rows
     rows = [row for batch in whole for row in batch]
     first = collections.Counter(row for batch in shards[0] for row in batch)
     second = collections.Counter(row for batch in shards[1] for row in batch)
@@ -302,7 +302,7 @@ def test_two_processes_read_exactly_the_one_process_batches(prepared, kind):
     make = _train(kind)
     whole = _take(make(prepared, batch_size=6), 5)
     parts = [_take(make(prepared, batch_size=6, shard_index=i, shard_count=2), 5) for i in range(2)]
-    for one, a, b in zip(whole, *parts):
+    for one, a, b in zip(whole, *parts, strict=True):
         assert set(one) == set(a) == set(b)
         for key in one:
             np.testing.assert_array_equal(np.concatenate([a[key], b[key]]), one[key])
@@ -310,6 +310,6 @@ def test_two_processes_read_exactly_the_one_process_batches(prepared, kind):
     whole = list(evaluate(prepared, 6, 16))
     parts = [list(evaluate(prepared, 6, 16, shard_index=i, shard_count=2)) for i in range(2)]
     assert len(whole) == len(parts[0]) == len(parts[1])
-    for one, a, b in zip(whole, *parts):
+    for one, a, b in zip(whole, *parts, strict=True):
         for key in one:
             np.testing.assert_array_equal(np.concatenate([a[key], b[key]]), one[key])

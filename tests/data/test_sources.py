@@ -107,7 +107,7 @@ def test_sentiment_examples():
     examples = tasks.build_sentiment_examples(rows, neutral_band=0.5)
     kept = [r for r in rows[:-1] if abs(r[1]) > 0.5]
     assert len(examples) == len(kept)
-    for example, (_, rating, text) in zip(examples, kept):
+    for example, (_, rating, text) in zip(examples, kept, strict=True):
         assert (example["text_a"], example["text_b"]) == (text, "")
         assert example["label"] == int(rating > 0)
     counts = collections.Counter(e["split"] for e in examples)
@@ -135,7 +135,7 @@ def test_paraphrase_examples():
     assert 0.35 < kinds["same"] / len(examples) < 0.65
     assert kinds["spliced"] > 0.1 * len(examples) and kinds["other_verse"] > 0.1 * len(examples)
     split_of_chapter = {}
-    for example, ref in zip(examples, first):
+    for example, ref in zip(examples, first, strict=True):
         assert first[ref] in (example["text_a"], example["text_b"])      # the anchor, whole
         other_text = example["text_b"] if example["text_a"] == first[ref] else example["text_a"]
         partner = (ref[0], ref[1], int(example["id"].split("~")[1]))     # same book and chapter

@@ -57,7 +57,7 @@ def test_bpe_round_trip_is_exact(shakespeare_passages):
     assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 1, 2)
     assert tok.cls_id is None and tok.mask_id is None
     texts = shakespeare_passages + [_random_unicode(fresh_rng(), 400)]
-    for text, ids in zip(texts, tok.encode_batch(texts)):
+    for text, ids in zip(texts, tok.encode_batch(texts), strict=True):
         assert ids == tok.encode(text)
         assert not set(ids) & set(tok.all_special_ids)
         assert tok.decode(ids) == text
@@ -152,7 +152,8 @@ def test_missing_and_corrupt_tokenizer_files(tmp_path, monkeypatch):
     record["model"]["vocab"]["zzz"] = 4095
     shipped.write_text(json.dumps(record), encoding="utf-8")
     monkeypatch.setattr(paths, "SHIPPED_DATA_DIR", repo)
-    with pytest.raises(paths.CorruptDataError, match="SHA-256 differs.*\n.*git checkout -- cottention_jax/data/shipped/tokenizers"):
+    rebuild = "git checkout -- cottention_jax/data/shipped/tokenizers"
+    with pytest.raises(paths.CorruptDataError, match=f"SHA-256 differs.*\n.*{rebuild}"):
         tokenization.get_tokenizer("bpe", "shakespeare", 4096)
 
 
