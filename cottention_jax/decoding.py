@@ -12,12 +12,19 @@
 The model is split with `nnx.split(model, nnx.Cache, ...)` so the parameters are
 closed over as constants and only the cache flows through the scan. Prompts of
 different lengths are left-padded with `prompt_mask` False on the padding.
+
+Any model that follows `DecodableModel` decodes here (the models of `cottention_jax.models`
+do, and so does a model of one's own built from `cottention_jax.layers`); every entry point
+checks it first (`check_decodable`).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable
+import inspect
+import math
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -26,19 +33,95 @@ from flax import nnx
 
 from cottention_jax.models.common import check_ids
 
-__all__ = ["generate", "make_decode_loop", "make_decode_step", "prefill", "sample_logits"]
+__all__ = ["DecodableModel", "check_decodable", "generate", "make_decode_loop", "make_decode_step", "prefill",
+           "sample_logits"]
+
+
+@runtime_checkable
+class DecodableModel(Protocol):
+    """What the functions here need of a model: an `nnx.Module` with these two methods.
+
+    The decode state lives in `nnx.Cache` variables of the model (the attention layers of
+    `cottention_jax.layers` keep theirs there): decoding splits the model into that state, which
+    flows through the jitted loop, and the rest (parameters), closed over as constants.
+    Optionally `model.config.vocab_size`: prompt ids, top_k and eos_token_id are then checked
+    against it. `generate` calls `model.eval()` (nnx.Module's) first.
+    """
+
+    def init_cache(self, batch_size: int, max_length: int) -> None:
+        """Create an empty decode state for `batch_size` rows and at most `max_length` tokens in all
+        (prompt + generated): e.g. `layer.init_cache((batch_size, max_length, features))` on every
+        attention layer. Called before each prompt; a softmax KV cache has max_length slots, a
+        cosine state the same size whatever max_length."""
+
+    def __call__(self, tokens: jax.Array, *, padding_mask: jax.Array | None, decode: bool,
+                 prefill: bool) -> jax.Array:
+        """tokens (B, T) int -> logits (B, T, V) float; logits at t depend only on tokens <= t.
+
+        padding_mask (B, T) bool, True = real token (prompts are left-padded), or None (all real).
+        Decoding always calls with decode=True:
+          prefill=True: restart the state from these tokens (the prompt, T >= 1);
+          prefill=False: continue the state by these tokens (T = 1 in `generate` and
+            `make_decode_loop`; a chunk of any T through `make_decode_step`).
+        Padded positions must leave the state and the positions of the real tokens unchanged, so
+        that the logits at the real positions equal those of the parallel pass (decode=False) over
+        the whole sequence.
+        """
+
+
+def _accepts_keywords(fn, names: tuple[str, ...]) -> list[str]:
+    """Those of `names` that fn cannot take as keywords ([] when its signature cannot be read)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return []
+    named = {p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                  inspect.Parameter.KEYWORD_ONLY)}
+    return [name for name in names if name not in named]
+
+
+def check_decodable(model) -> None:
+    """A ValueError naming what `model` lacks of `DecodableModel`; nothing when it has it all."""
+    name = type(model).__name__
+    if not isinstance(model, nnx.Module):
+        raise ValueError(f"decoding needs a flax.nnx.Module following decoding.DecodableModel; got a {name}")
+    init_cache = getattr(model, "init_cache", None)
+    if not callable(init_cache):
+        raise ValueError(f"{name} has no init_cache(batch_size, max_length) method, which decoding needs "
+                         "to create the decode state (see decoding.DecodableModel)")
+    try:
+        inspect.signature(init_cache).bind(1, 1)
+    except TypeError as err:
+        raise ValueError(f"{name}.init_cache must take (batch_size, max_length) (see decoding.DecodableModel); "
+                         f"its signature is {inspect.signature(init_cache)}") from err
+    except ValueError:   # a signature inspect cannot read: leave it to the call
+        pass
+    if not any("__call__" in vars(cls) for cls in type(model).__mro__):
+        raise ValueError(f"{name} has no __call__(tokens, *, padding_mask, decode, prefill) method, which "
+                         "decoding needs (see decoding.DecodableModel)")
+    missing = _accepts_keywords(model.__call__, ("padding_mask", "decode", "prefill"))
+    if missing:
+        raise ValueError(f"{name}.__call__ must take the keyword arguments padding_mask, decode and prefill "
+                         f"(see decoding.DecodableModel); it lacks {', '.join(missing)}")
 
 
 def _is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
+def _is_real(value) -> bool:
+    """A Python or NumPy real number (not a bool, not an array)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
 def _check_sampling(vocab: int | None, temperature, top_k, top_p) -> None:
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0; got {temperature}")
+    if not (_is_real(temperature) and math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0 (0: greedy); got {temperature!r}")
     if top_k is not None and not (_is_int(top_k) and 1 <= top_k <= (vocab or np.inf)):
         raise ValueError(f"top_k must be in [1, vocab={vocab}] (an int) or None; got {top_k!r}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
+    if top_p is not None and not (_is_real(top_p) and 0.0 < top_p <= 1.0):
         raise ValueError(f"top_p must be in (0, 1] or None; got {top_p!r}")
 
 
@@ -116,7 +199,7 @@ def _check_cache_room(cache: nnx.State, new_tokens: int) -> None:
             continue
         index, length = int(np.asarray(arrays["cache_index"])), arrays["cached_key"].shape[1]
         if index + new_tokens > length:
-            where = ".".join(str(p) for p in path)
+            where = ".".join(str(p) for p in path) or "the model"
             raise ValueError(f"the KV cache of {where} holds {length} positions, {index} of them used: "
                              f"{new_tokens} more token(s) do not fit. Prefill with a larger max_length "
                              f"(decoding.prefill(model, prompt, max_length=...)) or init_cache with one")
@@ -131,6 +214,7 @@ def prefill(model: nnx.Module, prompt: jax.Array, prompt_mask: jax.Array | None 
     prompt (B, P) int, left-padded; max_length bounds prompt + generated tokens
     (it sizes softmax KV caches; cosine states do not depend on it).
     """
+    check_decodable(model)
     prompt_mask = _check_prompt(prompt, prompt_mask, last_must_be_real=False)
     _check_token_ids(model, prompt, prompt_mask, "prompt")
     model.init_cache(prompt.shape[0], max_length or prompt.shape[1])
@@ -164,6 +248,7 @@ def make_decode_step(model: nnx.Module) -> tuple[Callable, nnx.State]:
     chunk that would not fit in a softmax KV cache (one device read of each cache index); under
     a jit of your own those checks cannot run, and an overfull KV cache gives NaN logits.
     """
+    check_decodable(model)
     graphdef, cache, rest = nnx.split(model, nnx.Cache, ...)
 
     @jax.jit
@@ -232,17 +317,28 @@ def make_decode_loop(model: nnx.Module, steps: int, *, temperature: float = 0.0,
 
     Continues the model's decode state by `steps` tokens, the first sampled from `logits`
     (e.g. those `prefill` returned), in one `lax.scan` of single-token steps: what the
-    per-token cost of decoding is measured on.
+    per-token cost of decoding is measured on. Each token is fed back through the cache, so a
+    softmax KV cache needs room for `steps` more tokens: checked (ValueError) when the loop is
+    made and when it is called eagerly.
     """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1; got {steps}")
+    if not (_is_int(steps) and steps >= 1):
+        raise ValueError(f"steps must be >= 1 (an int); got {steps!r}")
+    check_decodable(model)
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    _check_sampling(vocab, temperature, top_k, None)
     graphdef, cache, rest = nnx.split(model, nnx.Cache, ...)
+    _check_cache_room(cache, steps)   # each of the `steps` tokens is fed back through the cache
 
     @jax.jit
-    def loop(cache, logits, key):
-        return _decode_scan(graphdef, cache, rest, logits, key, steps=steps, temperature=float(temperature),
+    def jitted_loop(cache, logits, key):
+        return _decode_scan(graphdef, cache, rest, logits, key, steps=int(steps), temperature=float(temperature),
                             top_k=top_k)
 
+    def loop(cache, logits, key):
+        _check_cache_room(cache, steps)
+        return jitted_loop(cache, logits, key)
+
+    loop.lower = jitted_loop.lower       # as a jitted function's: lowering and compiled memory
     return loop, cache
 
 
@@ -258,16 +354,17 @@ def generate(model: nnx.Module, prompt: jax.Array, *, prompt_mask: jax.Array | N
     when every row is done. Puts the model in eval mode; on return the model's cache holds the
     state after the prompt and the tokens fed back (those of done rows included).
     """
+    check_decodable(model)
     prompt_mask = _check_prompt(prompt, prompt_mask, last_must_be_real=True)
     _check_token_ids(model, prompt, prompt_mask, "prompt")
     if not (_is_int(max_new_tokens) and max_new_tokens >= 1):
         raise ValueError(f"max_new_tokens must be >= 1 (an int); got {max_new_tokens!r}")
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    _check_sampling(vocab, temperature, top_k, top_p)
     if temperature > 0 and key is None:
         raise ValueError("sampling with temperature > 0 needs a PRNG key")
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     if eos_token_id is not None and not (_is_int(eos_token_id) and 0 <= eos_token_id < (vocab or np.inf)):
         raise ValueError(f"eos_token_id must be a token id in [0, vocab={vocab}) or None; got {eos_token_id!r}")
-    _check_sampling(vocab, temperature, top_k, top_p)
     key = jax.random.PRNGKey(0) if key is None else key
     model.eval()
     model.init_cache(prompt.shape[0], prompt.shape[1] + max_new_tokens)

@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from cottention_jax import decoding
+from cottention_jax.layers import CosineAttention, SoftmaxAttention
 from cottention_jax.memory import compiled_memory_bytes
 from cottention_jax.models import GPT, gpt_config
 from tests._util import fresh_key, rel_error, stepwise_logits
@@ -160,7 +161,8 @@ def test_prefill_restarts_the_cache(attention):
     fresh = _model(attention)
     want = decoding.prefill(fresh, second, mask, max_length=12)
     assert rel_error(again, want) <= 1e-6
-    for got_leaf, want_leaf in zip(jax.tree.leaves(cache), jax.tree.leaves(nnx.state(fresh, nnx.Cache))):
+    want_leaves = jax.tree.leaves(nnx.state(fresh, nnx.Cache))
+    for got_leaf, want_leaf in zip(jax.tree.leaves(cache), want_leaves, strict=True):
         assert jnp.array_equal(got_leaf, want_leaf)
 
 
@@ -189,3 +191,114 @@ def test_prefill_needs_decode_and_a_long_enough_cache():
         decoding.make_decode_loop(model, 0)
 
 
+
+
+# ----------------------------------------------------------------------------- past the softmax KV cache
+
+def test_decode_loop_without_room_in_the_kv_cache_is_refused():
+    """The loop used to return junk tokens ([211, 0, 0, ...]: NaN logits past the cache) when `steps` did
+    not fit; the cache is concrete when the loop is made, and again when it is called."""
+    model = _model("softmax")
+    prompt, mask = _left_padded([4, 2], 4)
+    logits = decoding.prefill(model, prompt, mask, max_length=4)
+    with pytest.raises(ValueError, match=r"KV cache of blocks\.0\.attn holds 4 positions, 4 of them used: "
+                                         r"3 more token\(s\) do not fit\. Prefill with a larger max_length"):
+        decoding.make_decode_loop(model, 3)
+    # room for exactly `steps` is enough, and the loop's own tokens then match generate's
+    want = decoding.generate(model, prompt, prompt_mask=mask, max_new_tokens=3)
+    logits = decoding.prefill(model, prompt, mask, max_length=7)
+    loop, cache = decoding.make_decode_loop(model, 3)
+    got, full = loop(cache, logits, jax.random.PRNGKey(0))
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match=r"holds 7 positions, 7 of them used: 3 more"):
+        loop(full, logits, jax.random.PRNGKey(0))
+
+
+def test_eager_decode_call_past_the_kv_cache_is_refused():
+    """An eager model call past the cache used to give NaN logits; a chunk longer than the whole cache
+    a TypeError from dynamic_update_slice (under jit too, where the index is unknown)."""
+    model = _model("softmax")
+    tokens, _ = _left_padded([6, 6], 6)
+    decoding.prefill(model, tokens[:, :3], max_length=4)
+    assert bool(jnp.all(jnp.isfinite(model(tokens[:, 3:4], decode=True))))          # slot 4 of 4: fits
+    with pytest.raises(ValueError, match=r"SoftmaxAttention: the KV cache holds 4 positions, 4 of them used: "
+                                         r"1 more token\(s\) do not fit\. Prefill with a larger max_length"):
+        model(tokens[:, 4:5], decode=True)
+    model.init_cache(2, 4)
+    with pytest.raises(ValueError, match=r"the KV cache holds 4 positions, 0 of them used: 6 more token\(s\)"):
+        model(tokens, decode=True)
+    graphdef, cache, rest = nnx.split(model, nnx.Cache, ...)
+    with pytest.raises(ValueError, match=r"the KV cache holds 4 positions: 6 more token\(s\) do not fit"):
+        jax.jit(decoding._cached_call, static_argnums=0)(graphdef, cache, rest, tokens)
+
+
+# ----------------------------------------------------------------------------- a model of one's own
+
+class _TinyLM(nnx.Module):
+    """A user's own decoder from our layers (the README example): embedding, one causal attention
+    layer with rotary embeddings and no positions= anywhere, an LM head."""
+
+    def __init__(self, vocab: int, d: int, attention=CosineAttention, *, rngs: nnx.Rngs):
+        self.embed = nnx.Embed(vocab, d, rngs=rngs)
+        self.attn = attention(num_heads=2, in_features=d, causal=True, rotary_dim=8, rngs=rngs)
+        self.head = nnx.Linear(d, vocab, rngs=rngs)
+
+    def init_cache(self, batch_size, max_length):
+        self.attn.init_cache((batch_size, max_length, self.embed.features))
+
+    def __call__(self, tokens, *, padding_mask=None, decode=False, prefill=False):
+        x = self.embed(tokens)
+        x = x + self.attn(x, padding_mask=padding_mask, decode=decode, prefill=prefill)
+        return self.head(x)
+
+
+@pytest.mark.parametrize("attention", [CosineAttention, SoftmaxAttention])
+def test_generate_on_a_model_of_ones_own_is_greedy_decoding(attention):
+    """generate on _TinyLM (left-padded prompts) is greedy decoding of its parallel pass: over the prompt
+    and the generated tokens, the causal parallel logits at each position pick the next generated token."""
+    model = _TinyLM(50, 16, attention, rngs=nnx.Rngs(int(jax.random.randint(fresh_key(), (), 0, 1e6))))
+    assert isinstance(model, decoding.DecodableModel)
+    prompt, mask = _left_padded([5, 2], 5, vocab=50)
+    out = decoding.generate(model, prompt, prompt_mask=mask, max_new_tokens=6)
+    seq = jnp.concatenate([prompt, out.astype(prompt.dtype)], axis=1)                   # (B, 11)
+    seq_mask = jnp.concatenate([mask, jnp.ones(out.shape, bool)], axis=1)
+    parallel = model(seq, padding_mask=seq_mask)                                         # (B, 11, V)
+    np.testing.assert_array_equal(out, jnp.argmax(parallel[:, 4:10], axis=-1))
+
+
+def test_a_model_without_the_decoding_protocol_is_refused_by_name():
+    prompt = jnp.ones((1, 3), jnp.int32)
+
+    class NoCache(nnx.Module):
+        def __call__(self, tokens, *, padding_mask=None, decode=False, prefill=False):
+            return jnp.zeros((*tokens.shape, 4))
+
+    class NoPrefill(NoCache):
+        def init_cache(self, batch_size, max_length):
+            pass
+
+        def __call__(self, tokens, *, padding_mask=None, decode=False):
+            return jnp.zeros((*tokens.shape, 4))
+
+    class BadInitCache(NoCache):
+        def init_cache(self, batch_size):
+            pass
+
+    class NotCallable(nnx.Module):
+        def init_cache(self, batch_size, max_length):
+            pass
+
+    cases = [(NoCache(), r"NoCache has no init_cache\(batch_size, max_length\) method"),
+             (NoPrefill(), r"NoPrefill\.__call__ must take the keyword arguments .* it lacks prefill"),
+             (BadInitCache(), r"BadInitCache\.init_cache must take \(batch_size, max_length\)"),
+             (NotCallable(), r"NotCallable has no __call__\(tokens, \*, padding_mask, decode, prefill\)"),
+             (lambda tokens: tokens, r"needs a flax\.nnx\.Module following decoding\.DecodableModel; got a function")]
+    for model, match in cases:
+        with pytest.raises(ValueError, match=match):
+            decoding.generate(model, prompt, max_new_tokens=2)
+        with pytest.raises(ValueError, match=match):
+            decoding.prefill(model, prompt)
+    with pytest.raises(ValueError, match=r"NoCache has no init_cache"):
+        decoding.make_decode_step(NoCache())
+    with pytest.raises(ValueError, match=r"NoCache has no init_cache"):
+        decoding.make_decode_loop(NoCache(), 2)

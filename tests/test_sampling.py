@@ -51,6 +51,43 @@ def test_top_p_and_top_k_argument_errors():
             decoding.sample_logits(logits, fresh_key(), temperature=1.0, top_k=bad)
 
 
+def test_top_p_at_an_exact_tie_keeps_only_the_tokens_before_the_boundary():
+    """p = [.5, .25, .25] (exact in float32), top_p = .5: token 0 alone reaches the nucleus mass, so it is
+    the only token ever drawn. A nucleus that keeps one token too many at the boundary (the mass
+    before a token compared with <= instead of <) draws tokens 1 and 2 half the time."""
+    probs = jnp.array([0.5, 0.25, 0.25])
+    logits = jnp.log(probs)[jax.random.permutation(fresh_key(), 3)][None]     # token order shuffled
+    best = int(jnp.argmax(logits[0]))
+    keys = jax.random.split(fresh_key(), 2000)
+    draws = np.asarray(jax.vmap(lambda k: decoding.sample_logits(logits, k, temperature=1.0, top_p=0.5)[0])(keys))
+    np.testing.assert_array_equal(draws, best)
+    # just past the boundary the next token joins, and the one tied with it too: all three are drawn
+    wider = np.asarray(jax.vmap(lambda k: decoding.sample_logits(logits, k, temperature=1.0, top_p=0.51)[0])(keys))
+    assert set(np.unique(wider).tolist()) == {0, 1, 2}
+
+
+@pytest.mark.parametrize("temperature", [float("inf"), float("nan"), -1.0, -float("inf"), "1.0", None])
+def test_a_non_finite_or_negative_temperature_is_refused(temperature):
+    logits, model, prompt = jnp.zeros((1, 4)), _model(), jnp.ones((1, 3), jnp.int32)
+    match = r"temperature must be a finite number >= 0 \(0: greedy\); got "
+    with pytest.raises(ValueError, match=match):
+        decoding.sample_logits(logits, fresh_key(), temperature=temperature)
+    with pytest.raises(ValueError, match=match):
+        decoding.generate(model, prompt, max_new_tokens=2, key=fresh_key(), temperature=temperature)
+    decoding.prefill(model, prompt, max_length=5)
+    with pytest.raises(ValueError, match=match):
+        decoding.make_decode_loop(model, 2, temperature=temperature)
+
+
+@pytest.mark.parametrize("top_p", [float("inf"), float("nan"), -float("inf"), "0.5"])
+def test_a_non_finite_top_p_is_refused(top_p):
+    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\] or None; got "):
+        decoding.sample_logits(jnp.zeros((1, 4)), fresh_key(), temperature=1.0, top_p=top_p)
+    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\] or None; got "):
+        decoding.generate(_model(), jnp.ones((1, 3), jnp.int32), max_new_tokens=2, key=fresh_key(),
+                          temperature=1.0, top_p=top_p)
+
+
 def _model():
     return GPT(gpt_config("tiny", attention="cosine", vocab_size=64), rngs=nnx.Rngs(3))
 
@@ -65,7 +102,7 @@ def test_generation_stops_at_eos_and_matches_the_unstopped_run_before_it(tempera
     stopped = np.asarray(decoding.generate(model, prompt, max_new_tokens=12, key=key, temperature=temperature,
                                            eos_token_id=eos))
     ends = []
-    for row_free, row_stopped in zip(free, stopped):
+    for row_free, row_stopped in zip(free, stopped, strict=True):
         hits = np.flatnonzero(row_free == eos)
         end = hits[0] if hits.size else len(row_free) - 1
         np.testing.assert_array_equal(row_stopped[:end + 1], row_free[:end + 1])
