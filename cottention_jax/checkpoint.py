@@ -32,6 +32,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +44,7 @@ from cottention_jax.checkpoint_checksums import MANIFEST, find_damage, write_man
 __all__ = ["CheckpointError", "CheckpointSaveError", "Checkpointer", "NonFiniteStateError"]
 
 DAMAGED_DIR = "damaged"
+_T = TypeVar("_T")
 
 
 class CheckpointError(RuntimeError):
@@ -50,7 +52,10 @@ class CheckpointError(RuntimeError):
 
 
 class CheckpointSaveError(CheckpointError):
-    """A save failed (e.g. the disk is full); the earlier checkpoints are intact."""
+    """A save failed (e.g. the disk is full); the earlier checkpoints are intact. `orbax_error` is the
+    error Orbax raised, for a closer look."""
+
+    orbax_error: BaseException | None = None
 
 
 class NonFiniteStateError(CheckpointError):
@@ -69,12 +74,19 @@ def _primary() -> bool:
     return jax.process_index() == 0
 
 
+def _chain(err: BaseException | None) -> list[BaseException]:
+    """err, its cause (or context), that one's, ... (at most 20)."""
+    chain: list[BaseException] = []
+    while err is not None and len(chain) < 20:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    return chain
+
+
 def _error_summary(err: BaseException) -> str:
-    """One line for an Orbax / TensorStore error: the OS error when there is one, else its first line."""
-    chain, seen = [], err
-    while seen is not None and len(chain) < 20:
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
+    """One line for an Orbax / TensorStore error: the OS error when there is one, else the first line of
+    the error it was raised from (Orbax wraps TensorStore's specific error in a generic one)."""
+    chain = _chain(err)
     for e in chain:
         if isinstance(e, OSError) and e.errno:
             return f"{os.strerror(e.errno)} (errno {e.errno})"
@@ -82,9 +94,12 @@ def _error_summary(err: BaseException) -> str:
         code = re.search(r"os_error_code='?(\d+)", str(e))
         if code:
             return f"{os.strerror(int(code.group(1)))} (errno {code.group(1)})"
-    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    root = err                                  # the most specific error it was raised from: TensorStore's own
+    while root.__cause__ is not None and str(root.__cause__).strip():
+        root = root.__cause__
+    first = (str(root).strip().splitlines() or [type(root).__name__])[0]
     first = re.sub(r"\s*\[source locations=.*$", "", first)
-    return f"{type(err).__name__}: {first[:300]}"
+    return f"{type(root).__name__}: {first[:300]}"
 
 
 class _ConfigRefused(Exception):
@@ -100,45 +115,53 @@ class _DropErrorRecords(logging.Filter):
         return record.levelno < logging.ERROR
 
 
-def _is_orphaned_callback(unraisable) -> bool:
-    """A TensorStore completion callback that found its asyncio loop closed.
+def _is_orbax_teardown_noise(unraisable: sys.UnraisableHookArgs) -> bool:
+    """Whether an unraisable exception is what a failed Orbax save or restore leaves behind.
 
-    Orbax runs a save or restore as one `asyncio.gather` of TensorStore reads/writes in a loop
-    of its own. When one fails (a full disk, a damaged file), the gather raises at once and Orbax
-    closes the loop while the other operations are still in flight; as each of them completes, its
-    callback (`loop.call_soon_threadsafe`) raises "Event loop is closed" in a TensorStore thread,
-    which Python prints as an unraisable exception: tens of tracebacks after the one real error.
+    Orbax runs a save or restore as one `asyncio.gather` of TensorStore reads/writes in an event
+    loop of its own. When one fails (a full disk, a damaged file), the gather raises at once and
+    Orbax closes the loop while the others are still in flight. Then (1) as each TensorStore
+    operation completes, its callback (`loop.call_soon_threadsafe`) raises "Event loop is closed"
+    in a TensorStore thread, and (2) each Orbax coroutine left suspended raises again when the
+    garbage collector closes it (GeneratorExit). Python prints every one as an unraisable exception:
+    tens of tracebacks after the one real error, which the caller reports.
     """
     err, tb = unraisable.exc_value, unraisable.exc_traceback
-    if not (isinstance(err, RuntimeError) and str(err) == "Event loop is closed" and unraisable.object is None):
+    if isinstance(err, RuntimeError) and str(err) == "Event loop is closed" and unraisable.object is None:
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        return tb is not None and tb.tb_frame.f_code.co_name == "_check_closed"                    # (1)
+    code = getattr(unraisable.object, "cr_code", None)
+    if code is None or f"{os.sep}orbax{os.sep}" not in code.co_filename:
         return False
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and tb.tb_frame.f_code.co_name == "_check_closed"
+    return any(isinstance(e, GeneratorExit) for e in _chain(err))                                        # (2)
 
 
-def _drop_orphaned_callbacks() -> None:
-    """Wrap `sys.unraisablehook` (once; again if someone replaced it) so that only the orphaned
-    TensorStore callbacks of `_is_orphaned_callback` are dropped; every other one still goes to the
-    previous hook. It stays installed: those callbacks may arrive after the failed call returned."""
+_noise_filter: Callable[[sys.UnraisableHookArgs], object] | None = None
+
+
+def _drop_orbax_teardown_noise() -> None:
+    """Wrap `sys.unraisablehook` (once; again if someone replaced it) so that what
+    `_is_orbax_teardown_noise` matches is dropped; every other unraisable exception still goes to the
+    previous hook. It stays installed: that noise may come after the failed call has returned."""
+    global _noise_filter
     previous = sys.unraisablehook
-    if getattr(previous, "_drops_orphaned_callbacks", False):
+    if previous is _noise_filter:
         return
 
-    def hook(unraisable):
-        if not _is_orphaned_callback(unraisable):
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        if not _is_orbax_teardown_noise(unraisable):
             previous(unraisable)
 
-    hook._drops_orphaned_callbacks = True
-    sys.unraisablehook = hook
+    _noise_filter = sys.unraisablehook = hook
 
 
 @contextlib.contextmanager
 def _quiet_orbax_errors():
     """Orbax logs each failure of its writer threads with a traceback (hundreds of lines) before
-    raising, and its closed event loop leaves tens more (`_is_orphaned_callback`); the failure is
+    raising, and its closed event loop leaves tens more (`_is_orbax_teardown_noise`); the failure is
     reported once, as one line, by the caller instead."""
-    _drop_orphaned_callbacks()
+    _drop_orbax_teardown_noise()
     logger, quiet = logging.getLogger("absl"), _DropErrorRecords()
     logger.addFilter(quiet)
     try:
@@ -250,14 +273,14 @@ class Checkpointer:
             restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
         return dict(restored.config)
 
-    def _first_intact(self, step: int | None, load: Callable[[int], object], *,
-                      notice_unverified: bool = True) -> tuple[int, object, list]:
+    def _first_intact(self, step: int | None, load: Callable[[int], _T], *,
+                      notice_unverified: bool = True) -> tuple[int, _T, list[tuple[int, str]]]:
         """The newest candidate step that verifies and that `load(step)` reads: (step, what load returned,
         [(skipped step, why)], newest first). Raises CheckpointError when none does.
 
         A step without checksums is tried unverified: if load reads it, a one-line notice says so
         (unless not notice_unverified); if not, it is skipped as damaged like any other."""
-        skipped = []
+        skipped: list[tuple[int, str]] = []
         for candidate in self._candidates(step):
             damage = self.damage(candidate)
             if damage is None:
@@ -337,7 +360,7 @@ class Checkpointer:
         self._report_skipped(skipped, found, set_aside=False)
         return config
 
-    def restore_params(self, target: Callable[[dict], object], step: int | None = None) -> tuple[int, dict, object]:
+    def restore_params(self, target: Callable[[dict], Any], step: int | None = None) -> tuple[int, dict, Any]:
         """The model parameters of a checkpoint, without the optimizer state: `step`, or by default the
         newest intact one (as `restore`, but damaged steps are only warned of, one line each, and left in
         place: reading a run changes nothing in it). Returns (step, config_dict, parameters).
@@ -347,7 +370,7 @@ class Checkpointer:
         `nnx.state(model, nnx.Param)`); what it raises propagates (a refusal, not damage).
         """
 
-        def load(candidate: int):
+        def load(candidate: int) -> tuple[dict, Any]:
             config = self._read_config(candidate)
             try:
                 abstract = target(config)

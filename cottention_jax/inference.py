@@ -19,6 +19,7 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import jax
 from flax import nnx
@@ -114,15 +115,15 @@ def load_model(workdir: str | os.PathLike, *, step: int | None = None, **model_o
     """
     ckpt = _checkpointer(workdir)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    built = {}
+    built: dict[str, Any] = {}
 
     def target(saved: dict):
         """The parameters to read, in the shapes of the saved config (with the overrides, checked)."""
         config = from_dict(saved)
         model_class = GPT if config.kind == "gpt" else Bert
         model_config = _model_config(config.model, model_class, model_overrides)
-        graphdef, params, _ = nnx.split(nnx.eval_shape(lambda: model_class(model_config, rngs=nnx.Rngs(0))),
-                                        nnx.Param, ...)
+        graphdef, params, *_ = nnx.split(nnx.eval_shape(lambda: model_class(model_config, rngs=nnx.Rngs(0))),
+                                         nnx.Param, ...)
         built.update(model_class=model_class, model_config=model_config, graphdef=graphdef)
         return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), params)
 

@@ -5,6 +5,7 @@ bit, 64 flipped bytes, a truncated or a deleted file), and every restore is comp
 the exact state that was saved at the step it reports.
 """
 
+import asyncio
 import errno
 import hashlib
 import logging
@@ -13,6 +14,7 @@ import resource
 import signal
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import jax
@@ -305,6 +307,51 @@ def test_a_failed_save_prints_nothing_but_its_one_line(tmp_path):
     assert len(lines) == 1, f"{len(lines)} lines on stderr:\n" + "\n".join(lines[:40])
     assert "could not save checkpoint 2" in lines[0] and os.strerror(errno.EFBIG) in lines[0]
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["1"]
+
+
+def _unraisable(err: BaseException, obj=None) -> types.SimpleNamespace:
+    return types.SimpleNamespace(exc_type=type(err), exc_value=err, exc_traceback=err.__traceback__, err_msg=None,
+                                 object=obj)
+
+
+def test_only_the_tracebacks_a_failed_orbax_call_leaves_behind_are_dropped(monkeypatch):
+    """The two kinds that follow a failed Orbax save or restore (`_is_orbax_teardown_noise`), made for real
+    where they can be, are dropped; look-alikes from anywhere else still reach the previous hook."""
+    from orbax.checkpoint._src import asyncio_utils
+
+    from cottention_jax import checkpoint
+
+    reached = []
+    monkeypatch.setattr(sys, "unraisablehook", reached.append)
+    checkpoint._drop_orbax_teardown_noise()
+    checkpoint._drop_orbax_teardown_noise()                    # installed once
+    loop = asyncio.new_event_loop()
+    loop.close()
+    with pytest.raises(RuntimeError, match="Event loop is closed") as closed:
+        loop.call_soon_threadsafe(print)                       # (1) what TensorStore's callback does
+    orbax_coroutine = asyncio_utils.cancellable(None)          # (2) an Orbax coroutine raising as it is closed
+    try:
+        raise Exception("Encountered error while reading array index") from GeneratorExit()
+    except Exception as err:
+        closing = err
+    noise = [_unraisable(closed.value), _unraisable(closing, orbax_coroutine)]
+
+    async def not_orbax():
+        pass
+
+    other_coroutine = not_orbax()
+    try:
+        raise RuntimeError("Event loop is closed")
+    except RuntimeError as err:
+        elsewhere = err
+    kept = [_unraisable(closing, other_coroutine), _unraisable(elsewhere),
+            _unraisable(ValueError("a real problem"), orbax_coroutine),
+            _unraisable(closed.value, orbax_coroutine)]
+    for item in noise + kept:
+        sys.unraisablehook(item)
+    orbax_coroutine.close()
+    other_coroutine.close()
+    assert reached == kept
 
 
 def test_a_full_disk_is_named_in_the_summary_line():

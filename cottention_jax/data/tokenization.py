@@ -277,6 +277,7 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int | None = No
 
     vocab_size = DEFAULT_VOCAB_SIZE[kind] if vocab_size is None else int(vocab_size)
     specials = list(_SPECIAL_TOKENS[kind].values())
+    trainer_cls: type[trainers.BpeTrainer] | type[trainers.WordPieceTrainer]
     if kind == "bpe":
         alphabet = pre_tokenizers.ByteLevel.alphabet()
         trainer_cls = trainers.BpeTrainer
