@@ -130,11 +130,11 @@ def _is_orbax_teardown_noise(unraisable: sys.UnraisableHookArgs) -> bool:
     if isinstance(err, RuntimeError) and str(err) == "Event loop is closed" and unraisable.object is None:
         while tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
-        return tb is not None and tb.tb_frame.f_code.co_name == "_check_closed"                    # (1)
+        return tb is not None and tb.tb_frame.f_code.co_name == "_check_closed"   # (1)
     code = getattr(unraisable.object, "cr_code", None)
     if code is None or f"{os.sep}orbax{os.sep}" not in code.co_filename:
         return False
-    return any(isinstance(e, GeneratorExit) for e in _chain(err))                                        # (2)
+    return any(isinstance(e, GeneratorExit) for e in _chain(err))   # (2)
 
 
 _noise_filter: Callable[[sys.UnraisableHookArgs], object] | None = None
