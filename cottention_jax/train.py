@@ -39,6 +39,7 @@ from tqdm import tqdm
 from cottention_jax import decoding
 from cottention_jax.checkpoint import Checkpointer
 from cottention_jax.configs import DataConfig, OptimConfig, TrainConfig, from_dict, to_dict
+from cottention_jax.data.tokenization import save_run_tokenizer
 from cottention_jax.metrics import MetricsWriter, NullWriter, plot_training_curves
 from cottention_jax.models import GPT, Bert, GPTConfig
 from cottention_jax.objectives import LOSSES
@@ -358,7 +359,7 @@ def setup_run(config: TrainConfig, workdir: Path, log: Callable[[str], None] = t
     primary = jax.process_index() == 0                 # only the primary process writes the run's files
     log(f"data: {data.description}; tokenizer vocabulary {data.tokenizer.vocab_size}")
     if primary:
-        data.tokenizer.save(workdir / "tokenizer.json")
+        save_run_tokenizer(data.tokenizer, workdir)       # tokenizer.json and its SHA-256, checked on load
 
     model = build_model(config)
     if config.init_from:

@@ -111,6 +111,10 @@ def test_generate_decodes_with_the_runs_own_tokenizer(tmp_path, rng, capsys):
         ids.append(int(jnp.argmax(model(jnp.asarray([ids]))[0, -1])))
     assert record["tokens"] == ids[-6:]
     assert record["completion"] == tokenizer.decode(ids[-6:])
+    # The run keeps its tokenizer's fingerprint: a tokenizer.json replaced afterwards is refused, not used.
+    shipped.save(run / "tokenizer.json")
+    with pytest.raises(cottention_jax.data.CorruptDataError, match="changed"):
+        cottention_jax.load_tokenizer(run)
 
 
 def test_a_tfds_text_dataset_trains_without_downloading(tmp_path):
