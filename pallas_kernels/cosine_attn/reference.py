@@ -32,32 +32,89 @@ non-finite value row is replaced by zeros in the sums and marked NaN afterwards
 
 from __future__ import annotations
 
+import functools
+import math
+
 import jax
 import jax.numpy as jnp
 
 from pallas_kernels.cosine_attn._util import HIGHEST as _HI
 
-__all__ = ["EPS", "causal_linear_attention_reference", "cosine_attention_reference", "count_scale",
-           "l2_normalize", "nonfinite_rows", "poison_reached", "poison_state"]
+__all__ = ["EPS", "causal_linear_attention_reference", "cosine_attention_reference", "count_scale", "exponent",
+           "l2_normalize", "nonfinite_rows", "poison_reached", "poison_state", "power_of_two", "range_exponent",
+           "times_power_of_two"]
 
 EPS = 1e-6  # floor on |q| and |k|: a zero vector normalises to zero, not NaN
+
+
+def exponent(x: jax.Array) -> jax.Array:
+    """floor(log2 |x|) of float32 x (int32), read from the bits: exact, with no log and no division;
+    -127 for 0 (and subnormals), 128 for infinities and NaN."""
+    bits = jax.lax.bitcast_convert_type(jax.lax.stop_gradient(x).astype(jnp.float32), jnp.int32)
+    return ((bits >> 23) & 0xFF) - 127
+
+
+def power_of_two(e: jax.Array) -> jax.Array:
+    """2.0 ** e as float32, exactly, for int e in [-126, 127] (built from the bits)."""
+    return jax.lax.bitcast_convert_type((e.astype(jnp.int32) + 127) << 23, jnp.float32)
+
+
+def times_power_of_two(x: jax.Array, e: jax.Array) -> jax.Array:
+    """x * 2^e for any int e, in at most two exact multiplications: the product overflows or underflows
+    only where x * 2^e itself is out of float32's range."""
+    e1 = jnp.clip(e, -126, 127)
+    return x * power_of_two(e1) * power_of_two(jnp.clip(e - e1, -126, 127))
+
+
+def range_exponent(x: jax.Array, axis, lowest: int = -126) -> jax.Array:
+    """e (int32, `axis` kept as size-1 axes) with the largest finite |x| over `axis` in [2^e, 2^(e+1)),
+    clipped to [lowest, 126]: x * 2^-e is exact and at most 2 (4 at the top of the range), so sums of
+    it neither overflow nor fall below the normal range where x did not. Constant under differentiation."""
+    biggest = jnp.max(jnp.where(jnp.isfinite(x), jnp.abs(x), 0.0), axis=axis, keepdims=True)
+    return jnp.clip(exponent(biggest), lowest, 126)
 
 
 def l2_normalize(x: jax.Array, eps: float = EPS) -> jax.Array:
     """x / max(|x|, eps) over the last axis, in float32.
 
-    Computed as y / max(|y|, eps / s) with y = x / s and s = max(max_j |x_j|, eps), which is
-    the same function of x for any constant s > 0: |y|^2 <= head_dim never overflows, even
-    for |x| near the float32 maximum, where |x|^2 would (inputs of 1e19 gave zeros). s is held
-    constant under differentiation (stop_gradient), which is exact for that reason, and the
-    floor is applied to |y|^2 inside rsqrt, so the gradient at x = 0 is finite. A row with a
-    NaN or an infinity normalises to NaN.
+    Computed as y / max(|y|, eps / s) with y = x / s, which is the same function of x for any
+    constant s > 0; s = 2^e is the power of two with max_j |x_j| in [s, 2 s), at least 2^floor(log2 eps)
+    (`range_exponent`), so that y = x / s is exact, |y|^2 <= 4 head_dim never overflows (|x|^2 would
+    from |x| ~ 1e19) and nothing is a reciprocal of a large |x| (1 / 3e38 is below float32's normal
+    range and flushes to zero on CPU and GPU). The gradient, dx = (d - x^ (x^ . d)) / |x| (d / eps
+    below the floor), is computed the same way with d scaled to [1, 2) by its own power of two, so a
+    cotangent near 1e38 does not overflow in x^ . d; at x = 0 it is d / eps, finite. A row with a NaN
+    or an infinity normalises to NaN.
     """
-    x = x.astype(jnp.float32)
-    scale = jax.lax.stop_gradient(jnp.maximum(jnp.max(jnp.abs(x), axis=-1, keepdims=True), eps))
-    y = x / scale                                            # max_j |y_j| = 1 when |x| >= eps, else < 1
-    floor = (eps / scale) ** 2                               # <= 1; (eps / |x|_max)^2 may underflow to 0
-    return y * jax.lax.rsqrt(jnp.maximum(jnp.sum(y * y, axis=-1, keepdims=True), floor))
+    return _l2_normalize(x.astype(jnp.float32), eps)      # the cast's transpose gives x's dtype back
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _l2_normalize(x, eps):
+    return _l2_fwd(x, eps)[0]
+
+
+def _l2_fwd(x, eps):
+    e = range_exponent(x, axis=-1, lowest=math.floor(math.log2(eps)))      # s >= ~eps
+    inv = jnp.where(jnp.all(jnp.isfinite(x), axis=-1, keepdims=True), power_of_two(-e), jnp.nan)
+    y = x * inv                                              # max_j |y_j| in [1, 2) when |x| >= eps
+    floor = (eps * inv) ** 2                                 # <= 1.1; may underflow to 0 when |y| >= 1
+    norm2 = jnp.sum(y * y, axis=-1, keepdims=True)
+    r = jnp.sqrt(jnp.maximum(norm2, floor))                  # max(|x|, eps) / s
+    n = y / r
+    return n, (n, r, norm2 >= floor, e)
+
+
+def _l2_bwd(eps, res, d):
+    n, r, above, e = res
+    d = d.astype(jnp.float32)
+    e_d = range_exponent(d, axis=-1)
+    g = d * power_of_two(-e_d)                               # d / 2^e_d, max |g| in [1, 2)
+    u = jnp.where(above, g - n * jnp.sum(n * g, axis=-1, keepdims=True), g) / r
+    return (times_power_of_two(u, e_d - e),)                 # u 2^e_d / 2^e
+
+
+_l2_normalize.defvjp(_l2_fwd, _l2_bwd)
 
 
 def nonfinite_rows(x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
