@@ -159,7 +159,8 @@ def _check_resumable(saved: dict, config: TrainConfig) -> None:
     a ValueError naming each changed field with its saved and its new value, in one line.
 
     The model's execution fields (rematerialisation, loss chunking, attention implementation,
-    sequence splitting) are not compared, and fields a checkpoint predates take their defaults.
+    sequence splitting) and the data cache's folder (prepared data is keyed by its contents) are not
+    compared, and fields a checkpoint predates take their defaults.
     `steps` is not compared: a run may be extended (or shortened, down to its checkpoint's step).
     """
     current = to_dict(config)
@@ -172,6 +173,7 @@ def _check_resumable(saved: dict, config: TrainConfig) -> None:
         then[section] = {**dataclasses.asdict(default), **saved.get(section, {})}
     for name in _EXECUTION_FIELDS:           # how a step is computed may change
         then["model"][name] = current["model"][name]
+    then["data"]["data_dir"] = current["data"]["data_dir"]   # where the prepared data is cached, not what it is
     now, then = _flat({k: current[k] for k in _RUN_FIELDS}), _flat(then)
     changed = [f"{k} {then.get(k, '(absent)')!r} -> {now.get(k, '(absent)')!r}"
                for k in sorted(set(now) | set(then)) if then.get(k, "(absent)") != now.get(k, "(absent)")]

@@ -21,6 +21,7 @@ from cottention_jax.metrics import read_metrics
 from cottention_jax.train import (
     RunState,
     TrainingDivergedError,
+    _check_resumable,
     build_model,
     build_optimizer,
     hook,
@@ -239,6 +240,14 @@ def test_resume_refuses_a_different_config(data_dir, tmp_path):
     # how the step is computed may change (remat, loss chunks, implementation): the same run resumes
     same_run = apply_overrides(cfg, ["model.remat=block", "model.loss_chunk=32", "model.implementation=reference"])
     assert train_and_evaluate(same_run, tmp_path, progress=False)["final_eval"]["count"] > 0
+
+
+def test_resume_compares_what_the_run_is_not_where_its_data_is_cached(data_dir):
+    cfg = _config("gpt-tiny", data_dir)
+    saved = to_dict(cfg)
+    _check_resumable(saved, apply_overrides(cfg, ["data.data_dir=/elsewhere", "model.remat=block", "steps=99"]))
+    with pytest.raises(ValueError, match=r"different run: data.seq_len 64 -> 32 \(saved -> now\)\. Resume"):
+        _check_resumable(saved, apply_overrides(cfg, ["data.seq_len=32"]))
 
 
 def _all_finite(tree) -> bool:
