@@ -24,7 +24,7 @@ import functools
 import inspect
 import math
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -82,8 +82,8 @@ def _accepts_keywords(fn, names: tuple[str, ...]) -> list[str]:
     return [name for name in names if name not in named]
 
 
-def check_decodable(model) -> None:
-    """A ValueError naming what `model` lacks of `DecodableModel`; nothing when it has it all."""
+def check_decodable(model) -> DecodableModel:
+    """`model` itself when it follows `DecodableModel`; else a ValueError naming what it lacks."""
     name = type(model).__name__
     if not isinstance(model, nnx.Module):
         raise ValueError(f"decoding needs a flax.nnx.Module following decoding.DecodableModel; got a {name}")
@@ -105,6 +105,13 @@ def check_decodable(model) -> None:
     if missing:
         raise ValueError(f"{name}.__call__ must take the keyword arguments padding_mask, decode and prefill "
                          f"(see decoding.DecodableModel); it lacks {', '.join(missing)}")
+    return cast(DecodableModel, model)
+
+
+def _split(model) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """(graphdef, the decode state: the model's nnx.Cache variables, everything else)."""
+    graphdef, cache, *rest = nnx.split(model, nnx.Cache, ...)
+    return graphdef, cache, rest[0]
 
 
 def _is_int(value) -> bool:
@@ -214,11 +221,11 @@ def prefill(model: nnx.Module, prompt: jax.Array, prompt_mask: jax.Array | None 
     prompt (B, P) int, left-padded; max_length bounds prompt + generated tokens
     (it sizes softmax KV caches; cosine states do not depend on it).
     """
-    check_decodable(model)
+    decodable = check_decodable(model)
     prompt_mask = _check_prompt(prompt, prompt_mask, last_must_be_real=False)
     _check_token_ids(model, prompt, prompt_mask, "prompt")
-    model.init_cache(prompt.shape[0], max_length or prompt.shape[1])
-    graphdef, cache, rest = nnx.split(model, nnx.Cache, ...)
+    decodable.init_cache(prompt.shape[0], max_length or prompt.shape[1])
+    graphdef, cache, rest = _split(model)
     logits, cache = _jitted_cached_call(graphdef, cache, rest, prompt, prompt_mask, prefill=True)
     nnx.update(model, cache)
     return logits
@@ -249,7 +256,7 @@ def make_decode_step(model: nnx.Module) -> tuple[Callable, nnx.State]:
     a jit of your own those checks cannot run, and an overfull KV cache gives NaN logits.
     """
     check_decodable(model)
-    graphdef, cache, rest = nnx.split(model, nnx.Cache, ...)
+    graphdef, cache, rest = _split(model)
 
     @jax.jit
     def jitted_step(cache, tokens):
@@ -261,7 +268,7 @@ def make_decode_step(model: nnx.Module) -> tuple[Callable, nnx.State]:
         _check_cache_room(cache, 1 if tokens.ndim == 1 else tokens.shape[1])
         return jitted_step(cache, tokens)
 
-    step.lower = jitted_step.lower       # as a jitted function's: lowering and compiled memory
+    step.lower = jitted_step.lower  # type: ignore[attr-defined]  # as a jitted function's: lowering, memory
     return step, cache
 
 
@@ -326,7 +333,7 @@ def make_decode_loop(model: nnx.Module, steps: int, *, temperature: float = 0.0,
     check_decodable(model)
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     _check_sampling(vocab, temperature, top_k, None)
-    graphdef, cache, rest = nnx.split(model, nnx.Cache, ...)
+    graphdef, cache, rest = _split(model)
     _check_cache_room(cache, steps)   # each of the `steps` tokens is fed back through the cache
 
     @jax.jit
@@ -338,7 +345,7 @@ def make_decode_loop(model: nnx.Module, steps: int, *, temperature: float = 0.0,
         _check_cache_room(cache, steps)
         return jitted_loop(cache, logits, key)
 
-    loop.lower = jitted_loop.lower       # as a jitted function's: lowering and compiled memory
+    loop.lower = jitted_loop.lower  # type: ignore[attr-defined]  # as a jitted function's: lowering, memory
     return loop, cache
 
 
@@ -354,7 +361,7 @@ def generate(model: nnx.Module, prompt: jax.Array, *, prompt_mask: jax.Array | N
     when every row is done. Puts the model in eval mode; on return the model's cache holds the
     state after the prompt and the tokens fed back (those of done rows included).
     """
-    check_decodable(model)
+    decodable = check_decodable(model)
     prompt_mask = _check_prompt(prompt, prompt_mask, last_must_be_real=True)
     _check_token_ids(model, prompt, prompt_mask, "prompt")
     if not (_is_int(max_new_tokens) and max_new_tokens >= 1):
@@ -367,8 +374,8 @@ def generate(model: nnx.Module, prompt: jax.Array, *, prompt_mask: jax.Array | N
         raise ValueError(f"eos_token_id must be a token id in [0, vocab={vocab}) or None; got {eos_token_id!r}")
     key = jax.random.PRNGKey(0) if key is None else key
     model.eval()
-    model.init_cache(prompt.shape[0], prompt.shape[1] + max_new_tokens)
-    graphdef, cache, rest = nnx.split(model, nnx.Cache, ...)
+    decodable.init_cache(prompt.shape[0], prompt.shape[1] + max_new_tokens)
+    graphdef, cache, rest = _split(model)
     tokens, cache = _generate(graphdef, cache, rest, prompt, prompt_mask, key,
                               max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=top_k,
                               top_p=None if top_p is None else float(top_p),

@@ -97,8 +97,7 @@ class CosineAttention(ProjectedAttention):
         self.cached_count = nnx.Cache(state.count)
 
     def _tokens_seen(self) -> jax.Array:
-        self._check_cache(self.cached_count)
-        return self.cached_count[...]
+        return self._check_cache(self.cached_count)[...]
 
     def _attend(self, q, k, v, padding_mask, decode, prefill, inputs):
         del inputs

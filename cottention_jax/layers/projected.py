@@ -14,6 +14,7 @@ padding masks (B, T) bool, True = real token.
 from __future__ import annotations
 
 import abc
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -75,7 +76,8 @@ class ProjectedAttention(nnx.Module):
         self.causal, self.rotary_dim, self.rope_base = causal, rotary_dim, rope_base
         self.dtype, self.decode, self.deterministic = dtype, decode, deterministic
         self.dropout_rate, self.broadcast_dropout = dropout_rate, broadcast_dropout
-        dense = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
+        dense: dict[str, Any] = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, precision=precision,
+                                     rngs=rngs)
         self.query = nnx.LinearGeneral(in_features, (num_heads, head_dim), kernel_init=kernel_init,
                                        bias_init=bias_init, **dense)
         self.key = nnx.LinearGeneral(in_kv_features, (num_kv_heads, head_dim), kernel_init=kernel_init,
@@ -200,7 +202,9 @@ class ProjectedAttention(nnx.Module):
         raise NotImplementedError(f"{type(self).__name__} does not count the tokens in its decode cache: "
                                   "implement _tokens_seen, or pass positions= in decode mode")
 
-    def _check_cache(self, cache) -> None:
+    def _check_cache(self, cache: nnx.Cache | None) -> nnx.Cache:
+        """`cache` itself once init_cache has made it; before, a ValueError saying to call it."""
         if cache is None:
             raise ValueError(f"{type(self).__name__}: call init_cache((batch, max_length, features)) "
                              "before calling with decode=True")
+        return cache

@@ -75,8 +75,7 @@ class RecurrentSoftmaxAttention(ProjectedAttention):
         self.cached_count = nnx.Cache(state.count)
 
     def _tokens_seen(self) -> jax.Array:
-        self._check_cache(self.cached_count)
-        return self.cached_count[...]
+        return self._check_cache(self.cached_count)[...]
 
     def _attend(self, q, k, v, padding_mask, decode, prefill, inputs):
         gate = None if self.gate is None else self.gate(inputs)                 # (B, T, H, 1)

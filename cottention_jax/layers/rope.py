@@ -11,7 +11,7 @@ import jax.numpy as jnp
 __all__ = ["apply_rope", "positions_from_mask"]
 
 
-def positions_from_mask(padding_mask: jax.Array | None, shape: tuple[int, int],
+def positions_from_mask(padding_mask: jax.Array | None, shape: tuple[int, ...],
                         offset: jax.Array | None = None) -> jax.Array:
     """Position of each token among the real tokens of its row: (B, T) int32.
 

@@ -72,8 +72,7 @@ class SoftmaxAttention(ProjectedAttention):
         self.cache_index = nnx.Cache(jnp.array(0, jnp.int32))
 
     def _tokens_seen(self) -> jax.Array:
-        self._check_cache(self.cache_mask)
-        return jnp.sum(self.cache_mask[...], axis=1, dtype=jnp.int32)   # real slots per row
+        return jnp.sum(self._check_cache(self.cache_mask)[...], axis=1, dtype=jnp.int32)   # real slots per row
 
     def _attend(self, q, k, v, padding_mask, decode, prefill, inputs):
         del inputs
@@ -122,7 +121,7 @@ class SoftmaxAttention(ProjectedAttention):
     def _check_room(self, index, new_tokens: int) -> None:
         """Refuse `new_tokens` written from slot `index` past the cache's end: always for a chunk longer
         than the cache, and for any overflow when the index is concrete (an eager call)."""
-        length = self.cached_key[...].shape[1]
+        length = self._check_cache(self.cached_key)[...].shape[1]
         used = None if isinstance(index, jax.core.Tracer) else int(index)
         if new_tokens > length or (used is not None and used + new_tokens > length):
             used_text = "" if used is None else f", {used} of them used"
@@ -132,15 +131,16 @@ class SoftmaxAttention(ProjectedAttention):
 
     def _restart_cache(self, k, v, padding_mask) -> None:
         """The cache holds exactly these T tokens: slots [0, T) written, the rest empty."""
-        self._check_cache(self.cached_key)
+        keys, values = self._check_cache(self.cached_key), self._check_cache(self.cached_value)
+        mask, index = self._check_cache(self.cache_mask), self._check_cache(self.cache_index)
         b, t = k.shape[:2]
-        length = self.cached_key[...].shape[1]
+        length = keys[...].shape[1]
         if t > length:
             raise ValueError(f"the prompt ({t} tokens) is longer than the KV cache ({length} slots); "
                              f"init_cache with max_length >= {t}")
         real = jnp.ones((b, t), bool) if padding_mask is None else padding_mask
-        zeros = jnp.zeros_like(self.cached_key[...])
-        self.cached_key[...] = jax.lax.dynamic_update_slice(zeros, k.astype(zeros.dtype), (0, 0, 0, 0))
-        self.cached_value[...] = jax.lax.dynamic_update_slice(zeros, v.astype(zeros.dtype), (0, 0, 0, 0))
-        self.cache_mask[...] = jnp.zeros((b, length), bool).at[:, :t].set(real)
-        self.cache_index[...] = jnp.array(t, jnp.int32)
+        zeros = jnp.zeros_like(keys[...])
+        keys[...] = jax.lax.dynamic_update_slice(zeros, k.astype(zeros.dtype), (0, 0, 0, 0))
+        values[...] = jax.lax.dynamic_update_slice(zeros, v.astype(zeros.dtype), (0, 0, 0, 0))
+        mask[...] = jnp.zeros((b, length), bool).at[:, :t].set(real)
+        index[...] = jnp.array(t, jnp.int32)
