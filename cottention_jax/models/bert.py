@@ -18,9 +18,16 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cottention_jax.layers import positions_from_mask
-from cottention_jax.models import _deprecated
-from cottention_jax.models.common import (FeedForward, TransformerConfig, activation_fn, check_model_config,
-                                          embed_ids, make_attention, preset, remat_layer)
+from cottention_jax.models.common import (
+    FeedForward,
+    TransformerConfig,
+    activation_fn,
+    check_model_config,
+    embed_ids,
+    make_attention,
+    preset,
+    remat_layer,
+)
 
 __all__ = ["Bert", "BertConfig", "BERT_POSITIONS", "BERT_PRESETS", "bert_config"]
 
@@ -154,4 +161,3 @@ class Bert(nnx.Module):
         return self.classifier(self.dropout(pooled)).astype(jnp.float32)
 
 
-__getattr__ = _deprecated.module_getattr("bert")   # mlm_loss, classification_loss: models/_deprecated.py

@@ -17,9 +17,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cottention_jax.layers import positions_from_mask
-from cottention_jax.models import _deprecated
-from cottention_jax.models.common import (FeedForward, TransformerConfig, check_model_config, embed_ids,
-                                          make_attention, preset, remat_layer)
+from cottention_jax.models.common import (
+    FeedForward,
+    TransformerConfig,
+    check_model_config,
+    embed_ids,
+    make_attention,
+    preset,
+    remat_layer,
+)
 
 __all__ = ["GPT", "GPTConfig", "GPT_PRESETS", "gpt_config"]
 
@@ -161,4 +167,3 @@ class GPT(nnx.Module):
         return logits.astype(jnp.float32)
 
 
-__getattr__ = _deprecated.module_getattr("gpt")   # lm_loss, perplexity: see models/_deprecated.py
