@@ -44,8 +44,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from cottention_jax import ops
-from cottention_jax.ops import Implementation, Stabilize
+from cottention_jax import _cosine_local as local
+from cottention_jax._cosine_local import CosineAttentionState, Implementation, Stabilize
 from cottention_jax._util import HIGHEST as _HI
 from pallas_kernels.cosine_attn import reference as _ref
 
@@ -75,7 +75,7 @@ def _check_exchange(exchange: str) -> None:
 
 
 def sharded_cosine_attention(q, k, v, stabilizer, *, axis_name: str, causal: bool, padding_mask=None,
-                             initial_state: ops.CosineAttentionState | None = None, return_state: bool = False,
+                             initial_state: CosineAttentionState | None = None, return_state: bool = False,
                              stabilize: Stabilize = "value", implementation: Implementation | None = None,
                              chunk_size: int | None = None, interpret: bool = False,
                              exchange: Exchange = "all_gather"):
@@ -94,17 +94,17 @@ def sharded_cosine_attention(q, k, v, stabilizer, *, axis_name: str, causal: boo
         return _bidirectional_shard(q, k, v, stabilizer, padding_mask, axis_name)
     b, t, h, dk = q.shape
     dv = v.shape[-1]
-    state0 = initial_state or ops.init_cosine_attention_state(b, h, dk, dv)
+    state0 = initial_state or local.init_cosine_attention_state(b, h, dk, dv)
     mask = jnp.ones((b, t), bool) if padding_mask is None else padding_mask
-    local_count = jnp.sum(mask, axis=1, dtype=jnp.int32)                                  # (B,)
-    count_before, count_total = _before_and_total(local_count, axis_name, "all_gather", True)
+    shard_count = jnp.sum(mask, axis=1, dtype=jnp.int32)                                  # (B,)
+    count_before, count_total = _before_and_total(shard_count, axis_name, "all_gather", True)
     offset = state0.count.astype(jnp.int32) + count_before
-    out, local = ops.cosine_attention(
+    out, shard_state = local.cosine_attention_local(
         q, k, v, stabilizer, causal=True, padding_mask=padding_mask,
-        initial_state=ops.CosineAttentionState(jnp.zeros((b, h, dk, dv), jnp.float32), offset),
+        initial_state=CosineAttentionState(jnp.zeros((b, h, dk, dv), jnp.float32), offset),
         return_state=True, stabilize=stabilize, implementation=implementation, chunk_size=chunk_size,
         interpret=interpret)
-    kv_before, kv_total = _before_and_total(local.kv, axis_name, exchange, return_state)
+    kv_before, kv_total = _before_and_total(shard_state.kv, axis_name, exchange, return_state)
     s_in = state0.kv.astype(jnp.float32) + kv_before                                    # (B, H, Dk, Dv)
     qn = jnp.where(mask[:, :, None, None], _ref.l2_normalize(q), 0.0)                   # float32
     carried = jnp.einsum("bthd,bhde->bthe", qn, s_in, precision=_HI)                    # q^_t S_in
@@ -114,13 +114,13 @@ def sharded_cosine_attention(q, k, v, stabilizer, *, axis_name: str, causal: boo
     out = (out.astype(jnp.float32) + carried).astype(q.dtype)
     if not return_state:
         return out
-    return out, ops.CosineAttentionState(state0.kv.astype(jnp.float32) + kv_total,
+    return out, CosineAttentionState(state0.kv.astype(jnp.float32) + kv_total,
                                          state0.count.astype(jnp.int32) + count_total)
 
 
 def _bidirectional_shard(q, k, v, stabilizer, padding_mask, axis):
     """o = q^ (K^T V) max(n, 1)^-p with K^T V and n summed over the axis (one all-reduce)."""
-    qn, kn, vz, mask = ops._normalized_inputs(q, k, v, padding_mask)
+    qn, kn, vz, mask = local.normalized_inputs(q, k, v, padding_mask)
     b, t, h, dk = q.shape
     n_kv = k.shape[2]
     kv = jnp.einsum("bskd,bske->bkde", kn, vz, precision=_HI, preferred_element_type=jnp.float32)
@@ -144,7 +144,7 @@ def sequence_parallel_cosine_attention(q, k, v, stabilizer, *, axis: str = "seq"
     The sequence length must be divisible by the axis size. Other arguments as
     `cottention_jax.cosine_attention` (and `exchange`, see the module docstring).
     """
-    ops._check_inputs(q, k, v, stabilizer, causal, padding_mask, initial_state, return_state, stabilize,
+    local.check_inputs(q, k, v, stabilizer, causal, padding_mask, initial_state, return_state, stabilize,
                       implementation)
     _check_exchange(exchange)
     mesh = mesh if mesh is not None else jax.sharding.get_abstract_mesh()
@@ -159,7 +159,7 @@ def sequence_parallel_cosine_attention(q, k, v, stabilizer, *, axis: str = "seq"
     if batch_axes == "auto":
         batch_axes = tuple(a for a in mesh.axis_names if a != axis) or None
     seq = P(batch_axes, axis)                                       # (B, T, ...) arrays
-    state = ops.CosineAttentionState(P(batch_axes), P(batch_axes))
+    state = CosineAttentionState(P(batch_axes), P(batch_axes))
     b, _, h, dk = q.shape
 
     def body(q, k, v, stabilizer, mask, state0):
@@ -169,7 +169,7 @@ def sequence_parallel_cosine_attention(q, k, v, stabilizer, *, axis: str = "seq"
             chunk_size=chunk_size, interpret=interpret, exchange=exchange)
 
     if causal and initial_state is None:
-        initial_state = ops.init_cosine_attention_state(b, h, dk, v.shape[-1])
+        initial_state = local.init_cosine_attention_state(b, h, dk, v.shape[-1])
     out_specs = (seq, state) if return_state else seq
     fn = jax.shard_map(body, mesh=mesh, in_specs=(seq, seq, seq, P(), None if padding_mask is None else seq,
                                                    None if initial_state is None else state),

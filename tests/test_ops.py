@@ -510,3 +510,156 @@ def test_a_negative_count_in_a_state_is_refused():
         ca.cosine_attention_step(bad, q[:, 0], k[:, 0], v[:, 0], m)
     ok = ca.CosineAttentionState(kv0, jnp.array([3, 0], jnp.int32))       # zero is a valid count
     assert ca.cosine_attention(q, k, v, m, causal=True, initial_state=ok).shape == q.shape
+
+
+# ----------------------------------------------------------------------------- the float32 range
+
+def _spec_f64(q, k, v, m, causal, stabilize="value"):
+    """The spec (DESIGN.md section 2) in float64 jnp, for outputs and gradients of inputs whose float32
+    intermediates would overflow: run under `jax.enable_x64(True)`."""
+    t, group = q.shape[1], q.shape[2] // k.shape[2]
+    unit = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6)   # noqa: E731
+    qn, kn, v = unit(q), jnp.repeat(unit(k), group, axis=2), jnp.repeat(v, group, axis=2)
+    n = jnp.arange(1, t + 1) if causal else jnp.full((t,), t)
+    factor = (n[:, None].astype(jnp.float64) ** -jax.nn.sigmoid(m))[None, :, :, None]     # (1, T, H, 1)
+    scores = jnp.einsum("bthd,bshd->bhts", qn, kn)
+    if causal:
+        scores = scores * jnp.tri(t)
+    if stabilize == "value":
+        return jnp.einsum("bhts,bshe->bthe", scores, v * factor)
+    return jnp.einsum("bhts,bshe->bthe", scores, v) * factor
+
+
+def _uniform(shape, magnitude, low=-1.0):
+    return jax.random.uniform(fresh_key(), shape, jnp.float32, low, 1.0) * magnitude
+
+
+# (|q| and |k| scale, |v| scale): the largest finite float32 is 3.4e38; 1e-36 is ~100 times its smallest normal
+RANGE_CASES = {"huge-qkv": (3e38, 1e38), "huge-v": (1.0, 1e38), "huge-qk": (3e38, 1.0),
+               "tiny-qk-huge-v": (1e-36, 1e38), "tiny-v": (1.0, 1e-36)}
+
+
+@pytest.mark.parametrize("causal, stabilize, case", [(False, "value", c) for c in RANGE_CASES] + [
+    (True, stabilize, c) for stabilize in ("value", "query") for c in RANGE_CASES if c != "tiny-qk-huge-v"])
+def test_the_xla_forms_are_range_safe_against_float64(causal, stabilize, case):
+    """Finite inputs anywhere in float32's range give the float64 spec's output and gradients whenever
+    those are finite float32 numbers: nothing may overflow on the way (|q|^2, 1/|q|, sum_i k^_i v_i^T).
+    Positive keys and values make the sums K^T V of the 1e38 cases ~6e38, past float32's range, while the
+    stabilizer (p ~ 0.95, 24^-p ~ 0.05) brings the outputs back into it (causal: in "query" mode, which
+    scales the sum, not its terms). Causal attention forms q^_t . k^_i first, as the spec does: keys and
+    queries both below eps give products below float32's range there, so that case is bidirectional only."""
+    qk_mag, v_mag = RANGE_CASES[case]
+    b, t, h, kv, d = 2, 24, 4, 2, 8
+    q, k, v = _uniform((b, t, h, d), qk_mag), _uniform((b, t, kv, d), qk_mag, 0.0), _uniform((b, t, kv, d), v_mag, 0.0)
+    m = 3.0 + 0.1 * jax.random.normal(fresh_key(), (h,))
+    ct = jax.random.normal(fresh_key(), (b, t, h, d))
+
+    def f(q, k, v, m):
+        return ca.cosine_attention(q, k, v, m, causal=causal, stabilize=stabilize, implementation="xla")
+
+    out, vjp = jax.vjp(f, q, k, v, m)
+    grads = vjp(ct)
+    with jax.enable_x64(True):
+        f64 = [jnp.asarray(np.asarray(x, np.float64)) for x in (q, k, v, m)]
+        want, vjp64 = jax.vjp(lambda *a: _spec_f64(*a, causal=causal, stabilize=stabilize), *f64)
+        want_grads = vjp64(jnp.asarray(np.asarray(ct, np.float64)))
+        want, want_grads = np.asarray(want), [np.asarray(g) for g in want_grads]
+    assert np.max(np.abs(want)) < 3e38, "the case must have a float32 answer"
+    assert rel_error(out, want) <= 1e-5, case
+    # A gradient is compared where it is a float32 number well above float32's smallest normal (1.2e-38;
+    # CPUs and GPUs flush results below it to zero). For m, dL/dp = dL/dm / (p (1 - p)) must be one too:
+    # every chain rule through p = sigmoid(m) forms it.
+    p = np.asarray(jax.nn.sigmoid(m), np.float64)
+    representable = {name: 1e-32 < np.max(np.abs(w)) < 3e38 for name, w in zip("qkvm", want_grads, strict=True)}
+    representable["m"] &= bool(np.max(np.abs(want_grads[3] / (p * (1 - p)))) < 3e38)
+    # Causal: dq and dm pass through the gradient with respect to q^ (times n_t^-p in "query" mode), which
+    # leaves float32's range in the huge cases although dq itself does not; dv is checked there.
+    for name, g, w in zip("qkvm", grads, want_grads, strict=True):
+        if representable[name] and (name == "v" or not causal):
+            assert rel_error(g, w) <= 1e-4, (case, name)
+
+
+# ----------------------------------------------------------------------------- second witnesses of the spec
+# Each property below also has a test above; these check it another way, from DESIGN.md section 2 directly.
+
+def _unit64(x):
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
+
+
+@pytest.mark.parametrize("impl", ["reference", "xla"])
+def test_a_larger_stabilizer_shrinks_every_output_by_n_to_the_minus_sigmoid_m(impl):
+    """Bidirectional, where the factor is one number per row and head: o(m) = n^-sigmoid(m) q^ K^T V with
+    n the real tokens of the row, so raising m by 1 multiplies every output by n^-(sigmoid(m + 1) - sigmoid(m))
+    < 1 (n >= 2). Checked against that formula in float64, per row of a left-padded batch."""
+    b, t, h, d = 3, 9, 2, 8
+    q, k, v, m = random_qkv(fresh_key(), b, t, h, h, d, d)
+    lengths = np.array([9, 5, 2])
+    mask = jnp.asarray(np.arange(t)[None, :] >= (t - lengths)[:, None])             # left padding
+    sigmoid = lambda x: 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))           # noqa: E731
+    outs = {}
+    for shift in (0.0, 1.0):
+        outs[shift] = np.asarray(ca.cosine_attention(q, k, v, m + shift, causal=False, padding_mask=mask,
+                                                     implementation=impl), np.float64)
+    for row, n in enumerate(lengths):
+        real = np.asarray(mask[row])
+        qn, kn, vr = _unit64(q[row][real]), _unit64(k[row][real]), np.asarray(v[row][real], np.float64)
+        raw = np.einsum("thd,shd,she->the", qn, kn, vr)                             # q^_t sum_s k^_s v_s^T
+        for shift, out in outs.items():
+            want = raw * (float(n) ** -sigmoid(np.asarray(m) + shift))[None, :, None]
+            np.testing.assert_allclose(out[row][real], want, rtol=1e-4, atol=1e-5)
+            assert np.all(out[row][~real] == 0.0)
+        shrink = np.abs(outs[1.0][row][real]) <= np.abs(outs[0.0][row][real]) + 1e-6
+        assert shrink.all(), (row, n)
+
+
+@pytest.mark.parametrize("impl", ["reference", "xla"])
+@pytest.mark.parametrize("stabilize", ["value", "query"])
+def test_counts_under_left_padding_count_real_tokens_only(impl, stabilize):
+    """Causal with left padding: n_i counts the real tokens at positions <= i, so the j-th real token of
+    a row sees the weights 1^-p .. j^-p whatever the padding before it (a count of positions would give
+    (P + 1)^-p ..). Checked position by position against the sum written out in float64; the returned
+    count is the number of real tokens."""
+    b, t, h, d = 3, 10, 2, 4
+    q, k, v, m = random_qkv(fresh_key(), b, t, h, h, d, d)
+    pad = np.array([0, 3, 7])
+    mask = jnp.asarray(np.arange(t)[None, :] >= pad[:, None])
+    out, state = ca.cosine_attention(q, k, v, m, causal=True, padding_mask=mask, stabilize=stabilize,
+                                     implementation=impl, return_state=True)
+    np.testing.assert_array_equal(state.count, t - pad)
+    p = 1.0 / (1.0 + np.exp(-np.asarray(m, np.float64)))                            # (H,)
+    qn, kn, vf = _unit64(q), _unit64(k), np.asarray(v, np.float64)
+    for row in range(b):
+        for pos in range(t):
+            if pos < pad[row]:
+                assert np.all(np.asarray(out[row, pos]) == 0.0)
+                continue
+            want = np.zeros((h, d))
+            for i in range(pad[row], pos + 1):
+                n_i = i - pad[row] + 1                                              # real tokens at <= i
+                weight = n_i ** -p if stabilize == "value" else np.ones(h)
+                want += (np.sum(qn[row, pos] * kn[row, i], axis=-1) * weight)[:, None] * vf[row, i]
+            if stabilize == "query":
+                want *= ((pos - pad[row] + 1) ** -p)[:, None]
+            np.testing.assert_allclose(np.asarray(out[row, pos], np.float64), want, rtol=1e-4, atol=1e-5,
+                                       err_msg=f"row {row}, position {pos}")
+
+
+@pytest.mark.parametrize("impl", ["reference", "xla"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_masked_keys_change_nothing_the_same_as_removing_them(impl, causal):
+    """A padded position is as if it were not there: with holes anywhere in the mask (not only at an end)
+    and large garbage at the padded positions, each real output equals the output of the op on the row
+    with its padded positions cut out (the real tokens keep their order); padded outputs are zero."""
+    b, t, h, kv, d = 2, 13, 4, 2, 8
+    q, k, v, m = random_qkv(fresh_key(), b, t, h, kv, d, d)
+    mask = jax.random.bernoulli(fresh_key(), 0.6, (b, t)).at[:, 4].set(True).at[:, 5].set(False)
+    garbage = lambda x: jnp.where(mask[:, :, None, None], x, 1e4 * jax.random.normal(fresh_key(), x.shape))  # noqa: E731
+    out = ca.cosine_attention(garbage(q), garbage(k), garbage(v), m, causal=causal, padding_mask=mask,
+                              implementation=impl)
+    for row in range(b):
+        real = np.asarray(mask[row])
+        alone = ca.cosine_attention(q[row:row + 1, real], k[row:row + 1, real], v[row:row + 1, real], m,
+                                    causal=causal, implementation=impl)
+        assert rel_error(out[row, real], alone[0]) <= F32_TOL, row
+        assert bool(jnp.all(out[row, ~real] == 0.0)), row

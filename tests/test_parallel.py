@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from tests._sequence_parallel_worker import B, DK, DV, H, OP_CASES
+from tests._sequence_parallel_worker import DK, DV, OP_CASES, B, H
 from tests._util import REPO_ROOT
 
 ROOT = str(REPO_ROOT)
@@ -66,7 +66,8 @@ def test_scan_moves_fewer_state_bytes_than_all_gather_on_8_devices():
 
 def test_bad_input_is_refused_with_the_reason():
     messages = _worker("collectives")["bad_input"]
-    assert "must be divisible by the 8 devices" in messages["indivisible"] and "(2, 100, 4, 16)" in messages["indivisible"]
+    assert "must be divisible by the 8 devices" in messages["indivisible"]
+    assert "(2, 100, 4, 16)" in messages["indivisible"]
     assert "'ctx' is not an axis of the mesh" in messages["no_axis"] and "('data', 'seq')" in messages["no_axis"]
     assert "no mesh is set" in messages["no_mesh"]
     assert "exchange must be one of" in messages["exchange"]
@@ -77,3 +78,16 @@ def test_sequence_split_divides_the_activation_memory_of_a_training_step():
     fifth of one device's (ideally an eighth; parameters and their gradients are not split)."""
     memory = _worker("collectives")["step_memory"]
     assert memory["eight"] * 5 <= memory["one"], memory
+
+
+def test_ops_and_parallel_are_in_no_import_circle():
+    """ops dispatches a split sequence to parallel, and parallel runs the one-device op on each shard:
+    both build on `_cosine_local`, and parallel never imports ops back."""
+    from tests.test_imports import import_circles, import_graph  # noqa: PLC0415
+
+    graph = import_graph()
+    assert "cottention_jax.ops" not in graph["cottention_jax.parallel"]
+    assert "cottention_jax.ops" not in graph["cottention_jax._cosine_local"]
+    assert "cottention_jax.parallel" not in graph["cottention_jax._cosine_local"]
+    ours = {"cottention_jax.ops", "cottention_jax.parallel", "cottention_jax._cosine_local"}
+    assert [c for c in import_circles(graph) if ours & set(c)] == []

@@ -25,7 +25,6 @@ by 2^c, exactly; in the backward pass dq and dK~ (linear in them) likewise, dv a
 from __future__ import annotations
 
 import functools
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -235,11 +234,3 @@ def _bidirectional_bwd(res, d_out):
 
 
 bidirectional_linear_attention_xla.defvjp(_bidirectional_fwd, _bidirectional_bwd)
-
-
-def __getattr__(name: str):
-    if name == "chunked_linear_attention":     # the name before issue 13
-        warnings.warn("pallas_kernels.cosine_attn.xla.chunked_linear_attention is now causal_linear_attention_xla",
-                      DeprecationWarning, stacklevel=2)
-        return causal_linear_attention_xla
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

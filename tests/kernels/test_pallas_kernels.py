@@ -67,8 +67,8 @@ def _compare_op(b, t, h, kv, dk, dv, dtype, pad, stabilize, with_state, interpre
     assert jnp.array_equal(state.count, state_ref.count)
     if mask is not None:  # padded positions give exactly zero
         assert jnp.all(jnp.where(mask[:, :, None, None], 0.0, out.astype(jnp.float32)) == 0.0)
-    names = ("dq", "dk", "dv", "d_stabilizer", "d_initial_kv")
-    for name, g, g_ref in zip(names, grads, grads_ref):
+    names = ("dq", "dk", "dv", "d_stabilizer", "d_initial_kv")[:len(grads)]     # no initial state: four
+    for name, g, g_ref in zip(names, grads, grads_ref, strict=True):
         assert g.shape == g_ref.shape, name
         bound = tol
         if name == "d_stabilizer" and dtype != jnp.float32:
@@ -123,7 +123,7 @@ def _core_compare(args, tol, **kw):
     grads_ref = vjp_ref((cot.astype(out_ref.dtype), cot_final))
     assert out.dtype == args[0].dtype and final.dtype == jnp.float32
     errors = {"out": rel_error(out, out_ref), "final": rel_error(final, final_ref)}
-    for name, g, g_ref, x in zip(("dq", "dk", "dv", "d_key_scale", "d_s0"), grads, grads_ref, args):
+    for name, g, g_ref, x in zip(("dq", "dk", "dv", "d_key_scale", "d_s0"), grads, grads_ref, args, strict=True):
         assert g.shape == x.shape and g.dtype == x.dtype, name
         errors[name] = rel_error(g, g_ref)
     assert max(errors.values()) <= tol, errors
@@ -292,7 +292,7 @@ def test_core_on_gpu_matches_reference(dtype, segments):
     cot = (jax.random.normal(fresh_key(), out.shape).astype(out.dtype), jax.random.normal(fresh_key(), final.shape))
     tol = _tol(dtype)
     assert rel_error(out, out_ref) <= tol and rel_error(final, final_ref) <= tol
-    for g, g_ref in zip(vjp(cot), vjp_ref((cot[0].astype(jnp.float32), cot[1]))):
+    for g, g_ref in zip(vjp(cot), vjp_ref((cot[0].astype(jnp.float32), cot[1])), strict=True):
         assert rel_error(g, g_ref) <= tol
 
 
@@ -318,16 +318,21 @@ def test_pallas_is_the_default_on_gpu():
     assert ca.default_implementation(causal=False) == "xla"
 
 
-def test_old_kernel_names_forward_with_a_deprecation_warning():
-    """chunked.py (the Pallas module's name before issue 13) and xla.chunked_linear_attention still work."""
-    import importlib  # noqa: PLC0415
-    from pallas_kernels.cosine_attn import xla  # noqa: PLC0415
-    sys.modules.pop("pallas_kernels.cosine_attn.chunked", None)
-    with pytest.warns(DeprecationWarning, match="cosine_attn.chunked is now pallas_kernels.cosine_attn.pallas"):
-        chunked = importlib.import_module("pallas_kernels.cosine_attn.chunked")
-    assert chunked.causal_linear_attention is pallas.causal_linear_attention_pallas
-    assert chunked.BlockSizes is pallas.BlockSizes and chunked.launch_plan is pallas.launch_plan
-    with pytest.warns(DeprecationWarning, match="is now causal_linear_attention_xla"):
-        assert xla.chunked_linear_attention is xla.causal_linear_attention_xla
-    with pytest.warns(DeprecationWarning, match="is now causal_linear_attention_pallas"):
-        assert pallas.causal_linear_attention is pallas.causal_linear_attention_pallas
+def test_the_kernel_tier_imports_jax_and_the_standard_library_only():
+    """pallas_kernels sits below the library (DESIGN.md section 3): it imports jax, the standard
+    library and itself, never cottention_jax, numpy or flax, at any depth of a module."""
+    import ast  # noqa: PLC0415
+
+    from tests._util import REPO_ROOT  # noqa: PLC0415
+
+    found = {}
+    for path in (REPO_ROOT / "pallas_kernels").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            for name in names:
+                found.setdefault(name.partition(".")[0], set()).add(path.name)
+    assert found.keys() >= {"jax", "pallas_kernels"}
+    foreign = {top: files for top, files in found.items()
+               if top not in {"jax", "pallas_kernels", "__future__"} and top not in sys.stdlib_module_names}
+    assert foreign == {}
