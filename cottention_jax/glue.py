@@ -4,7 +4,7 @@
     print(format_glue_table(results))
 
 Each task is a `bert-classify` run of `configs.finetune_config(pretrain, "tfds:glue/<task>", init_from)`
-(the task's TFDS dataset must be prepared in `<data_dir>/tfds`: see `data.classification`), in
+(the task's TFDS dataset must be prepared in `$TFDS_DATA_DIR` or `~/tensorflow_datasets`: see `data.classification`), in
 `<workdir_root>/<task>/`; a run that already finished there is only evaluated again (a workdir
 resumes). The scores are the final validation metrics (MNLI: validation_matched; GLUE's test labels
 are hidden). The average is GLUE's: one score per task (the mean of a task's two metrics for

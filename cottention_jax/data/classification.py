@@ -10,7 +10,7 @@ Task specs (`prepare_task(task, ...)`):
 - "sentiment", "paraphrase": the built-in tasks of `tasks.py` (built by
   experiments/build_tasks.py into the data dir), fields text_a / text_b.
 - "tfds:NAME[/CONFIG]" (e.g. "tfds:glue/sst2"): a TFDS dataset already prepared in
-  array_record format in `<data_dir>/tfds` (nothing is downloaded here). GLUE tasks
+  array_record format in `$TFDS_DATA_DIR` or `~/tensorflow_datasets` (nothing is downloaded here). GLUE tasks
   take their fields, validation split (MNLI: validation_matched) and metrics from
   `glue.TASKS`; other datasets name their fields with `text_fields`, or have a
   "text" / "sentence" / "sentence1"+"sentence2" feature. A dataset without a

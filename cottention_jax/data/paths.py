@@ -11,7 +11,9 @@ Two roots:
       <data_dir>/corpora/<name>/<name>.jsonl.gz   corpora built by experiments/build_corpus.py
       <data_dir>/tasks/<task>/<task>.jsonl.gz     labelled tasks built by experiments/build_tasks.py
       <data_dir>/tokenizers/<corpus>-<kind>-<vocab>.json
-      <data_dir>/tfds/...                          TFDS datasets (array_record shards)
+
+TFDS datasets are not here: they are read, never downloaded, from `$TFDS_DATA_DIR`, else
+`~/tensorflow_datasets` (`tfds_catalog.py`).
 
 Records (documents, labelled examples) are stored as gzipped JSON Lines written
 byte-reproducibly (`write_jsonl_gz`). Every file that matters is listed with its SHA-256 in a `SHA256SUMS` file beside
