@@ -95,7 +95,8 @@ def _l2_normalize(x, eps):
 
 
 def _l2_fwd(x, eps):
-    e = range_exponent(x, axis=-1, lowest=math.floor(math.log2(eps)))      # s >= ~eps
+    lowest = max(math.floor(math.log2(eps)), -126) if eps > 0 else -126
+    e = range_exponent(x, axis=-1, lowest=lowest)           # s >= ~eps
     inv = jnp.where(jnp.all(jnp.isfinite(x), axis=-1, keepdims=True), power_of_two(-e), jnp.nan)
     y = x * inv                                              # max_j |y_j| in [1, 2) when |x| >= eps
     floor = (eps * inv) ** 2                                 # <= 1.1; may underflow to 0 when |y| >= 1
