@@ -35,7 +35,7 @@ def run_glue(pretrain_workdir: str | Path, base_config: TrainConfig | None = Non
     ...) apply to every finetuning config. Prints (through `log`) and returns the scores as
     fractions; the table is `format_glue_table(results)`.
     """
-    from cottention_jax.train import train_and_evaluate      # the training stack, only when running
+    from cottention_jax.train import train_and_evaluate  # the training stack, only when running
 
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
@@ -77,5 +77,5 @@ def format_glue_table(results: Mapping[str, Mapping[str, float]], name: str = ""
                else "-")
     header = ["", *titles, "Avg"]
     row = [name, *(c for c, _ in cells), average]
-    widths = [max(len(h), len(r)) for h, r in zip(header, row)]
-    return "\n".join(" | ".join(x.rjust(w) for x, w in zip(line, widths)) for line in (header, row))
+    widths = [max(len(h), len(r)) for h, r in zip(header, row, strict=True)]
+    return "\n".join(" | ".join(x.rjust(w) for x, w in zip(line, widths, strict=True)) for line in (header, row))

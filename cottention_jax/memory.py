@@ -8,16 +8,17 @@ abstractly (`nnx.eval_shape`: shapes only, no parameter arrays), lowers and
 compiles `train.make_train_step(config.kind)` for the default backend, and
 reads `memory_analysis()`. With a `mesh` (`cottention_jax.sharding.make_mesh`)
 the step is compiled for it (the batch split over "data" and "seq", the state
-replicated or fsdp-split as in training), and the figures are per device. On the CPU backend this over-states a GPU's figure
-(different fusion and scheduling), but it moves with every saving, so it is the
-yardstick for remat and the chunked loss when no GPU is at hand.
+replicated or fsdp-split as in training), and the figures are per device. On the CPU
+backend this over-states a GPU's figure (different fusion and scheduling), but it moves
+with every saving, so it is the yardstick for remat and the chunked loss when no GPU is at hand.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -26,7 +26,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["AXIS", "SEQ_AXIS", "batch_sharding", "collectives", "make_mesh", "param_spec", "place_batch", "shard_training_state"]
+__all__ = ["AXIS", "SEQ_AXIS", "batch_sharding", "collectives", "make_mesh", "param_spec", "place_batch",
+           "shard_training_state"]
 
 AXIS, SEQ_AXIS = "data", "seq"
 

@@ -18,8 +18,8 @@ import fcntl
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from cottention_jax.data import paths
 

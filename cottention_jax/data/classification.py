@@ -238,7 +238,7 @@ def _build(folder: Path, raw: RawTask, spec: str, fingerprint: str, tokenizer: T
             chunk = rows[start:start + _ENCODE_CHUNK]
             ids_a = tokenizer.encode_batch([r[0] for r in chunk])
             ids_b = tokenizer.encode_batch([r[1] for r in chunk]) if is_pair else [()] * len(chunk)
-            for a, b, label in zip(ids_a, ids_b, labels[start:start + _ENCODE_CHUNK]):
+            for a, b, label in zip(ids_a, ids_b, labels[start:start + _ENCODE_CHUNK], strict=True):
                 writer.write(_record(a, b, label))
         writer.close()
         sizes[split] = len(rows)

@@ -192,7 +192,7 @@ class TextSource:
         for split, source in self.tfds_splits.items():
             for start in range(0, len(source), _TFDS_READ):
                 indices = list(range(start, min(start + _TFDS_READ, len(source))))
-                for i, record in zip(indices, _read(source, indices)):
+                for i, record in zip(indices, _read(source, indices), strict=True):
                     text = record[self.text_field]
                     text = text.decode("utf-8") if isinstance(text, bytes) else str(text)
                     yield Piece(group=f"{split}:{i}", text=text, split=split if fixed else None)

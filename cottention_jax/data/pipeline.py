@@ -22,8 +22,8 @@ saved with P processes resumes with another number of them on the same batches.
 Evaluation (finite, in order): every target token (GPT) or window (MLM) of the validation stream
 exactly once, the last batch padded with weight-0 entries; process p again reads its rows only.
 
-Batches (B = the global batch size, each process gets B / P rows; T = seq_len): GPT inputs / targets (B, T) int32, weights
-(B, T) float32; MLM input_ids, segment_ids (B, T) int32, padding_mask (B, T) bool, mlm_labels
+Batches (B = the global batch size, each process gets B / P rows; T = seq_len): GPT inputs / targets (B, T) int32,
+weights (B, T) float32; MLM input_ids, segment_ids (B, T) int32, padding_mask (B, T) bool, mlm_labels
 (B, T) int32, mlm_weights (B, T) float32.
 """
 
@@ -195,7 +195,7 @@ def _masked_rows(rows, padding_mask, tok, seed: int, stream_id: int, first_row: 
     on how the batch is split over processes."""
     parts = [mask_tokens(rows[r:r + 1], padding_mask[r:r + 1], tok, seeded_rng(seed, stream_id, first_row + r),
                          mask_rate) for r in range(len(rows))]
-    masked, labels, weights = (np.concatenate(x) for x in zip(*parts))
+    masked, labels, weights = (np.concatenate(x) for x in zip(*parts, strict=True))
     return {"input_ids": masked, "segment_ids": np.zeros_like(rows), "padding_mask": padding_mask,
             "mlm_labels": labels, "mlm_weights": weights}
 

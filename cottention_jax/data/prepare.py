@@ -235,7 +235,7 @@ def _tokenize_into(folder: Path, source: TextSource, tok: tokenization.Tokenizer
     last_group: dict[str, str] = {}
     for batch in _piece_batches(source):
         encoded = tok.encode_batch([p.text for p in batch])
-        for piece, ids in zip(batch, encoded):
+        for piece, ids in zip(batch, encoded, strict=True):
             split = rule(piece)
             w = writers.get(split) or writers.setdefault(split, _StreamWriter(folder, split, dtype))
             continues = w.open_document and _continues(last_group.get(split), piece.group)

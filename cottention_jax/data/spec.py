@@ -30,7 +30,8 @@ TEXT_SUFFIXES = {".txt": "text", ".md": "text", ".jsonl": "jsonl", ".jsonl.gz": 
                  ".parquet": "parquet"}
 # A TFDS split: names, each optionally sliced ("train[:10%]"), joined by "+"; a colon only in a slice.
 _SPLIT = r"[A-Za-z0-9_]+(?:\[[A-Za-z0-9_:%\-]*\])?"
-_TFDS = re.compile(rf"tfds:(?P<name>[A-Za-z0-9_]+)(?:/(?P<config>[A-Za-z0-9_.\-]+))?(?::(?P<split>{_SPLIT}(?:\+{_SPLIT})*))?")
+_TFDS = re.compile(rf"tfds:(?P<name>[A-Za-z0-9_]+)(?:/(?P<config>[A-Za-z0-9_.\-]+))?"
+                   rf"(?::(?P<split>{_SPLIT}(?:\+{_SPLIT})*))?")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -47,7 +47,7 @@ def hash_split(key: str, fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> str:
     """train / validation / test, fixed by a SHA-256 of `key` whatever the machine."""
     u = int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:16], 16) / 2.0 ** 64
     edge = 0.0
-    for name, fraction in zip(SPLITS, fractions):
+    for name, fraction in zip(SPLITS, fractions, strict=True):
         edge += fraction
         if u < edge:
             return name
@@ -265,8 +265,8 @@ def tfds_source(name: str, text_fields, label_field: str):
         if "validation" not in texts:               # no validation split: 10% of train, by text
             keep = [hash_split("\x1f".join(t), (0.9, 0.1, 0.0)) for t in texts["train"]]
             chosen = np.asarray([k == "validation" for k in keep], bool)
-            texts["validation"] = [t for t, c in zip(texts["train"], chosen) if c]
-            texts["train"] = [t for t, c in zip(texts["train"], chosen) if not c]
+            texts["validation"] = [t for t, c in zip(texts["train"], chosen, strict=True) if c]
+            texts["train"] = [t for t, c in zip(texts["train"], chosen, strict=True) if not c]
             labels["validation"], labels["train"] = labels["train"][chosen], labels["train"][~chosen]
         return RawTask(name=name, texts=texts, labels=labels, label_names=None if is_regression else class_names,
                     metric_names=table.metrics if table else None, is_regression=is_regression)

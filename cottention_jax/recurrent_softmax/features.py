@@ -42,7 +42,7 @@ def taylor_exp(s: jax.Array, order: int) -> jax.Array:
     return acc
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _monomials(d: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Distinct degree-n monomials of d variables: indices (M, n) and orderings (M,)."""
     rows = list(itertools.combinations_with_replacement(range(d), n))
