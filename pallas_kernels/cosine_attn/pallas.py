@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -350,14 +349,3 @@ def causal_linear_attention_pallas(q: jax.Array, k: jax.Array, v: jax.Array, key
     sizes = block_sizes or BlockSizes.get_default(q.dtype, q.shape[-1], v.shape[-1])
     plans = tuple(launch_plan(q.shape, k.shape, v.shape, q.dtype, sizes, backward=b) for b in (False, True))
     return _linear_attention(q, k, v, key_scale, initial_state, plans, bool(interpret))
-
-
-_DEPRECATED = {"causal_linear_attention": "causal_linear_attention_pallas"}
-
-
-def __getattr__(name: str):
-    if name in _DEPRECATED:
-        warnings.warn(f"pallas_kernels.cosine_attn.pallas.{name} is now {_DEPRECATED[name]}",
-                      DeprecationWarning, stacklevel=2)
-        return globals()[_DEPRECATED[name]]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
