@@ -7,7 +7,7 @@ tokens) and advances it one RNN step per token.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import jax
 import jax.numpy as jnp
@@ -23,11 +23,18 @@ from cottention_jax.ops import (
     init_cosine_attention_state,
 )
 
-__all__ = ["CosineAttention", "CosineImplementation", "Stabilize"]
+__all__ = ["STABILIZERS", "CosineAttention", "CosineImplementation", "Stabilize", "Stabilizer"]
 
 # the names cottention_jax.ops accepts (ops.STABILIZE_MODES, ops.IMPLEMENTATIONS; a test keeps them equal)
 Stabilize = Literal["value", "query"]
 CosineImplementation = Literal["reference", "xla", "pallas"]
+
+# the exponent p of the factor max(n, 1)^-p: "learned" p = sigmoid(m), m a parameter per head (the
+# paper's); "none" p = 0 (no factor); "length" p = 1 (divide by the length). The fixed ones pass the
+# op m = -inf / +inf, whose sigmoid is exactly 0 / 1, held in a non-Param variable (nothing to train).
+Stabilizer = Literal["learned", "none", "length"]
+STABILIZERS: tuple[str, ...] = get_args(Stabilizer)
+_FIXED_M = {"none": -jnp.inf, "length": jnp.inf}
 
 
 class CosineAttention(ProjectedAttention):
@@ -37,12 +44,16 @@ class CosineAttention(ProjectedAttention):
       stabilizer_init: initial raw stabilizer m per head (0.5 as in the paper); values are scaled
         by max(n, 1) ** -sigmoid(m).
       stabilize: "value" or "query" (see `cottention_jax.cosine_attention`).
+      stabilizer: "learned" (p = sigmoid(m), m trained; the paper's), "none" (p = 0: no factor) or
+        "length" (p = 1: divide by n). The fixed ones keep `stabilizer` as a plain nnx.Variable
+        holding m = -inf / +inf (sigmoid exactly 0 / 1), which the optimizer (nnx.Param) leaves alone.
       implementation: passed to `cosine_attention` (None picks per backend).
       interpret: passed to `cosine_attention` (run its Pallas kernels in interpret mode, on CPU).
       sequence_axis: passed to `cosine_attention` outside decode mode: under a mesh (`jax.set_mesh`)
         with this axis, the sequence is split over it (`cottention_jax.parallel`).
 
-    Parameters: the projections of `nnx.MultiHeadAttention` plus one `stabilizer` (heads,).
+    Parameters: the projections of `nnx.MultiHeadAttention` plus one `stabilizer` (heads,)
+    (a Param for stabilizer="learned", a constant Variable otherwise).
 
     >>> import jax.numpy as jnp
     >>> from flax import nnx
@@ -75,12 +86,18 @@ class CosineAttention(ProjectedAttention):
 
     def __init__(self, num_heads: int, in_features: int, qkv_features: int | None = None,
                  out_features: int | None = None, num_kv_heads: int | None = None, *,
-                 stabilizer_init: float = 0.5, stabilize: Stabilize = "value",
+                 stabilizer_init: float = 0.5, stabilize: Stabilize = "value", stabilizer: Stabilizer = "learned",
                  implementation: CosineImplementation | None = None, interpret: bool = False,
                  sequence_axis: str | None = None, param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs, **kwargs):
         super().__init__(num_heads, in_features, qkv_features, out_features, num_kv_heads,
                          param_dtype=param_dtype, rngs=rngs, **kwargs)
-        self.stabilizer = nnx.Param(jnp.full((num_heads,), stabilizer_init, param_dtype))
+        if stabilizer not in STABILIZERS:
+            raise ValueError(f"stabilizer must be one of {STABILIZERS}; got {stabilizer!r}")
+        if stabilizer == "learned":
+            self.stabilizer = nnx.Param(jnp.full((num_heads,), stabilizer_init, param_dtype))
+        else:     # (heads,) m = -inf or +inf: a constant, not a parameter
+            self.stabilizer = nnx.Variable(jnp.full((num_heads,), _FIXED_M[stabilizer], param_dtype))
+        self.stabilizer_kind = stabilizer
         self.stabilize, self.implementation, self.interpret = stabilize, implementation, interpret
         self.sequence_axis = sequence_axis
         self.cached_kv = nnx.data(None)

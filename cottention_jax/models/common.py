@@ -24,7 +24,7 @@ from jax.experimental import checkify
 from cottention_jax import ops, softmax_ops
 from cottention_jax import recurrent_softmax as rs
 from cottention_jax.layers import CosineAttention, RecurrentSoftmaxAttention, SoftmaxAttention
-from cottention_jax.layers.cosine import CosineImplementation, Stabilize
+from cottention_jax.layers.cosine import STABILIZERS, CosineImplementation, Stabilize, Stabilizer
 from cottention_jax.layers.softmax import SoftmaxImplementation
 
 __all__ = ["ACTIVATIONS", "ATTENTION_TYPES", "REMAT_MODES", "AttentionConfig", "AttentionKind", "FeedForward",
@@ -77,6 +77,7 @@ class AttentionConfig:
     attention: AttentionKind = "cosine"   # see attention_names()
     stabilizer_init: float = 0.5          # cosine: initial raw stabilizer per head
     stabilize: Stabilize = "value"        # cosine: "value" or "query" (cottention_jax.cosine_attention)
+    stabilizer: Stabilizer = "learned"    # cosine: exponent p of n^-p: "learned" sigmoid(m), "none" 0, "length" 1
     implementation: Implementation | None = None   # attention implementation, per attention (None: per backend)
     interpret: bool = False               # Pallas kernels in interpret mode (CPU tests)
     sequence_axis: str | None = None      # mesh axis the sequence is split over (cosine; see parallel.py)
@@ -153,6 +154,8 @@ def _check_value_ranges(config) -> None:
                              f"got {getattr(config, field)!r}")
     if config.stabilize not in ops.STABILIZE_MODES:
         raise ValueError(f"{name}.stabilize must be one of {ops.STABILIZE_MODES}; got {config.stabilize!r}")
+    if config.stabilizer not in STABILIZERS:
+        raise ValueError(f"{name}.stabilizer must be one of {STABILIZERS}; got {config.stabilizer!r}")
 
 
 def check_model_config(config, *, causal: bool) -> None:
@@ -223,7 +226,7 @@ def embed_ids(embed: nnx.Embed, ids: jax.Array, name: str, padding_mask: jax.Arr
 # per layer type, the constructor options that are its own (the rest are ProjectedAttention's, which
 # every layer takes); make_attention drops the options of the other types
 _LAYER_OPTIONS: dict[type, tuple[str, ...]] = {
-    CosineAttention: ("stabilizer_init", "stabilize", "implementation", "interpret", "sequence_axis"),
+    CosineAttention: ("stabilizer_init", "stabilize", "stabilizer", "implementation", "interpret", "sequence_axis"),
     SoftmaxAttention: ("implementation", "interpret"),
     RecurrentSoftmaxAttention: ("variant", "form"),
 }
