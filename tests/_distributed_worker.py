@@ -39,7 +39,8 @@ def _join() -> bool:
 def _sum() -> None:
     import jax
     import numpy as np
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     initialized = _join()
     mesh = Mesh(np.array(jax.devices()), ("data",))

@@ -75,7 +75,7 @@ def test_chunked_cross_entropy_equals_the_plain_loss_and_its_gradients(chunk):
     for k in expected:                                      # padding to the chunk multiple never counts
         assert abs(float(sums[k]) - expected[k]) <= 1e-5 * max(abs(expected[k]), 1.0), k
     assert rel_error(mean, ref_mean) <= 1e-5
-    for g, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+    for g, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
         assert rel_error(g, ref) <= 1e-5
 
 

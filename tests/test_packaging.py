@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from tests._util import REPO_ROOT
 
 ROOT = REPO_ROOT

@@ -128,7 +128,7 @@ def test_gradients_match_written_out_softmax(run_path, path, causal, pad, dtype)
 
     got = jax.grad(loss(lambda *a: run_path(path, *a, causal, mask)), argnums=(0, 1, 2))(q, k, v)
     want = jax.grad(loss(lambda *a: softmax_reference(*a, mask, causal)), argnums=(0, 1, 2))(q, k, v)
-    for name, g, w in zip("qkv", got, want):
+    for name, g, w in zip("qkv", got, want, strict=True):
         assert g.dtype == dtype, name
         assert rel_error(g, w) <= _tol(dtype) * 2, name
 
@@ -336,7 +336,7 @@ def test_gpu_paths_match_written_out_softmax(path, dtype, causal, pad):
     assert rel_error(jax.jit(run)(q, k, v), ref(q, k, v)) <= LOW_TOL
     got = jax.jit(jax.grad(loss(run), argnums=(0, 1, 2)))(q, k, v)
     want = jax.grad(loss(ref), argnums=(0, 1, 2))(q, k, v)
-    for name, g, w in zip("qkv", got, want):
+    for name, g, w in zip("qkv", got, want, strict=True):
         assert rel_error(g, w) <= 2 * LOW_TOL, name
 
 

@@ -248,9 +248,9 @@ def test_detached_denominator_gradient():
         return jax.jit(jax.grad(functools.partial(fn, **kw), argnums=(0, 1, 2)))(q, k, v)
 
     detached, true = grads(library, name="taylor2-detached"), grads(library, name="taylor2")
-    for got, want in zip(detached, grads(formula, detach=True)):
+    for got, want in zip(detached, grads(formula, detach=True), strict=True):
         assert rel_error(got, want) <= F32_TOL
-    for got, want in zip(true, grads(formula, detach=False)):
+    for got, want in zip(true, grads(formula, detach=False), strict=True):
         assert rel_error(got, want) <= F32_TOL
     assert rel_error(detached[0], true[0]) > 1e-3              # the two gradients differ
 
@@ -298,7 +298,7 @@ def test_parallel_recurrent_step_agree(case):
     # rounding in the two summation orders is amplified by the same factor. The bar scales with it.
     amplification = max(1.0, float(jnp.max(jnp.abs(out_p)) / jnp.max(jnp.abs(v))))
     assert rel_error(out_r, out_p) <= F32_TOL * amplification
-    for g_r, g_p in zip(grads_r, grads_p):
+    for g_r, g_p in zip(grads_r, grads_p, strict=True):
         assert rel_error(g_r, g_p) <= 5e-5 * amplification, amplification
     out_s, state_s = jax.jit(step_scan, static_argnums=0)(variant, q, k, v, mask, gate)
     assert rel_error(out_s, out_p) <= F32_TOL * amplification, amplification
@@ -365,16 +365,19 @@ def test_odd_order_denominator_crossing_zero_is_guarded():
     variant = AttentionVariant(order=1, scale=1.0, eps=1e-3)
     k = jnp.asarray([[1.0, 0.0], [0.0, 1.0]])[None, :, None]  # (1, 2, 1, 2)
     v = jnp.asarray([[1.0, 2.0], [3.0, -1.0]])[None, :, None]
+
+    def loss(q, k, v, form):
+        out = rs.attention(variant, q, k, v, form=form)
+        return jnp.sum(out), out
+
     for q2, den in (([-1.5, -0.5], 0.0), ([-2.0, -0.5], -0.5), ([-1.5, -0.5 - 1e-4], -1e-4)):
         q = jnp.asarray([[0.0, 0.0], q2])[None, :, None]
         s = np.asarray(q2)                                     # s_2i = q_2 . k_i = q2[i]
         num = (1 + s[0]) * np.asarray([1.0, 2.0]) + (1 + s[1]) * np.asarray([3.0, -1.0])
         guarded = den if abs(den) >= variant.eps else math.copysign(variant.eps, den if den else 1.0)
         for form in ("parallel", "recurrent"):
-            def loss(q, k, v):
-                out = rs.attention(variant, q, k, v, form=form)
-                return jnp.sum(out), out
-            grads, out = jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
+            grad = jax.grad(functools.partial(loss, form=form), argnums=(0, 1, 2), has_aux=True)
+            grads, out = jax.jit(grad)(q, k, v)
             np.testing.assert_allclose(out[0, 1, 0], num / guarded, rtol=1e-4)
             assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
     np.testing.assert_array_equal(rs.safe_denominator(jnp.asarray([0.0, 1e-9, -1e-9, -2.0, 3.0]), 1e-6),
@@ -397,11 +400,14 @@ def test_zero_vectors_and_all_padding_rows_stay_finite(name):
     mask = jnp.ones((3, 5), bool).at[2].set(False)             # row 2: all padding
     gate = _gate(variant, q, 2)
     forms = ("parallel", "recurrent") if variant.supports_recurrent else ("parallel",)
+
+    def loss(q, k, v, form):
+        out = rs.attention(variant, q, k, v, padding_mask=mask, gate=gate, form=form)
+        return jnp.sum(out ** 2), out
+
     for form in forms:
-        def loss(q, k, v):
-            out = rs.attention(variant, q, k, v, padding_mask=mask, gate=gate, form=form)
-            return jnp.sum(out ** 2), out
-        grads, out = jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
+        grad = jax.grad(functools.partial(loss, form=form), argnums=(0, 1, 2), has_aux=True)
+        grads, out = jax.jit(grad)(q, k, v)
         assert bool(jnp.all(jnp.isfinite(out))) and bool(jnp.all(out[2] == 0.0))
         assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads), form
 
