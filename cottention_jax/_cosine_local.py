@@ -52,7 +52,7 @@ class CosineAttentionState(NamedTuple):
     """
 
     kv: jax.Array
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # public field name; shadows tuple.count, unused here
 
 
 def init_cosine_attention_state(batch: int, heads: int, dk: int, dv: int) -> CosineAttentionState:
@@ -172,7 +172,7 @@ def cosine_attention_local(q, k, v, stabilizer, *, causal: bool, padding_mask=No
     if impl == "reference":
         out, state = _ref.cosine_attention_reference(
             q, k, v, stabilizer, causal=causal, padding_mask=padding_mask,
-            initial_state=tuple(state0), stabilize=stabilize)
+            initial_state=(state0.kv, state0.count), stabilize=stabilize)
         state = None if state is None else CosineAttentionState(*state)
     elif causal:
         out, state = _causal_linear(q, k, v, stabilizer, padding_mask, state0, stabilize,

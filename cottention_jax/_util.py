@@ -39,11 +39,11 @@ def check_qkv(q: jax.Array, k: jax.Array, v: jax.Array, *, rank: int = 4, names:
     """
     nq, nk, nv = names
     layout, axes = _LAYOUTS[rank]
-    for name, a in zip(names, (q, k, v)):
+    for name, a in zip(names, (q, k, v), strict=True):
         if jnp.ndim(a) != rank:
             raise shape_error(f"{name} must have rank {rank}, {layout}", **{name: a})
     if nonempty:
-        for name, a in zip(names, (q, k, v)):
+        for name, a in zip(names, (q, k, v), strict=True):
             if 0 in a.shape:
                 raise shape_error(f"{name} must have no empty axis ({axes} >= 1)", **{name: a})
     check_float(**{nq: q, nk: k, nv: v})

@@ -25,10 +25,13 @@ attention-weight dropout whose mask is the same for every query.
 
 from __future__ import annotations
 
+from typing import cast
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cottention_jax._cosine_local import Implementation, Stabilize
 from cottention_jax._util import HIGHEST as _HI
 from cottention_jax.ops import cosine_attention
 from pallas_kernels.cosine_attn.reference import count_scale, l2_normalize
@@ -159,7 +162,7 @@ def cosine_attention_fn(query: jax.Array, key: jax.Array, value: jax.Array, bias
                         broadcast_dropout: bool = True, dropout_rng: jax.Array | None = None,
                         dropout_rate: float = 0.0, deterministic: bool = False, dtype=None, precision=None,
                         module=None, is_causal: bool = False, *, causal: bool = False, stabilizer=0.5,
-                        stabilize: str = "value", implementation: str | None = None) -> jax.Array:
+                        stabilize: Stabilize = "value", implementation: Implementation | None = None) -> jax.Array:
     """Cosine attention with the call signature of `flax.nnx.dot_product_attention`.
 
     query (..., T, H, Dk), key (..., S, KV, Dk), value (..., S, KV, Dv) -> (..., T, H, Dv).
@@ -201,8 +204,8 @@ def cosine_attention_fn(query: jax.Array, key: jax.Array, value: jax.Array, bias
         mask = jnp.broadcast_to(mask, batch_shape + tail).reshape((b,) + tail)
         query_real, key_real = padding_from_mask(mask, b, t, s, causal=causal)
     if causal and t == s:
-        out = cosine_attention(q, k, v, stab, causal=True, padding_mask=key_real, stabilize=stabilize,
-                               implementation=implementation)
+        out = cast(jax.Array, cosine_attention(q, k, v, stab, causal=True, padding_mask=key_real,  # no state asked
+                                               stabilize=stabilize, implementation=implementation))
         out = out if query_real is None else jnp.where(query_real[:, :, None, None], out, 0)
     elif causal and t == 1:
         out = _last_query_over_cache(q, k, v, stab, jnp.ones((b, s), bool) if key_real is None else key_real,
@@ -211,7 +214,8 @@ def cosine_attention_fn(query: jax.Array, key: jax.Array, value: jax.Array, bias
         raise ValueError(f"causal attention needs as many queries as keys (or one query over a cache); got "
                          f"query length {t} and key length {s}")
     elif t == s and mask is None:
-        out = cosine_attention(q, k, v, stab, causal=False, stabilize=stabilize, implementation=implementation)
+        out = cast(jax.Array, cosine_attention(q, k, v, stab, causal=False, stabilize=stabilize,  # no state asked
+                                               implementation=implementation))
     else:
         out = cosine_cross_attention(q, k, v, stab, query_mask=query_real, key_mask=key_real)
     return out.reshape(batch_shape + out.shape[1:])

@@ -159,7 +159,8 @@ def sequence_parallel_cosine_attention(q, k, v, stabilizer, *, axis: str = "seq"
     if batch_axes == "auto":
         batch_axes = tuple(a for a in mesh.axis_names if a != axis) or None
     seq = P(batch_axes, axis)                                       # (B, T, ...) arrays
-    state = CosineAttentionState(P(batch_axes), P(batch_axes))
+    # the state's specs: a CosineAttentionState of PartitionSpecs, mirroring its pytree
+    state = CosineAttentionState(P(batch_axes), P(batch_axes))  # type: ignore[arg-type]
     b, _, h, dk = q.shape
 
     def body(q, k, v, stabilizer, mask, state0):

@@ -151,7 +151,8 @@ def test_bad_masks_and_call_arguments_are_clear_errors():
         bidirectional(x, mask=jnp.broadcast_to(window, (2, 1, 6, 6)))
     with pytest.raises(ValueError, match="mask is causal.*causal=True"):
         bidirectional(x, mask=nnx.make_causal_mask(real))
-    with pytest.raises(ValueError, match=r"mask must broadcast to \(batch, heads, q_len, kv_len\).*mask.shape=\(2, 6\)"):
+    with pytest.raises(ValueError,
+                       match=r"mask must broadcast to \(batch, heads, q_len, kv_len\).*mask.shape=\(2, 6\)"):
         bidirectional(x, mask=real)
     with pytest.raises(ValueError, match="either padding_mask .* or mask"):
         bidirectional(x, mask=nnx.make_attention_mask(real, real), padding_mask=real)

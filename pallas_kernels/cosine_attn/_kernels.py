@@ -234,7 +234,8 @@ def _call(kernel, plan: Plan, launch, name: str, grid, in_specs, out_specs, out_
 
 # ----------------------------------------------------------------------------- pallas calls
 
-def forward(q: jax.Array, k: jax.Array, v: jax.Array, w: jax.Array, s_in: jax.Array, plan: Plan, interpret: bool) -> tuple[jax.Array, jax.Array]:
+def forward(q: jax.Array, k: jax.Array, v: jax.Array, w: jax.Array, s_in: jax.Array, plan: Plan,
+            interpret: bool) -> tuple[jax.Array, jax.Array]:
     """q (B,Tp,H,Dk), k (B,Tp,KV,Dk), v (B,Tp,KV,Dv), w (B,H,Tp), s_in (B,H,NS,Dk,Dv) float32.
 
     Returns o (B,Tp,H,Dv) in q.dtype and s_out (B,H,NS,Dk,Dv) float32, the state at each segment end.
@@ -254,7 +255,8 @@ def forward(q: jax.Array, k: jax.Array, v: jax.Array, w: jax.Array, s_in: jax.Ar
         interpret=interpret)(q, k, v, w, s_in)
 
 
-def backward_dq(k: jax.Array, v: jax.Array, w: jax.Array, do: jax.Array, h_in: jax.Array, plan: Plan, interpret: bool) -> jax.Array:
+def backward_dq(k: jax.Array, v: jax.Array, w: jax.Array, do: jax.Array, h_in: jax.Array, plan: Plan,
+                interpret: bool) -> jax.Array:
     """k (B,Tp,KV,Dk), v (B,Tp,KV,Dv), w (B,H,Tp), do (B,Tp,H,Dv), h_in (B,H,NS,Dk,Dv) -> dq (B,Tp,H,Dk)."""
     b, tp, h, dv = do.shape
     dk = k.shape[-1]
@@ -270,8 +272,8 @@ def backward_dq(k: jax.Array, v: jax.Array, w: jax.Array, do: jax.Array, h_in: j
         interpret=interpret)(k, v, w, do, h_in)
 
 
-def backward_dk(q: jax.Array, k: jax.Array, v: jax.Array, w: jax.Array, do: jax.Array, g_in: jax.Array, dk_dtype: Any, plan: Plan,
-                interpret: bool) -> tuple[jax.Array, jax.Array]:
+def backward_dk(q: jax.Array, k: jax.Array, v: jax.Array, w: jax.Array, do: jax.Array, g_in: jax.Array, dk_dtype: Any,
+                plan: Plan, interpret: bool) -> tuple[jax.Array, jax.Array]:
     """-> dk_per_head (B,Tp,H,Dk) = w dK~ in dk_dtype, dw_parts (B,H,Dk/BK,Tp) float32."""
     b, tp, h, dk = q.shape
     dv = v.shape[-1]
@@ -308,8 +310,8 @@ def backward_dv(q: jax.Array, k: jax.Array, w: jax.Array, do: jax.Array, g_in: j
         interpret=interpret)(q, k, w, do, g_in)
 
 
-def segment_sums(x: jax.Array, y: jax.Array, w: jax.Array, heads: int, x_group: int, y_group: int, plan: Plan, launch: Any,
-                 interpret: bool) -> jax.Array:
+def segment_sums(x: jax.Array, y: jax.Array, w: jax.Array, heads: int, x_group: int, y_group: int, plan: Plan,
+                 launch: Any, interpret: bool) -> jax.Array:
     """Per-segment sum_i (w_i x_i)^T y_i for every query head: -> (B, heads, NS, Dk, Dv) float32.
 
     x (B,Tp,X,Dk) is read at head h // x_group, y (B,Tp,Y,Dv) at h // y_group;

@@ -145,7 +145,7 @@ class BlockSizes:
         return entry if self.segments is None else {**entry, "segments": self.segments}
 
     @classmethod
-    def fallback(cls, dtype: jnp.dtype | type, head_dim_k: int, head_dim_v: int) -> BlockSizes:
+    def fallback(cls, dtype: DTypeLike, head_dim_k: int, head_dim_v: int) -> BlockSizes:
         """What devices without a tuned entry get; reasoned from the H100 sweep (benchmarks/NOTES.md).
 
         4 warps and 64-wide blocks for every kernel: on the H100 it was within 3% of the
@@ -158,7 +158,7 @@ class BlockSizes:
         return cls.uniform(chunk=32 if wide_f32 else 64, block=64, num_warps=4, num_stages=2)
 
     @classmethod
-    def get_default(cls, dtype: jnp.dtype | type, head_dim_k: int, head_dim_v: int, device: jax.Device | None = None,
+    def get_default(cls, dtype: DTypeLike, head_dim_k: int, head_dim_v: int, device: jax.Device | None = None,
                     ) -> BlockSizes:
         """The tuned entry for `device` (default: JAX's first device), dtype and padded head dim,
         from the tables of `launch_table` (yours first, then the shipped one); else `fallback`."""
@@ -209,7 +209,7 @@ def _pad(x: jax.Array, shape) -> jax.Array:
     """Zero-pad x at the end of every axis up to `shape`."""
     if tuple(x.shape) == tuple(shape):
         return x
-    return jnp.pad(x, [(0, n - m) for m, n in zip(x.shape, shape)])
+    return jnp.pad(x, [(0, n - m) for m, n in zip(x.shape, shape, strict=True)])
 
 
 def _pad_seq(x: jax.Array, tp: int) -> jax.Array:
