@@ -1,4 +1,4 @@
-# Two commands: `make run` (the main job) and `make test` (the whole suite).
+# Two commands: `make run` (the main job) and `make test` (lint, then the whole suite).
 # Both build .venv on first use; nothing needs installing by hand.
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # keys from its name (tests/conftest.py), so results do not depend on the split.
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test setup scaling decode-bench ablation data corpus tasks gpu-test gpu-check tune-kernels notebooks \
+.PHONY: run test lint setup scaling decode-bench ablation data corpus tasks gpu-test gpu-check tune-kernels notebooks \
         dist interop-env clean
 
 $(STAMP): requirements.txt setup.cfg pyproject.toml
@@ -33,9 +33,17 @@ run: $(STAMP)
 # tests/_interop.py): both from the package index through pip's cache. Compiled programs are cached
 # on disk (.cache/jax-tests, JAX's persistent compilation cache) for the suite's many identical tiny
 # training runs, in-process and in subprocesses: it halves a gpt-tiny run (12 s -> 6.4 s here).
-test: $(STAMP)
+# Lint runs first, so a lint or type finding fails `make test` (and CI, .ci/run) before the suite starts.
+test: $(STAMP) lint
 	JAX_COMPILATION_CACHE_DIR="$(CURDIR)/.cache/jax-tests" JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0.2 \
 	  $(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+
+# Lint (ruff: E, F, W, B, I, UP at 120 columns, notebooks included), the formatting check (ruff format),
+# and the type check (mypy over cottention_jax and pallas_kernels). All configured in pyproject.toml.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # Benchmarks behind the README's tables (benchmarks/, run from the checkout; not installed).
 scaling: $(STAMP)
@@ -87,4 +95,4 @@ interop-env: $(STAMP)
 	$(PY) -c "from tests._interop import interop_python; print(interop_python())"
 
 clean:
-	rm -rf $(VENV) .venv-interop build dist *.egg-info .pytest_cache .cache
+	rm -rf $(VENV) .venv-interop build dist *.egg-info .pytest_cache .cache .mypy_cache .ruff_cache
