@@ -56,10 +56,12 @@ def run_kind(base, kind: str, batches: list[dict]) -> dict:
         hlo = grads_of.lower(model, first).compile().as_text() if kind == "seq" else ""
         losses = [float(train_step(model, opt, place_batch(b, mesh))) for b in batches]
     kernel = model.blocks[0].mlp.fc_in.kernel[...]
+    # str(index): the index is a tuple of slices, which hash only from Python 3.12 on.
+    batch_shards = len({str(s.index) for s in first["inputs"].addressable_shards}) if mesh else 1
     return {"losses": losses, "param": np.asarray(kernel).tolist(),
             "grads": [g.ravel().tolist() for g in grads],
             "sharding": str(kernel.sharding.spec) if mesh is not None else "",
-            "batch_shards": len({str(s.index) for s in first["inputs"].addressable_shards}) if mesh else 1,  # str: slices hash from 3.12
+            "batch_shards": batch_shards,
             "collectives": collectives(hlo)}
 
 
