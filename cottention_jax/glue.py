@@ -72,9 +72,8 @@ def format_glue_table(results: Mapping[str, Mapping[str, float]], name: str = ""
     and for the average unless all eight are there. `results`: {task: {metric: fraction}}."""
     titles = [f"{TASKS[t].title} ({'/'.join(_SHORT[m] for m in TASKS[t].metrics)})" for t in GLUE_TASKS]
     cells = [_cell(t, results.get(t)) for t in GLUE_TASKS]
-    scores = [s for _, s in cells]
-    average = (f"{sum(scores) / len(scores):.1f}" if all(s is not None and math.isfinite(s) for s in scores)
-               else "-")
+    finite = [s for _, s in cells if s is not None and math.isfinite(s)]
+    average = f"{sum(finite) / len(finite):.1f}" if len(finite) == len(cells) else "-"
     header = ["", *titles, "Avg"]
     row = [name, *(c for c, _ in cells), average]
     widths = [max(len(h), len(r)) for h, r in zip(header, row, strict=True)]

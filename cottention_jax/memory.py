@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -93,7 +91,7 @@ def train_step_memory(config: TrainConfig, batch_size: int, seq_len: int, mesh=N
     return {**{k: int(v) for k, v in parts.items()}, "total": int(total), "compile_s": seconds}
 
 
-def compiled_memory_bytes(jitted: Callable[..., Any], *args) -> int | None:
+def compiled_memory_bytes(jitted: jax.stages.Wrapped, *args) -> int | None:
     """XLA's buffer assignment for one call: arguments + outputs + temporaries, in bytes.
 
     Known before running (so a program that cannot fit need not be run), and

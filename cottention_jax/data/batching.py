@@ -81,10 +81,11 @@ def encode_classification_inputs(ids_a: Sequence[np.ndarray], ids_b: Sequence[np
     padding_mask (N, T) bool. ids_b None or all empty means single sentences.
     """
     require_roles(tokenizer, ["pad", "cls", "sep"], "classification inputs")
-    pair = ids_b is not None and any(len(b) for b in ids_b)
+    seqs_b: Sequence[np.ndarray] = () if ids_b is None else ids_b
+    pair = any(len(b) for b in seqs_b)
     seq_len = _check_positive("seq_len", seq_len, 4 if pair else 3)
-    if pair and len(ids_b) != len(ids_a):
-        raise ValueError(f"ids_a and ids_b must have the same length, got {len(ids_a)} and {len(ids_b)}")
+    if pair and len(seqs_b) != len(ids_a):
+        raise ValueError(f"ids_a and ids_b must have the same length, got {len(ids_a)} and {len(seqs_b)}")
     n = len(ids_a)
     input_ids = np.full((n, seq_len), tokenizer.pad_id, np.int32)
     segment_ids = np.zeros((n, seq_len), np.int32)
@@ -92,7 +93,7 @@ def encode_classification_inputs(ids_a: Sequence[np.ndarray], ids_b: Sequence[np
     cls, sep = tokenizer.cls_id, tokenizer.sep_id
     for i in range(n):
         a = np.asarray(ids_a[i], np.int32)
-        b = np.asarray(ids_b[i], np.int32) if pair else np.zeros(0, np.int32)
+        b = np.asarray(seqs_b[i], np.int32) if pair else np.zeros(0, np.int32)
         budget = seq_len - (3 if pair else 2)
         la, lb = len(a), len(b)
         while la + lb > budget:  # longest-first truncation

@@ -265,6 +265,7 @@ def prepare_task(task: str, tokenizer: Tokenizer, *, data_dir=None, text_fields:
         text_fields = tuple(text_fields)
         if not 1 <= len(text_fields) <= 2:
             raise ValueError(f"text_fields must name one or two fields (BERT reads at most a pair), got {text_fields}")
+    fields: tuple[str, ...] | None
     if task in builtin_tasks.TASKS:
         parts, load = builtin_source(task, data_dir)
         fields = ("text_a", "text_b") if task == "paraphrase" else ("text_a",)

@@ -103,6 +103,7 @@ class TextSource:
         else:
             for f in self.files:
                 kind = suffix_kind(f)
+                assert kind is not None  # parse_corpus and _expand_files let only supported files through
                 reader = {"text": self._text_pieces, "jsonl": self._jsonl_pieces,
                           "parquet": self._parquet_pieces}[kind]
                 yield from reader(f)
@@ -229,7 +230,7 @@ def _decode(raw: bytes, path: str, offset: int | None, line: int | None = None) 
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        at = f"line {line}" if line is not None else f"byte {offset + err.start}"
+        at = f"line {line}" if line is not None else f"byte {(offset or 0) + err.start}"
         raise DataSourceError(f"data.corpus: {path} is not UTF-8 text (invalid byte at {at})") from None
 
 

@@ -173,7 +173,8 @@ def gpt_eval_batches(prepared: PreparedText, batch_size: int, seq_len: int, spli
     local = rows * seq_len
     for start in range(0, num_targets, batch_size * seq_len):
         first = start + shard_index * local                            # this process's first input
-        span = stream.read(first, min(first + local + 1, stream.num_tokens)) if first < stream.num_tokens else []
+        span = (stream.read(first, min(first + local + 1, stream.num_tokens)) if first < stream.num_tokens
+                else np.zeros(0, np.int32))
         padded = np.full(local + 1, pad, np.int32)
         padded[:len(span)] = span
         weights = (np.arange(local) < len(span) - 1).astype(np.float32)

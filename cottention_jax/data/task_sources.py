@@ -164,8 +164,8 @@ def file_source(path: Path, text_fields, label_field: str):
     stats = {split: [str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for split, f in files.items()}
 
     def load() -> RawTask:
-        texts = {s: [] for s in SPLITS}
-        labels = {s: [] for s in SPLITS}
+        texts: dict[str, list[tuple[str, ...]]] = {s: [] for s in SPLITS}
+        labels: dict[str, list[float]] = {s: [] for s in SPLITS}
         used = None
         for split, file in files.items():
             examples, fields = _read_file(file, text_fields, label_field, need_labels=split != "test")
@@ -194,8 +194,8 @@ def builtin_source(task: str, data_dir):
     sums = paths.read_checksums(directory, builtin_tasks.task_rebuild_command(task, data_dir))
 
     def load() -> RawTask:
-        texts = {s: [] for s in SPLITS}
-        labels = {s: [] for s in SPLITS}
+        texts: dict[str, list[tuple[str, ...]]] = {s: [] for s in SPLITS}
+        labels: dict[str, list[float]] = {s: [] for s in SPLITS}
         pair = task == "paraphrase"
         for example in builtin_tasks.load_task_examples(task, data_dir):
             texts[example["split"]].append((example["text_a"], example["text_b"]) if pair else (example["text_a"],))
