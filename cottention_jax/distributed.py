@@ -40,6 +40,7 @@ import re
 import socket
 import time
 from dataclasses import dataclass, replace
+from typing import Any
 
 __all__ = [
     "ENV_COORDINATOR",
@@ -135,7 +136,7 @@ def config_from_env(base: DistributedConfig | None = None, environ=None) -> Dist
     """
     base = base or DistributedConfig()
     env = os.environ if environ is None else environ
-    updates = {}
+    updates: dict[str, Any] = {}
     for field, var in (("num_processes", ENV_NUM_PROCESSES), ("process_id", ENV_PROCESS_ID)):
         raw = env.get(var)
         if getattr(base, field) is None and raw not in (None, ""):
@@ -228,11 +229,11 @@ def initialize(cfg: DistributedConfig | None = None) -> bool:
                            "backend (jax.devices(), a computation, device_put); call it first")
     if hasattr(jax.config, "jax_cpu_collectives_implementation"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    kwargs = dict(coordinator_address=cfg.coordinator, num_processes=cfg.num_processes,
-                  process_id=cfg.process_id, local_device_ids=cfg.local_device_id_list(),
-                  initialization_timeout=cfg.init_timeout_s,
-                  heartbeat_timeout_seconds=cfg.heartbeat_timeout_s,
-                  shutdown_timeout_seconds=cfg.shutdown_timeout_s)
+    kwargs: dict[str, Any] = dict(coordinator_address=cfg.coordinator, num_processes=cfg.num_processes,
+                                  process_id=cfg.process_id, local_device_ids=cfg.local_device_id_list(),
+                                  initialization_timeout=cfg.init_timeout_s,
+                                  heartbeat_timeout_seconds=cfg.heartbeat_timeout_s,
+                                  shutdown_timeout_seconds=cfg.shutdown_timeout_s)
     if cfg.explicit:
         kwargs["cluster_detection_method"] = "deactivate"
     accepted = inspect.signature(jax.distributed.initialize).parameters
@@ -240,6 +241,7 @@ def initialize(cfg: DistributedConfig | None = None) -> bool:
     where = cfg.coordinator or f"the {cluster} coordinator"
     if cfg.explicit and cfg.process_id != 0 and "initialization_timeout" in kwargs:
         # jax aborts the process (SIGABRT) when it cannot connect; say it in one line instead
+        assert cfg.coordinator is not None and cfg.process_id is not None  # cfg.explicit: all three are given
         waited = _wait_for_coordinator(cfg.coordinator, cfg.init_timeout_s, cfg.process_id)
         kwargs["initialization_timeout"] = max(1, int(cfg.init_timeout_s - waited))
     try:
@@ -325,6 +327,7 @@ def barrier(name: str, timeout_s: float) -> None:
     state = _d.global_state
     if (state.num_processes or 1) <= 1:
         return
+    assert state.client is not None  # initialized: the coordination client exists
     uses = _barrier_uses.get(name, 0) + 1
     _barrier_uses[name] = uses
     try:

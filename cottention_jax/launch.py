@@ -157,7 +157,8 @@ def run(nproc: int, command: list[str], per_process: int | None = None,
     shares = split_devices(nproc, per_process, os.environ)
     coordinator = f"127.0.0.1:{port or free_port()}"
     lock = threading.Lock()
-    procs, threads = [], []
+    procs: list[subprocess.Popen] = []
+    threads: list[threading.Thread] = []
     received: list[int] = []
 
     def on_signal(signum, frame):

@@ -20,6 +20,9 @@ compilation before the loop starts acts as it would without this module.
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 import jax
 import numpy as np
@@ -27,6 +30,8 @@ import numpy as np
 __all__ = ["RunInterrupted", "StopSignals"]
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# what signal.signal takes and returns: a function, SIG_DFL / SIG_IGN, or None (not set from Python)
+_Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
 class RunInterrupted(Exception):
@@ -46,9 +51,9 @@ class RunInterrupted(Exception):
 class StopSignals:
     """Records SIGTERM / SIGINT while active (a context manager); see the module docstring."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.received: int | None = None
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, _Handler] = {}
 
     def _record(self, signum, frame) -> None:
         if self.received is None:

@@ -285,14 +285,14 @@ class WorkdirLock:
             if self._try_create():
                 return
             holder, mtime = self._read()
-            if holder is None:     # released in between
+            if holder is None or mtime is None:     # released in between (both None together)
                 continue
             why = self._verdict(holder, mtime)
             if why is None:
                 if not holder:     # being written right now: look again shortly
                     time.sleep(0.05)
                     holder, mtime = self._read()
-                    if not holder or self._verdict(holder, mtime):
+                    if not holder or mtime is None or self._verdict(holder, mtime):
                         continue
                 why = self._wait_for_exit(holder)
                 if why is None:

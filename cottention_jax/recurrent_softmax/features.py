@@ -64,6 +64,12 @@ def _tensor_power(x: jax.Array, n: int, layout: str) -> tuple[jax.Array, np.ndar
     return power, np.ones((d ** n,), np.float64)
 
 
+def _order(variant: AttentionVariant) -> int:
+    """The Taylor order N of a "taylor" variant (an int there: AttentionVariant checks it)."""
+    assert variant.order is not None, f"feature={variant.feature!r} has no Taylor order"
+    return variant.order
+
+
 def feature_dim(variant: AttentionVariant, head_dim: int) -> int:
     """F, the length of phi(k): the state is (F, Dv) numerator + (F,) denominator per kv head.
 
@@ -72,8 +78,8 @@ def feature_dim(variant: AttentionVariant, head_dim: int) -> int:
     """
     if variant.feature == "taylor":
         if variant.state_layout == "full":
-            return sum(head_dim ** n for n in range(variant.order + 1))
-        return sum(math.comb(head_dim + n - 1, n) for n in range(variant.order + 1))
+            return sum(head_dim ** n for n in range(_order(variant) + 1))
+        return sum(math.comb(head_dim + n - 1, n) for n in range(_order(variant) + 1))
     if variant.feature == "exp":
         raise ValueError("feature='exp' has no finite feature map (an infinite series); "
                          "use the parallel form")
@@ -94,7 +100,7 @@ def key_features(variant: AttentionVariant, k: jax.Array) -> jax.Array:
     if variant.feature != "taylor":
         return _linear_map(variant.feature, k, variant.eps)
     return jnp.concatenate([_tensor_power(k, n, variant.state_layout)[0]
-                            for n in range(variant.order + 1)], axis=-1)
+                            for n in range(_order(variant) + 1)], axis=-1)
 
 
 def query_features(variant: AttentionVariant, q: jax.Array, scale: float) -> jax.Array:
@@ -103,7 +109,7 @@ def query_features(variant: AttentionVariant, q: jax.Array, scale: float) -> jax
     if variant.feature != "taylor":
         return scale * _linear_map(variant.feature, q, variant.eps)
     parts = []
-    for n in range(variant.order + 1):
+    for n in range(_order(variant) + 1):
         power, orderings = _tensor_power(q, n, variant.state_layout)
         weight = orderings * scale ** n / math.factorial(n)
         parts.append(power * jnp.asarray(weight, jnp.float32))
@@ -124,7 +130,7 @@ def pair_kernel(variant: AttentionVariant, q: jax.Array, k: jax.Array, spec: str
         s = jnp.where(keep, s, 0.0)
         if variant.clamp is not None:
             s = jnp.minimum(s, variant.clamp)
-        kern = taylor_exp(s, variant.order) if variant.feature == "taylor" else jnp.exp(s)
+        kern = taylor_exp(s, _order(variant)) if variant.feature == "taylor" else jnp.exp(s)
     else:
         phi_q = _linear_map(variant.feature, q, variant.eps)
         phi_k = _linear_map(variant.feature, k, variant.eps)

@@ -41,7 +41,7 @@ class RecurrentSoftmaxState(NamedTuple):
 
     numerator: jax.Array
     denominator: jax.Array
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # a field named like tuple.count, which it hides
 
 
 def zero_state(variant: AttentionVariant, batch: int, kv_heads: int, head_dim: int,

@@ -107,10 +107,14 @@ def _kernel_call(kernel: str, plan, args, interpret: bool):
     states = jnp.broadcast_to(pallas._pad_state(s0)[:, :, None],
                               (q.shape[0], q.shape[2], plan.n_segments, qp.shape[-1], vp.shape[-1]))
     calls = {
-        "forward": (lambda *a: _kernels.forward(*a, plan, interpret), (qp, kp, vp, wp, states)),
-        "dq": (lambda *a: _kernels.backward_dq(*a, plan, interpret), (kp, vp, wp, dop, states)),
-        "dk": (lambda *a: _kernels.backward_dk(*a, kp.dtype, plan, interpret), (qp, kp, vp, wp, dop, states)),
-        "dv": (lambda *a: _kernels.backward_dv(*a, vp.dtype, plan, interpret), (qp, kp, wp, dop, states)),
+        "forward": (lambda q, k, v, w, s: _kernels.forward(q, k, v, w, s, plan, interpret),
+                    (qp, kp, vp, wp, states)),
+        "dq": (lambda k, v, w, do, s: _kernels.backward_dq(k, v, w, do, s, plan, interpret),
+               (kp, vp, wp, dop, states)),
+        "dk": (lambda q, k, v, w, do, s: _kernels.backward_dk(q, k, v, w, do, s, kp.dtype, plan, interpret),
+               (qp, kp, vp, wp, dop, states)),
+        "dv": (lambda q, k, w, do, s: _kernels.backward_dv(q, k, w, do, s, vp.dtype, plan, interpret),
+               (qp, kp, wp, dop, states)),
     }
     return calls[kernel]
 
@@ -147,21 +151,22 @@ def best_block_sizes(trials: list[Trial]) -> tuple[pallas.BlockSizes, dict[str, 
     Returns (BlockSizes, {kernel: seconds}). ValueError if no chunk has a working launch for
     every kernel.
     """
-    best: dict[int, dict[str, Trial]] = {}
+    best: dict[int, dict[str, tuple[float, pallas.KernelLaunch]]] = {}  # chunk -> kernel -> (seconds, launch)
     for trial in trials:
         if trial.seconds is None:
             continue
         per_kernel = best.setdefault(trial.chunk, {})
-        if trial.kernel not in per_kernel or trial.seconds < per_kernel[trial.kernel].seconds:
-            per_kernel[trial.kernel] = trial
+        if trial.kernel not in per_kernel or trial.seconds < per_kernel[trial.kernel][0]:
+            per_kernel[trial.kernel] = (trial.seconds, trial.launch)
     complete = {c: kernels for c, kernels in best.items() if set(kernels) == set(_KERNELS)}
     if not complete:
         raise ValueError(f"no chunk size has a working launch for all of {_KERNELS}; "
                          f"errors: {sorted({t.error for t in trials if t.error})[:3]}")
-    chunk = min(complete, key=lambda c: sum(t.seconds for t in complete[c].values()))
+    chunk = min(complete, key=lambda c: sum(seconds for seconds, _ in complete[c].values()))
     kernels = complete[chunk]
-    sizes = pallas.BlockSizes(chunk=chunk, **{name: kernels[name].launch for name in _KERNELS})
-    return sizes, {name: kernels[name].seconds for name in _KERNELS}
+    sizes = pallas.BlockSizes(chunk=chunk, forward=kernels["forward"][1], dq=kernels["dq"][1],
+                              dk=kernels["dk"][1], dv=kernels["dv"][1])
+    return sizes, {name: kernels[name][0] for name in _KERNELS}
 
 
 def time_block_sizes(shape: TuneShape, sizes: pallas.BlockSizes | None, *, interpret: bool = False,
