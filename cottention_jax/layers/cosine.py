@@ -31,10 +31,11 @@ CosineImplementation = Literal["reference", "xla", "pallas"]
 
 # the exponent p of the factor max(n, 1)^-p: "learned" p = sigmoid(m), m a parameter per head (the
 # paper's); "none" p = 0 (no factor); "length" p = 1 (divide by the length). The fixed ones pass the
-# op m = -inf / +inf, whose sigmoid is exactly 0 / 1, held in a non-Param variable (nothing to train).
+# op m = -200 / +200, whose float32 sigmoid is exactly 0 / 1 (finite, so checkpoints take it), held
+# in a non-Param variable (nothing to train).
 Stabilizer = Literal["learned", "none", "length"]
 STABILIZERS: tuple[str, ...] = get_args(Stabilizer)
-_FIXED_M = {"none": -jnp.inf, "length": jnp.inf}
+_FIXED_M = {"none": -200.0, "length": 200.0}
 
 
 class CosineAttention(ProjectedAttention):
@@ -46,7 +47,7 @@ class CosineAttention(ProjectedAttention):
       stabilize: "value" or "query" (see `cottention_jax.cosine_attention`).
       stabilizer: "learned" (p = sigmoid(m), m trained; the paper's), "none" (p = 0: no factor) or
         "length" (p = 1: divide by n). The fixed ones keep `stabilizer` as a plain nnx.Variable
-        holding m = -inf / +inf (sigmoid exactly 0 / 1), which the optimizer (nnx.Param) leaves alone.
+        holding m = -200 / +200 (float32 sigmoid exactly 0 / 1), which the optimizer (nnx.Param) leaves alone.
       implementation: passed to `cosine_attention` (None picks per backend).
       interpret: passed to `cosine_attention` (run its Pallas kernels in interpret mode, on CPU).
       sequence_axis: passed to `cosine_attention` outside decode mode: under a mesh (`jax.set_mesh`)
@@ -95,7 +96,7 @@ class CosineAttention(ProjectedAttention):
             raise ValueError(f"stabilizer must be one of {STABILIZERS}; got {stabilizer!r}")
         if stabilizer == "learned":
             self.stabilizer = nnx.Param(jnp.full((num_heads,), stabilizer_init, param_dtype))
-        else:     # (heads,) m = -inf or +inf: a constant, not a parameter
+        else:     # (heads,) m = -200 or +200: a constant, not a parameter
             self.stabilizer = nnx.Variable(jnp.full((num_heads,), _FIXED_M[stabilizer], param_dtype))
         self.stabilizer_kind = stabilizer
         self.stabilize, self.implementation, self.interpret = stabilize, implementation, interpret

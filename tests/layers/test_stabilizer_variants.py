@@ -96,6 +96,7 @@ def test_fixed_stabilizers_have_no_parameter_and_finite_gradients(stabilizer, p)
     params = nnx.state(layer, nnx.Param)
     assert "stabilizer" not in params                    # nothing for the optimizer (wrt=nnx.Param) to train
     assert "stabilizer" in nnx.state(layer)              # but kept (and checkpointed) as a constant
+    assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(nnx.state(layer)))   # checkpoints refuse inf
     np.testing.assert_array_equal(stabilizer_values(layer)[0], np.full(3, p))   # the logging hook's values
     x = jax.random.normal(fresh_key(), (2, 7, 12))
     grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(layer)
