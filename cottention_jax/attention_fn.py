@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cottention_jax._cosine_local import Implementation, Stabilize
+from cottention_jax._cosine_local import STABILIZE_MODES, Implementation, Stabilize
 from cottention_jax._util import HIGHEST as _HI
 from cottention_jax.ops import cosine_attention
 from pallas_kernels.cosine_attn.reference import count_scale, l2_normalize
@@ -179,6 +179,8 @@ def cosine_attention_fn(query: jax.Array, key: jax.Array, value: jax.Array, bias
     if module is not None:
         raise ValueError("sow_weights: cosine attention never forms the attention weights, so there are none to "
                          "sow; call without sow_weights=True")
+    if stabilize not in STABILIZE_MODES:          # checked here too: one query over a KV cache skips the op
+        raise ValueError(f"stabilize must be one of {STABILIZE_MODES}; got {stabilize!r}")
     causal = bool(causal or is_causal)
     if dtype is not None:
         query, key, value = (x.astype(dtype) for x in (query, key, value))

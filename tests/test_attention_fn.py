@@ -178,6 +178,10 @@ def test_bad_masks_and_call_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="bias: cosine attention forms no attention logits"):
         cosine_attention_fn(jnp.ones((1, 3, 2, 4)), jnp.ones((1, 3, 2, 4)), jnp.ones((1, 3, 2, 4)),
                             bias=jnp.zeros((1, 2, 3, 3)))
+    for length in (1, 3):          # one query over a KV cache takes its own path, past the op's checks
+        with pytest.raises(ValueError, match=r"stabilize must be one of \('value', 'query'\); got 'bogus'"):
+            cosine_attention_fn(jnp.ones((1, length, 2, 4)), jnp.ones((1, 3, 2, 4)), jnp.ones((1, 3, 2, 4)),
+                                causal=True, stabilize="bogus")
     query_real, key_real = padding_from_mask(nnx.make_attention_mask(real, real.at[0, 4:].set(False)),
                                              2, 6, 6, causal=False)
     assert query_real.shape == (2, 6) and int(key_real[0].sum()) == 4
