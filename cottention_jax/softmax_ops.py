@@ -43,7 +43,8 @@ IMPLEMENTATIONS: tuple[str, ...] = get_args(SoftmaxImplementation)
 _CUDNN_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 _PALLAS_MIN_DIM = 16       # Triton dots need every dimension >= 16
 _PALLAS_MAX_BLOCK = 128    # forward block length (sequence) of the Pallas kernel
-_CUDNN_KERNEL = "cudnn"    # the "cudnn" path's kernel (tests run its packing through "xla" on CPU)
+# the "cudnn" path's kernel (tests run its packing through "xla" on CPU)
+_CUDNN_KERNEL: Literal["xla", "cudnn"] = "cudnn"
 
 
 # ----------------------------------------------------------------------------- choosing a path
@@ -194,7 +195,7 @@ def _take_tokens(x, index):
     return jnp.take_along_axis(x, index[:, :, None, None], axis=1)
 
 
-def _attend_real_tokens_first(q, k, v, causal, padding_mask, kernel: str):
+def _attend_real_tokens_first(q, k, v, causal, padding_mask, kernel: Literal["xla", "cudnn"]):
     """Attention with padding given as per-row lengths: pack real tokens first, attend, unpack.
 
     kernel: "cudnn" (the "cudnn" path); "xla" runs the same packing through XLA (tests, CPU).

@@ -11,7 +11,7 @@ Classifier: tanh(Dense(h_[CLS])) -> Dropout -> Dense(num_labels), [CLS] = first 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import jax
 import jax.numpy as jnp
@@ -78,7 +78,7 @@ class BertLayer(nnx.Module):
 
     def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        norm = dict(epsilon=cfg.layer_norm_eps, dtype=dt, param_dtype=pdt, rngs=rngs)
+        norm: dict[str, Any] = dict(epsilon=cfg.layer_norm_eps, dtype=dt, param_dtype=pdt, rngs=rngs)
         self.attn = make_attention(cfg.attention_config(), causal=False, dtype=dt, param_dtype=pdt, rngs=rngs)
         self.ln_attn = nnx.LayerNorm(cfg.d_model, **norm)
         self.mlp = FeedForward(cfg.d_model, cfg.ff_dim, activation=cfg.activation, dtype=dt, param_dtype=pdt,
@@ -107,8 +107,8 @@ class Bert(nnx.Module):
         self.config = config
         dt, pdt = jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
         d = config.d_model
-        emb = dict(dtype=dt, param_dtype=pdt, rngs=rngs)
-        norm = dict(epsilon=config.layer_norm_eps, dtype=dt, param_dtype=pdt, rngs=rngs)
+        emb: dict[str, Any] = dict(dtype=dt, param_dtype=pdt, rngs=rngs)
+        norm: dict[str, Any] = dict(epsilon=config.layer_norm_eps, dtype=dt, param_dtype=pdt, rngs=rngs)
         self.token_embed = nnx.Embed(config.vocab_size, d, **emb)
         self.position_embed = nnx.Embed(config.max_len, d, **emb)
         self.segment_embed = nnx.Embed(config.type_vocab_size, d, **emb)

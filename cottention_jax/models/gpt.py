@@ -11,12 +11,18 @@ with `decode=True` continue from the cached per-layer state (see
 from __future__ import annotations
 
 import dataclasses
+from typing import cast
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cottention_jax.layers import positions_from_mask
+from cottention_jax.layers import (
+    CosineAttention,
+    RecurrentSoftmaxAttention,
+    SoftmaxAttention,
+    positions_from_mask,
+)
 from cottention_jax.models.common import (
     FeedForward,
     TransformerConfig,
@@ -71,8 +77,10 @@ class GPTBlock(nnx.Module):
     def __init__(self, cfg: GPTConfig, *, rngs: nnx.Rngs):
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         self.ln = nnx.LayerNorm(cfg.d_model, epsilon=cfg.layer_norm_eps, dtype=dt, param_dtype=pdt, rngs=rngs)
-        self.attn = make_attention(cfg.attention_config(), causal=True, rotary_dim=cfg.rotary_dim,
-                                   rope_base=cfg.rope_base, use_bias=False, dtype=dt, param_dtype=pdt, rngs=rngs)
+        # make_attention builds one of the three layer types; it is typed as a plain nnx.Module
+        self.attn = cast(CosineAttention | SoftmaxAttention | RecurrentSoftmaxAttention, make_attention(
+            cfg.attention_config(), causal=True, rotary_dim=cfg.rotary_dim, rope_base=cfg.rope_base, use_bias=False,
+            dtype=dt, param_dtype=pdt, rngs=rngs))
         self.mlp = FeedForward(cfg.d_model, cfg.ff_dim, activation=cfg.activation, dtype=dt, param_dtype=pdt,
                                rngs=rngs)
         self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
@@ -105,7 +113,8 @@ class GPT(nnx.Module):
                                   param_dtype=pdt, rngs=rngs)
         self.lm_head = None if config.tie_embeddings else nnx.Linear(
             config.d_model, config.vocab_size, dtype=dt, param_dtype=pdt, rngs=rngs)
-        self.tokens_seen = nnx.data(None)   # decode mode: real tokens per row so far (B,)
+        # decode mode: real tokens per row so far (B,); None until init_cache
+        self.tokens_seen: nnx.Cache[jax.Array] | None = nnx.data(None)
 
     def init_cache(self, batch_size: int, max_length: int | None = None) -> None:
         """Start decoding a batch: empty per-layer states (cosine: d x d per head, whatever
