@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # keys from its name (tests/conftest.py), so results do not depend on the split.
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test lint setup scaling decode-bench ablation data corpus tasks gpu-test gpu-check tune-kernels notebooks \
+.PHONY: run test lint setup scaling decode-bench ablation compare data corpus tasks gpu-test gpu-check tune-kernels notebooks \
         dist interop-env clean
 
 $(STAMP): requirements.txt setup.cfg pyproject.toml
