@@ -116,7 +116,7 @@ def cosine_attention(
       >>> bool(jnp.allclose(o_16, full[:, 15], atol=1e-5))
       True
     """
-    if _sequence_is_split(sequence_axis):
+    if sequence_axis is not None and _sequence_is_split(sequence_axis):
         return parallel.sequence_parallel_cosine_attention(
             q, k, v, stabilizer, axis=sequence_axis, causal=causal, padding_mask=padding_mask,
             initial_state=initial_state, return_state=return_state, stabilize=stabilize,

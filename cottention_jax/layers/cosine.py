@@ -95,7 +95,7 @@ class CosineAttention(ProjectedAttention):
         if stabilizer not in STABILIZERS:
             raise ValueError(f"stabilizer must be one of {STABILIZERS}; got {stabilizer!r}")
         if stabilizer == "learned":
-            self.stabilizer = nnx.Param(jnp.full((num_heads,), stabilizer_init, param_dtype))
+            self.stabilizer: nnx.Variable[jax.Array] = nnx.Param(jnp.full((num_heads,), stabilizer_init, param_dtype))
         else:     # (heads,) m = -200 or +200: a constant, not a parameter
             self.stabilizer = nnx.Variable(jnp.full((num_heads,), _FIXED_M[stabilizer], param_dtype))
         self.stabilizer_kind = stabilizer

@@ -202,9 +202,9 @@ def check_ids(ids: jax.Array, upper: int, name: str, padding_mask: jax.Array | N
     if padding_mask is not None:
         ok = ok | ~padding_mask
     if not _is_traced(ids, padding_mask):
-        ok = np.asarray(ok)
-        if not ok.all():
-            where = tuple(int(i) for i in np.argwhere(~ok)[0])
+        ok_np = np.asarray(ok)
+        if not ok_np.all():
+            where = tuple(int(i) for i in np.argwhere(~ok_np)[0])
             raise ValueError(f"{name} must be ids in [0, {upper}); got {int(np.asarray(ids)[where])} at "
                              f"position {where} ({name}.shape={tuple(ids.shape)})")
     elif checkify_ids:
