@@ -33,8 +33,11 @@ def train_step_memory_bytes(config: TrainConfig) -> int | None:
     model = build_model(config)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     b, t = config.data.batch_size, config.data.seq_len
-    batch = {"inputs": jax.ShapeDtypeStruct((b, t), jnp.int32), "targets": jax.ShapeDtypeStruct((b, t), jnp.int32),
-             "weights": jax.ShapeDtypeStruct((b, t), jnp.float32)}
+    batch = {
+        "inputs": jax.ShapeDtypeStruct((b, t), jnp.int32),
+        "targets": jax.ShapeDtypeStruct((b, t), jnp.int32),
+        "weights": jax.ShapeDtypeStruct((b, t), jnp.float32),
+    }
 
     def loss(params, batch):
         return LOSSES[config.kind](nnx.merge(graphdef, params, rest), batch)[0]
@@ -54,12 +57,18 @@ def run_ablation(base: TrainConfig, variants: list[str], root: str | Path, progr
         rates = [r["tokens_per_second"] for r in train[1:]] or [r["tokens_per_second"] for r in train]
         memory = train_step_memory_bytes(config)
         peak = device_peak_bytes()
-        rows.append({"variant": variant, "val_loss": summary["final_eval"]["loss"],
-                     "val_perplexity": summary["final_eval"]["perplexity"],
-                     "tokens_per_second": statistics.median(rates),
-                     "step_memory_MiB": None if memory is None else memory / 2**20,
-                     "device_peak_MiB": None if peak is None else peak / 2**20,
-                     "parameters": summary["parameters"], "workdir": str(workdir)})
+        rows.append(
+            {
+                "variant": variant,
+                "val_loss": summary["final_eval"]["loss"],
+                "val_perplexity": summary["final_eval"]["perplexity"],
+                "tokens_per_second": statistics.median(rates),
+                "step_memory_MiB": None if memory is None else memory / 2**20,
+                "device_peak_MiB": None if peak is None else peak / 2**20,
+                "parameters": summary["parameters"],
+                "workdir": str(workdir),
+            }
+        )
     Path(root).mkdir(parents=True, exist_ok=True)
     (Path(root) / "ablation.json").write_text(json.dumps(rows, indent=1))
     return rows
@@ -67,12 +76,16 @@ def run_ablation(base: TrainConfig, variants: list[str], root: str | Path, progr
 
 def format_table(rows: list[dict]) -> str:
     """A Markdown table, best validation loss first."""
-    lines = ["| attention | val loss | val perplexity | tokens/s | step memory (MiB) | parameters |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| attention | val loss | val perplexity | tokens/s | step memory (MiB) | parameters |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for r in sorted(rows, key=lambda r: r["val_loss"]):
         mem = "-" if r["step_memory_MiB"] is None else f"{r['step_memory_MiB']:.0f}"
-        lines.append(f"| {r['variant']} | {r['val_loss']:.3f} | {r['val_perplexity']:.1f} | "
-                     f"{r['tokens_per_second']:,.0f} | {mem} | {r['parameters']:,} |")
+        lines.append(
+            f"| {r['variant']} | {r['val_loss']:.3f} | {r['val_perplexity']:.1f} | "
+            f"{r['tokens_per_second']:,.0f} | {mem} | {r['parameters']:,} |"
+        )
     return "\n".join(lines)
 
 
@@ -82,12 +95,18 @@ def plot_loss_curves(rows: list[dict], png_path: str | Path, title: str = "") ->
 
     fig = new_figure(figsize=(9, 5))
     ax = fig.subplots()
-    colors = colormaps["tab20"].colors               # distinct colours for up to 20 variants
+    colors = colormaps["tab20"].colors  # distinct colours for up to 20 variants
     for i, r in enumerate(sorted(rows, key=lambda r: r["val_loss"])):
         evals = [e for e in read_metrics(Path(r["workdir"]) / "metrics.jsonl") if e["split"] == "eval"]
-        ax.plot([e["step"] for e in evals], [e["loss"] for e in evals], "o-", ms=3, color=colors[i % 20],
-                label=f"{r['variant']} ({r['val_loss']:.3f})")
-    ax.set_ylim(top=min(ax.get_ylim()[1], 6.5))       # the shared first evaluation would flatten the rest
+        ax.plot(
+            [e["step"] for e in evals],
+            [e["loss"] for e in evals],
+            "o-",
+            ms=3,
+            color=colors[i % 20],
+            label=f"{r['variant']} ({r['val_loss']:.3f})",
+        )
+    ax.set_ylim(top=min(ax.get_ylim()[1], 6.5))  # the shared first evaluation would flatten the rest
     ax.set(xlabel="step", ylabel="validation loss (nats)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)

@@ -16,7 +16,7 @@ import os
 import pathlib
 import sys
 
-if __package__ in (None, ""):   # run as `python benchmarks/<name>.py`: import `benchmarks` from the root
+if __package__ in (None, ""):  # run as `python benchmarks/<name>.py`: import `benchmarks` from the root
     sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
 
 import jax
@@ -40,8 +40,7 @@ METHODS = {
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seq-lens", type=int, nargs="+",
-                   default=[256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536])
+    p.add_argument("--seq-lens", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536])
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--dim", type=int, default=64)
@@ -84,8 +83,10 @@ def measure(name, t, args):
 
 
 def print_table(rows, info):
-    print(f"\ncausal attention, forward+backward: B={info['batch']} H={info['heads']} D={info['dim']} "
-          f"{info['dtype']} on {info['device']} ({info['cpu_cores']} cores), jax {info['jax']}")
+    print(
+        f"\ncausal attention, forward+backward: B={info['batch']} H={info['heads']} D={info['dim']} "
+        f"{info['dtype']} on {info['device']} ({info['cpu_cores']} cores), jax {info['jax']}"
+    )
     print(f"{'seq':>7} | {'cosine ms':>10} {'cosine MB':>10} | {'softmax ms':>11} {'softmax MB':>11} | speed-up")
     by = {(r["method"], r["seq"]): r for r in rows}
     for t in sorted({r["seq"] for r in rows}):

@@ -31,23 +31,33 @@ def measure(args, d: int, mode: str) -> list[dict]:
     dtype = getattr(torch, args.dtype)
     options = {"scale": 1.0, "normalize": False}
     if "head_first" in inspect.signature(chunk_linear_attn).parameters:
-        options["head_first"] = False          # (B, T, H, D), as the JAX rows
+        options["head_first"] = False  # (B, T, H, D), as the JAX rows
     rows = []
     for t in sorted(args.seqs):
-        row = {"impl": "fla", "variant": "chunk_linear_attn", "mode": mode, "batch": args.batch,
-               "seq": t, "heads": args.heads, "head_dim": d, "dtype": args.dtype}
+        row = {
+            "impl": "fla",
+            "variant": "chunk_linear_attn",
+            "mode": mode,
+            "batch": args.batch,
+            "seq": t,
+            "heads": args.heads,
+            "head_dim": d,
+            "dtype": args.dtype,
+        }
         try:
             shape = (args.batch, t, args.heads, d)
             q, k, v, do = (torch.randn(shape, device="cuda", dtype=torch.float32) for _ in range(4))
             q, k = (torch.nn.functional.normalize(x, dim=-1) for x in (q, k))
             q, k, v = (x.to(dtype).requires_grad_(mode == "fwd+bwd") for x in (q, k, v))
             do = do.to(dtype)
-            def call(q=q, k=k, v=v, do=do):   # this (mode, T)'s inputs
-                if mode == "fwd":      # no autograd graph, as the JAX forward rows
+
+            def call(q=q, k=k, v=v, do=do):  # this (mode, T)'s inputs
+                if mode == "fwd":  # no autograd graph, as the JAX forward rows
                     with torch.no_grad():
                         return chunk_linear_attn(q, k, v, **options)[0]
                 out = chunk_linear_attn(q, k, v, **options)[0]
                 return torch.autograd.grad(out, (q, k, v), do)
+
             for _ in range(args.warmup):
                 call()
             torch.cuda.synchronize()
@@ -60,12 +70,17 @@ def measure(args, d: int, mode: str) -> list[dict]:
                 end.record()
                 torch.cuda.synchronize()
                 times.append(start.elapsed_time(end) / 1e3)
-            row.update(median_s=statistics.median(times), min_s=min(times), runs=len(times),
-                       peak_bytes=torch.cuda.max_memory_allocated(), status="ok")
+            row.update(
+                median_s=statistics.median(times),
+                min_s=min(times),
+                runs=len(times),
+                peak_bytes=torch.cuda.max_memory_allocated(),
+                status="ok",
+            )
         except Exception as err:  # noqa: BLE001
             row["status"] = f"error: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
         rows.append(row)
-        q = k = v = do = None             # free this length's tensors before the next one
+        q = k = v = do = None  # free this length's tensors before the next one
         torch.cuda.empty_cache()
         print(f"[fla] {mode:8s} d={d} T={t}: {row['status']}", flush=True)
     return rows
@@ -87,9 +102,22 @@ def main(argv):
     modes = ("fwd", "fwd+bwd")
     if why:
         print(f"[fla] {why}", flush=True)
-        rows = [{"impl": "fla", "variant": "chunk_linear_attn", "mode": m, "batch": args.batch, "seq": t,
-                 "heads": args.heads, "head_dim": d, "dtype": args.dtype, "status": why}
-                for d in args.dims for m in modes for t in args.seqs]
+        rows = [
+            {
+                "impl": "fla",
+                "variant": "chunk_linear_attn",
+                "mode": m,
+                "batch": args.batch,
+                "seq": t,
+                "heads": args.heads,
+                "head_dim": d,
+                "dtype": args.dtype,
+                "status": why,
+            }
+            for d in args.dims
+            for m in modes
+            for t in args.seqs
+        ]
     else:
         rows = [row for d in args.dims for m in modes for row in measure(args, d, m)]
     args.out.write_text(json.dumps(rows))

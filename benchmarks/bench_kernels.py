@@ -54,8 +54,9 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=20, help="timed runs at most (median reported)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--max-seconds", type=float, default=1.0, help="timed seconds per row (at least 3 runs)")
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny shapes on any backend (Pallas in interpret mode); for tests")
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny shapes on any backend (Pallas in interpret mode); for tests"
+    )
     p.add_argument("--out", type=pathlib.Path, help="results JSON path")
     args = p.parse_args(argv)
     if args.smoke:
@@ -68,14 +69,36 @@ def parse_args(argv=None):
 def run_fla(args, tmp: pathlib.Path) -> list[dict]:
     """flash-linear-attention rows from benchmarks/bench_fla_worker.py (a process without jax)."""
     out = tmp / "fla.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_fla_worker.py"), "--out", str(out),
-           "--dims", *map(str, args.dims), "--seqs", *map(str, args.seqs), "--dtype", args.dtype,
-           "--batch", str(args.batch), "--heads", str(args.heads), "--repeats", str(args.repeats),
-           "--warmup", str(args.warmup), "--max-seconds", str(args.max_seconds)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "bench_fla_worker.py"),
+        "--out",
+        str(out),
+        "--dims",
+        *map(str, args.dims),
+        "--seqs",
+        *map(str, args.seqs),
+        "--dtype",
+        args.dtype,
+        "--batch",
+        str(args.batch),
+        "--heads",
+        str(args.heads),
+        "--repeats",
+        str(args.repeats),
+        "--warmup",
+        str(args.warmup),
+        "--max-seconds",
+        str(args.max_seconds),
+    ]
     done = subprocess.run(cmd, cwd=ROOT)
     if done.returncode or not out.exists():
-        return [{"impl": "fla", "mode": m, "head_dim": d, "seq": t, "status": f"worker exit {done.returncode}"}
-                for d in args.dims for m in ("fwd", "fwd+bwd") for t in args.seqs]
+        return [
+            {"impl": "fla", "mode": m, "head_dim": d, "seq": t, "status": f"worker exit {done.returncode}"}
+            for d in args.dims
+            for m in ("fwd", "fwd+bwd")
+            for t in args.seqs
+        ]
     return json.loads(out.read_text())
 
 
@@ -90,26 +113,39 @@ def main(argv=None):
 
     info = describe_device()
     if not args.smoke and jax.default_backend() != "gpu":
-        sys.exit(f"bench_kernels.py measures GPU kernels; JAX sees {jax.default_backend()}. "
-                 "Use --smoke to check the script's logic on CPU.")
-    settings = kb.BenchSettings(tuple(args.seqs), args.batch, args.heads, args.dtype, args.warmup,
-                                args.repeats, args.max_seconds, args.smoke)
+        sys.exit(
+            f"bench_kernels.py measures GPU kernels; JAX sees {jax.default_backend()}. "
+            "Use --smoke to check the script's logic on CPU."
+        )
+    settings = kb.BenchSettings(
+        tuple(args.seqs), args.batch, args.heads, args.dtype, args.warmup, args.repeats, args.max_seconds, args.smoke
+    )
     jax_impls = [i for i in args.impls if i != "fla"]
     for d in args.dims:
-        rows += kb.measure_jax(jax_impls, d, settings, log=lambda line: print(f"[{info['device']}] {line}",
-                                                                              flush=True))
+        rows += kb.measure_jax(jax_impls, d, settings, log=lambda line: print(f"[{info['device']}] {line}", flush=True))
     bandwidth = kb.peak_bandwidth(info["device"])
-    result = {"smoke": args.smoke, "device": info["device"], "platform": info["platform"],
-              "jax_version": jax.__version__, "python": info["python"],
-              "date": datetime.date.today().isoformat(), "dtype": args.dtype, "batch": args.batch,
-              "heads": args.heads, "peak_bandwidth_bytes_per_s": bandwidth,
-              "rows": [kb.with_throughput(r, bandwidth) for r in rows]}
+    result = {
+        "smoke": args.smoke,
+        "device": info["device"],
+        "platform": info["platform"],
+        "jax_version": jax.__version__,
+        "python": info["python"],
+        "date": datetime.date.today().isoformat(),
+        "dtype": args.dtype,
+        "batch": args.batch,
+        "heads": args.heads,
+        "peak_bandwidth_bytes_per_s": bandwidth,
+        "rows": [kb.with_throughput(r, bandwidth) for r in rows],
+    }
     table = kb.markdown_table(result)
     print("\n" + table)
     if args.out is None:
         name = re.sub(r"[^A-Za-z0-9]+", "_", info["device"]).strip("_")
-        out = pathlib.Path(tempfile.mkdtemp()) / "smoke.json" if args.smoke else \
-            ROOT / "benchmarks" / "results" / f"{name}.json"
+        out = (
+            pathlib.Path(tempfile.mkdtemp()) / "smoke.json"
+            if args.smoke
+            else ROOT / "benchmarks" / "results" / f"{name}.json"
+        )
     else:
         out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -120,6 +156,6 @@ def main(argv=None):
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if str(ROOT) not in sys.path:   # run as `python benchmarks/bench_kernels.py`, from a checkout
+    if str(ROOT) not in sys.path:  # run as `python benchmarks/bench_kernels.py`, from a checkout
         sys.path.insert(0, str(ROOT))
     main()

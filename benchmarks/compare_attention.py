@@ -33,28 +33,27 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):   # run as `python benchmarks/<name>.py`: import `benchmarks` from the root
+if __package__ in (None, ""):  # run as `python benchmarks/<name>.py`: import `benchmarks` from the root
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from cottention_jax.configs import TrainConfig, train_preset  # noqa: E402
 from cottention_jax.metrics import new_figure, read_metrics  # noqa: E402
 from cottention_jax.train import TrainingDivergedError, train_and_evaluate  # noqa: E402
 
-__all__ = ["VARIANTS", "mean_std", "perplexity_ratio", "run_protocol", "t_quantile", "variant_config",
-           "welch_interval"]
+__all__ = ["VARIANTS", "mean_std", "perplexity_ratio", "run_protocol", "t_quantile", "variant_config", "welch_interval"]
 
 # variant -> the model fields it sets (the rest are the preset's)
 VARIANTS: dict[str, dict] = {
     "softmax": {"attention": "softmax"},
-    "cosine": {"attention": "cosine", "stabilizer": "learned", "stabilize": "value"},     # the paper's
-    "cosine-none": {"attention": "cosine", "stabilizer": "none", "stabilize": "value"},   # p = 0
-    "cosine-length": {"attention": "cosine", "stabilizer": "length", "stabilize": "value"},   # p = 1
+    "cosine": {"attention": "cosine", "stabilizer": "learned", "stabilize": "value"},  # the paper's
+    "cosine-none": {"attention": "cosine", "stabilizer": "none", "stabilize": "value"},  # p = 0
+    "cosine-length": {"attention": "cosine", "stabilizer": "length", "stabilize": "value"},  # p = 1
     "cosine-query": {"attention": "cosine", "stabilizer": "learned", "stabilize": "query"},
     "taylor2": {"attention": "taylor2"},
     "linear-elu": {"attention": "linear-elu"},
 }
 LEARNED = ("cosine", "cosine-query")
-PAPER_RATIO = 1.13   # Cottention paper, GPT 300M: perplexity 11.6 (cosine) / 10.3 (softmax)
+PAPER_RATIO = 1.13  # Cottention paper, GPT 300M: perplexity 11.6 (cosine) / 10.3 (softmax)
 # 500 steps: 35 runs (7 variants x (3 rates + 2 more seeds)) of 1.02M tokens each, about an hour on an
 # unloaded 2-core CPU (~11.5k tokens/s, plus compilation and evaluations)
 DEFAULT_STEPS = {"gpt-ablation-cpu": 500, "gpt-ablation-gpu": 1500}
@@ -63,6 +62,7 @@ SMOKE = {"preset": "gpt-tiny", "variants": ["softmax", "cosine"], "steps": 4, "l
 
 
 # ----------------------------------------------------------------------------- statistics
+
 
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof 1; NaN for fewer than 2 values or a diverged run's inf)."""
@@ -117,13 +117,20 @@ def perplexity_ratio(losses_a: list[float], losses_b: list[float], level: float 
 
 # ----------------------------------------------------------------------------- runs
 
+
 def variant_config(base: TrainConfig, variant: str, lr: float, seed: int, steps: int) -> TrainConfig:
     """`base` with the variant's attention fields, peak learning rate, init seed and steps (data order unchanged)."""
     every = max(1, steps // 10)
     return dataclasses.replace(
-        base, model=dataclasses.replace(base.model, **VARIANTS[variant]),
-        optim=dataclasses.replace(base.optim, learning_rate=lr), seed=seed, steps=steps,
-        eval_every=every, checkpoint_every=max(1, steps // 4), log_every=max(1, min(base.log_every, every)))
+        base,
+        model=dataclasses.replace(base.model, **VARIANTS[variant]),
+        optim=dataclasses.replace(base.optim, learning_rate=lr),
+        seed=seed,
+        steps=steps,
+        eval_every=every,
+        checkpoint_every=max(1, steps // 4),
+        log_every=max(1, min(base.log_every, every)),
+    )
 
 
 def run_dir(root: Path, variant: str, lr: float, seed: int, steps: int) -> Path:
@@ -133,12 +140,21 @@ def run_dir(root: Path, variant: str, lr: float, seed: int, steps: int) -> Path:
 def train_once(config: TrainConfig, variant: str, workdir: Path, progress: bool) -> dict:
     """Train one run (resuming if interrupted) and write its result.json; a divergence is a result too."""
     start = time.perf_counter()
-    row = {"variant": variant, "lr": config.optim.learning_rate, "seed": config.seed, "steps": config.steps,
-           "workdir": str(workdir)}
+    row = {
+        "variant": variant,
+        "lr": config.optim.learning_rate,
+        "seed": config.seed,
+        "steps": config.steps,
+        "workdir": str(workdir),
+    }
     try:
         summary = train_and_evaluate(config, workdir, progress=progress)
-        row.update(diverged=False, val_loss=summary["final_eval"]["loss"],
-                   val_perplexity=summary["final_eval"]["perplexity"], parameters=summary["parameters"])
+        row.update(
+            diverged=False,
+            val_loss=summary["final_eval"]["loss"],
+            val_perplexity=summary["final_eval"]["perplexity"],
+            parameters=summary["parameters"],
+        )
     except TrainingDivergedError as e:
         row.update(diverged=True, val_loss=math.inf, val_perplexity=math.inf, error=str(e).splitlines()[0])
     train = [r for r in read_metrics(workdir / "metrics.jsonl", log=None) if r["split"] == "train"]
@@ -148,16 +164,25 @@ def train_once(config: TrainConfig, variant: str, workdir: Path, progress: bool)
     return row
 
 
-_clock = time.monotonic   # the budget's clock (tests replace it)
+_clock = time.monotonic  # the budget's clock (tests replace it)
 
 
 class BudgetSpent(Exception):
     """No time left in --budget-minutes to start another run."""
 
 
-def run_protocol(base: TrainConfig, variants: list[str], lrs: list[float], seeds: list[int], steps: int,
-                 root: str | Path, *, budget_minutes: float = 0, progress: bool = True,
-                 log=print) -> dict:
+def run_protocol(
+    base: TrainConfig,
+    variants: list[str],
+    lrs: list[float],
+    seeds: list[int],
+    steps: int,
+    root: str | Path,
+    *,
+    budget_minutes: float = 0,
+    progress: bool = True,
+    log=print,
+) -> dict:
     """Sweep, then seeds at each variant's best rate; returns {"runs": [...], "best_lr": {...},
     "complete": bool, "trained": number of runs trained (or resumed) by this call}."""
     root = Path(root)
@@ -183,10 +208,10 @@ def run_protocol(base: TrainConfig, variants: list[str], lrs: list[float], seeds
     best_lr: dict[str, float] = {}
     complete = True
     try:
-        for variant in variants:                                   # 1. the sweep, first seed
+        for variant in variants:  # 1. the sweep, first seed
             losses = {lr: get(variant, lr, seeds[0])["val_loss"] for lr in lrs}
             best_lr[variant] = min(lrs, key=lambda lr: (losses[lr], lr))
-        for variant in variants:                                   # 2. the other seeds at the best rate
+        for variant in variants:  # 2. the other seeds at the best rate
             for seed in seeds[1:]:
                 get(variant, best_lr[variant], seed)
     except BudgetSpent:
@@ -197,6 +222,7 @@ def run_protocol(base: TrainConfig, variants: list[str], lrs: list[float], seeds
 
 # ----------------------------------------------------------------------------- the report
 
+
 def summarize(result: dict, lrs: list[float]) -> list[dict]:
     """One row per swept variant: its best rate, mean/std validation loss over seeds there, the
     difference to softmax with its interval, and the sweep's losses."""
@@ -205,13 +231,26 @@ def summarize(result: dict, lrs: list[float]) -> list[dict]:
         at_best = [r for r in result["runs"] if r["variant"] == variant and r["lr"] == lr]
         losses = [r["val_loss"] for r in at_best]
         mean, std = mean_std(losses)
-        sweep = {f"{r['lr']:g}": r["val_loss"] for r in result["runs"] if r["variant"] == variant
-                 and r["seed"] == at_best[0]["seed"]}
-        rows.append({"variant": variant, "best_lr": lr, "at_edge": lr in (min(lrs), max(lrs)) and len(lrs) > 1,
-                     "seeds": len(losses), "val_loss_mean": mean, "val_loss_std": std,
-                     "val_perplexity": math.exp(mean) if math.isfinite(mean) else math.inf,
-                     "diverged_runs": sum(r["diverged"] for r in at_best), "sweep": sweep, "losses": losses,
-                     "tokens_per_second": statistics.median(r["tokens_per_second"] for r in at_best)})
+        sweep = {
+            f"{r['lr']:g}": r["val_loss"]
+            for r in result["runs"]
+            if r["variant"] == variant and r["seed"] == at_best[0]["seed"]
+        }
+        rows.append(
+            {
+                "variant": variant,
+                "best_lr": lr,
+                "at_edge": lr in (min(lrs), max(lrs)) and len(lrs) > 1,
+                "seeds": len(losses),
+                "val_loss_mean": mean,
+                "val_loss_std": std,
+                "val_perplexity": math.exp(mean) if math.isfinite(mean) else math.inf,
+                "diverged_runs": sum(r["diverged"] for r in at_best),
+                "sweep": sweep,
+                "losses": losses,
+                "tokens_per_second": statistics.median(r["tokens_per_second"] for r in at_best),
+            }
+        )
     ref = next((r for r in rows if r["variant"] == "softmax"), None)
     for r in rows:
         if ref is not None and r is not ref and all(map(math.isfinite, r["losses"] + ref["losses"])):
@@ -231,19 +270,24 @@ def _fmt_interval(w: dict | None, fmt: str) -> str:
 
 def format_table(rows: list[dict]) -> str:
     """The Markdown table, best mean validation loss first."""
-    lines = ["| attention | best lr | sweep (val loss at each lr, seed 0) | seeds | val loss (mean ± std) | "
-             "val ppl | Δ loss vs softmax [95% CI] | ppl ratio vs softmax [95% CI] | beyond seed spread? |",
-             "|---|---:|---|---:|---:|---:|---:|---:|:---:|"]
+    lines = [
+        "| attention | best lr | sweep (val loss at each lr, seed 0) | seeds | val loss (mean ± std) | "
+        "val ppl | Δ loss vs softmax [95% CI] | ppl ratio vs softmax [95% CI] | beyond seed spread? |",
+        "|---|---:|---|---:|---:|---:|---:|---:|:---:|",
+    ]
     for r in sorted(rows, key=lambda r: r["val_loss_mean"]):
-        sweep = ", ".join(f"{lr}: {loss:.3f}" if math.isfinite(loss) else f"{lr}: diverged"
-                          for lr, loss in r["sweep"].items())
+        sweep = ", ".join(
+            f"{lr}: {loss:.3f}" if math.isfinite(loss) else f"{lr}: diverged" for lr, loss in r["sweep"].items()
+        )
         w = r.get("vs_softmax")
         beyond = "-" if w is None or math.isnan(w["low"]) else ("yes" if w["low"] > 0 or w["high"] < 0 else "no")
         edge = " (edge)" if r["at_edge"] else ""
         std = "" if math.isnan(r["val_loss_std"]) else f" ± {r['val_loss_std']:.3f}"
-        lines.append(f"| {r['variant']} | {r['best_lr']:g}{edge} | {sweep} | {r['seeds']} | "
-                     f"{r['val_loss_mean']:.3f}{std} | {r['val_perplexity']:.1f} | {_fmt_interval(w, '+.3f')} | "
-                     f"{_fmt_interval(r.get('ppl_ratio'), '.3f')} | {beyond} |")
+        lines.append(
+            f"| {r['variant']} | {r['best_lr']:g}{edge} | {sweep} | {r['seeds']} | "
+            f"{r['val_loss_mean']:.3f}{std} | {r['val_perplexity']:.1f} | {_fmt_interval(w, '+.3f')} | "
+            f"{_fmt_interval(r.get('ppl_ratio'), '.3f')} | {beyond} |"
+        )
     return "\n".join(lines)
 
 
@@ -274,17 +318,26 @@ def plot_loss_curves(result: dict, rows: list[dict], png: Path, title: str) -> N
     ax = fig.subplots()
     colors = colormaps["tab10"].colors
     for i, row in enumerate(sorted(rows, key=lambda r: r["val_loss_mean"])):
-        curves = [_eval_curve(r["workdir"]) for r in result["runs"]
-                  if r["variant"] == row["variant"] and r["lr"] == row["best_lr"] and not r["diverged"]]
+        curves = [
+            _eval_curve(r["workdir"])
+            for r in result["runs"]
+            if r["variant"] == row["variant"] and r["lr"] == row["best_lr"] and not r["diverged"]
+        ]
         if not curves:
             continue
         n = min(len(c[0]) for c in curves)
         steps = curves[0][0][:n]
         by_step = list(zip(*(c[1][:n] for c in curves), strict=True))
-        ax.plot(steps, [statistics.fmean(v) for v in by_step], "o-", ms=3, color=colors[i % 10],
-                label=f"{row['variant']} (lr {row['best_lr']:g}: {row['val_loss_mean']:.3f})")
+        ax.plot(
+            steps,
+            [statistics.fmean(v) for v in by_step],
+            "o-",
+            ms=3,
+            color=colors[i % 10],
+            label=f"{row['variant']} (lr {row['best_lr']:g}: {row['val_loss_mean']:.3f})",
+        )
         ax.fill_between(steps, [min(v) for v in by_step], [max(v) for v in by_step], color=colors[i % 10], alpha=0.2)
-    ax.set_ylim(top=min(ax.get_ylim()[1], 6.5))   # the shared first evaluation would flatten the rest
+    ax.set_ylim(top=min(ax.get_ylim()[1], 6.5))  # the shared first evaluation would flatten the rest
     ax.set(xlabel="step", ylabel="validation loss (nats)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -299,8 +352,9 @@ def plot_stabilizers(curves: dict[str, dict], best_lr: dict[str, float], png: Pa
     for ax, (variant, layers) in zip(axes, curves.items(), strict=True):
         for layer, (steps, values) in layers.items():
             ax.plot(steps, values, "o-", ms=3, label=layer)
-        ax.set(xlabel="step", ylabel="sigmoid(m), mean over heads and seeds",
-               title=f"{variant} (lr {best_lr[variant]:g})")
+        ax.set(
+            xlabel="step", ylabel="sigmoid(m), mean over heads and seeds", title=f"{variant} (lr {best_lr[variant]:g})"
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -313,19 +367,26 @@ def write_report(result: dict, base: TrainConfig, lrs: list[float], steps: int, 
     info = describe_device()
     rows = summarize(result, lrs)
     tokens = steps * base.data.batch_size * base.data.seq_len
-    header = (f"Preset {preset}: GPT {base.model.num_layers}L/{base.model.d_model}d/{base.model.num_heads}h, "
-              f"{steps} steps of {base.data.batch_size}x{base.data.seq_len} tokens ({tokens:,} per run) on "
-              f"{base.data.corpus}, data seed {base.data.seed}; learning rates {', '.join(f'{x:g}' for x in lrs)}; "
-              f"{info['device']} ({info['cpu_cores']} cores), jax {info['jax']}")
+    header = (
+        f"Preset {preset}: GPT {base.model.num_layers}L/{base.model.d_model}d/{base.model.num_heads}h, "
+        f"{steps} steps of {base.data.batch_size}x{base.data.seq_len} tokens ({tokens:,} per run) on "
+        f"{base.data.corpus}, data seed {base.data.seed}; learning rates {', '.join(f'{x:g}' for x in lrs)}; "
+        f"{info['device']} ({info['cpu_cores']} cores), jax {info['jax']}"
+    )
     stab = {v: stabilizer_curves(result, v) for v in LEARNED if v in result["best_lr"]}
     stab = {v: c for v, c in stab.items() if c}
     lines = [header, "", format_table(rows), ""]
     cosine = next((r for r in rows if r["variant"] == "cosine" and "ppl_ratio" in r), None)
     if cosine is not None:
-        how = ("one seed each: no interval" if math.isnan(cosine["ppl_ratio"]["low"])
-               else "[95% Welch t-interval over seeds]")
-        lines.append(f"cosine/softmax perplexity ratio: {_fmt_interval(cosine['ppl_ratio'], '.3f')} "
-                     f"({how}); the paper's: {PAPER_RATIO} (GPT 300M, 11.6 / 10.3).")
+        how = (
+            "one seed each: no interval"
+            if math.isnan(cosine["ppl_ratio"]["low"])
+            else "[95% Welch t-interval over seeds]"
+        )
+        lines.append(
+            f"cosine/softmax perplexity ratio: {_fmt_interval(cosine['ppl_ratio'], '.3f')} "
+            f"({how}); the paper's: {PAPER_RATIO} (GPT 300M, 11.6 / 10.3)."
+        )
     for v, layers in stab.items():
         finals = ", ".join(f"{layer} {values[-1]:.3f}" for layer, (_, values) in layers.items())
         lines.append(f"{v}: final sigmoid(m) per layer (mean over heads and seeds): {finals}.")
@@ -335,11 +396,20 @@ def write_report(result: dict, base: TrainConfig, lrs: list[float], steps: int, 
     lines.append(f"{len(result['runs'])} runs, {seconds / 60:.1f} minutes of training in all (as measured per run).")
     text = "\n".join(lines) + "\n"
     (root / "compare.md").write_text(text)
-    (root / "results.json").write_text(json.dumps({"preset": preset, "steps": steps, "lrs": lrs, "header": header,
-                                                   **result, "summary": rows}, indent=1, default=str))
+    (root / "results.json").write_text(
+        json.dumps(
+            {"preset": preset, "steps": steps, "lrs": lrs, "header": header, **result, "summary": rows},
+            indent=1,
+            default=str,
+        )
+    )
     if rows:
-        plot_loss_curves(result, rows, root / "loss_curves.png",
-                         f"{preset}, {steps} steps: mean over seeds at each best lr (band: min..max)")
+        plot_loss_curves(
+            result,
+            rows,
+            root / "loss_curves.png",
+            f"{preset}, {steps} steps: mean over seeds at each best lr (band: min..max)",
+        )
     if stab:
         plot_stabilizers(stab, result["best_lr"], root / "stabilizers.png")
     return text
@@ -351,12 +421,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", default=None, help=f"of {', '.join(VARIANTS)} (default: all)")
     p.add_argument("--steps", type=int, default=None, help="steps per run (default: 500 on cpu, 1500 on gpu)")
     p.add_argument("--lrs", nargs="+", type=float, default=None, help="peak learning rates of the sweep")
-    p.add_argument("--seeds", nargs="+", type=int, default=None, help="init seeds; the first is the sweep's "
-                   "(default 0 1 2)")
+    p.add_argument(
+        "--seeds", nargs="+", type=int, default=None, help="init seeds; the first is the sweep's (default 0 1 2)"
+    )
     p.add_argument("--root", default=None, help="default runs/compare-<preset>")
     p.add_argument("--budget-minutes", type=float, default=0, help="start no run after this (0: no limit)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="preset overrides, e.g. data.corpus=mixed")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="preset overrides, e.g. data.corpus=mixed",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny: gpt-tiny, softmax and cosine, 4 steps, 2 rates, 2 seeds")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -367,19 +444,25 @@ def main(argv: list[str] | None = None) -> int:
     lrs = args.lrs or smoke.get("lrs") or DEFAULT_LRS.get(preset)
     seeds = args.seeds or smoke.get("seeds", [0, 1, 2])
     unknown = [v for v in variants if v not in VARIANTS]
-    problem = (f"--variants: unknown {unknown}; choose from {list(VARIANTS)}" if unknown
-               else "--steps must be >= 1" if steps is not None and steps < 1
-               else "--lrs must be > 0" if lrs and min(lrs) <= 0
-               else "--variants, --lrs and --seeds must not repeat a value"
-               if len(set(variants)) < len(variants) or (lrs and len(set(lrs)) < len(lrs))
-               or len(set(seeds)) < len(seeds) else None)
+    problem = (
+        f"--variants: unknown {unknown}; choose from {list(VARIANTS)}"
+        if unknown
+        else "--steps must be >= 1"
+        if steps is not None and steps < 1
+        else "--lrs must be > 0"
+        if lrs and min(lrs) <= 0
+        else "--variants, --lrs and --seeds must not repeat a value"
+        if len(set(variants)) < len(variants) or (lrs and len(set(lrs)) < len(lrs)) or len(set(seeds)) < len(seeds)
+        else None
+    )
     try:
         base = train_preset(preset, args.overrides)
     except (KeyError, ValueError) as e:
         problem = problem or f"--preset/--set: {e}"
     steps = steps or (None if problem else base.steps)
-    lrs = lrs or (None if problem else [base.optim.learning_rate / 3, base.optim.learning_rate,
-                                        base.optim.learning_rate * 3])
+    lrs = lrs or (
+        None if problem else [base.optim.learning_rate / 3, base.optim.learning_rate, base.optim.learning_rate * 3]
+    )
     if problem:
         print(f"compare_attention: {problem}", file=sys.stderr)
         return 2
@@ -387,12 +470,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.root and args.smoke:
         root = Path("runs/compare-smoke")
     root.mkdir(parents=True, exist_ok=True)
-    result = run_protocol(base, variants, lrs, seeds, steps, root, budget_minutes=args.budget_minutes,
-                          progress=not args.no_progress)
+    result = run_protocol(
+        base, variants, lrs, seeds, steps, root, budget_minutes=args.budget_minutes, progress=not args.no_progress
+    )
     text = write_report(result, base, lrs, steps, root, preset)
     print("\n" + text)
-    print(f"trained {result['trained']} run(s) now; wrote {root / 'compare.md'}, {root / 'results.json'}, "
-          f"{root / 'loss_curves.png'}")
+    print(
+        f"trained {result['trained']} run(s) now; wrote {root / 'compare.md'}, {root / 'results.json'}, "
+        f"{root / 'loss_curves.png'}"
+    )
     return 0 if result["complete"] else 3
 
 

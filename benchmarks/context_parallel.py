@@ -24,10 +24,10 @@ import pathlib
 import sys
 import time
 
-if __package__ in (None, ""):   # run as `python benchmarks/<name>.py`: import `benchmarks` from the root
+if __package__ in (None, ""):  # run as `python benchmarks/<name>.py`: import `benchmarks` from the root
     sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
 
-if "--cpu-devices" in sys.argv:           # before JAX starts: simulated CPU devices
+if "--cpu-devices" in sys.argv:  # before JAX starts: simulated CPU devices
     count = sys.argv[sys.argv.index("--cpu-devices") + 1]
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}"
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -45,7 +45,7 @@ def config_for(args, n: int, seq: int):
     base = train_preset(args.preset)
     vocab = [f"model.vocab_size={base.data.vocab_size}"] if base.data.vocab_size else []
     sharding = [] if n == 1 else ["sharding=data", f"seq_parallel={n}"]
-    length = [f"model.max_len={seq}", f"data.seq_len={seq}"]     # the GPT refuses inputs past max_len
+    length = [f"model.max_len={seq}", f"data.seq_len={seq}"]  # the GPT refuses inputs past max_len
     return train_preset(args.preset, [*vocab, *length, "data.batch_size=1", *sharding, *args.overrides])
 
 
@@ -76,10 +76,13 @@ def exchange(args, n: int) -> dict:
     found = collectives(compiled.as_text())
     layers = config_for(args, n, args.probe_seq).model.num_layers
     moved = sum(c["bytes"] for c in found if c["op"] != "all-reduce")
-    return {"attention_bytes_per_layer": moved / layers, "largest_exchange_bytes": max(
-        [c["bytes"] for c in found if c["op"] != "all-reduce"], default=0),
+    return {
+        "attention_bytes_per_layer": moved / layers,
+        "largest_exchange_bytes": max([c["bytes"] for c in found if c["op"] != "all-reduce"], default=0),
         "allreduce_bytes": sum(c["bytes"] for c in found if c["op"] == "all-reduce"),
-        "ops": sorted({c["op"] for c in found}), "compiled": compiled}
+        "ops": sorted({c["op"] for c in found}),
+        "compiled": compiled,
+    }
 
 
 def time_step(args, n: int) -> float:
@@ -91,8 +94,9 @@ def time_step(args, n: int) -> float:
     if mesh is not None:
         shard_training_state(model, optimizer, mesh, fsdp=False)
     ids = jax.random.randint(jax.random.PRNGKey(0), (1, args.probe_seq + 1), 0, cfg.model.vocab_size)
-    batch = place_batch({"inputs": ids[:, :-1], "targets": ids[:, 1:],
-                         "weights": jax.numpy.ones((1, args.probe_seq))}, mesh)
+    batch = place_batch(
+        {"inputs": ids[:, :-1], "targets": ids[:, 1:], "weights": jax.numpy.ones((1, args.probe_seq))}, mesh
+    )
     with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
         step = make_train_step(cfg.kind).lower(model, optimizer, batch).compile()
         return median_time(step, model, optimizer, batch, warmup=2, repeats=10)["median_s"]
@@ -113,8 +117,9 @@ def main(argv):
     args = p.parse_args(argv)
     info = describe_device()
     if max(args.devices) > jax.device_count():
-        sys.exit(f"--devices asks for {max(args.devices)} devices; JAX sees {jax.device_count()} "
-                 "(on a CPU: --cpu-devices 8)")
+        sys.exit(
+            f"--devices asks for {max(args.devices)} devices; JAX sees {jax.device_count()} (on a CPU: --cpu-devices 8)"
+        )
     rows = []
     for n in args.devices:
         start = time.perf_counter()
@@ -128,18 +133,25 @@ def main(argv):
         row["seconds"] = time.perf_counter() - start
         rows.append(row)
     one = next((r["seq"] for r in rows if r["devices"] == 1 and r["seq"]), None)
-    print(f"\n{args.preset} training step, batch 1, per-device budget {args.memory_gb:g} GB, compiled for "
-          f"{info['device']} ({info['device_count']} devices), jax {info['jax']}")
-    print(f"{'devices':>7} {'longest context':>15} {'x one device':>12} {'GB/device':>9} "
-          f"{'attention MB/layer':>18} {'largest exchange KB':>19} {'grad all-reduce MB':>18}")
+    print(
+        f"\n{args.preset} training step, batch 1, per-device budget {args.memory_gb:g} GB, compiled for "
+        f"{info['device']} ({info['device_count']} devices), jax {info['jax']}"
+    )
+    print(
+        f"{'devices':>7} {'longest context':>15} {'x one device':>12} {'GB/device':>9} "
+        f"{'attention MB/layer':>18} {'largest exchange KB':>19} {'grad all-reduce MB':>18}"
+    )
     for r in rows:
         gain = f"{r['seq'] / one:.0f}x" if one and r["seq"] else "-"
-        print(f"{r['devices']:>7} {r['seq'] or '-':>15} {gain:>12} {r['gb_per_device'] or 0:>9.1f} "
-              f"{r['attention_bytes_per_layer'] / 1e6:>18.2f} {r['largest_exchange_bytes'] / 1e3:>19.1f} "
-              f"{r['allreduce_bytes'] / 1e6:>18.1f}")
+        print(
+            f"{r['devices']:>7} {r['seq'] or '-':>15} {gain:>12} {r['gb_per_device'] or 0:>9.1f} "
+            f"{r['attention_bytes_per_layer'] / 1e6:>18.2f} {r['largest_exchange_bytes'] / 1e3:>19.1f} "
+            f"{r['allreduce_bytes'] / 1e6:>18.1f}"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"info": info, "args": vars(args) | {"out": str(args.out)},
-                                                       "rows": rows}, indent=1, default=str))
+    (args.out / "results.json").write_text(
+        json.dumps({"info": info, "args": vars(args) | {"out": str(args.out)}, "rows": rows}, indent=1, default=str)
+    )
     print(f"wrote {args.out / 'results.json'}")
 
 

@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if __package__ in (None, ""):   # run as `python benchmarks/<name>.py`: import from the root
+if __package__ in (None, ""):  # run as `python benchmarks/<name>.py`: import from the root
     sys.path[0] = str(ROOT)
 
 from benchmarks.machine import machine_facts  # noqa: E402  (after the path set-up above)
@@ -71,8 +71,9 @@ my now such like our over man me even most made after also did many before must 
 your way well down should because each just those people how too little state good very make world still own
 see men work long get here between both life being under never day same another know while last might us great
 old year off come since against go came right used take three""".split()
-_ONSETS = ("b c d f g h j k l m n p r s t v w y z bl br ch cl cr dr fl fr gl gr pl pr sc sh sk sl sm sn sp st "
-           "str sw th tr wh").split() + [""] * 6
+_ONSETS = (
+    "b c d f g h j k l m n p r s t v w y z bl br ch cl cr dr fl fr gl gr pl pr sc sh sk sl sm sn sp st str sw th tr wh"
+).split() + [""] * 6
 _VOWELS = "a e i o u a e i o ai ea ee oo ou ie oa au".split()
 _CODAS = "n r s t l m d nd st ng ck rt th ll ss nt rn ld".split() + [""] * 10
 _SUFFIXES = "ing ed er ly tion s es ness ment able".split() + [""] * 14
@@ -97,7 +98,7 @@ def _vocabulary(np):
     ordered = sorted(made, key=lambda w: (len(w) + rng.normal(0, 1.5), w))
     words = list(dict.fromkeys(_COMMON)) + ordered
     ranks = np.arange(len(words), dtype=np.float64)
-    p = 1.0 / (ranks + 2.7) ** 1.05          # Zipf-Mandelbrot
+    p = 1.0 / (ranks + 2.7) ** 1.05  # Zipf-Mandelbrot
     return words, p / p.sum()
 
 
@@ -130,7 +131,7 @@ def generate_corpus(path: str, size_mb: float, seed: int = 0) -> dict:
             ends = np.cumsum(size)
             text = flat[np.repeat(starts[seq] - (ends - size), size) + np.arange(ends[-1])]
             # documents end after a sentence's stop (kept) and begin at the next sentence's first word
-            stops = np.flatnonzero(s >= 2) * 2 + 1                  # token index of each stop separator
+            stops = np.flatnonzero(s >= 2) * 2 + 1  # token index of each stop separator
             stop_ends = ends[stops]
             cut_lengths = rng.integers(*_DOC_BYTES, size=int(ends[-1] // _DOC_BYTES[0]) + 1)
             wanted = np.cumsum(cut_lengths)
@@ -138,7 +139,7 @@ def generate_corpus(path: str, size_mb: float, seed: int = 0) -> dict:
             cuts = np.unique(stops[np.searchsorted(stop_ends, wanted)])
             begin = 0
             for stop in cuts:
-                end = int(ends[stop] - size[stop]) + 1         # keep the "."
+                end = int(ends[stop] - size[stop]) + 1  # keep the "."
                 line = b'{"text": "' + text[begin:end].tobytes() + b'"}\n'
                 f.write(line)
                 written += len(line)
@@ -151,13 +152,16 @@ def generate_corpus(path: str, size_mb: float, seed: int = 0) -> dict:
 
 # ----------------------------------------------------------------------------- workers (fresh subprocesses)
 
+
 def _memory() -> dict:
     """This process's peak resident set: VmHWM (its own, since exec) and ru_maxrss, in MB."""
     import resource  # noqa: PLC0415
 
     hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
-    return {"peak_rss_MB": hwm * 1024 / MB, "ru_maxrss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            * 1024 / MB}
+    return {
+        "peak_rss_MB": hwm * 1024 / MB,
+        "ru_maxrss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB,
+    }
 
 
 def _corpus_texts(path: str, limit: int):
@@ -184,8 +188,13 @@ def work_tokenizer(corpus: str, out: str, train_mb: float) -> dict:
 def work_prepare(corpus: str, tokenizer: str, data_dir: str, profile: bool = False) -> dict:
     from cottention_jax.data import prepare  # noqa: PLC0415
 
-    kwargs = dict(tokenizer=tokenizer, vocab_size=None if tokenizer.endswith(".json") else VOCAB,
-                  data_dir=data_dir, progress=False, log=lambda message: None)
+    kwargs = dict(
+        tokenizer=tokenizer,
+        vocab_size=None if tokenizer.endswith(".json") else VOCAB,
+        data_dir=data_dir,
+        progress=False,
+        log=lambda message: None,
+    )
     profiler = None
     if profile:
         import cProfile  # noqa: PLC0415
@@ -201,14 +210,20 @@ def work_prepare(corpus: str, tokenizer: str, data_dir: str, profile: bool = Fal
         result["profile_top"] = _top_costs(profiler)
     meta = prepared.meta
     tokens = sum(prepared.num_tokens(s) for s in prepared.splits)
-    result.update({
-        "folder": str(prepared.folder), "text_MB": meta["text_bytes"] / MB, "tokens": tokens,
-        "documents": sum(prepared.num_documents(s) for s in prepared.splits),
-        "MB_per_s": meta["text_bytes"] / MB / seconds, "tokens_per_s": tokens / seconds,
-        "tokenize_seconds": meta["seconds"],           # the tokenizing pass alone
-        "other_seconds": seconds - meta["seconds"],    # the split pass, tokenizer training, fingerprint
-        "prepared_MB": sum(f.stat().st_size for f in prepared.folder.iterdir()) / MB,
-        "tokenizer_vocab": prepared.tokenizer.vocab_size})
+    result.update(
+        {
+            "folder": str(prepared.folder),
+            "text_MB": meta["text_bytes"] / MB,
+            "tokens": tokens,
+            "documents": sum(prepared.num_documents(s) for s in prepared.splits),
+            "MB_per_s": meta["text_bytes"] / MB / seconds,
+            "tokens_per_s": tokens / seconds,
+            "tokenize_seconds": meta["seconds"],  # the tokenizing pass alone
+            "other_seconds": seconds - meta["seconds"],  # the split pass, tokenizer training, fingerprint
+            "prepared_MB": sum(f.stat().st_size for f in prepared.folder.iterdir()) / MB,
+            "tokenizer_vocab": prepared.tokenizer.vocab_size,
+        }
+    )
     return result
 
 
@@ -216,8 +231,15 @@ def _top_costs(profiler, n: int = 12) -> list[dict]:
     import pstats  # noqa: PLC0415
 
     stats = pstats.Stats(profiler).stats
-    rows = [{"function": f"{Path(file).name}:{line}({name})", "calls": nc, "tottime_s": round(tt, 3),
-             "cumtime_s": round(ct, 3)} for (file, line, name), (_, nc, tt, ct, _) in stats.items()]
+    rows = [
+        {
+            "function": f"{Path(file).name}:{line}({name})",
+            "calls": nc,
+            "tottime_s": round(tt, 3),
+            "cumtime_s": round(ct, 3),
+        }
+        for (file, line, name), (_, nc, tt, ct, _) in stats.items()
+    ]
     return sorted(rows, key=lambda r: -r["tottime_s"])[:n]
 
 
@@ -235,8 +257,15 @@ def work_batches(folder: str, batches: int, warmup: int, repeats: int) -> dict:
             batch = next(it)
         rates.append(batches * batch["inputs"].size / (time.perf_counter() - start))
         it.close()
-    return {"tokens_per_s": statistics.median(rates), "runs_tokens_per_s": rates, "batches": batches,
-            "warmup": warmup, "batch": BATCH, "seq_len": SEQ, **_memory()}
+    return {
+        "tokens_per_s": statistics.median(rates),
+        "runs_tokens_per_s": rates,
+        "batches": batches,
+        "warmup": warmup,
+        "batch": BATCH,
+        "seq_len": SEQ,
+        **_memory(),
+    }
 
 
 def work_step(preset: str, repeats: int) -> dict:
@@ -257,8 +286,16 @@ def work_step(preset: str, repeats: int) -> dict:
     compiled = make_train_step(cfg.kind).lower(model, optimizer, batch).compile()
     compile_s = time.perf_counter() - start
     timing = median_time(compiled, model, optimizer, batch, warmup=2, repeats=repeats, max_seconds=1e9)
-    return {"preset": preset, "batch": b, "seq_len": t, "compile_s": compile_s, "step_s": timing["median_s"],
-            "steps_timed": timing["runs"], "tokens_per_s": b * t / timing["median_s"], "device": describe_device()}
+    return {
+        "preset": preset,
+        "batch": b,
+        "seq_len": t,
+        "compile_s": compile_s,
+        "step_s": timing["median_s"],
+        "steps_timed": timing["runs"],
+        "tokens_per_s": b * t / timing["median_s"],
+        "device": describe_device(),
+    }
 
 
 def work_train(corpus: str, tokenizer: str, data_dir: str, workdir: str, preset: str, steps: int) -> dict:
@@ -266,19 +303,40 @@ def work_train(corpus: str, tokenizer: str, data_dir: str, workdir: str, preset:
     from cottention_jax.train import train_and_evaluate  # noqa: PLC0415
 
     prepared_before = sorted(os.listdir(Path(data_dir) / "prepared"))
-    cfg = train_preset(preset, [f"data.corpus={corpus}", f"data.tokenizer={tokenizer}", f"steps={steps}",
-                                f"eval_every={steps}", "eval_batches=2", f"checkpoint_every={steps}",
-                                "sample_tokens=0", f"data.data_dir={data_dir}"])
+    cfg = train_preset(
+        preset,
+        [
+            f"data.corpus={corpus}",
+            f"data.tokenizer={tokenizer}",
+            f"steps={steps}",
+            f"eval_every={steps}",
+            "eval_batches=2",
+            f"checkpoint_every={steps}",
+            "sample_tokens=0",
+            f"data.data_dir={data_dir}",
+        ],
+    )
     start = time.perf_counter()
     summary = train_and_evaluate(cfg, workdir, progress=False)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "steps": steps, "preset": preset, **_memory(),
-            "final_eval_loss": summary["final_eval"].get("loss"),
-            "reused_prepared": sorted(os.listdir(Path(data_dir) / "prepared")) == prepared_before}
+    return {
+        "seconds": seconds,
+        "steps": steps,
+        "preset": preset,
+        **_memory(),
+        "final_eval_loss": summary["final_eval"].get("loss"),
+        "reused_prepared": sorted(os.listdir(Path(data_dir) / "prepared")) == prepared_before,
+    }
 
 
-WORKERS = {"generate": generate_corpus, "tokenizer": work_tokenizer, "prepare": work_prepare,
-           "batches": work_batches, "step": work_step, "train": work_train}
+WORKERS = {
+    "generate": generate_corpus,
+    "tokenizer": work_tokenizer,
+    "prepare": work_prepare,
+    "batches": work_batches,
+    "step": work_step,
+    "train": work_train,
+}
 
 
 def run_worker(name: str, env: dict, **params) -> dict:
@@ -287,45 +345,58 @@ def run_worker(name: str, env: dict, **params) -> dict:
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(ROOT))
     lines = [line for line in done.stdout.splitlines() if line.startswith(_RESULT)]
     if done.returncode != 0 or not lines:
-        raise RuntimeError(f"worker {name} failed (exit {done.returncode}):\n{done.stdout[-2000:]}\n"
-                           f"{done.stderr[-4000:]}")
-    return json.loads(lines[-1][len(_RESULT):])
+        raise RuntimeError(
+            f"worker {name} failed (exit {done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+        )
+    return json.loads(lines[-1][len(_RESULT) :])
 
 
 # ----------------------------------------------------------------------------- the run
 
+
 def _spread(rows: list[dict], key: str) -> dict:
     values = [r[key]["peak_rss_MB"] for r in rows]
     spread = values[-1] - values[0]
-    return {"smallest_MB": values[0], "largest_MB": values[-1], "largest_minus_smallest_MB": spread,
-            "peak_MB": max(values),
-            "meets_target": abs(spread) <= TARGET_RSS_SPREAD_MB and max(values) <= TARGET_RSS_PEAK_MB}
+    return {
+        "smallest_MB": values[0],
+        "largest_MB": values[-1],
+        "largest_minus_smallest_MB": spread,
+        "peak_MB": max(values),
+        "meets_target": abs(spread) <= TARGET_RSS_SPREAD_MB and max(values) <= TARGET_RSS_PEAK_MB,
+    }
 
 
 def table(result: dict) -> str:
     """The README's table (markdown)."""
-    lines = ["| corpus | prepare, given tokenizer | prepare, training the tokenizer | peak RSS prepare "
-             "(given / training) | peak RSS training run | batches (16 x 128) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| corpus | prepare, given tokenizer | prepare, training the tokenizer | peak RSS prepare "
+        "(given / training) | peak RSS training run | batches (16 x 128) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         a, b = r["prepare_given"], r["prepare_training"]
-        lines.append(f"| {r['size_MB']:,.0f} MB ({r['prepare_given']['tokens'] / 1e6:,.0f}M tokens) "
-                     f"| {a['MB_per_s']:.1f} MB/s ({a['seconds']:.0f} s, {a['tokens_per_s'] / 1e6:.2f}M tokens/s) "
-                     f"| {b['MB_per_s']:.1f} MB/s ({b['seconds']:.0f} s, {b['tokens_per_s'] / 1e6:.2f}M tokens/s) "
-                     f"| {a['peak_rss_MB']:,.0f} / {b['peak_rss_MB']:,.0f} MB | {r['train']['peak_rss_MB']:,.0f} MB "
-                     f"| {r['batches']['tokens_per_s'] / 1e6:.2f}M tokens/s |")
+        lines.append(
+            f"| {r['size_MB']:,.0f} MB ({r['prepare_given']['tokens'] / 1e6:,.0f}M tokens) "
+            f"| {a['MB_per_s']:.1f} MB/s ({a['seconds']:.0f} s, {a['tokens_per_s'] / 1e6:.2f}M tokens/s) "
+            f"| {b['MB_per_s']:.1f} MB/s ({b['seconds']:.0f} s, {b['tokens_per_s'] / 1e6:.2f}M tokens/s) "
+            f"| {a['peak_rss_MB']:,.0f} / {b['peak_rss_MB']:,.0f} MB | {r['train']['peak_rss_MB']:,.0f} MB "
+            f"| {r['batches']['tokens_per_s'] / 1e6:.2f}M tokens/s |"
+        )
     s = result["summary"]
-    lines += ["", "Peak RSS, largest minus smallest corpus: prepare "
-              f"{s['rss_prepare_given']['largest_minus_smallest_MB']:+.0f} MB (given tokenizer), "
-              f"{s['rss_prepare_training']['largest_minus_smallest_MB']:+.0f} MB (training it), "
-              f"training run {s['rss_train']['largest_minus_smallest_MB']:+.0f} MB (target within "
-              f"{TARGET_RSS_SPREAD_MB} MB, peak under {TARGET_RSS_PEAK_MB / 1000:.1f} GB).",
-              f"Batch throughput: `gpt_train_batches(prepared, {BATCH}, {SEQ})` gives "
-              f"{s['batch_tokens_per_s'] / 1e6:.2f}M tokens/s; a {result['step']['preset']} training step consumes "
-              f"{result['step']['tokens_per_s']:,.0f} tokens/s on this CPU ({result['step']['step_s'] * 1e3:.0f} ms "
-              f"per {result['step']['batch']} x {result['step']['seq_len']} batch): {s['batches_over_step']:,.0f}x "
-              f"(target >= {TARGET_RATIO}x and "
-              f">= {TARGET_BATCH_TOKENS_S / 1e6:.0f}M tokens/s)."]
+    lines += [
+        "",
+        "Peak RSS, largest minus smallest corpus: prepare "
+        f"{s['rss_prepare_given']['largest_minus_smallest_MB']:+.0f} MB (given tokenizer), "
+        f"{s['rss_prepare_training']['largest_minus_smallest_MB']:+.0f} MB (training it), "
+        f"training run {s['rss_train']['largest_minus_smallest_MB']:+.0f} MB (target within "
+        f"{TARGET_RSS_SPREAD_MB} MB, peak under {TARGET_RSS_PEAK_MB / 1000:.1f} GB).",
+        f"Batch throughput: `gpt_train_batches(prepared, {BATCH}, {SEQ})` gives "
+        f"{s['batch_tokens_per_s'] / 1e6:.2f}M tokens/s; a {result['step']['preset']} training step consumes "
+        f"{result['step']['tokens_per_s']:,.0f} tokens/s on this CPU ({result['step']['step_s'] * 1e3:.0f} ms "
+        f"per {result['step']['batch']} x {result['step']['seq_len']} batch): {s['batches_over_step']:,.0f}x "
+        f"(target >= {TARGET_RATIO}x and "
+        f">= {TARGET_BATCH_TOKENS_S / 1e6:.0f}M tokens/s).",
+    ]
     return "\n".join(lines)
 
 
@@ -365,29 +436,47 @@ def main(argv):
             folder.mkdir()
             corpus = str(folder / "corpus.jsonl")
             gen = run_worker("generate", env, path=corpus, size_mb=size)
-            say(f"{size:g} MB: generated {gen['bytes'] / MB:,.1f} MB, {gen['documents']:,} documents "
-                f"in {gen['seconds']:.1f} s")
+            say(
+                f"{size:g} MB: generated {gen['bytes'] / MB:,.1f} MB, {gen['documents']:,} documents "
+                f"in {gen['seconds']:.1f} s"
+            )
             if i == 0:
                 tok = run_worker("tokenizer", env, corpus=corpus, out=tokenizer, train_mb=tok_train_mb)
                 say(f"tokenizer: BPE {tok['vocab_size']} trained on {tok_train_mb:g} MB in {tok['seconds']:.1f} s")
             row = {"size_MB": size, "corpus": gen}
-            row["prepare_given"] = run_worker("prepare", env, corpus=corpus, tokenizer=tokenizer,
-                                              data_dir=str(folder / "given"))
-            say(f"{size:g} MB: prepare (given tokenizer) {row['prepare_given']['MB_per_s']:.1f} MB/s, "
-                f"peak RSS {row['prepare_given']['peak_rss_MB']:,.0f} MB")
-            row["prepare_training"] = run_worker("prepare", env, corpus=corpus, tokenizer="bpe",
-                                                 data_dir=str(folder / "trained"))
-            say(f"{size:g} MB: prepare (training the tokenizer) {row['prepare_training']['MB_per_s']:.1f} MB/s, "
-                f"peak RSS {row['prepare_training']['peak_rss_MB']:,.0f} MB")
-            row["batches"] = run_worker("batches", env, folder=row["prepare_given"]["folder"], batches=n_batches,
-                                        warmup=warmup, repeats=3)
+            row["prepare_given"] = run_worker(
+                "prepare", env, corpus=corpus, tokenizer=tokenizer, data_dir=str(folder / "given")
+            )
+            say(
+                f"{size:g} MB: prepare (given tokenizer) {row['prepare_given']['MB_per_s']:.1f} MB/s, "
+                f"peak RSS {row['prepare_given']['peak_rss_MB']:,.0f} MB"
+            )
+            row["prepare_training"] = run_worker(
+                "prepare", env, corpus=corpus, tokenizer="bpe", data_dir=str(folder / "trained")
+            )
+            say(
+                f"{size:g} MB: prepare (training the tokenizer) {row['prepare_training']['MB_per_s']:.1f} MB/s, "
+                f"peak RSS {row['prepare_training']['peak_rss_MB']:,.0f} MB"
+            )
+            row["batches"] = run_worker(
+                "batches", env, folder=row["prepare_given"]["folder"], batches=n_batches, warmup=warmup, repeats=3
+            )
             say(f"{size:g} MB: batches {row['batches']['tokens_per_s'] / 1e6:.2f}M tokens/s")
-            row["train"] = run_worker("train", env, corpus=corpus, tokenizer=tokenizer, data_dir=str(folder / "given"),
-                                      workdir=str(folder / "run"), preset=args.preset, steps=train_steps)
+            row["train"] = run_worker(
+                "train",
+                env,
+                corpus=corpus,
+                tokenizer=tokenizer,
+                data_dir=str(folder / "given"),
+                workdir=str(folder / "run"),
+                preset=args.preset,
+                steps=train_steps,
+            )
             say(f"{size:g} MB: training run ({train_steps} steps) peak RSS {row['train']['peak_rss_MB']:,.0f} MB")
             if args.profile and i == 0:
-                prof = run_worker("prepare", env, corpus=corpus, tokenizer=tokenizer,
-                                  data_dir=str(folder / "profiled"), profile=True)
+                prof = run_worker(
+                    "prepare", env, corpus=corpus, tokenizer=tokenizer, data_dir=str(folder / "profiled"), profile=True
+                )
                 row["profile"] = {"seconds_under_cprofile": prof["seconds"], "top_by_tottime": prof["profile_top"]}
                 say(f"{size:g} MB: profiled")
             rows.append(row)
@@ -400,23 +489,48 @@ def main(argv):
             shutil.rmtree(root, ignore_errors=True)
     loads.append(os.getloadavg())
     batch_rate = min(r["batches"]["tokens_per_s"] for r in rows)
-    summary = {"rss_prepare_given": _spread(rows, "prepare_given"),
-               "rss_prepare_training": _spread(rows, "prepare_training"), "rss_train": _spread(rows, "train"),
-               "batch_tokens_per_s": batch_rate, "step_tokens_per_s": step["tokens_per_s"],
-               "batches_over_step": batch_rate / step["tokens_per_s"],
-               "batches_meet_target": batch_rate / step["tokens_per_s"] >= TARGET_RATIO
-               and batch_rate >= TARGET_BATCH_TOKENS_S}
-    result = {"benchmark": "data_pipeline", "smoke": args.smoke,
-              "machine": machine_facts("jax", "jaxlib", "grain", "array-record", "tokenizers", "numpy"),
-              "note": " ".join(filter(None, [
-                  "Corpus: synthetic JSONL (see the script's docstring); MB = 1e6 bytes; peak RSS = the "
-                  "subprocess's VmHWM. batch_tokens_per_s in the summary is the lowest over sizes.",
-                  f"Load average (1, 5, 15 min) at start {loads[0]}, at end {loads[1]}.", args.note])),
-              "settings": {"sizes_MB": sizes, "vocab_size": VOCAB, "tokenizer_trained_on_MB": tok_train_mb,
-                           "batch": BATCH, "seq_len": SEQ, "batches_timed": n_batches, "warmup_batches": warmup,
-                           "train_steps": train_steps, "step_repeats": step_repeats, "preset": args.preset},
-              "rows": rows, "step": step, "summary": summary,
-              "seconds": time.perf_counter() - started}
+    summary = {
+        "rss_prepare_given": _spread(rows, "prepare_given"),
+        "rss_prepare_training": _spread(rows, "prepare_training"),
+        "rss_train": _spread(rows, "train"),
+        "batch_tokens_per_s": batch_rate,
+        "step_tokens_per_s": step["tokens_per_s"],
+        "batches_over_step": batch_rate / step["tokens_per_s"],
+        "batches_meet_target": batch_rate / step["tokens_per_s"] >= TARGET_RATIO
+        and batch_rate >= TARGET_BATCH_TOKENS_S,
+    }
+    result = {
+        "benchmark": "data_pipeline",
+        "smoke": args.smoke,
+        "machine": machine_facts("jax", "jaxlib", "grain", "array-record", "tokenizers", "numpy"),
+        "note": " ".join(
+            filter(
+                None,
+                [
+                    "Corpus: synthetic JSONL (see the script's docstring); MB = 1e6 bytes; peak RSS = the "
+                    "subprocess's VmHWM. batch_tokens_per_s in the summary is the lowest over sizes.",
+                    f"Load average (1, 5, 15 min) at start {loads[0]}, at end {loads[1]}.",
+                    args.note,
+                ],
+            )
+        ),
+        "settings": {
+            "sizes_MB": sizes,
+            "vocab_size": VOCAB,
+            "tokenizer_trained_on_MB": tok_train_mb,
+            "batch": BATCH,
+            "seq_len": SEQ,
+            "batches_timed": n_batches,
+            "warmup_batches": warmup,
+            "train_steps": train_steps,
+            "step_repeats": step_repeats,
+            "preset": args.preset,
+        },
+        "rows": rows,
+        "step": step,
+        "summary": summary,
+        "seconds": time.perf_counter() - started,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(table(result))

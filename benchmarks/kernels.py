@@ -24,16 +24,36 @@ from benchmarks.measure import median_time
 from cottention_jax.memory import compiled_bytes
 from pallas_kernels.cosine_attn import pallas, reference, xla
 
-__all__ = ["BenchSettings", "IMPLS", "MODES", "check_error", "flops", "markdown_table", "measure_jax",
-           "min_bytes", "peak_bandwidth", "with_throughput"]
+__all__ = [
+    "BenchSettings",
+    "IMPLS",
+    "MODES",
+    "check_error",
+    "flops",
+    "markdown_table",
+    "measure_jax",
+    "min_bytes",
+    "peak_bandwidth",
+    "with_throughput",
+]
 
 IMPLS = ("pallas", "xla", "softmax", "naive", "fla")
 MODES = ("fwd", "fwd+bwd")
 CHUNK = 64  # the chunk of the chunked FLOP model (pallas, xla and fla all use 64)
 # Peak HBM bandwidth (bytes/s) by device kind, from the vendors' data sheets; first match wins.
-PEAK_BANDWIDTH = (("H100 PCIe", 2.0e12), ("H100 NVL", 3.9e12), ("H100", 3.35e12), ("H200", 4.8e12),
-                  ("GH200", 4.0e12), ("A100-SXM4-80GB", 2.039e12), ("A100 80GB PCIe", 1.935e12),
-                  ("A100", 1.555e12), ("L40S", 0.864e12), ("L4", 0.3e12), ("B200", 8.0e12))
+PEAK_BANDWIDTH = (
+    ("H100 PCIe", 2.0e12),
+    ("H100 NVL", 3.9e12),
+    ("H100", 3.35e12),
+    ("H200", 4.8e12),
+    ("GH200", 4.0e12),
+    ("A100-SXM4-80GB", 2.039e12),
+    ("A100 80GB PCIe", 1.935e12),
+    ("A100", 1.555e12),
+    ("L40S", 0.864e12),
+    ("L4", 0.3e12),
+    ("B200", 8.0e12),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,31 +67,32 @@ class BenchSettings:
     warmup: int
     repeats: int
     max_seconds: float
-    smoke: bool = False          # tiny shapes, Pallas in interpret mode (CPU)
+    smoke: bool = False  # tiny shapes, Pallas in interpret mode (CPU)
 
 
 # ----------------------------------------------------------------------------- models of work
 
+
 def flops(impl: str, mode: str, b: int, t: int, h: int, d: int) -> float:
     """Useful FLOPs of one call (benchmarks/NOTES.md): chunked, quadratic or causal flash."""
-    if impl in ("pallas", "xla", "fla"):          # per position: C x C block + two d x d products
+    if impl in ("pallas", "xla", "fla"):  # per position: C x C block + two d x d products
         fwd = 2.0 * b * h * t * (CHUNK * 2 * d + 2 * d * d)
-        return fwd * (3.5 if mode == "fwd+bwd" else 1.0)   # backward: 2.5x the forward
-    if impl == "naive":                           # full T x T scores, masked
+        return fwd * (3.5 if mode == "fwd+bwd" else 1.0)  # backward: 2.5x the forward
+    if impl == "naive":  # full T x T scores, masked
         fwd = 2.0 * b * h * t * t * 2 * d
         return fwd * (3.0 if mode == "fwd+bwd" else 1.0)
-    fwd = 2.0 * b * h * t * t * 2 * d / 2         # softmax: causal flash skips half
+    fwd = 2.0 * b * h * t * t * 2 * d / 2  # softmax: causal flash skips half
     return fwd * (3.5 if mode == "fwd+bwd" else 1.0)
 
 
 def min_bytes(impl: str, mode: str, b: int, t: int, h: int, d: int, itemsize: int) -> float:
     """Least HBM traffic of one call: read the inputs, write the outputs (once each)."""
     tensor = b * t * h * d * itemsize
-    scale = b * t * h * 4 if impl in ("pallas", "xla", "naive") else 0     # key_scale, float32
-    fwd = 4 * tensor + scale                                                # q, k, v in; o out
+    scale = b * t * h * 4 if impl in ("pallas", "xla", "naive") else 0  # key_scale, float32
+    fwd = 4 * tensor + scale  # q, k, v in; o out
     if mode == "fwd":
         return fwd
-    return fwd + 4 * tensor + scale + 3 * tensor + scale                   # q, k, v, dO in; dq, dk, dv out
+    return fwd + 4 * tensor + scale + 3 * tensor + scale  # q, k, v, dO in; dq, dk, dv out
 
 
 def peak_bandwidth(device_kind: str) -> float | None:
@@ -82,6 +103,7 @@ def peak_bandwidth(device_kind: str) -> float | None:
 
 
 # ----------------------------------------------------------------------------- the JAX measurement
+
 
 def _jax_fn(impl: str, smoke: bool):
     """f(q, k, v, key_scale) -> out for one implementation."""
@@ -94,14 +116,16 @@ def _jax_fn(impl: str, smoke: bool):
     if impl == "xla":
         return lambda q, k, v, w: xla.causal_linear_attention_xla(q, k, v, w, state0(q, v))[0]
     if impl == "naive":
+
         def naive(q, k, v, w):
             t = q.shape[1]
             k_scaled = (k.astype(jnp.float32) * w[..., None]).astype(k.dtype)
             scores = jnp.einsum("bthd,bshd->bhts", q, k_scaled, preferred_element_type=jnp.float32)
             scores = jnp.where(jnp.tril(jnp.ones((t, t), bool)), scores, 0.0).astype(q.dtype)
             return jnp.einsum("bhts,bshe->bthe", scores, v)
+
         return naive
-    implementation = None if smoke or jax.default_backend() != "gpu" else "cudnn"   # cuDNN flash on a GPU
+    implementation = None if smoke or jax.default_backend() != "gpu" else "cudnn"  # cuDNN flash on a GPU
     return lambda q, k, v, w: jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
 
 
@@ -109,9 +133,11 @@ def _reference_fn(impl: str):
     """Float32 reference of the same function (linear attention or softmax attention)."""
 
     if impl != "softmax":
+
         def linear(q, k, v, w):
             s0 = jnp.zeros((q.shape[0], q.shape[2], q.shape[3], v.shape[3]), jnp.float32)
             return reference.causal_linear_attention_reference(q, k, v, w, s0)[0]
+
         return linear
 
     def softmax(q, k, v, w):
@@ -121,6 +147,7 @@ def _reference_fn(impl: str):
         logits = jnp.einsum("bthd,bshd->bhts", q, k, precision="highest") / jnp.sqrt(q.shape[-1])
         logits = jnp.where(jnp.tril(jnp.ones((t, t), bool)), logits, -jnp.inf)
         return jnp.einsum("bhts,bshe->bthe", jax.nn.softmax(logits, -1), v, precision="highest")
+
     return softmax
 
 
@@ -144,6 +171,7 @@ def _timed_call(fn, mode):
     def fwd_bwd(q, k, v, w, do):
         out, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, w), q, k, v)
         return vjp(do)
+
     return fwd_bwd
 
 
@@ -158,6 +186,7 @@ def check_error(impl: str, mode: str, d: int, settings: BenchSettings) -> float:
     def rel(a, e):
         a, e = jnp.asarray(a, jnp.float32), jnp.asarray(e, jnp.float32)
         return float(jnp.linalg.norm(a - e) / jnp.maximum(jnp.linalg.norm(e), 1e-30))
+
     return max(rel(a, e) for a, e in zip(got, want, strict=True))
 
 
@@ -179,16 +208,26 @@ def measure_jax(impls, d: int, settings: BenchSettings, log=print) -> list[dict]
     dtype = jnp.dtype(settings.dtype)
     stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
     limit = (stats or {}).get("bytes_limit")
-    variant = {"softmax": "xla" if settings.smoke or jax.default_backend() != "gpu" else "cudnn",
-               "pallas": "interpret" if settings.smoke else "tuned defaults"}
+    variant = {
+        "softmax": "xla" if settings.smoke or jax.default_backend() != "gpu" else "cudnn",
+        "pallas": "interpret" if settings.smoke else "tuned defaults",
+    }
     fns = {impl: _jax_fn(impl, settings.smoke) for impl in impls}
     rows, failed = [], {}
     for t in sorted(settings.seqs):
         inputs = _inputs(settings.batch, t, settings.heads, d, dtype, seed=t)
         for impl in impls:
             for mode in MODES:
-                row = {"impl": impl, "variant": variant.get(impl, ""), "mode": mode, "batch": settings.batch,
-                       "seq": t, "heads": settings.heads, "head_dim": d, "dtype": dtype.name}
+                row = {
+                    "impl": impl,
+                    "variant": variant.get(impl, ""),
+                    "mode": mode,
+                    "batch": settings.batch,
+                    "seq": t,
+                    "heads": settings.heads,
+                    "head_dim": d,
+                    "dtype": dtype.name,
+                }
                 if (impl, mode) in failed:
                     row["status"] = f"skipped after {failed[impl, mode]}"
                 elif not _fits(impl, t, settings, limit):
@@ -197,8 +236,15 @@ def measure_jax(impls, d: int, settings: BenchSettings, log=print) -> list[dict]
                     try:
                         compiled = jax.jit(_timed_call(fns[impl], mode)).lower(*inputs).compile()
                         row["compiled_bytes"] = compiled_bytes(compiled)
-                        row.update(median_time(compiled, *inputs, warmup=settings.warmup, repeats=settings.repeats,
-                                               max_seconds=settings.max_seconds))
+                        row.update(
+                            median_time(
+                                compiled,
+                                *inputs,
+                                warmup=settings.warmup,
+                                repeats=settings.repeats,
+                                max_seconds=settings.max_seconds,
+                            )
+                        )
                         row["status"] = "ok"
                         del compiled
                     except Exception as err:  # noqa: BLE001  (an out-of-memory or lowering failure is a result)
@@ -207,7 +253,7 @@ def measure_jax(impls, d: int, settings: BenchSettings, log=print) -> list[dict]
                 rows.append(row)
                 log(f"{impl:8s} {mode:8s} d={d} T={t}: {row['status']}")
         del inputs
-    for impl in impls:                     # correctness, once per (impl, mode), on a small slice
+    for impl in impls:  # correctness, once per (impl, mode), on a small slice
         for mode in MODES:
             try:
                 error = check_error(impl, mode, d, settings)
@@ -221,37 +267,58 @@ def measure_jax(impls, d: int, settings: BenchSettings, log=print) -> list[dict]
 
 # ----------------------------------------------------------------------------- results
 
+
 def with_throughput(row: dict, bandwidth: float | None) -> dict:
     """A measured row plus its work model (flops, bytes), achieved TFLOP/s and GB/s, and the
     fraction of the memory roofline (min bytes / peak bandwidth / time)."""
     if row.get("status") != "ok":
         return row
     shape = (row["batch"], row["seq"], row["heads"], row["head_dim"])
-    work = {"flops": flops(row["impl"], row["mode"], *shape),
-            "bytes": min_bytes(row["impl"], row["mode"], *shape, jnp.dtype(row["dtype"]).itemsize)}
+    work = {
+        "flops": flops(row["impl"], row["mode"], *shape),
+        "bytes": min_bytes(row["impl"], row["mode"], *shape, jnp.dtype(row["dtype"]).itemsize),
+    }
     seconds = row["median_s"]
-    row = {**row, **work, "median_ms": 1e3 * seconds, "tflops": work["flops"] / seconds / 1e12,
-           "gbps": work["bytes"] / seconds / 1e9}
+    row = {
+        **row,
+        **work,
+        "median_ms": 1e3 * seconds,
+        "tflops": work["flops"] / seconds / 1e12,
+        "gbps": work["bytes"] / seconds / 1e9,
+    }
     row["roofline_fraction"] = None if bandwidth is None else row["bytes"] / bandwidth / seconds
     return row
 
 
 def markdown_table(result: dict) -> str:
-    head = (f"Causal attention, {result['dtype']}, B={result['batch']}, H={result['heads']} on "
-            f"{result['device']}, jax {result['jax_version']}, {result['date']}"
-            f"{' (SMOKE: tiny shapes, CPU interpret mode; not a measurement)' if result['smoke'] else ''}. "
-            "Memory: XLA's buffer assignment of the call (JAX rows), the allocator's peak (FLA, marked *).\n\n")
-    lines = ["| impl | mode | D | T | ms | TFLOP/s | GB/s | % mem roofline | memory MiB | max rel. error | status |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    head = (
+        f"Causal attention, {result['dtype']}, B={result['batch']}, H={result['heads']} on "
+        f"{result['device']}, jax {result['jax_version']}, {result['date']}"
+        f"{' (SMOKE: tiny shapes, CPU interpret mode; not a measurement)' if result['smoke'] else ''}. "
+        "Memory: XLA's buffer assignment of the call (JAX rows), the allocator's peak (FLA, marked *).\n\n"
+    )
+    lines = [
+        "| impl | mode | D | T | ms | TFLOP/s | GB/s | % mem roofline | memory MiB | max rel. error | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         ok = r.get("status") == "ok"
-        def fmt(key, spec, r=r, ok=ok):     # a cell of this row, "-" when it did not run
+
+        def fmt(key, spec, r=r, ok=ok):  # a cell of this row, "-" when it did not run
             return format(r[key], spec) if ok and r.get(key) is not None else "-"
+
         roof = f"{100 * r['roofline_fraction']:.0f}" if ok and r.get("roofline_fraction") else "-"
-        memory = (f"{r['compiled_bytes'] / 2**20:.0f}" if r.get("compiled_bytes") else
-                  f"{r['peak_bytes'] / 2**20:.0f}*" if r.get("peak_bytes") else "-")
+        memory = (
+            f"{r['compiled_bytes'] / 2**20:.0f}"
+            if r.get("compiled_bytes")
+            else f"{r['peak_bytes'] / 2**20:.0f}*"
+            if r.get("peak_bytes")
+            else "-"
+        )
         error = f"{r['max_rel_error']:.1e}" if r.get("max_rel_error") is not None else "-"
         name = r["impl"] + (f" ({r['variant']})" if r.get("variant") else "")
-        lines.append(f"| {name} | {r['mode']} | {r['head_dim']} | {r['seq']} | {fmt('median_ms', '.3f')} | "
-                     f"{fmt('tflops', '.1f')} | {fmt('gbps', '.0f')} | {roof} | {memory} | {error} | {r['status']} |")
+        lines.append(
+            f"| {name} | {r['mode']} | {r['head_dim']} | {r['seq']} | {fmt('median_ms', '.3f')} | "
+            f"{fmt('tflops', '.1f')} | {fmt('gbps', '.0f')} | {roof} | {memory} | {error} | {r['status']} |"
+        )
     return head + "\n".join(lines) + "\n"

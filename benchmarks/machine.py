@@ -35,9 +35,14 @@ def machine_facts(*packages: str) -> dict:
         with open("/proc/cpuinfo") as f:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
     dirty = _git("status", "--porcelain", "--untracked-files=no")
-    return {"platform": platform.platform(), "cpu": cpu or platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "memory_GB": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
-            "python": platform.python_version(), **{name: _version(name) for name in packages},
-            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "git_commit": _git("rev-parse", "HEAD"), "git_dirty": None if dirty is None else bool(dirty)}
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu or platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "memory_GB": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
+        "python": platform.python_version(),
+        **{name: _version(name) for name in packages},
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": None if dirty is None else bool(dirty),
+    }

@@ -18,13 +18,28 @@ from typing import Any
 
 import jax
 
-__all__ = ["PEAK_BF16_FLOPS", "describe_device", "device_peak_bytes", "gpt_train_flops",
-           "host_memory_bytes", "median_time", "peak_flops"]
+__all__ = [
+    "PEAK_BF16_FLOPS",
+    "describe_device",
+    "device_peak_bytes",
+    "gpt_train_flops",
+    "host_memory_bytes",
+    "median_time",
+    "peak_flops",
+]
 
 
 # Dense bf16 tensor-core peak (FLOP/s) by device kind, from the vendors' data sheets; first match wins.
-PEAK_BF16_FLOPS = (("H100 PCIe", 756e12), ("H100", 989e12), ("GH200", 989e12), ("H200", 989e12),
-                   ("B200", 2250e12), ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12))
+PEAK_BF16_FLOPS = (
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("GH200", 989e12),
+    ("H200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+)
 
 
 def peak_flops(device_kind: str, dtype) -> float | None:
@@ -46,7 +61,7 @@ def gpt_train_flops(config, batch: int, seq: int, chunk: int = 64) -> float:
     d_model, layers, heads = config.d_model, config.num_layers, config.num_heads
     kv = config.num_kv_heads or heads
     d = d_model // heads
-    block = d_model * d * (2 * heads + 2 * kv) + 2 * d_model * config.ff_dim     # q, o; k, v; MLP
+    block = d_model * d * (2 * heads + 2 * kv) + 2 * d_model * config.ff_dim  # q, o; k, v; MLP
     head = d_model * config.vocab_size
     tokens = batch * seq
     matmuls = 6.0 * (layers * block + head) * tokens
@@ -57,8 +72,7 @@ def gpt_train_flops(config, batch: int, seq: int, chunk: int = 64) -> float:
     return matmuls + 3.0 * attention * heads * layers
 
 
-def median_time(fn: Callable[..., Any], *args, warmup: int = 2, repeats: int = 10,
-                max_seconds: float = 20.0) -> dict:
+def median_time(fn: Callable[..., Any], *args, warmup: int = 2, repeats: int = 10, max_seconds: float = 20.0) -> dict:
     """Median wall time of `fn(*args)` in seconds, synchronised on every output.
 
     Runs `warmup` untimed calls, then up to `repeats` timed ones, stopping early

@@ -22,8 +22,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- gpu-tables:begin -->", "<!-- gpu-tables:end -->"
 FORMAT = "cottention-jax gpu results"
-VERSIONS = ("python", "jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "flax", "triton", "torch",
-            "fla-core")
+VERSIONS = ("python", "jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "flax", "triton", "torch", "fla-core")
 
 
 def _num(x, spec: str = ",.0f") -> str:
@@ -40,8 +39,9 @@ def _stage(result: dict, name: str) -> dict:
 
 def _unfinished(stage: dict) -> str | None:
     """One line for a stage without results, else None."""
-    if stage.get("results") and (stage["results"].get("rows") or stage["results"].get("counts")
-                                 or stage["results"].get("entries")):
+    if stage.get("results") and (
+        stage["results"].get("rows") or stage["results"].get("counts") or stage["results"].get("entries")
+    ):
         return None
     reason = f": {stage['reason']}" if stage.get("reason") else ""
     note = f" {stage['note']}" if stage.get("note") else ""
@@ -54,9 +54,12 @@ def header(result: dict) -> str:
     versions = ", ".join(f"{name} {machine[name]}" for name in VERSIONS if machine.get(name))
     commit = (machine.get("git_commit") or "unknown")[:7] + (" with local changes" if machine.get("git_dirty") else "")
     cc = f" (compute capability {probe['compute_capability']})" if probe.get("compute_capability") else ""
-    lines = [f"#### {result['device']}", "",
-             f"Measured on **{result['device']}**{cc} on {(machine.get('date') or '?')[:10]}, at commit `{commit}`"
-             f" ({versions}). Source: {result.get('provenance', 'benchmarks/gpu_check.py')}."]
+    lines = [
+        f"#### {result['device']}",
+        "",
+        f"Measured on **{result['device']}**{cc} on {(machine.get('date') or '?')[:10]}, at commit `{commit}`"
+        f" ({versions}). Source: {result.get('provenance', 'benchmarks/gpu_check.py')}.",
+    ]
     if result.get("dry_run"):
         lines.append("**Dry run on the CPU: toy sizes, not a measurement.**")
     return "\n".join(lines)
@@ -70,27 +73,39 @@ def kernel_table(stage: dict) -> str:
     first = rows[0]
     bandwidth = res.get("peak_bandwidth_bytes_per_s")
     roofline = f"roofline = least HBM bytes / {bandwidth / 1e12:.2f} TB/s / time; " if bandwidth else ""
-    intro = (f"Causal attention, {first['dtype']}, B={first['batch']}, H={first['heads']}, D={first['head_dim']}; "
-             f"fwd and fwd+bwd (the VJP in q, k, v) in ms; {roofline}speed-up = the other's fwd+bwd time / "
-             "pallas's at the same T.")
+    intro = (
+        f"Causal attention, {first['dtype']}, B={first['batch']}, H={first['heads']}, D={first['head_dim']}; "
+        f"fwd and fwd+bwd (the VJP in q, k, v) in ms; {roofline}speed-up = the other's fwd+bwd time / "
+        "pallas's at the same T."
+    )
     cell = {(r["impl"], r.get("variant", ""), r["seq"], r["mode"]): r for r in rows}
     # the speed-ups' baseline: pallas's row at each T (not a "previous defaults" row kept for comparison)
-    baseline = {t: (i, v) for (i, v, t, m), r in cell.items()
-                if i == "pallas" and m == "fwd+bwd" and r.get("status") == "ok" and not v.startswith("previous")}
-    lines = ["| implementation | T | fwd ms | fwd+bwd ms | fwd+bwd % of roofline | pallas speed-up |",
-             "|---|---:|---:|---:|---:|---:|"]
+    baseline = {
+        t: (i, v)
+        for (i, v, t, m), r in cell.items()
+        if i == "pallas" and m == "fwd+bwd" and r.get("status") == "ok" and not v.startswith("previous")
+    }
+    lines = [
+        "| implementation | T | fwd ms | fwd+bwd ms | fwd+bwd % of roofline | pallas speed-up |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for impl, variant, seq in sorted({k[:3] for k in cell}, key=lambda k: (k[2], k[0] != "pallas", k[0], k[1])):
         fwd, both = cell.get((impl, variant, seq, "fwd"), {}), cell.get((impl, variant, seq, "fwd+bwd"), {})
         ok_f, ok_b = fwd.get("status") == "ok", both.get("status") == "ok"
         roof = both.get("roofline_fraction") if ok_b else None
         base = baseline.get(seq)
-        ratio = both["median_ms"] / cell[(*base, seq, "fwd+bwd")]["median_ms"] \
-            if ok_b and base and base != (impl, variant) else None
+        ratio = (
+            both["median_ms"] / cell[(*base, seq, "fwd+bwd")]["median_ms"]
+            if ok_b and base and base != (impl, variant)
+            else None
+        )
         name = f"{impl} ({variant})" if variant else impl
         status = "" if ok_f and ok_b else f" ({(both if not ok_b else fwd).get('status', 'not run')})"
-        lines.append(f"| {name}{status} | {seq:,} | {_ms(fwd['median_ms']) if ok_f else '-'} | "
-                     f"{_ms(both['median_ms']) if ok_b else '-'} | {_num(roof and 100 * roof, '.0f')}"
-                     f"{'%' if roof else ''} | {_num(ratio, '.1f')}{'×' if ratio else ''} |")
+        lines.append(
+            f"| {name}{status} | {seq:,} | {_ms(fwd['median_ms']) if ok_f else '-'} | "
+            f"{_ms(both['median_ms']) if ok_b else '-'} | {_num(roof and 100 * roof, '.0f')}"
+            f"{'%' if roof else ''} | {_num(ratio, '.1f')}{'×' if ratio else ''} |"
+        )
     return intro + "\n\n" + "\n".join(lines)
 
 
@@ -107,21 +122,32 @@ def train_table(stage: dict) -> str:
         if r.get("status") != "ok":
             return f"{r.get('status', 'not run').split(':')[0]} | - | {_num(r.get('peak_memory_GB'), '.1f')}"
         mfu = r.get("mfu")
-        return (f"{_num(r['tokens_per_second'])} | {_num(mfu and 100 * mfu, '.1f')}{'%' if mfu else ''} | "
-                f"{_num(r.get('peak_memory_GB'), '.1f')}")
+        return (
+            f"{_num(r['tokens_per_second'])} | {_num(mfu and 100 * mfu, '.1f')}{'%' if mfu else ''} | "
+            f"{_num(r.get('peak_memory_GB'), '.1f')}"
+        )
 
-    lines = ["| seq × batch | cosine tokens/s | cosine MFU | cosine peak GB | softmax tokens/s | softmax MFU | "
-             "softmax peak GB | cosine / softmax |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| seq × batch | cosine tokens/s | cosine MFU | cosine peak GB | softmax tokens/s | softmax MFU | "
+        "softmax peak GB | cosine / softmax |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for seq in sorted({s for _, s in by}):
         cos, soft = by.get(("cosine", seq)), by.get(("softmax", seq))
         batch = next((r["batch"] for r in (cos, soft) if r and r.get("batch")), None)
-        ratio = cos["tokens_per_second"] / soft["tokens_per_second"] if cos and soft and \
-            cos.get("status") == soft.get("status") == "ok" else None
-        lines.append(f"| {seq:,} × {batch or '-'} | {cells(cos)} | {cells(soft)} | "
-                     f"{_num(ratio, '.2f')}{'×' if ratio else ''} |")
+        ratio = (
+            cos["tokens_per_second"] / soft["tokens_per_second"]
+            if cos and soft and cos.get("status") == soft.get("status") == "ok"
+            else None
+        )
+        lines.append(
+            f"| {seq:,} × {batch or '-'} | {cells(cos)} | {cells(soft)} | {_num(ratio, '.2f')}{'×' if ratio else ''} |"
+        )
     note = f"\n\n{res['note']}" if res.get("note") else ""
-    return ("Training steps (tokens/s; MFU = model FLOPs per step / step time / the device's dense bf16 peak; "
-            "peak GB: the allocator's peak in the row's own process).\n\n" + "\n".join(lines) + note)
+    return (
+        "Training steps (tokens/s; MFU = model FLOPs per step / step time / the device's dense bf16 peak; "
+        "peak GB: the allocator's peak in the row's own process).\n\n" + "\n".join(lines) + note
+    )
 
 
 def decode_table(stage: dict) -> str:
@@ -138,8 +164,9 @@ def decode_table(stage: dict) -> str:
     for context in sorted({c for _, c in by}):
         lines.append(f"| {context:,} | {cell(by.get(('cosine', context)))} | {cell(by.get(('softmax', context)))} |")
     ratios = res.get("ratios") or {}
-    tail = "; ".join(f"{a} {v['contexts'][1]:,} / {v['contexts'][0]:,}: {v['longest_over_shortest']:.2f}×"
-                     for a, v in ratios.items())
+    tail = "; ".join(
+        f"{a} {v['contexts'][1]:,} / {v['contexts'][0]:,}: {v['longest_over_shortest']:.2f}×" for a, v in ratios.items()
+    )
     return "\n".join(lines) + (f"\n\nLatency ratio, {tail}." if tail else "")
 
 
@@ -159,12 +186,14 @@ def tests_line(stage: dict) -> str:
 
 
 def render(result: dict, source: str) -> str:
-    parts = [header(result),
-             "Kernels (`benchmarks/bench_kernels.py`):\n\n" + kernel_table(_stage(result, "bench")),
-             "Training throughput (`benchmarks/train_throughput.py`):\n\n" + train_table(_stage(result, "train")),
-             "Decoding (`benchmarks/decode_benchmark.py`):\n\n" + decode_table(_stage(result, "decode")),
-             tests_line(_stage(result, "tests")),
-             f"<sub>Generated from `{source}` by `benchmarks/render_tables.py`.</sub>"]
+    parts = [
+        header(result),
+        "Kernels (`benchmarks/bench_kernels.py`):\n\n" + kernel_table(_stage(result, "bench")),
+        "Training throughput (`benchmarks/train_throughput.py`):\n\n" + train_table(_stage(result, "train")),
+        "Decoding (`benchmarks/decode_benchmark.py`):\n\n" + decode_table(_stage(result, "decode")),
+        tests_line(_stage(result, "tests")),
+        f"<sub>Generated from `{source}` by `benchmarks/render_tables.py`.</sub>",
+    ]
     return "\n\n".join(parts)
 
 
@@ -202,8 +231,12 @@ def default_results() -> list[pathlib.Path]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", nargs="*", type=pathlib.Path, help="results files (default: benchmarks/results/*.json "
-                                                                  "written by gpu_check.py, not dry runs)")
+    p.add_argument(
+        "results",
+        nargs="*",
+        type=pathlib.Path,
+        help="results files (default: benchmarks/results/*.json written by gpu_check.py, not dry runs)",
+    )
     p.add_argument("--markdown", type=pathlib.Path, default=ROOT / "README.md")
     p.add_argument("--print", action="store_true", help="print the tables; write nothing")
     args = p.parse_args(argv)

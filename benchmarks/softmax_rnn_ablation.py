@@ -12,16 +12,30 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):   # run as `python benchmarks/<name>.py`: import `benchmarks` from the root
+if __package__ in (None, ""):  # run as `python benchmarks/<name>.py`: import `benchmarks` from the root
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from benchmarks.ablation import format_table, plot_loss_curves, run_ablation  # noqa: E402
 from benchmarks.measure import describe_device  # noqa: E402
 from cottention_jax.configs import train_preset  # noqa: E402
 
-DEFAULT_VARIANTS = ["softmax", "cosine", "taylor1", "taylor2", "taylor4", "taylor2-l2norm", "taylor2-rms",
-                    "taylor2-layernorm", "taylor2-none", "taylor2-position", "taylor2-detached", "taylor2-gate",
-                    "linear-elu", "linear-relu", "linear-cosine"]
+DEFAULT_VARIANTS = [
+    "softmax",
+    "cosine",
+    "taylor1",
+    "taylor2",
+    "taylor4",
+    "taylor2-l2norm",
+    "taylor2-rms",
+    "taylor2-layernorm",
+    "taylor2-none",
+    "taylor2-position",
+    "taylor2-detached",
+    "taylor2-gate",
+    "linear-elu",
+    "linear-relu",
+    "linear-cosine",
+]
 
 
 def main(argv):
@@ -36,9 +50,11 @@ def main(argv):
     base = train_preset(args.preset, args.overrides)
     rows = run_ablation(base, args.variants, root, progress=not args.no_progress)
     info = describe_device()
-    header = (f"GPT {base.model.num_layers}L/{base.model.d_model}d/{base.model.num_heads}h, {base.steps} steps of "
-              f"{base.data.batch_size}x{base.data.seq_len} tokens on {base.data.corpus}, seed {base.seed}; "
-              f"{info['device']} ({info['cpu_cores']} cores), jax {info['jax']}")
+    header = (
+        f"GPT {base.model.num_layers}L/{base.model.d_model}d/{base.model.num_heads}h, {base.steps} steps of "
+        f"{base.data.batch_size}x{base.data.seq_len} tokens on {base.data.corpus}, seed {base.seed}; "
+        f"{info['device']} ({info['cpu_cores']} cores), jax {info['jax']}"
+    )
     table = format_table(rows)
     (root / "ablation.md").write_text(header + "\n\n" + table + "\n")
     plot_loss_curves(rows, root / "loss_curves.png", title=header)

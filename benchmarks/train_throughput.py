@@ -23,7 +23,7 @@ import json
 import pathlib
 import sys
 
-if __package__ in (None, ""):   # run as `python benchmarks/<name>.py`: import `benchmarks` from the root
+if __package__ in (None, ""):  # run as `python benchmarks/<name>.py`: import `benchmarks` from the root
     sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
 
 import jax
@@ -67,8 +67,10 @@ def measure(cfg, seq: int, tokens: int, repeats: int, limit: int) -> dict:
         return {**row, "status": _failure(err, "skipped: does not compile")}
     row["compiled_GB"] = (compiled_bytes(compiled) or 0) / 1e9
     if row["compiled_GB"] * 1e9 > limit:
-        return {**row, "status": f"skipped: needs {row['compiled_GB']:.1f} GB compiled, the device has "
-                                 f"{limit / 1e9:.1f} GB"}
+        return {
+            **row,
+            "status": f"skipped: needs {row['compiled_GB']:.1f} GB compiled, the device has {limit / 1e9:.1f} GB",
+        }
     try:
         timing = median_time(compiled, model, optimizer, batch, warmup=2, repeats=repeats)
     except Exception as err:  # noqa: BLE001  (out of memory at run time is a result too)
@@ -76,10 +78,17 @@ def measure(cfg, seq: int, tokens: int, repeats: int, limit: int) -> dict:
     seconds = timing["median_s"]
     peak = peak_flops(describe_device()["device"], cfg.model.dtype)
     flops = gpt_train_flops(cfg.model, batch_size, seq)
-    return {**row, "status": "ok", "ms_per_step": 1e3 * seconds, "tokens_per_second": row["tokens"] / seconds,
-            "model_flops_per_step": flops, "model_tflops_per_s": flops / seconds / 1e12,
-            "peak_flops": peak, "mfu": None if peak is None else flops / seconds / peak,
-            "peak_memory_GB": _peak_GB()}
+    return {
+        **row,
+        "status": "ok",
+        "ms_per_step": 1e3 * seconds,
+        "tokens_per_second": row["tokens"] / seconds,
+        "model_flops_per_step": flops,
+        "model_tflops_per_s": flops / seconds / 1e12,
+        "peak_flops": peak,
+        "mfu": None if peak is None else flops / seconds / peak,
+        "peak_memory_GB": _peak_GB(),
+    }
 
 
 def _peak_GB() -> float | None:
@@ -101,30 +110,35 @@ def main(argv):
     info = describe_device()
     limit = device_memory_limit()
     base = train_preset(args.preset)
-    vocab = [f"model.vocab_size={base.data.vocab_size}"] if base.data.vocab_size else []   # what it trains with
+    vocab = [f"model.vocab_size={base.data.vocab_size}"] if base.data.vocab_size else []  # what it trains with
     rows = []
     for seq in args.seq_lens:
         for attention in args.attention:
-            cfg = train_preset(args.preset, [*vocab, f"model.attention={attention}", f"model.max_len={seq}",
-                                             *args.overrides])
+            cfg = train_preset(
+                args.preset, [*vocab, f"model.attention={attention}", f"model.max_len={seq}", *args.overrides]
+            )
             row = measure(cfg, seq, args.tokens, args.repeats, limit)
             rows.append(row)
             if row["status"] == "ok":
                 mfu = "-" if row["mfu"] is None else f"{100 * row['mfu']:.1f}%"
-                print(f"{attention:>8} seq {seq:>6} batch {row['batch']:>3}: {row['tokens_per_second']:>10,.0f} "
-                      f"tokens/s ({row['ms_per_step']:.0f} ms/step, MFU {mfu}, {row['compiled_GB']:.1f} GB compiled)",
-                      flush=True)
+                print(
+                    f"{attention:>8} seq {seq:>6} batch {row['batch']:>3}: {row['tokens_per_second']:>10,.0f} "
+                    f"tokens/s ({row['ms_per_step']:.0f} ms/step, MFU {mfu}, {row['compiled_GB']:.1f} GB compiled)",
+                    flush=True,
+                )
             else:
                 print(f"{attention:>8} seq {seq:>6}: {row['status']}", flush=True)
-    print(f"GPT preset {args.preset!r} training steps on {info['device']} ({info['cpu_cores']} cores), "
-          f"jax {info['jax']}")
+    print(
+        f"GPT preset {args.preset!r} training steps on {info['device']} ({info['cpu_cores']} cores), jax {info['jax']}"
+    )
     for seq in args.seq_lens:
         rate = {r["attention"]: r.get("tokens_per_second") for r in rows if r["seq"] == seq}
         if rate.get("cosine") and rate.get("softmax"):
             print(f"seq {seq}: cosine / softmax tokens/s = {rate['cosine'] / rate['softmax']:.2f}x")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(
-        {"info": info, "flop_formula": inspect.getdoc(gpt_train_flops), "rows": rows}, indent=1))
+    (args.out / "results.json").write_text(
+        json.dumps({"info": info, "flop_formula": inspect.getdoc(gpt_train_flops), "rows": rows}, indent=1)
+    )
 
 
 if __name__ == "__main__":

@@ -57,18 +57,18 @@ class CosineAttentionState(NamedTuple):
 
 def init_cosine_attention_state(batch: int, heads: int, dk: int, dv: int) -> CosineAttentionState:
     """An empty state: zeros, count 0."""
-    return CosineAttentionState(jnp.zeros((batch, heads, dk, dv), jnp.float32),
-                                jnp.zeros((batch,), jnp.int32))
+    return CosineAttentionState(jnp.zeros((batch, heads, dk, dv), jnp.float32), jnp.zeros((batch,), jnp.int32))
 
 
 def default_implementation(causal: bool = True) -> Implementation:
-    """"pallas" for causal attention on a GPU, "xla" otherwise."""
+    """ "pallas" for causal attention on a GPU, "xla" otherwise."""
     if causal and jax.default_backend() == "gpu":
         return "pallas"
     return "xla"
 
 
 # ----------------------------------------------------------------------------- checks
+
 
 def _check_arrays(**arrays) -> None:
     """jax or numpy arrays only: a list or a scalar has no shape to check against the others."""
@@ -86,13 +86,12 @@ def _check_chunk_size(chunk_size, impl: str) -> None:
     """None (the default) or a positive int; for the Pallas kernels a power of two >= 16."""
     if chunk_size is None:
         return
-    if isinstance(chunk_size, (bool, np.bool_)) or not isinstance(chunk_size, (int, np.integer)) \
-            or chunk_size < 1:
-        raise ValueError(f"chunk_size must be None (the default, {_xla.DEFAULT_CHUNK}) or an int >= 1; "
-                         f"got {chunk_size!r}")
+    if isinstance(chunk_size, (bool, np.bool_)) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(
+            f"chunk_size must be None (the default, {_xla.DEFAULT_CHUNK}) or an int >= 1; got {chunk_size!r}"
+        )
     if impl == "pallas" and (chunk_size < 16 or chunk_size & (chunk_size - 1)):
-        raise ValueError(f"chunk_size for implementation='pallas' must be a power of two >= 16; "
-                         f"got {chunk_size}")
+        raise ValueError(f"chunk_size for implementation='pallas' must be a power of two >= 16; got {chunk_size}")
 
 
 def _check_choice(name: str, value, choices) -> None:
@@ -109,22 +108,26 @@ def _check_state(state, b: int, h: int, dk: int, dv: int, name: str = "initial_s
     if not isinstance(state, CosineAttentionState):
         raise ValueError(f"{name} must be a CosineAttentionState(kv, count); got {type(state).__name__}")
     if jnp.shape(state.kv) != (b, h, dk, dv):
-        raise ValueError(f"{name}.kv must have shape (batch, heads, d_k, d_v) = {(b, h, dk, dv)}; "
-                         f"got {name}.kv.shape={tuple(jnp.shape(state.kv))}")
+        raise ValueError(
+            f"{name}.kv must have shape (batch, heads, d_k, d_v) = {(b, h, dk, dv)}; "
+            f"got {name}.kv.shape={tuple(jnp.shape(state.kv))}"
+        )
     if jnp.shape(state.count) != (b,):
-        raise ValueError(f"{name}.count must have shape (batch,) = ({b},); "
-                         f"got {name}.count.shape={tuple(jnp.shape(state.count))}")
+        raise ValueError(
+            f"{name}.count must have shape (batch,) = ({b},); got {name}.count.shape={tuple(jnp.shape(state.count))}"
+        )
     if not jnp.issubdtype(jnp.result_type(state.count), jnp.integer):
         raise ValueError(f"{name}.count must be an integer array; got dtype {jnp.result_type(state.count)}")
-    if not isinstance(state.count, jax.core.Tracer):     # a traced count (under jit) has no value to check
+    if not isinstance(state.count, jax.core.Tracer):  # a traced count (under jit) has no value to check
         count = np.asarray(state.count)
         if np.any(count < 0):
             raise ValueError(f"{name}.count must be >= 0 (real tokens seen so far); got {name}.count={count.tolist()}")
     _check_float(**{f"{name}.kv": state.kv})
 
 
-def check_inputs(q, k, v, stabilizer, causal, padding_mask, initial_state, return_state,
-                  stabilize, implementation) -> None:
+def check_inputs(
+    q, k, v, stabilizer, causal, padding_mask, initial_state, return_state, stabilize, implementation
+) -> None:
     _check_choice("stabilize", stabilize, STABILIZE_MODES)
     if implementation is not None:
         _check_choice("implementation", implementation, IMPLEMENTATIONS)
@@ -138,11 +141,11 @@ def check_inputs(q, k, v, stabilizer, causal, padding_mask, initial_state, retur
     if padding_mask is not None:
         _check_arrays(padding_mask=padding_mask)
         if jnp.shape(padding_mask) != (b, t):
-            raise _shape_error(f"padding_mask must have shape (batch, seq) = {(b, t)}",
-                               padding_mask=padding_mask)
+            raise _shape_error(f"padding_mask must have shape (batch, seq) = {(b, t)}", padding_mask=padding_mask)
         if jnp.result_type(padding_mask) != jnp.bool_:
-            raise ValueError(f"padding_mask must be a bool array (True = real token); "
-                             f"got dtype {jnp.result_type(padding_mask)}")
+            raise ValueError(
+                f"padding_mask must be a bool array (True = real token); got dtype {jnp.result_type(padding_mask)}"
+            )
     if not causal and initial_state is not None:
         raise ValueError("initial_state is only defined for causal=True attention; got causal=False")
     if not causal and return_state:
@@ -153,30 +156,49 @@ def check_inputs(q, k, v, stabilizer, causal, padding_mask, initial_state, retur
 
 # ----------------------------------------------------------------------------- the op on one device
 
-def cosine_attention_local(q, k, v, stabilizer, *, causal: bool, padding_mask=None,
-                           initial_state: CosineAttentionState | None = None, return_state: bool = False,
-                           stabilize: Stabilize = "value", implementation: Implementation | None = None,
-                           chunk_size: int | None = None, interpret: bool = False):
+
+def cosine_attention_local(
+    q,
+    k,
+    v,
+    stabilizer,
+    *,
+    causal: bool,
+    padding_mask=None,
+    initial_state: CosineAttentionState | None = None,
+    return_state: bool = False,
+    stabilize: Stabilize = "value",
+    implementation: Implementation | None = None,
+    chunk_size: int | None = None,
+    interpret: bool = False,
+):
     """`ops.cosine_attention` on one device (arguments and results as there, without sequence_axis)."""
-    check_inputs(q, k, v, stabilizer, causal, padding_mask, initial_state, return_state,
-                 stabilize, implementation)
+    check_inputs(q, k, v, stabilizer, causal, padding_mask, initial_state, return_state, stabilize, implementation)
     impl = implementation or default_implementation(causal)
     _check_chunk_size(chunk_size, impl)
     if impl == "pallas" and causal and not interpret and jax.default_backend() != "gpu":
-        raise ValueError(f"implementation='pallas' needs a GPU (JAX's backend is {jax.default_backend()!r}); "
-                         "pass interpret=True to run the kernels on the CPU, or use 'xla'")
+        raise ValueError(
+            f"implementation='pallas' needs a GPU (JAX's backend is {jax.default_backend()!r}); "
+            "pass interpret=True to run the kernels on the CPU, or use 'xla'"
+        )
     b, t, h, dk = q.shape
     dv = v.shape[-1]
     state0 = initial_state or init_cosine_attention_state(b, h, dk, dv)
 
     if impl == "reference":
         out, state = _ref.cosine_attention_reference(
-            q, k, v, stabilizer, causal=causal, padding_mask=padding_mask,
-            initial_state=(state0.kv, state0.count), stabilize=stabilize)
+            q,
+            k,
+            v,
+            stabilizer,
+            causal=causal,
+            padding_mask=padding_mask,
+            initial_state=(state0.kv, state0.count),
+            stabilize=stabilize,
+        )
         state = None if state is None else CosineAttentionState(*state)
     elif causal:
-        out, state = _causal_linear(q, k, v, stabilizer, padding_mask, state0, stabilize,
-                                    impl, chunk_size, interpret)
+        out, state = _causal_linear(q, k, v, stabilizer, padding_mask, state0, stabilize, impl, chunk_size, interpret)
     else:
         out, state = _bidirectional_linear(q, k, v, stabilizer, padding_mask), None
 
@@ -202,27 +224,30 @@ def _finite_values(vz, mask):
     return jnp.where(bad[..., None], 0, vz).astype(vz.dtype), bad
 
 
-def _causal_linear(q, k, v, stabilizer, padding_mask, state0, stabilize, impl, chunk_size,
-                   interpret):
+def _causal_linear(q, k, v, stabilizer, padding_mask, state0, stabilize, impl, chunk_size, interpret):
     qn, kn, vz, mask = normalized_inputs(q, k, v, padding_mask)
     vz, bad = _finite_values(vz, mask)
-    counts = state0.count[:, None] + jnp.cumsum(mask.astype(jnp.int32), axis=1)   # n_i: (B, T)
-    scale = _ref.count_scale(counts, stabilizer)                                  # (B, T, H)
+    counts = state0.count[:, None] + jnp.cumsum(mask.astype(jnp.int32), axis=1)  # n_i: (B, T)
+    scale = _ref.count_scale(counts, stabilizer)  # (B, T, H)
     key_scale = scale if stabilize == "value" else jnp.ones_like(scale)
-    if stabilize == "query":      # o_t = (q^_t n_t^-p) S_t: the row factor rides on the query (o is linear in it),
-        qn = (qn.astype(jnp.float32) * scale[..., None]).astype(qn.dtype)   # so no unscaled sum is ever an output
+    if stabilize == "query":  # o_t = (q^_t n_t^-p) S_t: the row factor rides on the query (o is linear in it),
+        qn = (qn.astype(jnp.float32) * scale[..., None]).astype(qn.dtype)  # so no unscaled sum is ever an output
     kv0 = state0.kv.astype(jnp.float32)
     if impl == "pallas":
         from pallas_kernels.cosine_attn import pallas  # noqa: PLC0415  (imports Pallas lazily)
+
         sizes = None
         if chunk_size is not None:
-            sizes = dataclasses.replace(pallas.BlockSizes.get_default(q.dtype, q.shape[-1], v.shape[-1]),
-                                        chunk=chunk_size)
-        out, kv = pallas.causal_linear_attention_pallas(qn, kn, vz, key_scale, kv0, interpret=interpret,
-                                                        block_sizes=sizes)
+            sizes = dataclasses.replace(
+                pallas.BlockSizes.get_default(q.dtype, q.shape[-1], v.shape[-1]), chunk=chunk_size
+            )
+        out, kv = pallas.causal_linear_attention_pallas(
+            qn, kn, vz, key_scale, kv0, interpret=interpret, block_sizes=sizes
+        )
     else:
-        out, kv = _xla.causal_linear_attention_xla(qn, kn, vz, key_scale, kv0,
-                                                   _xla.DEFAULT_CHUNK if chunk_size is None else chunk_size)
+        out, kv = _xla.causal_linear_attention_xla(
+            qn, kn, vz, key_scale, kv0, _xla.DEFAULT_CHUNK if chunk_size is None else chunk_size
+        )
     out = _ref.poison_reached(out.astype(jnp.float32), bad, causal=True, mask=mask)
     count = state0.count.astype(jnp.int32) + jnp.sum(mask, axis=1, dtype=jnp.int32)
     return out, CosineAttentionState(_ref.poison_state(kv, bad), count)
@@ -233,11 +258,12 @@ def _bidirectional_linear(q, k, v, stabilizer, padding_mask):
     qn, kn, vz, mask = normalized_inputs(q, k, v, padding_mask)
     vz, bad = _finite_values(vz, mask)
     scale = _ref.count_scale(jnp.sum(mask, axis=1, dtype=jnp.int32), stabilizer)  # (B, H)
-    out = _xla.bidirectional_linear_attention_xla(qn, kn, vz, scale)             # (B, T, H, Dv) float32
+    out = _xla.bidirectional_linear_attention_xla(qn, kn, vz, scale)  # (B, T, H, Dv) float32
     return _ref.poison_reached(out, bad, causal=False, mask=mask)
 
 
 # ----------------------------------------------------------------------------- one RNN step
+
 
 def cosine_attention_step(
     state: CosineAttentionState,
@@ -271,25 +297,28 @@ def cosine_attention_step(
     _check_state(state, b, h, dk, dv, name="state")
     if padding_mask_t is not None:
         _check_arrays(padding_mask_t=padding_mask_t)
-    if padding_mask_t is not None and (jnp.shape(padding_mask_t) != (b,)
-                                       or jnp.result_type(padding_mask_t) != jnp.bool_):
-        raise ValueError(f"padding_mask_t must be a bool array of shape (batch,) = ({b},); got "
-                         f"shape {tuple(jnp.shape(padding_mask_t))}, dtype {jnp.result_type(padding_mask_t)}")
+    if padding_mask_t is not None and (
+        jnp.shape(padding_mask_t) != (b,) or jnp.result_type(padding_mask_t) != jnp.bool_
+    ):
+        raise ValueError(
+            f"padding_mask_t must be a bool array of shape (batch,) = ({b},); got "
+            f"shape {tuple(jnp.shape(padding_mask_t))}, dtype {jnp.result_type(padding_mask_t)}"
+        )
 
     real = jnp.ones((b,), bool) if padding_mask_t is None else padding_mask_t
     group = h // n_kv
-    qn = _ref.l2_normalize(q_t).reshape(b, n_kv, group, dk)                # (B, KV, G, Dk)
-    kn = _ref.l2_normalize(k_t)                                            # (B, KV, Dk)
-    bad = real[:, None] & ~jnp.all(jnp.isfinite(v_t), axis=-1)             # (B, KV): the state becomes NaN
+    qn = _ref.l2_normalize(q_t).reshape(b, n_kv, group, dk)  # (B, KV, G, Dk)
+    kn = _ref.l2_normalize(k_t)  # (B, KV, Dk)
+    bad = real[:, None] & ~jnp.all(jnp.isfinite(v_t), axis=-1)  # (B, KV): the state becomes NaN
     vf = jnp.where(bad[..., None], 0.0, v_t.astype(jnp.float32))
     count = state.count.astype(jnp.int32) + real.astype(jnp.int32)
-    scale = _ref.count_scale(count, stabilizer).reshape(b, n_kv, group)    # (B, KV, G)
+    scale = _ref.count_scale(count, stabilizer).reshape(b, n_kv, group)  # (B, KV, G)
     w = scale if stabilize == "value" else jnp.ones_like(scale)
     kv = state.kv.astype(jnp.float32).reshape(b, n_kv, group, dk, dv)
     update = jnp.einsum("bkd,bke,bkg->bkgde", kn, vf, w)
-    kv = jnp.where(real[:, None, None, None, None], kv + update, kv)     # S_t = S_{t-1} + k~ v^T (real rows)
-    kv = jnp.where(bad[:, :, None, None, None], jnp.nan, kv)             # a non-finite value: NaN from here on
-    out = jnp.einsum("bkgd,bkgde->bkge", qn, kv, precision=_HI)          # o_t = S_t^T q^_t
+    kv = jnp.where(real[:, None, None, None, None], kv + update, kv)  # S_t = S_{t-1} + k~ v^T (real rows)
+    kv = jnp.where(bad[:, :, None, None, None], jnp.nan, kv)  # a non-finite value: NaN from here on
+    out = jnp.einsum("bkgd,bkgde->bkge", qn, kv, precision=_HI)  # o_t = S_t^T q^_t
     if stabilize == "query":
         out = out * scale[..., None]
     out = jnp.where(real[:, None, None, None], out, 0).reshape(b, h, dv)

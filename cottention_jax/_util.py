@@ -13,8 +13,10 @@ from pallas_kernels.cosine_attn._util import HIGHEST, ein
 
 __all__ = ["HIGHEST", "check_float", "check_qkv", "ein", "shape_error"]
 
-_LAYOUTS = {4: ("(batch, seq, heads, head_dim)", "batch, seq, heads and head_dim"),
-            3: ("(batch, heads, head_dim)", "batch, heads and head_dim")}
+_LAYOUTS = {
+    4: ("(batch, seq, heads, head_dim)", "batch, seq, heads and head_dim"),
+    3: ("(batch, heads, head_dim)", "batch, heads and head_dim"),
+}
 
 
 def shape_error(msg: str, **arrays) -> ValueError:
@@ -29,8 +31,17 @@ def check_float(**arrays) -> None:
             raise ValueError(f"{name} must be a floating-point array; got {name}.dtype={jnp.result_type(a)}")
 
 
-def check_qkv(q: jax.Array, k: jax.Array, v: jax.Array, *, rank: int = 4, names: tuple[str, str, str] = ("q", "k", "v"),
-              same_value_dim: bool = False, nonempty: bool = False, seq_note: str = "") -> None:
+def check_qkv(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    rank: int = 4,
+    names: tuple[str, str, str] = ("q", "k", "v"),
+    same_value_dim: bool = False,
+    nonempty: bool = False,
+    seq_note: str = "",
+) -> None:
     """q (B, [T,] H, D), k (B, [T,] KV, D), v (B, [T,] KV, Dv): `rank` 4 (a sequence) or 3 (one step).
 
     Checks, in this order: the rank; no empty axis (when `nonempty`); one floating dtype; the
@@ -48,8 +59,10 @@ def check_qkv(q: jax.Array, k: jax.Array, v: jax.Array, *, rank: int = 4, names:
                 raise shape_error(f"{name} must have no empty axis ({axes} >= 1)", **{name: a})
     check_float(**{nq: q, nk: k, nv: v})
     if not (jnp.result_type(q) == jnp.result_type(k) == jnp.result_type(v)):
-        raise ValueError(f"{nq}, {nk} and {nv} must share a dtype; got {jnp.result_type(q)}, "
-                         f"{jnp.result_type(k)}, {jnp.result_type(v)}")
+        raise ValueError(
+            f"{nq}, {nk} and {nv} must share a dtype; got {jnp.result_type(q)}, "
+            f"{jnp.result_type(k)}, {jnp.result_type(v)}"
+        )
     qkv = {nq: q, nk: k, nv: v}
     if not (q.shape[0] == k.shape[0] == v.shape[0]):
         raise shape_error(f"{nq}, {nk} and {nv} must have the same batch size", **qkv)
@@ -62,5 +75,7 @@ def check_qkv(q: jax.Array, k: jax.Array, v: jax.Array, *, rank: int = 4, names:
     if k.shape[-2] != v.shape[-2]:
         raise shape_error(f"{nk} and {nv} must have the same number of heads", **{nk: k, nv: v})
     if q.shape[-2] % k.shape[-2]:
-        raise shape_error(f"heads of {nq} ({q.shape[-2]}) must be a multiple of kv heads of {nk} and {nv} "
-                          f"({k.shape[-2]})", **{nq: q, nk: k})
+        raise shape_error(
+            f"heads of {nq} ({q.shape[-2]}) must be a multiple of kv heads of {nk} and {nv} ({k.shape[-2]})",
+            **{nq: q, nk: k},
+        )

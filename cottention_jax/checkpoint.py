@@ -94,7 +94,7 @@ def _error_summary(err: BaseException) -> str:
         code = re.search(r"os_error_code='?(\d+)", str(e))
         if code:
             return f"{os.strerror(int(code.group(1)))} (errno {code.group(1)})"
-    root = err                                  # the most specific error it was raised from: TensorStore's own
+    root = err  # the most specific error it was raised from: TensorStore's own
     while root.__cause__ is not None and str(root.__cause__).strip():
         root = root.__cause__
     first = (str(root).strip().splitlines() or [type(root).__name__])[0]
@@ -130,11 +130,11 @@ def _is_orbax_teardown_noise(unraisable: sys.UnraisableHookArgs) -> bool:
     if isinstance(err, RuntimeError) and str(err) == "Event loop is closed" and unraisable.object is None:
         while tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
-        return tb is not None and tb.tb_frame.f_code.co_name == "_check_closed"   # (1)
+        return tb is not None and tb.tb_frame.f_code.co_name == "_check_closed"  # (1)
     code = getattr(unraisable.object, "cr_code", None)
     if code is None or f"{os.sep}orbax{os.sep}" not in code.co_filename:
         return False
-    return any(isinstance(e, GeneratorExit) for e in _chain(err))   # (2)
+    return any(isinstance(e, GeneratorExit) for e in _chain(err))  # (2)
 
 
 _noise_filter: Callable[[sys.UnraisableHookArgs], object] | None = None
@@ -172,8 +172,9 @@ def _quiet_orbax_errors():
 
 @jax.jit
 def _all_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-              if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    leaves = [
+        jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+    ]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
@@ -185,8 +186,9 @@ class Checkpointer:
     skipped checkpoints go (default: stderr).
     """
 
-    def __init__(self, directory: str | os.PathLike, *, save_every: int, keep: int,
-                 log: Callable[[str], None] | None = None):
+    def __init__(
+        self, directory: str | os.PathLike, *, save_every: int, keep: int, log: Callable[[str], None] | None = None
+    ):
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_every, create=True)
         self.directory = os.path.abspath(os.fspath(directory))
         self.manager = ocp.CheckpointManager(self.directory, options=options)
@@ -200,8 +202,16 @@ class Checkpointer:
 
     # ----------------------------------------------------------------------------- save
 
-    def save(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer, data_state: dict, config: dict,
-             *, force: bool = False) -> bool:
+    def save(
+        self,
+        step: int,
+        model: nnx.Module,
+        optimizer: nnx.Optimizer,
+        data_state: dict,
+        config: dict,
+        *,
+        force: bool = False,
+    ) -> bool:
         """Save if `step` is on the save interval (or `force`); returns whether it saved.
 
         Raises NonFiniteStateError (nothing written) for a NaN/inf state and CheckpointSaveError
@@ -213,30 +223,41 @@ class Checkpointer:
         previous = self.latest_step()
         kept = "no earlier checkpoint" if previous is None else f"the last checkpoint (step {previous}) is kept"
         if not bool(_all_finite(state)):
-            raise NonFiniteStateError(f"refusing to save checkpoint {step}: the model or optimizer state holds "
-                                      f"NaN or inf values; {kept}")
+            raise NonFiniteStateError(
+                f"refusing to save checkpoint {step}: the model or optimizer state holds NaN or inf values; {kept}"
+            )
         try:
             with _quiet_orbax_errors():
-                saved = self.manager.save(step, force=force, args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-                    config=ocp.args.JsonSave(config)))
+                saved = self.manager.save(
+                    step,
+                    force=force,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(state),
+                        data=ocp.args.JsonSave(data_state),
+                        config=ocp.args.JsonSave(config),
+                    ),
+                )
                 self.manager.wait_until_finished()
         except Exception as err:  # noqa: BLE001  (Orbax and TensorStore raise many types)
             self._discard_partial(step)
             free = shutil.disk_usage(self.directory).free
-            error = CheckpointSaveError(f"could not save checkpoint {step} in {self.directory}: "
-                                        f"{_error_summary(err)}; {free / 2**20:,.0f} MiB free there. Nothing "
-                                        f"of step {step} was kept and {kept}: free space, then rerun to resume")
+            error = CheckpointSaveError(
+                f"could not save checkpoint {step} in {self.directory}: "
+                f"{_error_summary(err)}; {free / 2**20:,.0f} MiB free there. Nothing "
+                f"of step {step} was kept and {kept}: free space, then rerun to resume"
+            )
             error.orbax_error = err
             raise error from None
         if saved:
-            _sync(f"cottention-saved-{step}")        # every process has committed its part of the step
+            _sync(f"cottention-saved-{step}")  # every process has committed its part of the step
             try:
                 if _primary():
                     write_manifest(self._step_dir(step))
             except OSError as err:
-                raise CheckpointSaveError(f"checkpoint {step} in {self.directory} was saved but its checksums "
-                                          f"could not be written: {_error_summary(err)}") from None
+                raise CheckpointSaveError(
+                    f"checkpoint {step} in {self.directory} was saved but its checksums "
+                    f"could not be written: {_error_summary(err)}"
+                ) from None
             _sync(f"cottention-checksummed-{step}")
         return saved
 
@@ -273,8 +294,9 @@ class Checkpointer:
             restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
         return dict(restored.config)
 
-    def _first_intact(self, step: int | None, load: Callable[[int], _T], *,
-                      notice_unverified: bool = True) -> tuple[int, _T, list[tuple[int, str]]]:
+    def _first_intact(
+        self, step: int | None, load: Callable[[int], _T], *, notice_unverified: bool = True
+    ) -> tuple[int, _T, list[tuple[int, str]]]:
         """The newest candidate step that verifies and that `load(step)` reads: (step, what load returned,
         [(skipped step, why)], newest first). Raises CheckpointError when none does.
 
@@ -294,12 +316,15 @@ class Checkpointer:
                         damage = f"unreadable, and it has no {MANIFEST} to check: {damage}"
                 else:
                     if notice_unverified and not self.has_checksums(candidate):
-                        self.log(f"checkpoint {candidate} in {self.directory} has no {MANIFEST} (saved before "
-                                 "checksums, or stopped right after the save): restored unverified")
+                        self.log(
+                            f"checkpoint {candidate} in {self.directory} has no {MANIFEST} (saved before "
+                            "checksums, or stopped right after the save): restored unverified"
+                        )
                     return candidate, loaded, skipped
             skipped.append((candidate, damage))
-        raise CheckpointError(f"no intact checkpoint in {self.directory}: "
-                              + "; ".join(f"step {s}: {why}" for s, why in skipped))
+        raise CheckpointError(
+            f"no intact checkpoint in {self.directory}: " + "; ".join(f"step {s}: {why}" for s, why in skipped)
+        )
 
     def _set_aside(self, step: int) -> Path:
         """Move a damaged step out of Orbax's way (kept for inspection) so that it can be written again."""
@@ -315,15 +340,23 @@ class Checkpointer:
         """Warn of each skipped step; with set_aside, the primary process moves them away (all wait for it)."""
         for step, why in skipped:
             where = f"; moved to {self._set_aside(step)}" if set_aside and _primary() else ""
-            self.log(f"warning: checkpoint {step} in {self.directory} is damaged ({why}): skipped, "
-                     f"using step {restored}{where}")
+            self.log(
+                f"warning: checkpoint {step} in {self.directory} is damaged ({why}): skipped, "
+                f"using step {restored}{where}"
+            )
         if skipped and set_aside:
             _sync("cottention-set-aside")
             self.manager.reload()
 
-    def restore(self, model: nnx.Module, optimizer: nnx.Optimizer, step: int | None = None, *,
-                check_config: Callable[[dict], None] | None = None,
-                set_aside_damaged: bool = True) -> tuple[int, dict, dict]:
+    def restore(
+        self,
+        model: nnx.Module,
+        optimizer: nnx.Optimizer,
+        step: int | None = None,
+        *,
+        check_config: Callable[[dict], None] | None = None,
+        set_aside_damaged: bool = True,
+    ) -> tuple[int, dict, dict]:
         """Load a checkpoint into `model` and `optimizer` in place: `step`, or by default the newest
         intact one (see the module docstring); returns (step, data_state, config_dict).
 
@@ -343,9 +376,14 @@ class Checkpointer:
                 except Exception as err:
                     raise _ConfigRefused(err) from err
             with _quiet_orbax_errors():
-                return self.manager.restore(candidate, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(),
-                    config=ocp.args.JsonRestore()))
+                return self.manager.restore(
+                    candidate,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(target),
+                        data=ocp.args.JsonRestore(),
+                        config=ocp.args.JsonRestore(),
+                    ),
+                )
 
         found, restored, skipped = self._first_intact(step, load)
         self._report_skipped(skipped, found, set_aside_damaged)
@@ -377,9 +415,15 @@ class Checkpointer:
             except Exception as err:
                 raise _ConfigRefused(err) from err
             restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
-            with _quiet_orbax_errors():   # partial: the optimizer's subtree is never read
-                restored = self.manager.restore(candidate, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-                    item={"model": abstract}, restore_args={"model": restore_args}, partial_restore=True)))
+            with _quiet_orbax_errors():  # partial: the optimizer's subtree is never read
+                restored = self.manager.restore(
+                    candidate,
+                    args=ocp.args.Composite(
+                        state=ocp.args.PyTreeRestore(
+                            item={"model": abstract}, restore_args={"model": restore_args}, partial_restore=True
+                        )
+                    ),
+                )
             return config, restored.state["model"]
 
         found, (config, params), skipped = self._first_intact(step, load)

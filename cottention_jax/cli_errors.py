@@ -16,8 +16,16 @@ __all__ = ["OneLineParser", "add_debug_flag", "is_user_error", "one_line"]
 # another run holds, a checkpoint that cannot be saved or resumed, missing or corrupt data (their messages
 # carry the command that rebuilds it). Known by name, so that nothing is imported to recognise them
 # (`cottention-generate` must not import the training modules, which need the [train] extra).
-_RUN_STOPPING = frozenset({"TrainingDivergedError", "WorkdirLockedError", "CheckpointError", "CorruptDataError",
-                           "MissingDataError", "DataSourceError"})
+_RUN_STOPPING = frozenset(
+    {
+        "TrainingDivergedError",
+        "WorkdirLockedError",
+        "CheckpointError",
+        "CorruptDataError",
+        "MissingDataError",
+        "DataSourceError",
+    }
+)
 
 # The OSErrors that the user's environment causes: a missing or misnamed path, permissions, a read-only
 # or full disk. Any other OSError (a lost connection...) keeps its traceback.
@@ -34,8 +42,9 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--debug", action="store_true",
-                        help="show the full traceback of an error instead of its one-line message")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an error instead of its one-line message"
+    )
 
 
 def is_run_stopping(err: BaseException) -> bool:

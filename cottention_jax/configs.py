@@ -19,8 +19,18 @@ from cottention_jax.data.spec import check_tokenizer_spec, parse_corpus
 from cottention_jax.models.bert import BertConfig, bert_config
 from cottention_jax.models.gpt import GPTConfig, gpt_config
 
-__all__ = ["DataConfig", "OptimConfig", "TRAIN_PRESETS", "TASK_KINDS", "TrainConfig", "apply_overrides",
-           "finetune_config", "from_dict", "to_dict", "train_preset"]
+__all__ = [
+    "DataConfig",
+    "OptimConfig",
+    "TRAIN_PRESETS",
+    "TASK_KINDS",
+    "TrainConfig",
+    "apply_overrides",
+    "finetune_config",
+    "from_dict",
+    "to_dict",
+    "train_preset",
+]
 
 TaskKind = Literal["gpt", "bert-mlm", "bert-classify"]
 TASK_KINDS: tuple[str, ...] = get_args(TaskKind)
@@ -49,18 +59,18 @@ def _require(config, name: str, ok: bool, what: str) -> None:
 class DataConfig:
     """What to read and how to batch it (see cottention_jax.data and README "Training on your own data")."""
 
-    corpus: str = "shakespeare"        # gpt / bert-mlm text: shakespeare | mixed | tfds:NAME[/CONFIG][:SPLIT] | PATH
-    tokenizer: str = "bpe"             # "bpe" (GPT), "wordpiece" (BERT), "byte", or a path to a tokenizer.json
-    vocab_size: int | None = None      # None: the kind's default size (a tokenizer file fixes its own)
-    text_field: str = "text"           # the text's field in .jsonl / .parquet / TFDS records
-    validation_fraction: float = 0.1   # of the documents (by group), held out for evaluation
-    task: str | None = None            # bert-classify: sentiment | paraphrase | tfds:glue/NAME | PATH (.csv/.jsonl)
+    corpus: str = "shakespeare"  # gpt / bert-mlm text: shakespeare | mixed | tfds:NAME[/CONFIG][:SPLIT] | PATH
+    tokenizer: str = "bpe"  # "bpe" (GPT), "wordpiece" (BERT), "byte", or a path to a tokenizer.json
+    vocab_size: int | None = None  # None: the kind's default size (a tokenizer file fixes its own)
+    text_field: str = "text"  # the text's field in .jsonl / .parquet / TFDS records
+    validation_fraction: float = 0.1  # of the documents (by group), held out for evaluation
+    task: str | None = None  # bert-classify: sentiment | paraphrase | tfds:glue/NAME | PATH (.csv/.jsonl)
     task_text_fields: str | None = None  # bert-classify: "sentence1,sentence2" (None: the task's own or a guess)
-    task_label_field: str = "label"    # bert-classify: the label's column / feature
+    task_label_field: str = "label"  # bert-classify: the label's column / feature
     seq_len: int = 256
-    batch_size: int = 16               # global: the processes of a multi-process run share it
-    data_dir: str | None = None        # None: $COTTENTION_DATA_DIR or ~/.cache/cottention_jax
-    seed: int = 0                      # shuffling and masking
+    batch_size: int = 16  # global: the processes of a multi-process run share it
+    data_dir: str | None = None  # None: $COTTENTION_DATA_DIR or ~/.cache/cottention_jax
+    seed: int = 0  # shuffling and masking
 
     def __post_init__(self):
         parse_corpus(self.corpus)
@@ -68,10 +78,18 @@ class DataConfig:
         if self.vocab_size is not None:
             _require(self, "vocab_size", _is_int(self.vocab_size) and self.vocab_size > 0, "None or an int > 0")
         _require(self, "text_field", isinstance(self.text_field, str) and self.text_field != "", "a field name")
-        _require(self, "validation_fraction", _is_number(self.validation_fraction)
-                 and 0 < self.validation_fraction < 1, "a number in (0, 1)")
-        _require(self, "task", self.task is None or (isinstance(self.task, str) and self.task.strip() != ""),
-                 "None or a task name, tfds:NAME or a path")
+        _require(
+            self,
+            "validation_fraction",
+            _is_number(self.validation_fraction) and 0 < self.validation_fraction < 1,
+            "a number in (0, 1)",
+        )
+        _require(
+            self,
+            "task",
+            self.task is None or (isinstance(self.task, str) and self.task.strip() != ""),
+            "None or a task name, tfds:NAME or a path",
+        )
         for name in ("seq_len", "batch_size"):
             _require(self, name, _is_int(getattr(self, name)) and getattr(self, name) >= 1, "an int >= 1")
         _require(self, "seed", _is_int(self.seed), "an int")
@@ -83,57 +101,68 @@ class OptimConfig:
 
     learning_rate: float = 1e-3
     warmup_steps: int = 100
-    schedule: Schedule = "cosine"      # decay after warm-up: "cosine", "linear" or "constant"
-    end_lr_ratio: float = 0.1          # final learning rate / peak
+    schedule: Schedule = "cosine"  # decay after warm-up: "cosine", "linear" or "constant"
+    end_lr_ratio: float = 0.1  # final learning rate / peak
     weight_decay: float = 0.01
     b1: float = 0.9
     b2: float = 0.98
     eps: float = 1e-8
-    grad_clip: float = 1.0             # max global gradient norm (0: no clipping)
-    accumulate_steps: int = 1          # micro-batches per optimizer step
+    grad_clip: float = 1.0  # max global gradient norm (0: no clipping)
+    accumulate_steps: int = 1  # micro-batches per optimizer step
 
     def __post_init__(self):
-        _require(self, "learning_rate", _is_number(self.learning_rate) and 0 < self.learning_rate < math.inf,
-                 "a finite number > 0")
+        _require(
+            self,
+            "learning_rate",
+            _is_number(self.learning_rate) and 0 < self.learning_rate < math.inf,
+            "a finite number > 0",
+        )
         _require(self, "warmup_steps", _is_int(self.warmup_steps) and self.warmup_steps >= 0, "an int >= 0")
         _require(self, "schedule", self.schedule in _SCHEDULES, f"one of {_SCHEDULES}")
-        _require(self, "end_lr_ratio", _is_number(self.end_lr_ratio) and 0 <= self.end_lr_ratio <= 1,
-                 "a number in [0, 1]")
-        _require(self, "weight_decay", _is_number(self.weight_decay) and 0 <= self.weight_decay < math.inf,
-                 "a finite number >= 0")
+        _require(
+            self, "end_lr_ratio", _is_number(self.end_lr_ratio) and 0 <= self.end_lr_ratio <= 1, "a number in [0, 1]"
+        )
+        _require(
+            self,
+            "weight_decay",
+            _is_number(self.weight_decay) and 0 <= self.weight_decay < math.inf,
+            "a finite number >= 0",
+        )
         for name in ("b1", "b2"):
-            _require(self, name, _is_number(getattr(self, name)) and 0 <= getattr(self, name) < 1,
-                     "a number in [0, 1)")
+            _require(self, name, _is_number(getattr(self, name)) and 0 <= getattr(self, name) < 1, "a number in [0, 1)")
         _require(self, "eps", _is_number(self.eps) and 0 < self.eps < math.inf, "a finite number > 0")
-        _require(self, "grad_clip", _is_number(self.grad_clip) and 0 <= self.grad_clip < math.inf,
-                 "a finite number >= 0 (0: no clipping)")
-        _require(self, "accumulate_steps", _is_int(self.accumulate_steps) and self.accumulate_steps >= 1,
-                 "an int >= 1")
+        _require(
+            self,
+            "grad_clip",
+            _is_number(self.grad_clip) and 0 <= self.grad_clip < math.inf,
+            "a finite number >= 0 (0: no clipping)",
+        )
+        _require(self, "accumulate_steps", _is_int(self.accumulate_steps) and self.accumulate_steps >= 1, "an int >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """One training run: the task kind, the model, the data, the optimizer and the loop."""
 
-    kind: TaskKind = "gpt"             # one of TASK_KINDS
+    kind: TaskKind = "gpt"  # one of TASK_KINDS
     model: GPTConfig | BertConfig = dataclasses.field(default_factory=lambda: gpt_config("small"))
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
-    steps: int = 1000                  # optimizer steps
+    steps: int = 1000  # optimizer steps
     eval_every: int = 100
-    eval_batches: int = 16             # validation batches per evaluation (0: the whole split)
+    eval_batches: int = 16  # validation batches per evaluation (0: the whole split)
     log_every: int = 10
     checkpoint_every: int = 100
     keep_checkpoints: int = 3
-    sharding: Sharding = "none"        # "none", "data" (data parallel) or "fsdp" (parameters sharded too)
-    seq_parallel: int = 1              # devices the sequence is split over (cosine attention: only d x d states move)
-    seed: int = 0                      # parameter initialisation and dropout
-    init_from: str | None = None       # a workdir whose latest checkpoint starts the model (bert-classify: a bert-mlm
+    sharding: Sharding = "none"  # "none", "data" (data parallel) or "fsdp" (parameters sharded too)
+    seq_parallel: int = 1  # devices the sequence is split over (cosine attention: only d x d states move)
+    seed: int = 0  # parameter initialisation and dropout
+    init_from: str | None = None  # a workdir whose latest checkpoint starts the model (bert-classify: a bert-mlm
     #                                    run's encoder); every parameter array but a classifier head must match it
-    init_from_partial: bool = False    # init_from may match only some arrays: the others start from scratch
+    init_from_partial: bool = False  # init_from may match only some arrays: the others start from scratch
     vocab_from_tokenizer: bool = True  # model.vocab_size becomes the tokenizer's (with a notice); False (what a
     #                                    `model.vocab_size=N` override sets): a size not the tokenizer's is an error
-    sample_tokens: int = 200           # gpt: tokens generated at the end (0: none)
+    sample_tokens: int = 200  # gpt: tokens generated at the end (0: none)
     sample_prompt: str = "ROMEO:\n"
 
     def __post_init__(self):
@@ -145,25 +174,38 @@ class TrainConfig:
         if self.sharding not in ("none", "data", "fsdp"):
             raise ValueError(f"sharding must be 'none', 'data' or 'fsdp'; got {self.sharding!r}")
         if self.seq_parallel < 1 or (self.seq_parallel > 1 and self.sharding == "none"):
-            raise ValueError(f"seq_parallel must be >= 1, and > 1 only with sharding 'data' or 'fsdp'; got "
-                             f"seq_parallel={self.seq_parallel}, sharding={self.sharding!r}")
+            raise ValueError(
+                f"seq_parallel must be >= 1, and > 1 only with sharding 'data' or 'fsdp'; got "
+                f"seq_parallel={self.seq_parallel}, sharding={self.sharding!r}"
+            )
         if self.data.seq_len % self.seq_parallel:
-            raise ValueError(f"data.seq_len ({self.data.seq_len}) must be divisible by seq_parallel "
-                             f"({self.seq_parallel})")
+            raise ValueError(
+                f"data.seq_len ({self.data.seq_len}) must be divisible by seq_parallel ({self.seq_parallel})"
+            )
         if self.kind == "bert-classify" and self.data.task is None:
-            raise ValueError("kind='bert-classify' needs data.task (sentiment, paraphrase, tfds:glue/NAME or a "
-                             ".csv/.jsonl path)")
+            raise ValueError(
+                "kind='bert-classify' needs data.task (sentiment, paraphrase, tfds:glue/NAME or a .csv/.jsonl path)"
+            )
         for name in ("steps", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints"):
             _require(self, name, _is_int(getattr(self, name)) and getattr(self, name) >= 1, "an int >= 1")
-        _require(self, "eval_batches", _is_int(self.eval_batches) and self.eval_batches >= 0,
-                 "an int >= 0 (0: the whole split)")
+        _require(
+            self,
+            "eval_batches",
+            _is_int(self.eval_batches) and self.eval_batches >= 0,
+            "an int >= 0 (0: the whole split)",
+        )
         for name in ("init_from_partial", "vocab_from_tokenizer"):
             _require(self, name, isinstance(getattr(self, name), bool), "a bool")
-        _require(self, "sample_tokens", _is_int(self.sample_tokens) and self.sample_tokens >= 0,
-                 "an int >= 0 (0: no sample)")
+        _require(
+            self, "sample_tokens", _is_int(self.sample_tokens) and self.sample_tokens >= 0, "an int >= 0 (0: no sample)"
+        )
         if self.kind == "gpt" and self.sample_tokens:
-            _require(self, "sample_prompt", isinstance(self.sample_prompt, str) and self.sample_prompt != "",
-                     "a non-empty string when sample_tokens > 0 (sampling starts from its tokens)")
+            _require(
+                self,
+                "sample_prompt",
+                isinstance(self.sample_prompt, str) and self.sample_prompt != "",
+                "a non-empty string when sample_tokens > 0 (sampling starts from its tokens)",
+            )
 
 
 def _gpt(name, model_overrides=None, **kw):
@@ -172,48 +214,121 @@ def _gpt(name, model_overrides=None, **kw):
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     # seconds on a CPU: tests
-    "gpt-tiny": _gpt("tiny", {"vocab_size": 512, "max_len": 64},
-                     data=DataConfig(vocab_size=512, seq_len=64, batch_size=8),
-                     optim=OptimConfig(learning_rate=3e-3, warmup_steps=5), steps=20, eval_every=10,
-                     eval_batches=2, log_every=5, checkpoint_every=10, sample_tokens=20),
+    "gpt-tiny": _gpt(
+        "tiny",
+        {"vocab_size": 512, "max_len": 64},
+        data=DataConfig(vocab_size=512, seq_len=64, batch_size=8),
+        optim=OptimConfig(learning_rate=3e-3, warmup_steps=5),
+        steps=20,
+        eval_every=10,
+        eval_batches=2,
+        log_every=5,
+        checkpoint_every=10,
+        sample_tokens=20,
+    ),
     # make run: a few minutes on a 2-core CPU, with the BPE vocabulary that ships in data/tokenizers
-    "gpt-small": _gpt("small", {"vocab_size": 4096, "max_len": 128},
-                      data=DataConfig(vocab_size=4096, seq_len=128, batch_size=16),
-                      optim=OptimConfig(learning_rate=2e-3, warmup_steps=30), steps=300, eval_every=50,
-                      eval_batches=8, log_every=10, checkpoint_every=100),
+    "gpt-small": _gpt(
+        "small",
+        {"vocab_size": 4096, "max_len": 128},
+        data=DataConfig(vocab_size=4096, seq_len=128, batch_size=16),
+        optim=OptimConfig(learning_rate=2e-3, warmup_steps=30),
+        steps=300,
+        eval_every=50,
+        eval_batches=8,
+        log_every=10,
+        checkpoint_every=100,
+    ),
     # the paper's GPT-J-style 300M decoder, for a GPU; remat "dots" + a chunked loss fit long sequences
     # (README "Memory at the papers' size": 32 GB compiled at 65,536 tokens per step, seq 2,048 to 65,536)
-    "gpt-300m": _gpt("gptj-300m", {"vocab_size": 32768, "dtype": "bfloat16", "remat": "dots", "loss_chunk": 4096},
-                     data=DataConfig(corpus="mixed", vocab_size=32768, seq_len=1024, batch_size=32),
-                     optim=OptimConfig(learning_rate=3e-4, warmup_steps=1000, weight_decay=0.1, b2=0.95),
-                     steps=50_000, eval_every=1000, eval_batches=50, log_every=50, checkpoint_every=1000),
+    "gpt-300m": _gpt(
+        "gptj-300m",
+        {"vocab_size": 32768, "dtype": "bfloat16", "remat": "dots", "loss_chunk": 4096},
+        data=DataConfig(corpus="mixed", vocab_size=32768, seq_len=1024, batch_size=32),
+        optim=OptimConfig(learning_rate=3e-4, warmup_steps=1000, weight_decay=0.1, b2=0.95),
+        steps=50_000,
+        eval_every=1000,
+        eval_batches=50,
+        log_every=50,
+        checkpoint_every=1000,
+    ),
     # softmax-as-an-RNN ablation (benchmarks/softmax_rnn_ablation.py): one small model per variant
-    "gpt-ablation-cpu": _gpt("small", {"num_layers": 2, "d_model": 128, "num_heads": 4, "ff_dim": 512,
-                                       "rotary_dim": 16, "vocab_size": 4096, "max_len": 128},
-                             data=DataConfig(vocab_size=4096, seq_len=128, batch_size=16),
-                             optim=OptimConfig(learning_rate=3e-3, warmup_steps=30), steps=300, eval_every=50,
-                             eval_batches=16, log_every=10, checkpoint_every=300, sample_tokens=0),
-    "gpt-ablation-gpu": _gpt("small", {"num_layers": 6, "d_model": 512, "num_heads": 8, "ff_dim": 2048,
-                                       "rotary_dim": 32, "vocab_size": 4096, "max_len": 512},
-                             # the embedded corpus runs anywhere; --set data.corpus=mixed after `make corpus`
-                             data=DataConfig(vocab_size=4096, seq_len=512, batch_size=16),
-                             optim=OptimConfig(learning_rate=1e-3, warmup_steps=100), steps=1500, eval_every=100,
-                             eval_batches=32, log_every=50, checkpoint_every=1000, sample_tokens=0),
-    "bert-tiny": TrainConfig(kind="bert-mlm", model=bert_config("tiny", vocab_size=512, max_len=64),
-                             data=DataConfig(tokenizer="wordpiece", vocab_size=512, seq_len=64, batch_size=8),
-                             optim=OptimConfig(learning_rate=3e-3, warmup_steps=5), steps=20, eval_every=10,
-                             eval_batches=2, log_every=5, checkpoint_every=10, sample_tokens=0),
-    "bert-small": TrainConfig(kind="bert-mlm", model=bert_config("small", vocab_size=4096, max_len=128),
-                              data=DataConfig(tokenizer="wordpiece", vocab_size=4096, seq_len=128, batch_size=32),
-                              optim=OptimConfig(learning_rate=1e-3, warmup_steps=50), steps=1000, eval_every=100,
-                              eval_batches=8, checkpoint_every=200, sample_tokens=0),
-    "bert-base": TrainConfig(kind="bert-mlm", model=bert_config("base", dtype="bfloat16"),
-                             data=DataConfig(corpus="mixed", tokenizer="wordpiece", vocab_size=30522, seq_len=128,
-                                             batch_size=256),
-                             optim=OptimConfig(learning_rate=1e-4, warmup_steps=10_000, schedule="linear",
-                                               end_lr_ratio=0.0, weight_decay=0.01, b2=0.999),
-                             steps=1_000_000, eval_every=5000, eval_batches=50, checkpoint_every=5000,
-                             sample_tokens=0),
+    "gpt-ablation-cpu": _gpt(
+        "small",
+        {
+            "num_layers": 2,
+            "d_model": 128,
+            "num_heads": 4,
+            "ff_dim": 512,
+            "rotary_dim": 16,
+            "vocab_size": 4096,
+            "max_len": 128,
+        },
+        data=DataConfig(vocab_size=4096, seq_len=128, batch_size=16),
+        optim=OptimConfig(learning_rate=3e-3, warmup_steps=30),
+        steps=300,
+        eval_every=50,
+        eval_batches=16,
+        log_every=10,
+        checkpoint_every=300,
+        sample_tokens=0,
+    ),
+    "gpt-ablation-gpu": _gpt(
+        "small",
+        {
+            "num_layers": 6,
+            "d_model": 512,
+            "num_heads": 8,
+            "ff_dim": 2048,
+            "rotary_dim": 32,
+            "vocab_size": 4096,
+            "max_len": 512,
+        },
+        # the embedded corpus runs anywhere; --set data.corpus=mixed after `make corpus`
+        data=DataConfig(vocab_size=4096, seq_len=512, batch_size=16),
+        optim=OptimConfig(learning_rate=1e-3, warmup_steps=100),
+        steps=1500,
+        eval_every=100,
+        eval_batches=32,
+        log_every=50,
+        checkpoint_every=1000,
+        sample_tokens=0,
+    ),
+    "bert-tiny": TrainConfig(
+        kind="bert-mlm",
+        model=bert_config("tiny", vocab_size=512, max_len=64),
+        data=DataConfig(tokenizer="wordpiece", vocab_size=512, seq_len=64, batch_size=8),
+        optim=OptimConfig(learning_rate=3e-3, warmup_steps=5),
+        steps=20,
+        eval_every=10,
+        eval_batches=2,
+        log_every=5,
+        checkpoint_every=10,
+        sample_tokens=0,
+    ),
+    "bert-small": TrainConfig(
+        kind="bert-mlm",
+        model=bert_config("small", vocab_size=4096, max_len=128),
+        data=DataConfig(tokenizer="wordpiece", vocab_size=4096, seq_len=128, batch_size=32),
+        optim=OptimConfig(learning_rate=1e-3, warmup_steps=50),
+        steps=1000,
+        eval_every=100,
+        eval_batches=8,
+        checkpoint_every=200,
+        sample_tokens=0,
+    ),
+    "bert-base": TrainConfig(
+        kind="bert-mlm",
+        model=bert_config("base", dtype="bfloat16"),
+        data=DataConfig(corpus="mixed", tokenizer="wordpiece", vocab_size=30522, seq_len=128, batch_size=256),
+        optim=OptimConfig(
+            learning_rate=1e-4, warmup_steps=10_000, schedule="linear", end_lr_ratio=0.0, weight_decay=0.01, b2=0.999
+        ),
+        steps=1_000_000,
+        eval_every=5000,
+        eval_batches=50,
+        checkpoint_every=5000,
+        sample_tokens=0,
+    ),
 }
 
 
@@ -234,14 +349,26 @@ def finetune_config(pretrain: TrainConfig, task: str, init_from: str | None) -> 
         raise ValueError(f"finetuning starts from a bert-mlm config; got kind={pretrain.kind!r}")
     steps = max(100, pretrain.steps // 5)
     return dataclasses.replace(
-        pretrain, kind="bert-classify", init_from=init_from,
+        pretrain,
+        kind="bert-classify",
+        init_from=init_from,
         data=dataclasses.replace(pretrain.data, task=task, batch_size=min(pretrain.data.batch_size, 32)),
-        optim=dataclasses.replace(pretrain.optim, learning_rate=pretrain.optim.learning_rate / 5,
-                                  warmup_steps=max(steps // 10, 1), schedule="linear", end_lr_ratio=0.0),
-        steps=steps, eval_every=max(steps // 5, 1), eval_batches=0, checkpoint_every=max(steps // 2, 1))
+        optim=dataclasses.replace(
+            pretrain.optim,
+            learning_rate=pretrain.optim.learning_rate / 5,
+            warmup_steps=max(steps // 10, 1),
+            schedule="linear",
+            end_lr_ratio=0.0,
+        ),
+        steps=steps,
+        eval_every=max(steps // 5, 1),
+        eval_batches=0,
+        checkpoint_every=max(steps // 2, 1),
+    )
 
 
 # ----------------------------------------------------------------------------- overrides
+
 
 def _scalar_types(tp) -> set:
     """The scalar types an override of a field of type `tp` may take: bool, int, float, str and None
@@ -280,8 +407,10 @@ def _replace_path(obj, path: list[str], raw: str, full: str):
     fields = {f.name: f for f in dataclasses.fields(obj)}
     name = path[0]
     if name not in fields:
-        raise ValueError(f"unknown config key {full!r}: {type(obj).__name__} has no field {name!r} "
-                         f"(fields: {', '.join(sorted(fields))})")
+        raise ValueError(
+            f"unknown config key {full!r}: {type(obj).__name__} has no field {name!r} "
+            f"(fields: {', '.join(sorted(fields))})"
+        )
     current = getattr(obj, name)
     if len(path) > 1:
         if not dataclasses.is_dataclass(current):
@@ -313,6 +442,7 @@ def apply_overrides(config, overrides: Sequence[str]):
 
 # ----------------------------------------------------------------------------- JSON
 
+
 def to_dict(config: TrainConfig) -> dict:
     """Plain JSON-able dict of a TrainConfig."""
     return dataclasses.asdict(config)
@@ -322,7 +452,11 @@ def from_dict(d: dict) -> TrainConfig:
     """Inverse of `to_dict`."""
     model_cls = GPTConfig if d["kind"] == "gpt" else BertConfig
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{**{k: v for k, v in d.items() if k in known},
-                          "model": model_cls(**d["model"]), "data": DataConfig(**d["data"]),
-                          "optim": OptimConfig(**d["optim"])})
-
+    return TrainConfig(
+        **{
+            **{k: v for k, v in d.items() if k in known},
+            "model": model_cls(**d["model"]),
+            "data": DataConfig(**d["data"]),
+            "optim": OptimConfig(**d["optim"]),
+        }
+    )

@@ -27,9 +27,12 @@ __all__ = ["main"]
 
 def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("corpus", help="shakespeare | mixed | tfds:NAME[/CONFIG][:SPLIT] | a file, directory or glob")
-    p.add_argument("--preset", default="gpt-small", choices=sorted(n for n, c in TRAIN_PRESETS.items()
-                                                                   if c.kind != "bert-classify"),
-                   help="take the tokenizer and split settings of this training preset (default gpt-small)")
+    p.add_argument(
+        "--preset",
+        default="gpt-small",
+        choices=sorted(n for n, c in TRAIN_PRESETS.items() if c.kind != "bert-classify"),
+        help="take the tokenizer and split settings of this training preset (default gpt-small)",
+    )
     p.add_argument("--tokenizer", help="bpe | wordpiece | byte | PATH/tokenizer.json")
     p.add_argument("--vocab-size", type=int)
     p.add_argument("--text-field", help="the text's field in .jsonl / .parquet / TFDS records (default text)")
@@ -39,8 +42,7 @@ def _data_options(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="cottention-data", description=__doc__,
-                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="cottention-data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     prepare = sub.add_parser("prepare", help="split, train or load the tokenizer, tokenize into ArrayRecord")
     _data_options(prepare)
@@ -59,9 +61,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def _data_config(args):
     data = TRAIN_PRESETS[args.preset].data
-    changes = {"corpus": args.corpus, "tokenizer": args.tokenizer, "vocab_size": args.vocab_size,
-               "text_field": args.text_field, "validation_fraction": args.validation_fraction,
-               "data_dir": args.data_dir}
+    changes = {
+        "corpus": args.corpus,
+        "tokenizer": args.tokenizer,
+        "vocab_size": args.vocab_size,
+        "text_field": args.text_field,
+        "validation_fraction": args.validation_fraction,
+        "data_dir": args.data_dir,
+    }
     changes = {k: v for k, v in changes.items() if v is not None}
     # The preset's vocab_size is the size of its bpe / wordpiece tokenizer: a tokenizer file fixes
     # its own size, and the byte tokenizer has only one (`--tokenizer byte` failed on 4096 != 263).
@@ -73,11 +80,18 @@ def _data_config(args):
 
 def _summary(prepared) -> dict:
     meta = prepared.meta
-    return {"corpus": meta["corpus"], "folder": str(prepared.folder), "fingerprint": meta["fingerprint"],
-            "tokenizer": meta["tokenizer"], "text_field": meta["text_field"],
-            "validation_fraction": meta["validation_fraction"], "text_bytes": meta["text_bytes"],
-            "splits": {s: {"documents": prepared.num_documents(s), "tokens": prepared.num_tokens(s)}
-                       for s in prepared.splits}}
+    return {
+        "corpus": meta["corpus"],
+        "folder": str(prepared.folder),
+        "fingerprint": meta["fingerprint"],
+        "tokenizer": meta["tokenizer"],
+        "text_field": meta["text_field"],
+        "validation_fraction": meta["validation_fraction"],
+        "text_bytes": meta["text_bytes"],
+        "splits": {
+            s: {"documents": prepared.num_documents(s), "tokens": prepared.num_tokens(s)} for s in prepared.splits
+        },
+    }
 
 
 def _run(args) -> None:
@@ -91,11 +105,17 @@ def _run(args) -> None:
         return
     d = _data_config(args)
     start = time.perf_counter()
-    prepared = prepare.prepare_text(d.corpus, tokenizer=d.tokenizer, vocab_size=d.vocab_size, text_field=d.text_field,
-                                    validation_fraction=d.validation_fraction, data_dir=d.data_dir,
-                                    progress=args.command == "prepare" and not args.no_progress,
-                                    build=args.command == "prepare",
-                                    log=lambda message: print(message, file=sys.stderr))   # stdout: the JSON
+    prepared = prepare.prepare_text(
+        d.corpus,
+        tokenizer=d.tokenizer,
+        vocab_size=d.vocab_size,
+        text_field=d.text_field,
+        validation_fraction=d.validation_fraction,
+        data_dir=d.data_dir,
+        progress=args.command == "prepare" and not args.no_progress,
+        build=args.command == "prepare",
+        log=lambda message: print(message, file=sys.stderr),
+    )  # stdout: the JSON
     summary = _summary(prepared)
     if args.command == "prepare":
         seconds = time.perf_counter() - start
@@ -110,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         _run(args)
-    except KeyboardInterrupt:              # Ctrl-C: one line, status 130, no traceback
+    except KeyboardInterrupt:  # Ctrl-C: one line, status 130, no traceback
         if args.debug:
             raise
         print("cottention-data: interrupted", file=sys.stderr)

@@ -33,8 +33,15 @@ from flax import nnx
 
 from cottention_jax.models.common import check_ids
 
-__all__ = ["DecodableModel", "check_decodable", "generate", "make_decode_loop", "make_decode_step", "prefill",
-           "sample_logits"]
+__all__ = [
+    "DecodableModel",
+    "check_decodable",
+    "generate",
+    "make_decode_loop",
+    "make_decode_step",
+    "prefill",
+    "sample_logits",
+]
 
 
 @runtime_checkable
@@ -54,8 +61,7 @@ class DecodableModel(Protocol):
         attention layer. Called before each prompt; a softmax KV cache has max_length slots, a
         cosine state the same size whatever max_length."""
 
-    def __call__(self, tokens: jax.Array, *, padding_mask: jax.Array | None, decode: bool,
-                 prefill: bool) -> jax.Array:
+    def __call__(self, tokens: jax.Array, *, padding_mask: jax.Array | None, decode: bool, prefill: bool) -> jax.Array:
         """tokens (B, T) int -> logits (B, T, V) float; logits at t depend only on tokens <= t.
 
         padding_mask (B, T) bool, True = real token (prompts are left-padded), or None (all real).
@@ -77,8 +83,9 @@ def _accepts_keywords(fn, names: tuple[str, ...]) -> list[str]:
         return []
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return []
-    named = {p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                                  inspect.Parameter.KEYWORD_ONLY)}
+    named = {
+        p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
     return [name for name in names if name not in named]
 
 
@@ -89,22 +96,30 @@ def check_decodable(model) -> DecodableModel:
         raise ValueError(f"decoding needs a flax.nnx.Module following decoding.DecodableModel; got a {name}")
     init_cache = getattr(model, "init_cache", None)
     if not callable(init_cache):
-        raise ValueError(f"{name} has no init_cache(batch_size, max_length) method, which decoding needs "
-                         "to create the decode state (see decoding.DecodableModel)")
+        raise ValueError(
+            f"{name} has no init_cache(batch_size, max_length) method, which decoding needs "
+            "to create the decode state (see decoding.DecodableModel)"
+        )
     try:
         inspect.signature(init_cache).bind(1, 1)
     except TypeError as err:
-        raise ValueError(f"{name}.init_cache must take (batch_size, max_length) (see decoding.DecodableModel); "
-                         f"its signature is {inspect.signature(init_cache)}") from err
-    except ValueError:   # a signature inspect cannot read: leave it to the call
+        raise ValueError(
+            f"{name}.init_cache must take (batch_size, max_length) (see decoding.DecodableModel); "
+            f"its signature is {inspect.signature(init_cache)}"
+        ) from err
+    except ValueError:  # a signature inspect cannot read: leave it to the call
         pass
     if not any("__call__" in vars(cls) for cls in type(model).__mro__):
-        raise ValueError(f"{name} has no __call__(tokens, *, padding_mask, decode, prefill) method, which "
-                         "decoding needs (see decoding.DecodableModel)")
+        raise ValueError(
+            f"{name} has no __call__(tokens, *, padding_mask, decode, prefill) method, which "
+            "decoding needs (see decoding.DecodableModel)"
+        )
     missing = _accepts_keywords(model.__call__, ("padding_mask", "decode", "prefill"))
     if missing:
-        raise ValueError(f"{name}.__call__ must take the keyword arguments padding_mask, decode and prefill "
-                         f"(see decoding.DecodableModel); it lacks {', '.join(missing)}")
+        raise ValueError(
+            f"{name}.__call__ must take the keyword arguments padding_mask, decode and prefill "
+            f"(see decoding.DecodableModel); it lacks {', '.join(missing)}"
+        )
     return cast(DecodableModel, model)
 
 
@@ -132,8 +147,14 @@ def _check_sampling(vocab: int | None, temperature, top_k, top_p) -> None:
         raise ValueError(f"top_p must be in (0, 1] or None; got {top_p!r}")
 
 
-def sample_logits(logits: jax.Array, key: jax.Array | None, *, temperature: float = 0.0,
-                  top_k: int | None = None, top_p: float | None = None) -> jax.Array:
+def sample_logits(
+    logits: jax.Array,
+    key: jax.Array | None,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> jax.Array:
     """Next tokens (B,) int32 from logits (B, V).
 
     temperature == 0: greedy (argmax; top_k and top_p then change nothing). Otherwise sample
@@ -149,12 +170,12 @@ def sample_logits(logits: jax.Array, key: jax.Array | None, *, temperature: floa
         raise ValueError("sampling with temperature > 0 needs a PRNG key")
     scaled = logits.astype(jnp.float32) / temperature
     if top_k is not None:
-        kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]                 # (B, 1) k-th largest
+        kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]  # (B, 1) k-th largest
         scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
     if top_p is not None and top_p < 1.0:
-        ranked = -jnp.sort(-scaled, axis=-1)                          # (B, V) largest first
+        ranked = -jnp.sort(-scaled, axis=-1)  # (B, V) largest first
         probs = jax.nn.softmax(ranked, axis=-1)
-        before = jnp.cumsum(probs, axis=-1) - probs                   # mass of the more likely tokens
+        before = jnp.cumsum(probs, axis=-1) - probs  # mass of the more likely tokens
         cutoff = jnp.min(jnp.where(before < top_p, ranked, jnp.inf), axis=-1, keepdims=True)
         scaled = jnp.where(scaled < cutoff, -jnp.inf, scaled)
     return jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
@@ -162,14 +183,17 @@ def sample_logits(logits: jax.Array, key: jax.Array | None, *, temperature: floa
 
 def _check_prompt(prompt, prompt_mask, *, last_must_be_real: bool):
     if prompt.ndim != 2 or not jnp.issubdtype(prompt.dtype, jnp.integer):
-        raise ValueError(f"prompt must be an int array of shape (batch, seq); got prompt.shape={prompt.shape}, "
-                         f"dtype {prompt.dtype}")
+        raise ValueError(
+            f"prompt must be an int array of shape (batch, seq); got prompt.shape={prompt.shape}, dtype {prompt.dtype}"
+        )
     if prompt_mask is None:
         _refuse_negative_ids(prompt, None)
         return jnp.ones(prompt.shape, bool)
     if prompt_mask.shape != prompt.shape or prompt_mask.dtype != jnp.bool_:
-        raise ValueError(f"prompt_mask must be a bool array of the prompt's shape {prompt.shape}; got "
-                         f"prompt_mask.shape={prompt_mask.shape}, dtype {prompt_mask.dtype}")
+        raise ValueError(
+            f"prompt_mask must be a bool array of the prompt's shape {prompt.shape}; got "
+            f"prompt_mask.shape={prompt_mask.shape}, dtype {prompt_mask.dtype}"
+        )
     if last_must_be_real and not bool(jnp.all(prompt_mask[:, -1])):
         raise ValueError("prompts must be left-padded: prompt_mask[:, -1] must be True for every row")
     _refuse_negative_ids(prompt, prompt_mask)
@@ -185,8 +209,10 @@ def _refuse_negative_ids(prompt, prompt_mask) -> None:
         bad &= np.asarray(prompt_mask)
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"prompt must hold token ids >= 0 at its real positions; got "
-                         f"{int(np.asarray(prompt)[where])} at position {where}")
+        raise ValueError(
+            f"prompt must hold token ids >= 0 at its real positions; got "
+            f"{int(np.asarray(prompt)[where])} at position {where}"
+        )
 
 
 def _check_token_ids(model, tokens, mask, name: str) -> None:
@@ -207,13 +233,16 @@ def _check_cache_room(cache: nnx.State, new_tokens: int) -> None:
         index, length = int(np.asarray(arrays["cache_index"])), arrays["cached_key"].shape[1]
         if index + new_tokens > length:
             where = ".".join(str(p) for p in path) or "the model"
-            raise ValueError(f"the KV cache of {where} holds {length} positions, {index} of them used: "
-                             f"{new_tokens} more token(s) do not fit. Prefill with a larger max_length "
-                             f"(decoding.prefill(model, prompt, max_length=...)) or init_cache with one")
+            raise ValueError(
+                f"the KV cache of {where} holds {length} positions, {index} of them used: "
+                f"{new_tokens} more token(s) do not fit. Prefill with a larger max_length "
+                f"(decoding.prefill(model, prompt, max_length=...)) or init_cache with one"
+            )
 
 
-def prefill(model: nnx.Module, prompt: jax.Array, prompt_mask: jax.Array | None = None, *,
-            max_length: int | None = None) -> jax.Array:
+def prefill(
+    model: nnx.Module, prompt: jax.Array, prompt_mask: jax.Array | None = None, *, max_length: int | None = None
+) -> jax.Array:
     """Reset the model's decode state and run the prompt through it; return the last logits (B, V).
 
     The prompt may be the first chunk of a longer input (a row may still be all padding).
@@ -272,8 +301,7 @@ def make_decode_step(model: nnx.Module) -> tuple[Callable, nnx.State]:
     return step, cache
 
 
-def _decode_scan(graphdef, cache, rest, logits, key, *, steps, temperature, top_k, top_p=None,
-                 eos_token_id=None):
+def _decode_scan(graphdef, cache, rest, logits, key, *, steps, temperature, top_k, top_p=None, eos_token_id=None):
     """`steps` tokens sampled after `logits`, each fed back through one cached step: (tokens (B, steps),
     cache). The carry is the cache, the last logits and the key (a lax.scan); with eos_token_id
     also which rows are done, in a lax.while_loop that stops once every row has produced it. A
@@ -281,6 +309,7 @@ def _decode_scan(graphdef, cache, rest, logits, key, *, steps, temperature, top_
     each row's first eos are those it gives without eos_token_id."""
     sample = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
     if eos_token_id is None:
+
         def body(carry, _):
             cache, logits, key = carry
             key, sub = jax.random.split(key)
@@ -309,17 +338,41 @@ def _decode_scan(graphdef, cache, rest, logits, key, *, steps, temperature, top_
     return out, cache
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_k", "top_p",
-                                             "eos_token_id"))
-def _generate(graphdef, cache, rest, prompt, prompt_mask, key, *, max_new_tokens, temperature, top_k,
-              top_p=None, eos_token_id=None):
-    logits, cache = _cached_call(graphdef, cache, rest, prompt, prompt_mask, prefill=True)   # (B, V)
-    return _decode_scan(graphdef, cache, rest, logits, key, steps=max_new_tokens, temperature=temperature,
-                        top_k=top_k, top_p=top_p, eos_token_id=eos_token_id)
+@functools.partial(
+    jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_k", "top_p", "eos_token_id")
+)
+def _generate(
+    graphdef,
+    cache,
+    rest,
+    prompt,
+    prompt_mask,
+    key,
+    *,
+    max_new_tokens,
+    temperature,
+    top_k,
+    top_p=None,
+    eos_token_id=None,
+):
+    logits, cache = _cached_call(graphdef, cache, rest, prompt, prompt_mask, prefill=True)  # (B, V)
+    return _decode_scan(
+        graphdef,
+        cache,
+        rest,
+        logits,
+        key,
+        steps=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        eos_token_id=eos_token_id,
+    )
 
 
-def make_decode_loop(model: nnx.Module, steps: int, *, temperature: float = 0.0,
-                     top_k: int | None = None) -> tuple[Callable, nnx.State]:
+def make_decode_loop(
+    model: nnx.Module, steps: int, *, temperature: float = 0.0, top_k: int | None = None
+) -> tuple[Callable, nnx.State]:
     """A jitted `(cache, logits (B, V), key) -> (tokens (B, steps), cache)` and the current cache.
 
     Continues the model's decode state by `steps` tokens, the first sampled from `logits`
@@ -334,12 +387,13 @@ def make_decode_loop(model: nnx.Module, steps: int, *, temperature: float = 0.0,
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     _check_sampling(vocab, temperature, top_k, None)
     graphdef, cache, rest = _split(model)
-    _check_cache_room(cache, steps)   # each of the `steps` tokens is fed back through the cache
+    _check_cache_room(cache, steps)  # each of the `steps` tokens is fed back through the cache
 
     @jax.jit
     def jitted_loop(cache, logits, key):
-        return _decode_scan(graphdef, cache, rest, logits, key, steps=int(steps), temperature=float(temperature),
-                            top_k=top_k)
+        return _decode_scan(
+            graphdef, cache, rest, logits, key, steps=int(steps), temperature=float(temperature), top_k=top_k
+        )
 
     def loop(cache, logits, key):
         _check_cache_room(cache, steps)
@@ -349,10 +403,18 @@ def make_decode_loop(model: nnx.Module, steps: int, *, temperature: float = 0.0,
     return loop, cache
 
 
-def generate(model: nnx.Module, prompt: jax.Array, *, prompt_mask: jax.Array | None = None,
-             max_new_tokens: int, key: jax.Array | None = None, temperature: float = 0.0,
-             top_k: int | None = None, top_p: float | None = None,
-             eos_token_id: int | None = None) -> jax.Array:
+def generate(
+    model: nnx.Module,
+    prompt: jax.Array,
+    *,
+    prompt_mask: jax.Array | None = None,
+    max_new_tokens: int,
+    key: jax.Array | None = None,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_token_id: int | None = None,
+) -> jax.Array:
     """Generate max_new_tokens tokens after each (left-padded) prompt: (B, max_new_tokens) int32.
 
     Greedy when temperature == 0, else sampling with the given PRNG key, optionally restricted
@@ -376,9 +438,18 @@ def generate(model: nnx.Module, prompt: jax.Array, *, prompt_mask: jax.Array | N
     model.eval()
     decodable.init_cache(prompt.shape[0], prompt.shape[1] + max_new_tokens)
     graphdef, cache, rest = _split(model)
-    tokens, cache = _generate(graphdef, cache, rest, prompt, prompt_mask, key,
-                              max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=top_k,
-                              top_p=None if top_p is None else float(top_p),
-                              eos_token_id=None if eos_token_id is None else int(eos_token_id))
+    tokens, cache = _generate(
+        graphdef,
+        cache,
+        rest,
+        prompt,
+        prompt_mask,
+        key,
+        max_new_tokens=int(max_new_tokens),
+        temperature=float(temperature),
+        top_k=top_k,
+        top_p=None if top_p is None else float(top_p),
+        eos_token_id=None if eos_token_id is None else int(eos_token_id),
+    )
     nnx.update(model, cache)
     return tokens

@@ -89,16 +89,16 @@ class DistributedConfig:
         if self.coordinator is not None:
             m = _HOST_PORT.match(str(self.coordinator))
             if not m or not 1 <= int(m.group(2)) <= 65535:
-                raise ValueError(f"distributed.coordinator must be HOST:PORT (port 1-65535), "
-                                 f"got {self.coordinator!r}")
+                raise ValueError(f"distributed.coordinator must be HOST:PORT (port 1-65535), got {self.coordinator!r}")
         if self.num_processes is not None and (not _is_int(self.num_processes) or self.num_processes < 1):
             raise ValueError(f"distributed.num_processes must be an integer >= 1, got {self.num_processes!r}")
         if self.process_id is not None:
             if not _is_int(self.process_id) or self.process_id < 0:
                 raise ValueError(f"distributed.process_id must be an integer >= 0, got {self.process_id!r}")
             if self.num_processes is not None and self.process_id >= self.num_processes:
-                raise ValueError(f"distributed.process_id must be < num_processes "
-                                 f"({self.num_processes}), got {self.process_id}")
+                raise ValueError(
+                    f"distributed.process_id must be < num_processes ({self.num_processes}), got {self.process_id}"
+                )
         if self.local_device_ids is not None:
             self.local_device_id_list()
         for name in ("heartbeat_timeout_s", "init_timeout_s", "shutdown_timeout_s"):
@@ -112,8 +112,10 @@ class DistributedConfig:
             return None
         parts = [p.strip() for p in str(self.local_device_ids).split(",")]
         if not parts or not all(p.isdigit() for p in parts):
-            raise ValueError(f"distributed.local_device_ids must be comma-separated device ids "
-                             f"like '0,1', got {self.local_device_ids!r}")
+            raise ValueError(
+                f"distributed.local_device_ids must be comma-separated device ids "
+                f"like '0,1', got {self.local_device_ids!r}"
+            )
         return [int(p) for p in parts]
 
     @property
@@ -156,8 +158,7 @@ def config_from_env(base: DistributedConfig | None = None, environ=None) -> Dist
     try:
         return replace(base, **updates)
     except ValueError as e:
-        raise ValueError(f"{e} (from the environment: "
-                         f"{', '.join(sorted(k for k in updates))})") from None
+        raise ValueError(f"{e} (from the environment: {', '.join(sorted(k for k in updates))})") from None
 
 
 def detected_cluster(environ=None) -> str | None:
@@ -217,23 +218,33 @@ def initialize(cfg: DistributedConfig | None = None) -> bool:
     if cfg.num_processes == 1 or (cfg.num_processes is None and cluster is None):
         given = [f for f in ("coordinator", "process_id") if getattr(cfg, f) is not None]
         if given and cfg.num_processes is None:
-            raise ValueError(f"distributed.{given[0]} is set but num_processes is not "
-                             "(and no SLURM/Open MPI/TPU cluster was detected)")
+            raise ValueError(
+                f"distributed.{given[0]} is set but num_processes is not "
+                "(and no SLURM/Open MPI/TPU cluster was detected)"
+            )
         return False
     if cfg.num_processes is not None and cluster is None and not cfg.explicit:
         missing = [f for f in ("coordinator", "process_id") if getattr(cfg, f) is None]
-        raise ValueError(f"distributed: num_processes={cfg.num_processes} needs "
-                         f"{' and '.join(missing)} as well (or run under SLURM/Open MPI)")
+        raise ValueError(
+            f"distributed: num_processes={cfg.num_processes} needs "
+            f"{' and '.join(missing)} as well (or run under SLURM/Open MPI)"
+        )
     if xla_bridge.backends_are_initialized():
-        raise RuntimeError("distributed.initialize() must run before any JAX call that starts a "
-                           "backend (jax.devices(), a computation, device_put); call it first")
+        raise RuntimeError(
+            "distributed.initialize() must run before any JAX call that starts a "
+            "backend (jax.devices(), a computation, device_put); call it first"
+        )
     if hasattr(jax.config, "jax_cpu_collectives_implementation"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    kwargs: dict[str, Any] = dict(coordinator_address=cfg.coordinator, num_processes=cfg.num_processes,
-                                  process_id=cfg.process_id, local_device_ids=cfg.local_device_id_list(),
-                                  initialization_timeout=cfg.init_timeout_s,
-                                  heartbeat_timeout_seconds=cfg.heartbeat_timeout_s,
-                                  shutdown_timeout_seconds=cfg.shutdown_timeout_s)
+    kwargs: dict[str, Any] = dict(
+        coordinator_address=cfg.coordinator,
+        num_processes=cfg.num_processes,
+        process_id=cfg.process_id,
+        local_device_ids=cfg.local_device_id_list(),
+        initialization_timeout=cfg.init_timeout_s,
+        heartbeat_timeout_seconds=cfg.heartbeat_timeout_s,
+        shutdown_timeout_seconds=cfg.shutdown_timeout_s,
+    )
     if cfg.explicit:
         kwargs["cluster_detection_method"] = "deactivate"
     accepted = inspect.signature(jax.distributed.initialize).parameters
@@ -249,8 +260,9 @@ def initialize(cfg: DistributedConfig | None = None) -> bool:
     except Exception as e:  # noqa: BLE001 - re-raised as one line naming what failed
         who = "" if cfg.process_id is None else f" as process {cfg.process_id}"
         of = "" if cfg.num_processes is None else f" of {cfg.num_processes}"
-        raise RuntimeError(f"could not join the distributed run at {where}{who}{of} within "
-                           f"{cfg.init_timeout_s}s: {_first_line(e)}") from e
+        raise RuntimeError(
+            f"could not join the distributed run at {where}{who}{of} within {cfg.init_timeout_s}s: {_first_line(e)}"
+        ) from e
     return True
 
 
@@ -265,9 +277,11 @@ def _wait_for_coordinator(address: str, timeout_s: float, process_id: int) -> fl
                 return time.monotonic() - start
         except OSError as e:
             if time.monotonic() - start >= timeout_s:
-                raise RuntimeError(f"process {process_id}: the coordinator {address} (process 0) did "
-                                   f"not answer within {timeout_s:g}s ({e.strerror or e}); is process "
-                                   "0 running, and is the address reachable from here?") from None
+                raise RuntimeError(
+                    f"process {process_id}: the coordinator {address} (process 0) did "
+                    f"not answer within {timeout_s:g}s ({e.strerror or e}); is process "
+                    "0 running, and is the address reachable from here?"
+                ) from None
             time.sleep(0.25)
 
 
@@ -307,7 +321,7 @@ def is_primary() -> bool:
 
 
 def process_prefix() -> str:
-    """"[rank I] " for messages of a multi-process run, "" for a single process."""
+    """ "[rank I] " for messages of a multi-process run, "" for a single process."""
     rank, count = _rank_and_count()
     return "" if count == 1 else f"[rank {rank}] "
 
@@ -334,8 +348,11 @@ def barrier(name: str, timeout_s: float) -> None:
         state.client.wait_at_barrier(f"cottention:{name}:{uses}", max(1, int(timeout_s * 1000)))
     except Exception as e:  # noqa: BLE001 - XLA raises its own status errors
         missing = _missing_tasks(str(e))
-        what = (f"timed out after {timeout_s:g}s waiting for process(es) {missing}" if missing
-                else f"failed: {_first_line(e)}")
+        what = (
+            f"timed out after {timeout_s:g}s waiting for process(es) {missing}"
+            if missing
+            else f"failed: {_first_line(e)}"
+        )
         raise RuntimeError(f"{process_prefix()}barrier {name!r} {what}") from e
 
 

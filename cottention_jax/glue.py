@@ -26,9 +26,16 @@ __all__ = ["GLUE_TASKS", "format_glue_table", "run_glue"]
 _SHORT = {"matthews_corrcoef": "MCC", "accuracy": "acc", "f1": "F1", "pearson": "Pearson", "spearman": "Spearman"}
 
 
-def run_glue(pretrain_workdir: str | Path, base_config: TrainConfig | None = None,
-             tasks: Sequence[str] = GLUE_TASKS, *, workdir_root: str | Path, overrides: Sequence[str] = (),
-             progress: bool = True, log=print) -> dict[str, dict[str, float]]:
+def run_glue(
+    pretrain_workdir: str | Path,
+    base_config: TrainConfig | None = None,
+    tasks: Sequence[str] = GLUE_TASKS,
+    *,
+    workdir_root: str | Path,
+    overrides: Sequence[str] = (),
+    progress: bool = True,
+    log=print,
+) -> dict[str, dict[str, float]]:
     """Finetune the bert-mlm run in `pretrain_workdir` on each GLUE task; {task: {metric: value}}.
 
     base_config: the pretraining config (None: the workdir's config.json); `overrides` ("steps=300",

@@ -33,8 +33,18 @@ __all__ = ["RUNTIME_FIELDS", "load_model", "load_run_config", "load_tokenizer"]
 
 # The model fields an override may change: how the model runs (implementation, precision, memory,
 # checks), never what its trained parameters are or compute. Any other field keeps its saved value.
-RUNTIME_FIELDS = ("implementation", "interpret", "dtype", "param_dtype", "remat", "loss_chunk", "checkify_ids",
-                  "dropout_rate", "max_len", "sequence_axis")
+RUNTIME_FIELDS = (
+    "implementation",
+    "interpret",
+    "dtype",
+    "param_dtype",
+    "remat",
+    "loss_chunk",
+    "checkify_ids",
+    "dropout_rate",
+    "max_len",
+    "sequence_axis",
+)
 
 _warned: set[str] = set()
 
@@ -50,8 +60,10 @@ def _warn_once(line: str) -> None:
 def _checkpointer(workdir) -> Checkpointer:
     directory = Path(workdir) / "checkpoints"
     if not directory.is_dir():
-        raise FileNotFoundError(f"workdir {os.fspath(workdir)!r} holds no checkpoints/ folder: it is not the "
-                                "workdir of a training run (cottention-train --workdir ...)")
+        raise FileNotFoundError(
+            f"workdir {os.fspath(workdir)!r} holds no checkpoints/ folder: it is not the "
+            "workdir of a training run (cottention-train --workdir ...)"
+        )
     return Checkpointer(directory, save_every=1, keep=1, log=_warn_once)
 
 
@@ -78,25 +90,31 @@ def _model_config(saved, model_class, overrides: dict):
     fields = {f.name for f in dataclasses.fields(saved)}
     for name, value in overrides.items():
         if name not in fields:
-            raise ValueError(f"load_model: {name!r} is not a field of {type(saved).__name__}; the fields an "
-                             f"override may change are {', '.join(RUNTIME_FIELDS)}")
+            raise ValueError(
+                f"load_model: {name!r} is not a field of {type(saved).__name__}; the fields an "
+                f"override may change are {', '.join(RUNTIME_FIELDS)}"
+            )
         if name not in RUNTIME_FIELDS and value != getattr(saved, name):
-            raise ValueError(f"load_model: the override {name}={value!r} would change the trained model (the "
-                             f"checkpoint has {name}={getattr(saved, name)!r}); only these fields may be "
-                             f"overridden: {', '.join(RUNTIME_FIELDS)}")
-    base = dataclasses.replace(saved, sequence_axis=None)       # one device: the sequence is not split
+            raise ValueError(
+                f"load_model: the override {name}={value!r} would change the trained model (the "
+                f"checkpoint has {name}={getattr(saved, name)!r}); only these fields may be "
+                f"overridden: {', '.join(RUNTIME_FIELDS)}"
+            )
+    base = dataclasses.replace(saved, sequence_axis=None)  # one device: the sequence is not split
     config = dataclasses.replace(base, **overrides)
     changed = {name: value for name, value in overrides.items() if value != getattr(saved, name)}
     if changed:
         want = _parameter_shapes(model_class, base)
         for name, value in changed.items():
             got = _parameter_shapes(model_class, dataclasses.replace(base, **{name: value}))
-            moved = next((p for p in [*want, *got] if got.get(p) != want.get(p)), None)   # resized, gone or new
+            moved = next((p for p in [*want, *got] if got.get(p) != want.get(p)), None)  # resized, gone or new
             if moved is not None:
                 where = "/".join(map(str, moved))
-                raise ValueError(f"load_model: the override {name}={value!r} changes the shape of the trained "
-                                 f"parameter {where} from {want.get(moved)} to {got.get(moved)} (the checkpoint "
-                                 f"has {name}={getattr(saved, name)!r}): it cannot be overridden for this model")
+                raise ValueError(
+                    f"load_model: the override {name}={value!r} changes the shape of the trained "
+                    f"parameter {where} from {want.get(moved)} to {got.get(moved)} (the checkpoint "
+                    f"has {name}={getattr(saved, name)!r}): it cannot be overridden for this model"
+                )
     return config
 
 
@@ -122,8 +140,9 @@ def load_model(workdir: str | os.PathLike, *, step: int | None = None, **model_o
         config = from_dict(saved)
         model_class = GPT if config.kind == "gpt" else Bert
         model_config = _model_config(config.model, model_class, model_overrides)
-        graphdef, params, *_ = nnx.split(nnx.eval_shape(lambda: model_class(model_config, rngs=nnx.Rngs(0))),
-                                         nnx.Param, ...)
+        graphdef, params, *_ = nnx.split(
+            nnx.eval_shape(lambda: model_class(model_config, rngs=nnx.Rngs(0))), nnx.Param, ...
+        )
         built.update(model_class=model_class, model_config=model_config, graphdef=graphdef)
         return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), params)
 

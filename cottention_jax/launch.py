@@ -74,9 +74,10 @@ def split_devices(nproc: int, per_process: int | None, environ) -> list[dict[str
     if gpus:
         k = per_process or len(gpus) // nproc
         if k < 1 or k * nproc > len(gpus):
-            raise ValueError(f"--nproc {nproc} x {k or 1} device(s) needs {nproc * max(k, 1)} GPUs, "
-                             f"but {len(gpus)} are visible")
-        return [{"CUDA_VISIBLE_DEVICES": ",".join(gpus[i * k:(i + 1) * k])} for i in range(nproc)]
+            raise ValueError(
+                f"--nproc {nproc} x {k or 1} device(s) needs {nproc * max(k, 1)} GPUs, but {len(gpus)} are visible"
+            )
+        return [{"CUDA_VISIBLE_DEVICES": ",".join(gpus[i * k : (i + 1) * k])} for i in range(nproc)]
     flags = environ.get("XLA_FLAGS", "")
     asked = _DEVICE_COUNT_FLAG.findall(flags)
     total = int(asked[-1]) if asked else int(environ.get("JAX_NUM_CPU_DEVICES", "0") or 0)
@@ -151,8 +152,7 @@ class _Ranks:
             t.join(timeout=5)
 
 
-def run(nproc: int, command: list[str], per_process: int | None = None,
-        port: int = 0) -> int:
+def run(nproc: int, command: list[str], per_process: int | None = None, port: int = 0) -> int:
     """Start `command` as ranks 0..nproc-1 and supervise them; returns the exit status."""
     shares = split_devices(nproc, per_process, os.environ)
     coordinator = f"127.0.0.1:{port or free_port()}"
@@ -175,13 +175,22 @@ def run(nproc: int, command: list[str], per_process: int | None = None,
     try:
         for i in range(nproc):
             env = dict(os.environ, **shares[i])
-            env.update(COTTENTION_COORDINATOR=coordinator, COTTENTION_NUM_PROCESSES=str(nproc),
-                       COTTENTION_PROCESS_ID=str(i))
+            env.update(
+                COTTENTION_COORDINATOR=coordinator, COTTENTION_NUM_PROCESSES=str(nproc), COTTENTION_PROCESS_ID=str(i)
+            )
             env.setdefault("PYTHONUNBUFFERED", "1")
             try:
-                procs.append(subprocess.Popen(
-                    command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                    stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent))
+                procs.append(
+                    subprocess.Popen(
+                        command,
+                        env=env,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                        preexec_fn=_die_with_parent,
+                    )
+                )
             except OSError as e:
                 _say(f"cannot start {command[0]!r}: {e.strerror or e}")
                 ranks.stop()
@@ -198,8 +207,7 @@ def run(nproc: int, command: list[str], per_process: int | None = None,
             if failed and failure is None:
                 failure = failed[0]
                 if not received:  # after a forwarded signal, ranks finish (and save) on their own
-                    _say(f"rank {failure[0]} exited with status {_status(failure[1])}; "
-                         "stopping the other ranks")
+                    _say(f"rank {failure[0]} exited with status {_status(failure[1])}; stopping the other ranks")
                     ranks.stop()
                     break
             time.sleep(_POLL_S)
@@ -221,17 +229,22 @@ def main(argv: list[str] | None = None) -> int:
         prog="cottention-launch",
         usage="cottention-launch --nproc N [--devices-per-process K] [--port P] -- COMMAND ...",
         description="Start N local processes of COMMAND as one multi-process JAX run "
-                    "(JAX's coordination service on 127.0.0.1, devices split among the ranks).")
+        "(JAX's coordination service on 127.0.0.1, devices split among the ranks).",
+    )
     parser.add_argument("--nproc", type=int, required=True, help="number of processes (ranks)")
-    parser.add_argument("--devices-per-process", type=int, default=None, metavar="K",
-                        help="devices per rank (CPU: simulated host devices; GPU: GPUs). "
-                             "Default: the machine's devices / N (CPU: the count XLA_FLAGS "
-                             "asks for / N, at least 1)")
-    parser.add_argument("--port", type=int, default=0,
-                        help="coordinator port (default: a free one)")
+    parser.add_argument(
+        "--devices-per-process",
+        type=int,
+        default=None,
+        metavar="K",
+        help="devices per rank (CPU: simulated host devices; GPU: GPUs). "
+        "Default: the machine's devices / N (CPU: the count XLA_FLAGS "
+        "asks for / N, at least 1)",
+    )
+    parser.add_argument("--port", type=int, default=0, help="coordinator port (default: a free one)")
     if "--" in argv:
         cut = argv.index("--")
-        options, command = argv[:cut], argv[cut + 1:]
+        options, command = argv[:cut], argv[cut + 1 :]
     else:
         options, command = argv, []
     args = parser.parse_args(options)

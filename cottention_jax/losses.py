@@ -49,14 +49,20 @@ def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Ar
     (loss_sum / max(count, 1), {"loss_sum", "correct", "count"}).
     """
     if logits.shape[:-1] != labels.shape:
-        raise ValueError(f"logits must have shape labels.shape + (V,); got logits.shape={logits.shape}, "
-                         f"labels.shape={labels.shape}")
+        raise ValueError(
+            f"logits must have shape labels.shape + (V,); got logits.shape={logits.shape}, labels.shape={labels.shape}"
+        )
     sums = _sums(logits, labels, _weights(weights, labels.shape))
     return _mean(sums), sums
 
 
-def chunked_cross_entropy(hidden: jax.Array, labels: jax.Array, weights: jax.Array | None,
-                          head_fn: Callable[[jax.Array], jax.Array], chunk: int):
+def chunked_cross_entropy(
+    hidden: jax.Array,
+    labels: jax.Array,
+    weights: jax.Array | None,
+    head_fn: Callable[[jax.Array], jax.Array],
+    chunk: int,
+):
     """`weighted_cross_entropy(head_fn(hidden), labels, weights)`, about `chunk` positions at a time.
 
     hidden (B, ..., d) are the features the head reads; labels (B, ...) int, or (N,) for
@@ -75,30 +81,32 @@ def chunked_cross_entropy(hidden: jax.Array, labels: jax.Array, weights: jax.Arr
     if isinstance(chunk, bool) or size < 1:
         raise ValueError(f"chunk must be an int >= 1 (positions per chunk); got chunk={chunk!r}")
     if labels.ndim == 0 or hidden.shape[:-1] != labels.shape:
-        raise ValueError(f"hidden must have shape labels.shape + (d,) with labels of rank >= 1; got "
-                         f"hidden.shape={hidden.shape}, labels.shape={labels.shape}")
+        raise ValueError(
+            f"hidden must have shape labels.shape + (d,) with labels of rank >= 1; got "
+            f"hidden.shape={hidden.shape}, labels.shape={labels.shape}"
+        )
     weights = _weights(weights, labels.shape)
     rows = 1 if labels.ndim == 1 else labels.shape[0]
     d = hidden.shape[-1]
-    h, y, w = hidden.reshape(rows, -1, d), labels.reshape(rows, -1), weights.reshape(rows, -1)   # (B, P, ...)
+    h, y, w = hidden.reshape(rows, -1, d), labels.reshape(rows, -1), weights.reshape(rows, -1)  # (B, P, ...)
     positions = y.shape[1]
-    c = min(max(size // rows, 1), max(positions, 1))                               # per row, per chunk
+    c = min(max(size // rows, 1), max(positions, 1))  # per row, per chunk
     n_chunks = -(-positions // c)
     pad = n_chunks * c - positions
 
-    def split(x):   # (B, P, ...) -> (P/c, B, c, ...), the tail padded with zeros (weight 0)
+    def split(x):  # (B, P, ...) -> (P/c, B, c, ...), the tail padded with zeros (weight 0)
         # Chunk j holds the strided positions j, j + P/c, j + 2 P/c, ...: a sequence split over
         # devices in contiguous pieces then keeps each chunk split the same way (every device
         # holds its share of every chunk), so the loop never gathers the sequence.
         x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
         return jnp.moveaxis(x.reshape(rows, c, n_chunks, *x.shape[2:]), 2, 0)
 
-    @jax.checkpoint    # the backward pass recomputes a chunk's (B, c, V) logits instead of storing them
+    @jax.checkpoint  # the backward pass recomputes a chunk's (B, c, V) logits instead of storing them
     def chunk_sums(xs):
         h_c, y_c, w_c = xs
         s = _sums(head_fn(h_c), y_c, w_c)
         return s["loss_sum"], s["correct"]
 
-    loss_sums, correct = jax.lax.map(chunk_sums, (split(h), split(y), split(w)))     # (P/c,) each
+    loss_sums, correct = jax.lax.map(chunk_sums, (split(h), split(y), split(w)))  # (P/c,) each
     sums = {"loss_sum": loss_sums.sum(), "correct": correct.sum(), "count": weights.sum()}
     return _mean(sums), sums

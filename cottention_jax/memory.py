@@ -27,8 +27,7 @@ from cottention_jax.configs import TrainConfig
 from cottention_jax.sharding import batch_sharding, param_spec
 from cottention_jax.train import build_model, build_optimizer, make_train_step
 
-__all__ = ["abstract_batch", "compile_train_step", "compiled_bytes", "compiled_memory_bytes",
-           "train_step_memory"]
+__all__ = ["abstract_batch", "compile_train_step", "compiled_bytes", "compiled_memory_bytes", "train_step_memory"]
 
 
 def abstract_batch(config: TrainConfig, batch_size: int, seq_len: int) -> dict:
@@ -41,8 +40,7 @@ def abstract_batch(config: TrainConfig, batch_size: int, seq_len: int) -> dict:
         return {"inputs": ids, "targets": ids, "weights": weights}
     if config.kind == "bert-mlm":
         mask = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.bool_)
-        return {"input_ids": ids, "segment_ids": ids, "padding_mask": mask, "mlm_labels": ids,
-                "mlm_weights": weights}
+        return {"input_ids": ids, "segment_ids": ids, "padding_mask": mask, "mlm_labels": ids, "mlm_weights": weights}
     raise ValueError(f"train_step_memory covers kind 'gpt' and 'bert-mlm'; got kind={config.kind!r}")
 
 
@@ -53,6 +51,7 @@ def _place(node, mesh, fsdp: bool) -> None:
     def place(x):
         spec = param_spec(x.shape, n, fsdp) if getattr(x, "ndim", 0) else jax.sharding.PartitionSpec()
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, spec))
+
     nnx.update(node, jax.tree.map(place, nnx.state(node)))
 
 
@@ -65,8 +64,9 @@ def compile_train_step(config: TrainConfig, batch_size: int, seq_len: int, mesh=
     if mesh is not None:
         for node in (model, optimizer):
             _place(node, mesh, fsdp=config.sharding == "fsdp")
-        batch = {k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding(mesh, x.ndim))
-                 for k, x in batch.items()}
+        batch = {
+            k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding(mesh, x.ndim)) for k, x in batch.items()
+        }
     start = time.perf_counter()
     with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
         compiled = make_train_step(config.kind).lower(model, optimizer, batch).compile()
@@ -85,8 +85,11 @@ def train_step_memory(config: TrainConfig, batch_size: int, seq_len: int, mesh=N
     analysis = compiled.memory_analysis()
     if analysis is None:
         raise RuntimeError(f"the {jax.default_backend()} backend gives no compiled memory analysis")
-    parts = {"arguments": analysis.argument_size_in_bytes, "outputs": analysis.output_size_in_bytes,
-             "temporaries": analysis.temp_size_in_bytes}
+    parts = {
+        "arguments": analysis.argument_size_in_bytes,
+        "outputs": analysis.output_size_in_bytes,
+        "temporaries": analysis.temp_size_in_bytes,
+    }
     total = sum(parts.values()) - analysis.alias_size_in_bytes
     return {**{k: int(v) for k, v in parts.items()}, "total": int(total), "compile_s": seconds}
 
@@ -105,5 +108,9 @@ def compiled_bytes(compiled) -> int | None:
     analysis = compiled.memory_analysis()
     if analysis is None:
         return None
-    return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-               + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+    return int(
+        analysis.argument_size_in_bytes
+        + analysis.output_size_in_bytes
+        + analysis.temp_size_in_bytes
+        - analysis.alias_size_in_bytes
+    )

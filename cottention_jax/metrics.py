@@ -44,11 +44,12 @@ def read_metrics(path: str | os.PathLike, *, log: Callable[[str], None] | None =
             records.append(json.loads(line))
         except json.JSONDecodeError as err:
             if number < len(lines):
-                raise ValueError(f"{path} line {number} is not a JSON record ({err.msg}): {line[:80]!r}; "
-                                 "remove that line to use the file") from None
+                raise ValueError(
+                    f"{path} line {number} is not a JSON record ({err.msg}): {line[:80]!r}; "
+                    "remove that line to use the file"
+                ) from None
             if log is not None:
-                log(f"warning: {path}: the last line is cut ({len(line)} characters, not a whole record): "
-                    "dropped")
+                log(f"warning: {path}: the last line is cut ({len(line)} characters, not a whole record): dropped")
     return records
 
 
@@ -60,11 +61,12 @@ class MetricsWriter:
     split of a step is written once (a rerun of a finished run evaluates it again for its summary).
     """
 
-    def __init__(self, workdir: str | os.PathLike, resume_step: int | None = None,
-                 log: Callable[[str], None] | None = _stderr):
+    def __init__(
+        self, workdir: str | os.PathLike, resume_step: int | None = None, log: Callable[[str], None] | None = _stderr
+    ):
         self.path = Path(workdir) / "metrics.jsonl"
         self._resume_step = resume_step
-        self._written_at_resume: set[str] = set()      # splits already recorded at resume_step
+        self._written_at_resume: set[str] = set()  # splits already recorded at resume_step
         if resume_step is not None and self.path.exists():
             kept = [r for r in read_metrics(self.path, log=log) if r["step"] <= resume_step]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
@@ -78,7 +80,7 @@ class MetricsWriter:
 
     def write(self, step: int, split: str, **scalars: float) -> None:
         if self._written_at_resume and step == self._resume_step and split in self._written_at_resume:
-            return                                       # in the file (and TensorBoard) already
+            return  # in the file (and TensorBoard) already
         record = {"step": int(step), "split": split, **{k: float(v) for k, v in scalars.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")

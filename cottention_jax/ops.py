@@ -118,12 +118,34 @@ def cosine_attention(
     """
     if sequence_axis is not None and _sequence_is_split(sequence_axis):
         return parallel.sequence_parallel_cosine_attention(
-            q, k, v, stabilizer, axis=sequence_axis, causal=causal, padding_mask=padding_mask,
-            initial_state=initial_state, return_state=return_state, stabilize=stabilize,
-            implementation=implementation, chunk_size=chunk_size, interpret=interpret)
-    return cosine_attention_local(q, k, v, stabilizer, causal=causal, padding_mask=padding_mask,
-                                  initial_state=initial_state, return_state=return_state, stabilize=stabilize,
-                                  implementation=implementation, chunk_size=chunk_size, interpret=interpret)
+            q,
+            k,
+            v,
+            stabilizer,
+            axis=sequence_axis,
+            causal=causal,
+            padding_mask=padding_mask,
+            initial_state=initial_state,
+            return_state=return_state,
+            stabilize=stabilize,
+            implementation=implementation,
+            chunk_size=chunk_size,
+            interpret=interpret,
+        )
+    return cosine_attention_local(
+        q,
+        k,
+        v,
+        stabilizer,
+        causal=causal,
+        padding_mask=padding_mask,
+        initial_state=initial_state,
+        return_state=return_state,
+        stabilize=stabilize,
+        implementation=implementation,
+        chunk_size=chunk_size,
+        interpret=interpret,
+    )
 
 
 def _sequence_is_split(axis: str | None) -> bool:

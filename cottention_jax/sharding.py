@@ -26,8 +26,16 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["AXIS", "SEQ_AXIS", "batch_sharding", "collectives", "make_mesh", "param_spec", "place_batch",
-           "shard_training_state"]
+__all__ = [
+    "AXIS",
+    "SEQ_AXIS",
+    "batch_sharding",
+    "collectives",
+    "make_mesh",
+    "param_spec",
+    "place_batch",
+    "shard_training_state",
+]
 
 AXIS, SEQ_AXIS = "data", "seq"
 
@@ -46,8 +54,10 @@ def make_mesh(kind: str, seq_parallel: int = 1, devices=None) -> Mesh | None:
         raise ValueError(f"seq_parallel must divide the {len(devices)} devices; got seq_parallel={seq_parallel}")
     if jax.process_count() > 1 and jax.local_device_count() % seq_parallel:
         # each process feeds whole sequences of its rows: a sequence may not span processes
-        raise ValueError(f"seq_parallel ({seq_parallel}) must divide the {jax.local_device_count()} devices of each "
-                         f"process in a multi-process run")
+        raise ValueError(
+            f"seq_parallel ({seq_parallel}) must divide the {jax.local_device_count()} devices of each "
+            f"process in a multi-process run"
+        )
     return Mesh(np.array(devices).reshape(len(devices) // seq_parallel, seq_parallel), (AXIS, SEQ_AXIS))
 
 
@@ -68,7 +78,7 @@ def _put(x, sharding: NamedSharding):
     shards of its own devices, cut from its copy."""
     if jax.process_count() == 1:
         return jax.device_put(x, sharding)
-    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):            # typed PRNG keys: place their data
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # typed PRNG keys: place their data
         return jax.random.wrap_key_data(_put(jax.random.key_data(x), sharding), impl=jax.random.key_impl(x))
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
@@ -105,13 +115,18 @@ def place_batch(batch: dict, mesh: Mesh | None) -> dict:
     if jax.process_count() == 1:
         return {k: jax.device_put(v, batch_sharding(mesh, np.ndim(v))) for k, v in batch.items()}
     count = jax.process_count()
-    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), np.asarray(v),
-                                                      (np.shape(v)[0] * count, *np.shape(v)[1:]))
-            for k, v in batch.items()}
+    return {
+        k: jax.make_array_from_process_local_data(
+            batch_sharding(mesh, np.ndim(v)), np.asarray(v), (np.shape(v)[0] * count, *np.shape(v)[1:])
+        )
+        for k, v in batch.items()
+    }
 
 
-_COLLECTIVE = re.compile(r"= (?P<shape>\([^()]*\)|\S+) (?P<op>all-gather|all-reduce|collective-permute|"
-                         r"reduce-scatter|all-to-all)(?P<start>-start)?\(")
+_COLLECTIVE = re.compile(
+    r"= (?P<shape>\([^()]*\)|\S+) (?P<op>all-gather|all-reduce|collective-permute|"
+    r"reduce-scatter|all-to-all)(?P<start>-start)?\("
+)
 _ARRAY = re.compile(r"(?P<dtype>pred|[a-z]+\d+)\[(?P<dims>[\d,]*)\]")
 
 
@@ -130,12 +145,21 @@ def collectives(hlo_text: str) -> list[dict]:
         m = _COLLECTIVE.search(line)
         if m is None:
             continue
-        sizes = [int(np.prod([int(x) for x in a["dims"].split(",") if x], dtype=np.int64))
-                 * (1 if a["dtype"] == "pred" else int(re.sub(r"\D", "", a["dtype"])) // 8)   # f32 -> 4 bytes
-                 for a in _ARRAY.finditer(m["shape"])]
+        sizes = [
+            int(np.prod([int(x) for x in a["dims"].split(",") if x], dtype=np.int64))
+            * (1 if a["dtype"] == "pred" else int(re.sub(r"\D", "", a["dtype"])) // 8)  # f32 -> 4 bytes
+            for a in _ARRAY.finditer(m["shape"])
+        ]
         name = re.search(r'op_name="([^"]*)"', line)
         groups = re.search(r"replica_groups=mesh\[[^\]]*\] \{([^}]*)\}", line)
         axes = tuple(a.strip(" '") for a in groups.group(1).split(",")) if groups else None
-        found.append({"op": m["op"], "bytes": int(max(sizes) if m["start"] else sum(sizes)), "shape": m["shape"],
-                      "axes": axes, "op_name": name.group(1) if name else ""})
+        found.append(
+            {
+                "op": m["op"],
+                "bytes": int(max(sizes) if m["start"] else sum(sizes)),
+                "shape": m["shape"],
+                "axes": axes,
+                "op_name": name.group(1) if name else "",
+            }
+        )
     return found

@@ -34,23 +34,29 @@ import jax.numpy as jnp
 from cottention_jax._util import check_qkv
 from cottention_jax._util import shape_error as _shape_error
 
-__all__ = ["IMPLEMENTATIONS", "cudnn_unsupported_reason", "default_implementation", "real_tokens_first",
-           "softmax_attention"]
+__all__ = [
+    "IMPLEMENTATIONS",
+    "cudnn_unsupported_reason",
+    "default_implementation",
+    "real_tokens_first",
+    "softmax_attention",
+]
 
 SoftmaxImplementation = Literal["xla", "cudnn", "pallas"]
 IMPLEMENTATIONS: tuple[str, ...] = get_args(SoftmaxImplementation)
 
 _CUDNN_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-_PALLAS_MIN_DIM = 16       # Triton dots need every dimension >= 16
-_PALLAS_MAX_BLOCK = 128    # forward block length (sequence) of the Pallas kernel
+_PALLAS_MIN_DIM = 16  # Triton dots need every dimension >= 16
+_PALLAS_MAX_BLOCK = 128  # forward block length (sequence) of the Pallas kernel
 # the "cudnn" path's kernel (tests run its packing through "xla" on CPU)
 _CUDNN_KERNEL: Literal["xla", "cudnn"] = "cudnn"
 
 
 # ----------------------------------------------------------------------------- choosing a path
 
+
 def _parse_capability(compute_capability) -> tuple[int, int] | None:
-    """"9.0" -> (9, 0); None or a non-CUDA string (e.g. ROCm's "gfx90a") -> None."""
+    """ "9.0" -> (9, 0); None or a non-CUDA string (e.g. ROCm's "gfx90a") -> None."""
     try:
         major, minor = str(compute_capability).split(".")[:2]
         return int(major), int(minor)
@@ -72,8 +78,10 @@ def cudnn_unsupported_reason(dtype, head_dim: int, compute_capability) -> str | 
         return f"needs bfloat16 or float16 q, k and v; got {jnp.dtype(dtype)}"
     max_dim = 256 if cc >= (9, 0) else 128
     if head_dim % 8 or head_dim > max_dim:
-        return f"needs head_dim a multiple of 8 and <= {max_dim} on compute capability {compute_capability}; " \
-               f"got head_dim={head_dim}"
+        return (
+            f"needs head_dim a multiple of 8 and <= {max_dim} on compute capability {compute_capability}; "
+            f"got head_dim={head_dim}"
+        )
     return None
 
 
@@ -82,8 +90,9 @@ def _device_capability() -> str | None:
     return getattr(jax.devices()[0], "compute_capability", None)
 
 
-def default_implementation(dtype, head_dim: int, *, backend: str | None = None,
-                           compute_capability: str | None = None) -> SoftmaxImplementation:
+def default_implementation(
+    dtype, head_dim: int, *, backend: str | None = None, compute_capability: str | None = None
+) -> SoftmaxImplementation:
     """The fastest implementation that applies: "cudnn" on a GPU where cuDNN supports the dtype
     and head dim, else "pallas" on a GPU, else "xla".
 
@@ -100,6 +109,7 @@ def default_implementation(dtype, head_dim: int, *, backend: str | None = None,
 
 # ----------------------------------------------------------------------------- checks
 
+
 def _check_inputs(q, k, v, padding_mask, implementation) -> None:
     if implementation is not None and implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS} or None; got {implementation!r}")
@@ -109,25 +119,31 @@ def _check_inputs(q, k, v, padding_mask, implementation) -> None:
         if jnp.shape(padding_mask) != (b, t):
             raise _shape_error(f"padding_mask must have shape (batch, seq) = {(b, t)}", padding_mask=padding_mask)
         if jnp.result_type(padding_mask) != jnp.bool_:
-            raise ValueError(f"padding_mask must be a bool array (True = real token); "
-                             f"got dtype {jnp.result_type(padding_mask)}")
+            raise ValueError(
+                f"padding_mask must be a bool array (True = real token); got dtype {jnp.result_type(padding_mask)}"
+            )
 
 
 def _check_device(impl: str, dtype, head_dim: int, interpret: bool) -> None:
     backend = jax.default_backend()
     if impl == "cudnn":
         if backend != "gpu":
-            raise ValueError(f"implementation='cudnn' needs a GPU (JAX's backend is {backend!r}); "
-                             "use 'pallas' with interpret=True or 'xla' on the CPU")
+            raise ValueError(
+                f"implementation='cudnn' needs a GPU (JAX's backend is {backend!r}); "
+                "use 'pallas' with interpret=True or 'xla' on the CPU"
+            )
         reason = cudnn_unsupported_reason(dtype, head_dim, _device_capability())
         if reason is not None:
             raise ValueError(f"implementation='cudnn' {reason}; use 'pallas' or 'xla'")
     if impl == "pallas" and not interpret and backend != "gpu":
-        raise ValueError(f"implementation='pallas' needs a GPU (JAX's backend is {backend!r}); "
-                         "pass interpret=True to run the kernel on the CPU, or use 'xla'")
+        raise ValueError(
+            f"implementation='pallas' needs a GPU (JAX's backend is {backend!r}); "
+            "pass interpret=True to run the kernel on the CPU, or use 'xla'"
+        )
 
 
 # ----------------------------------------------------------------------------- the op
+
 
 def softmax_attention(
     q: jax.Array,
@@ -160,7 +176,7 @@ def softmax_attention(
     impl = implementation or default_implementation(q.dtype, head_dim)
     _check_device(impl, q.dtype, head_dim, interpret)
     if impl == "xla":
-        mask = None if padding_mask is None else padding_mask[:, None, None, :]   # (B, 1, 1, T): keys
+        mask = None if padding_mask is None else padding_mask[:, None, None, :]  # (B, 1, 1, T): keys
         out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation="xla")
     elif impl == "cudnn":
         out = _attend_real_tokens_first(q, k, v, causal, padding_mask, _CUDNN_KERNEL)
@@ -173,6 +189,7 @@ def softmax_attention(
 
 # ----------------------------------------------------------------------------- cuDNN: lengths
 
+
 def real_tokens_first(padding_mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The permutation that moves each row's real tokens to the front, in order, and its inverse.
 
@@ -183,10 +200,10 @@ def real_tokens_first(padding_mask: jax.Array) -> tuple[jax.Array, jax.Array, ja
     """
     real = padding_mask.astype(jnp.int32)
     lengths = jnp.sum(real, axis=1, dtype=jnp.int32)
-    rank_real = jnp.cumsum(real, axis=1) - 1                  # index among the real tokens
-    rank_pad = jnp.cumsum(1 - real, axis=1) - 1               # index among the padding
+    rank_real = jnp.cumsum(real, axis=1) - 1  # index among the real tokens
+    rank_pad = jnp.cumsum(1 - real, axis=1) - 1  # index among the padding
     inverse = jnp.where(padding_mask, rank_real, lengths[:, None] + rank_pad).astype(jnp.int32)
-    order = jnp.argsort(inverse, axis=1).astype(jnp.int32)    # inverse is a permutation
+    order = jnp.argsort(inverse, axis=1).astype(jnp.int32)  # inverse is a permutation
     return order, inverse, lengths
 
 
@@ -204,18 +221,26 @@ def _attend_real_tokens_first(q, k, v, causal, padding_mask, kernel: Literal["xl
         return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=kernel)
     order, inverse, lengths = real_tokens_first(padding_mask)
     packed = jax.nn.dot_product_attention(
-        _take_tokens(q, order), _take_tokens(k, order), _take_tokens(v, order), is_causal=causal,
-        query_seq_lengths=lengths, key_value_seq_lengths=lengths, implementation=kernel)
+        _take_tokens(q, order),
+        _take_tokens(k, order),
+        _take_tokens(v, order),
+        is_causal=causal,
+        query_seq_lengths=lengths,
+        key_value_seq_lengths=lengths,
+        implementation=kernel,
+    )
     return _take_tokens(packed, inverse)
 
 
 # ----------------------------------------------------------------------------- Pallas: segments
 
+
 def _pallas_attention_module():
     """jax.experimental.pallas.ops.gpu.attention, imported lazily without its deprecation notice."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*pallas\.ops\.gpu\.attention is deprecated",
-                                category=DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", message=r".*pallas\.ops\.gpu\.attention is deprecated", category=DeprecationWarning
+        )
         from jax.experimental.pallas.ops.gpu import attention  # noqa: PLC0415
     return attention
 
@@ -233,25 +258,34 @@ def _pallas_block_sizes(module, length: int, dtype):
     divides `length`. Passed explicitly, so every supported jax runs the same tiles."""
     fwd = min(length, _PALLAS_MAX_BLOCK if jnp.dtype(dtype).itemsize <= 2 else 64)
     bwd = min(length, 32)
-    return module.BlockSizes(block_q=fwd, block_k=fwd, block_q_dkv=bwd, block_kv_dkv=bwd,
-                             block_q_dq=bwd, block_kv_dq=bwd)
+    return module.BlockSizes(
+        block_q=fwd, block_k=fwd, block_q_dkv=bwd, block_kv_dkv=bwd, block_q_dq=bwd, block_kv_dq=bwd
+    )
 
 
 def _pallas_flash(q, k, v, causal, padding_mask, interpret):
     module = _pallas_attention_module()
     b, t, h, d = q.shape
     group = h // k.shape[2]
-    if group > 1:                                             # GQA: (B, T, KV, D) -> (B, T, H, D)
+    if group > 1:  # GQA: (B, T, KV, D) -> (B, T, H, D)
         k, v = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
     length, dim = _pallas_length(t), max(d, _PALLAS_MIN_DIM)
-    if (length, dim) != (t, d):                               # zeros: extra features change no score
+    if (length, dim) != (t, d):  # zeros: extra features change no score
         widths = ((0, 0), (0, length - t), (0, 0), (0, dim - d))
         q, k, v = (jnp.pad(x, widths) for x in (q, k, v))
-    segment_ids = None                                        # (B, length): 1 real, 0 padding / tail
+    segment_ids = None  # (B, length): 1 real, 0 padding / tail
     if padding_mask is not None or (length > t and not causal):
         real = jnp.ones((b, t), jnp.int32) if padding_mask is None else padding_mask.astype(jnp.int32)
         segment_ids = jnp.pad(real, ((0, 0), (0, length - t)))
     # (causal without a mask: the tail comes after every real token, so no real query sees it)
-    out = module.mha(q, k, v, segment_ids, sm_scale=1.0 / math.sqrt(d), causal=causal,
-                     block_sizes=_pallas_block_sizes(module, length, q.dtype), interpret=interpret)
+    out = module.mha(
+        q,
+        k,
+        v,
+        segment_ids,
+        sm_scale=1.0 / math.sqrt(d),
+        causal=causal,
+        block_sizes=_pallas_block_sizes(module, length, q.dtype),
+        interpret=interpret,
+    )
     return out[:, :t, :, :d]

@@ -37,8 +37,20 @@ if TYPE_CHECKING:
     from cottention_jax.checkpoint import Checkpointer
     from cottention_jax.train_data import DataBundle
 
-__all__ = ["CheckpointHook", "EvalHook", "FunctionHook", "Hook", "RunState", "StabilizerHook", "TrainLogHook",
-           "default_hooks", "due", "evaluate", "hook", "stabilizer_values"]
+__all__ = [
+    "CheckpointHook",
+    "EvalHook",
+    "FunctionHook",
+    "Hook",
+    "RunState",
+    "StabilizerHook",
+    "TrainLogHook",
+    "default_hooks",
+    "due",
+    "evaluate",
+    "hook",
+    "stabilizer_values",
+]
 
 
 @dataclasses.dataclass(eq=False)
@@ -55,22 +67,22 @@ class RunState:
     data: DataBundle
     model: nnx.Module
     optimizer: nnx.Optimizer
-    mesh: Any                                # jax.sharding.Mesh, or None: one device
+    mesh: Any  # jax.sharding.Mesh, or None: one device
     checkpointer: Checkpointer
-    writer: MetricsWriter | NullWriter        # NullWriter: a process other than the primary one
+    writer: MetricsWriter | NullWriter  # NullWriter: a process other than the primary one
     schedule: optax.Schedule
     train_step: Callable
     eval_step: Callable
     n_params: int
-    start: int                               # the step the run (re)started from
+    start: int  # the step the run (re)started from
     last_saved: int | None
     log: Callable[[str], None] = tqdm.write
     step: int = 0
     last_eval: dict = dataclasses.field(default_factory=dict)
     window: list[tuple[float, float]] = dataclasses.field(default_factory=list)
-    window_start: float = dataclasses.field(default_factory=time.perf_counter)   # from set-up
+    window_start: float = dataclasses.field(default_factory=time.perf_counter)  # from set-up
     history: list[float] = dataclasses.field(default_factory=list)
-    bar: Any = None                          # the tqdm progress bar, while the loop runs
+    bar: Any = None  # the tqdm progress bar, while the loop runs
 
     def in_mesh(self):
         """The mesh as the context of a step (so attention finds its sequence axis), or nothing."""
@@ -79,10 +91,14 @@ class RunState:
 
 # ----------------------------------------------------------------------------- evaluation and hooks
 
+
 def stabilizer_values(model: nnx.Module) -> list[np.ndarray]:
     """sigmoid(m) of every cosine attention layer, in layer order: a list of (heads,) arrays."""
-    return [np.asarray(jax.nn.sigmoid(layer.stabilizer[...]))
-            for _, layer in nnx.iter_graph(model) if isinstance(layer, CosineAttention)]
+    return [
+        np.asarray(jax.nn.sigmoid(layer.stabilizer[...]))
+        for _, layer in nnx.iter_graph(model)
+        if isinstance(layer, CosineAttention)
+    ]
 
 
 def _host_rows(x) -> np.ndarray:
@@ -92,8 +108,9 @@ def _host_rows(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def evaluate(model, eval_step, batches: Iterator[dict], max_batches: int, mesh=None,
-             metric_names: Sequence[str] | None = None) -> dict:
+def evaluate(
+    model, eval_step, batches: Iterator[dict], max_batches: int, mesh=None, metric_names: Sequence[str] | None = None
+) -> dict:
     """Exact mean loss (and accuracy, perplexity) over up to max_batches batches (0: all).
 
     When eval_step's sums carry "predictions" (classification: `objectives.classification_objective`),
@@ -115,8 +132,12 @@ def evaluate(model, eval_step, batches: Iterator[dict], max_batches: int, mesh=N
                 rows[k].append(_host_rows(sums[k]).reshape(-1))
     model.train()
     loss = totals["loss_sum"] / max(totals["count"], 1.0)
-    out = {"loss": loss, "accuracy": totals["correct"] / max(totals["count"], 1.0),
-           "perplexity": safe_exp(loss), "count": totals["count"]}
+    out = {
+        "loss": loss,
+        "accuracy": totals["correct"] / max(totals["count"], 1.0),
+        "perplexity": safe_exp(loss),
+        "count": totals["count"],
+    }
     if rows["predictions"]:
         keep = np.concatenate(rows["weights"]) > 0
         predictions, labels = (np.concatenate(rows[k])[keep] for k in ("predictions", "labels"))
@@ -186,9 +207,15 @@ class TrainLogHook:
         elapsed = time.perf_counter() - run.window_start
         losses, norms = zip(*run.window, strict=True)
         rate = len(run.window) * tokens_per_step / elapsed
-        run.writer.write(step, "train", loss=float(np.mean(losses)), grad_norm=float(np.mean(norms)),
-                         steps_averaged=len(run.window), learning_rate=float(run.schedule(step - 1)),
-                         tokens_per_second=rate)
+        run.writer.write(
+            step,
+            "train",
+            loss=float(np.mean(losses)),
+            grad_norm=float(np.mean(norms)),
+            steps_averaged=len(run.window),
+            learning_rate=float(run.schedule(step - 1)),
+            tokens_per_second=rate,
+        )
         if run.bar is not None:
             run.bar.set_postfix(loss=f"{np.mean(losses):.3f}", tok_s=f"{rate:,.0f}")
         run.window, run.window_start = [], time.perf_counter()
@@ -204,14 +231,16 @@ class EvalHook:
 
     def __call__(self, run: RunState, step: int) -> None:
         config = run.config
-        run.last_eval = evaluate(run.model, run.eval_step, run.data.eval_splits["eval"](), config.eval_batches,
-                                 run.mesh)
+        run.last_eval = evaluate(
+            run.model, run.eval_step, run.data.eval_splits["eval"](), config.eval_batches, run.mesh
+        )
         run.writer.write(step, "eval", **{k: v for k, v in run.last_eval.items() if k != "count"})
         if config.kind == "gpt":
             quality = f"perplexity {run.last_eval['perplexity']:.2f}"
-        else:   # classification: accuracy (none for regression) and the task metrics; MLM: accuracy
-            quality = ", ".join(f"{k} {v:.4f}" for k, v in run.last_eval.items()
-                                if k not in ("loss", "perplexity", "count"))
+        else:  # classification: accuracy (none for regression) and the task metrics; MLM: accuracy
+            quality = ", ".join(
+                f"{k} {v:.4f}" for k, v in run.last_eval.items() if k not in ("loss", "perplexity", "count")
+            )
         run.log(f"step {step:>6}: validation loss {run.last_eval['loss']:.4f}, {quality}")
 
 
@@ -226,8 +255,11 @@ class StabilizerHook:
         stab = stabilizer_values(run.model)
         if stab:
             run.writer.write(step, "stabilizer", **{f"layer{i}": float(v.mean()) for i, v in enumerate(stab)})
-            run.writer.write(step, "stabilizer_heads",
-                             **{f"layer{i}_head{h}": float(x) for i, v in enumerate(stab) for h, x in enumerate(v)})
+            run.writer.write(
+                step,
+                "stabilizer_heads",
+                **{f"layer{i}_head{h}": float(x) for i, v in enumerate(stab) for h, x in enumerate(v)},
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,13 +273,23 @@ class CheckpointHook:
     every: int = 1
 
     def __call__(self, run: RunState, step: int) -> None:
-        if run.checkpointer.save(step, run.model, run.optimizer, run.data.train.get_state(), to_dict(run.config),
-                                 force=step == run.config.steps):
+        if run.checkpointer.save(
+            step,
+            run.model,
+            run.optimizer,
+            run.data.train.get_state(),
+            to_dict(run.config),
+            force=step == run.config.steps,
+        ):
             run.last_saved = step
 
 
 def default_hooks(config: TrainConfig) -> list[Hook]:
     """The run's own hooks, in the order they run after a step: train log, evaluation, stabilizers,
     checkpoint. (Hooks given to train_and_evaluate run after these.)"""
-    return [TrainLogHook(config.log_every), EvalHook(config.eval_every), StabilizerHook(config.eval_every),
-            CheckpointHook()]
+    return [
+        TrainLogHook(config.log_every),
+        EvalHook(config.eval_every),
+        StabilizerHook(config.eval_every),
+        CheckpointHook(),
+    ]

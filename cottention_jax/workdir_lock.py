@@ -52,11 +52,11 @@ from pathlib import Path
 __all__ = ["LOCK_FILE", "WorkdirLock", "WorkdirLockedError"]
 
 LOCK_FILE = "train.lock"
-_PARTIAL_GRACE_S = 5.0     # a lock file still empty after this long was left by a crash mid-write
+_PARTIAL_GRACE_S = 5.0  # a lock file still empty after this long was left by a crash mid-write
 _ATTEMPTS = 8
-_EXIT_WAIT_S = 5.0         # how long to wait for a holder that the kernel is tearing down (e.g. just after kill -9)
+_EXIT_WAIT_S = 5.0  # how long to wait for a holder that the kernel is tearing down (e.g. just after kill -9)
 _EXIT_POLL_S = 0.05
-_PF_EXITING = 0x4          # linux/sched.h: the task is exiting
+_PF_EXITING = 0x4  # linux/sched.h: the task is exiting
 
 
 class WorkdirLockedError(RuntimeError):
@@ -72,15 +72,15 @@ def _proc_stat(pid: int) -> dict | None:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()   # after "pid (comm) ": field 3 (state) onwards
-    exiting = int(fields[6]) & _PF_EXITING != 0     # field 9, the task's flags
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": field 3 (state) onwards
+    exiting = int(fields[6]) & _PF_EXITING != 0  # field 9, the task's flags
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(("SigPnd:", "ShdPnd:")):   # pending signals, a hex mask: bit 8 is SIGKILL (9)
+            if line.startswith(("SigPnd:", "ShdPnd:")):  # pending signals, a hex mask: bit 8 is SIGKILL (9)
                 exiting = exiting or int(line.split()[1], 16) & (1 << 8) != 0
     except (OSError, ValueError, IndexError):
         pass
-    return {"state": fields[0], "start": f"{boot}:{fields[19]}", "exiting": exiting}   # field 22, starttime
+    return {"state": fields[0], "start": f"{boot}:{fields[19]}", "exiting": exiting}  # field 22, starttime
 
 
 def _process_start(pid: int) -> str | None:
@@ -90,13 +90,13 @@ def _process_start(pid: int) -> str | None:
 
 
 def _pid_exists(pid: int) -> bool:
-    if os.name == "nt":          # os.kill(pid, 0) would terminate it there: assume alive (never broken)
+    if os.name == "nt":  # os.kill(pid, 0) would terminate it there: assume alive (never broken)
         return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:      # exists, owned by another user
+    except PermissionError:  # exists, owned by another user
         return True
     return True
 
@@ -104,8 +104,9 @@ def _pid_exists(pid: int) -> bool:
 def _describe(holder: dict) -> str:
     since = holder.get("since")
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else "?"
-    return (f"pid {holder.get('pid')} on host {holder.get('host')!r} since {when} "
-            f"(command: {holder.get('command', '?')})")
+    return (
+        f"pid {holder.get('pid')} on host {holder.get('host')!r} since {when} (command: {holder.get('command', '?')})"
+    )
 
 
 class WorkdirLock:
@@ -120,11 +121,19 @@ class WorkdirLock:
     or at interpreter exit.
     """
 
-    def __init__(self, workdir: str | os.PathLike, *, log: Callable[[str], None] | None = None,
-                 heartbeat_s: float = 10.0, stale_after_s: float = 60.0, enabled: bool = True):
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        *,
+        log: Callable[[str], None] | None = None,
+        heartbeat_s: float = 10.0,
+        stale_after_s: float = 60.0,
+        enabled: bool = True,
+    ):
         if not heartbeat_s > 0 or not stale_after_s > heartbeat_s:
-            raise ValueError(f"need 0 < heartbeat_s < stale_after_s; got heartbeat_s={heartbeat_s}, "
-                             f"stale_after_s={stale_after_s}")
+            raise ValueError(
+                f"need 0 < heartbeat_s < stale_after_s; got heartbeat_s={heartbeat_s}, stale_after_s={stale_after_s}"
+            )
         self.path = Path(workdir) / LOCK_FILE
         self.log = log or (lambda line: print(line, file=sys.stderr))
         self.heartbeat_s, self.stale_after_s, self.enabled = float(heartbeat_s), float(stale_after_s), enabled
@@ -139,9 +148,15 @@ class WorkdirLock:
     # ------------------------------------------------------------------ holder records
 
     def _record(self) -> dict:
-        return {"pid": os.getpid(), "host": socket.gethostname(), "start": _process_start(os.getpid()),
-                "since": time.time(), "token": self.token, "command": " ".join(sys.argv),
-                "heartbeat_s": self.heartbeat_s}
+        return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "start": _process_start(os.getpid()),
+            "since": time.time(),
+            "token": self.token,
+            "command": " ".join(sys.argv),
+            "heartbeat_s": self.heartbeat_s,
+        }
 
     def _read(self, path: Path | None = None) -> tuple[dict | None, int | None]:
         """(holder, heartbeat as mtime in ns) of the lock file. The holder is {} while it is being
@@ -176,10 +191,9 @@ class WorkdirLock:
 
     def _verdict(self, holder: dict, mtime_ns: int) -> str | None:
         """Why this lock is stale (the notice's words), or None while its holder lives."""
-        if not holder:   # empty or partial: stale only if it has stayed so (its writer died mid-write)
+        if not holder:  # empty or partial: stale only if it has stayed so (its writer died mid-write)
             age = self._fs_now() - mtime_ns / 1e9
-            return f"left empty by a run that died while taking it {age:.0f} s ago" \
-                if age > _PARTIAL_GRACE_S else None
+            return f"left empty by a run that died while taking it {age:.0f} s ago" if age > _PARTIAL_GRACE_S else None
         if holder.get("host") != socket.gethostname():
             age = self._fs_now() - mtime_ns / 1e9
             return f"whose heartbeat is {age:.0f} s old" if age > self._stale_bound(holder) else None
@@ -193,9 +207,9 @@ class WorkdirLock:
         if not _pid_exists(holder["pid"]):
             return "which is no longer running"
         info = _proc_stat(holder["pid"])
-        if info is None:           # no /proc (or it vanished in between): os.kill said it exists
+        if info is None:  # no /proc (or it vanished in between): os.kill said it exists
             return None
-        if info["state"] in ("Z", "X", "x"):   # exited; a zombie nobody reaps (e.g. PID 1 of a container) stays
+        if info["state"] in ("Z", "X", "x"):  # exited; a zombie nobody reaps (e.g. PID 1 of a container) stays
             return "which has exited (a zombie process, never reaped)"
         if holder.get("start") is not None and info["start"] != holder["start"]:
             return "which is no longer running (its pid now belongs to another process)"
@@ -223,15 +237,18 @@ class WorkdirLock:
             if info is not None and info["exiting"]:
                 return WorkdirLockedError(
                     f"{head}, which is exiting but still there after {_EXIT_WAIT_S:.0f} s. Rerun in a moment; if "
-                    f"it never goes, delete {self.path}")
+                    f"it never goes, delete {self.path}"
+                )
             return WorkdirLockedError(
                 f"{head}, which is running. Wait for it to finish or use another workdir. If that run is "
-                f"gone, delete {self.path}")
+                f"gone, delete {self.path}"
+            )
         age, bound = max(0.0, self._fs_now() - mtime_ns / 1e9), self._stale_bound(holder)
         return WorkdirLockedError(
             f"{head}, alive: heartbeat {age:.0f} s ago. It counts as stale once its heartbeat is over "
             f"{bound:.0f} s old (in {max(0.0, bound - age):.0f} s). Wait for it to finish or use another "
-            f"workdir; if that run is known to be gone, delete {self.path}")
+            f"workdir; if that run is known to be gone, delete {self.path}"
+        )
 
     # ------------------------------------------------------------------ acquire / release
 
@@ -252,14 +269,14 @@ class WorkdirLock:
         try:
             os.rename(self.path, aside)
         except FileNotFoundError:
-            return                  # already broken by another run: just try to create it again
+            return  # already broken by another run: just try to create it again
         moved, moved_mtime = self._read(aside)
         if (moved or {}).get("token") == holder.get("token") and moved_mtime == mtime_ns:
             aside.unlink()
             if holder:
                 self.log(f"workdir lock {self.path}: removed the stale lock of {_describe(holder)}, {why}")
             return
-        try:                        # a fresh (or just beaten) lock was moved: put it back unless another exists
+        try:  # a fresh (or just beaten) lock was moved: put it back unless another exists
             os.link(aside, self.path)
         except FileExistsError:
             pass
@@ -285,11 +302,11 @@ class WorkdirLock:
             if self._try_create():
                 return
             holder, mtime = self._read()
-            if holder is None or mtime is None:     # released in between (both None together)
+            if holder is None or mtime is None:  # released in between (both None together)
                 continue
             why = self._verdict(holder, mtime)
             if why is None:
-                if not holder:     # being written right now: look again shortly
+                if not holder:  # being written right now: look again shortly
                     time.sleep(0.05)
                     holder, mtime = self._read()
                     if not holder or mtime is None or self._verdict(holder, mtime):
@@ -298,8 +315,10 @@ class WorkdirLock:
                 if why is None:
                     raise self._refusal(holder, mtime)
             self._break(holder, mtime, why)
-        raise WorkdirLockedError(f"could not take the workdir lock {self.path}: it kept changing "
-                                 f"({_ATTEMPTS} attempts); another run is starting in this workdir")
+        raise WorkdirLockedError(
+            f"could not take the workdir lock {self.path}: it kept changing "
+            f"({_ATTEMPTS} attempts); another run is starting in this workdir"
+        )
 
     def _beat(self) -> None:
         """Refresh the heartbeat (mtime) of our own lock file until released; never create one."""
@@ -313,11 +332,13 @@ class WorkdirLock:
             except FileNotFoundError:
                 ours = False
             except (OSError, ValueError, AttributeError):
-                continue            # a passing filesystem error or a partial read: try at the next beat
+                continue  # a passing filesystem error or a partial read: try at the next beat
             if not ours:
                 if not self._stop.is_set():
-                    self.log(f"workdir lock {self.path}: lost (removed or taken by another run); this run no "
-                             "longer holds its workdir")
+                    self.log(
+                        f"workdir lock {self.path}: lost (removed or taken by another run); this run no "
+                        "longer holds its workdir"
+                    )
                 return
 
     def release(self) -> None:

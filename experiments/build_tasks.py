@@ -48,8 +48,10 @@ def main() -> None:
     for task in args.task:
         fetch.build_task(task, args.data_dir)
         examples = tasks.load_task_examples(task, args.data_dir)
-        print(f"{task}: majority-class test accuracy {majority_baseline(examples):.3f}"
-              + (f", word-overlap baseline {overlap_baseline(examples):.3f}" if task == "paraphrase" else ""))
+        print(
+            f"{task}: majority-class test accuracy {majority_baseline(examples):.3f}"
+            + (f", word-overlap baseline {overlap_baseline(examples):.3f}" if task == "paraphrase" else "")
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Train a GPT-J-style language model (cosine or softmax attention) on the offline corpus.
 
-    python experiments/train_gpt.py --preset gpt-small --set model.attention=softmax
+python experiments/train_gpt.py --preset gpt-small --set model.attention=softmax
 """
 
 import sys

@@ -31,8 +31,9 @@ ROWS_PER_PROCESS, COLS = 2, 3
 
 def _join() -> bool:
     heartbeat = int(os.environ.get("DIST_WORKER_HEARTBEAT_S", "10"))
-    cfg = distributed.config_from_env(distributed.DistributedConfig(
-        heartbeat_timeout_s=heartbeat, init_timeout_s=30, shutdown_timeout_s=10))
+    cfg = distributed.config_from_env(
+        distributed.DistributedConfig(heartbeat_timeout_s=heartbeat, init_timeout_s=30, shutdown_timeout_s=10)
+    )
     return distributed.initialize(cfg)
 
 
@@ -46,16 +47,26 @@ def _sum() -> None:
     mesh = Mesh(np.array(jax.devices()), ("data",))
     n, i = jax.process_count(), jax.process_index()
     rows = np.arange(n * ROWS_PER_PROCESS * COLS, dtype=np.float32).reshape(-1, COLS)
-    mine = rows[i * ROWS_PER_PROCESS:(i + 1) * ROWS_PER_PROCESS]
-    global_x = jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), mine,
-                                                      rows.shape)
+    mine = rows[i * ROWS_PER_PROCESS : (i + 1) * ROWS_PER_PROCESS]
+    global_x = jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), mine, rows.shape)
     total = jax.jit(lambda x: x.sum(), out_shardings=NamedSharding(mesh, P()))(global_x)
-    print("RESULT " + json.dumps({
-        "initialized": initialized, "process_index": i, "process_count": n,
-        "local_devices": jax.local_device_count(), "global_devices": jax.device_count(),
-        "sum": float(total), "expected": float(rows.sum()),
-        "primary": distributed.is_primary(), "prefix": distributed.process_prefix(),
-    }), flush=True)
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "initialized": initialized,
+                "process_index": i,
+                "process_count": n,
+                "local_devices": jax.local_device_count(),
+                "global_devices": jax.device_count(),
+                "sum": float(total),
+                "expected": float(rows.sum()),
+                "primary": distributed.is_primary(),
+                "prefix": distributed.process_prefix(),
+            }
+        ),
+        flush=True,
+    )
     distributed.barrier("done", 30)
 
 

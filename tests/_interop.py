@@ -31,8 +31,12 @@ def _python311() -> str | None:
     for candidate in filter(None, candidates):
         exe = shutil.which(candidate) or candidate
         try:
-            out = subprocess.run([exe, "-c", "import sys; print(sys.version_info[:2] == (3, 11))"],
-                                 capture_output=True, text=True, timeout=60)
+            out = subprocess.run(
+                [exe, "-c", "import sys; print(sys.version_info[:2] == (3, 11))"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
         except (OSError, subprocess.TimeoutExpired):
             continue
         if out.returncode == 0 and out.stdout.strip() == "True":
@@ -52,17 +56,22 @@ def interop_python() -> Path:
             return python
         base = _python311()
         if base is None:
-            pytest.skip("the converter tests need a Python 3.11 interpreter (python3.11, or "
-                        "$COTTENTION_INTEROP_PYTHON) for the CPU build of torch")
+            pytest.skip(
+                "the converter tests need a Python 3.11 interpreter (python3.11, or "
+                "$COTTENTION_INTEROP_PYTHON) for the CPU build of torch"
+            )
         shutil.rmtree(VENV, ignore_errors=True)
-        steps = [[base, "-m", "venv", str(VENV)],
-                 [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r",
-                  str(REQUIREMENTS)]]
+        steps = [
+            [base, "-m", "venv", str(VENV)],
+            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", str(REQUIREMENTS)],
+        ]
         for step in steps:
             done = subprocess.run(step, capture_output=True, text=True, timeout=1200)
             if done.returncode:
-                pytest.skip(f"could not build {VENV.name} ({' '.join(step[:4])}...): "
-                            f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+                pytest.skip(
+                    f"could not build {VENV.name} ({' '.join(step[:4])}...): "
+                    f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}"
+                )
         stamp.write_text(wanted)
     return python
 
@@ -70,13 +79,20 @@ def interop_python() -> Path:
 def run_interop(*args) -> str:
     """Run tests/_hf_checkpoints.py in the interop environment; its stdout."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS="2")
-    done = subprocess.run([str(interop_python()), str(SCRIPT), *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=900)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="2",
+    )
+    done = subprocess.run(
+        [str(interop_python()), str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env, timeout=900
+    )
     if done.returncode:
-        raise AssertionError(f"{SCRIPT.name} {' '.join(map(str, args))} failed:\n{done.stdout[-2000:]}\n"
-                             f"{done.stderr[-4000:]}")
+        raise AssertionError(
+            f"{SCRIPT.name} {' '.join(map(str, args))} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+        )
     return done.stdout
 
 

@@ -16,8 +16,9 @@ def unit(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
-def cosine_attention_np(q, k, v, m, *, causal: bool, query_real=None, key_real=None,
-                        stabilize: str = "value") -> np.ndarray:
+def cosine_attention_np(
+    q, k, v, m, *, causal: bool, query_real=None, key_real=None, stabilize: str = "value"
+) -> np.ndarray:
     q, k, v, m = (np.asarray(x, np.float64) for x in (q, k, v, m))
     (b, t, h, _), s = q.shape, k.shape[1]
     group = h // k.shape[2]
@@ -27,7 +28,7 @@ def cosine_attention_np(q, k, v, m, *, causal: bool, query_real=None, key_real=N
     qn, kn, vz = unit(q) * qr[..., None, None], unit(k) * kr[..., None, None], v * kr[..., None, None]
     p = 1.0 / (1.0 + np.exp(-m))
     counts = np.cumsum(kr, axis=1) if causal else np.broadcast_to(kr.sum(axis=1, keepdims=True), (b, s))
-    factor = np.maximum(counts, 1)[:, :, None].astype(np.float64) ** -p[None, None, :]          # (B, S, H)
+    factor = np.maximum(counts, 1)[:, :, None].astype(np.float64) ** -p[None, None, :]  # (B, S, H)
     scores = np.einsum("bthd,bshd->bhts", qn, kn)
     if causal:
         scores = scores * np.tri(t, s)[None, None]

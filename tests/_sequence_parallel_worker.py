@@ -49,7 +49,7 @@ OP_CASES = {
 
 
 def _mesh(seq: int, data: int) -> Mesh:
-    return Mesh(np.array(jax.devices()[:seq * data]).reshape(data, seq), ("data", "seq"))
+    return Mesh(np.array(jax.devices()[: seq * data]).reshape(data, seq), ("data", "seq"))
 
 
 def compare_op(seq, data, causal, pad, kv, stabilize, exchange, impl, t) -> dict:
@@ -66,8 +66,16 @@ def compare_op(seq, data, causal, pad, kv, stabilize, exchange, impl, t) -> dict
         if not causal:
             out = attend(q, k, v, m, causal=False, padding_mask=mask)
             return jnp.sum(out * cot), (out, None, None)
-        out, state = attend(q, k, v, m, causal=True, padding_mask=mask, return_state=True,
-                            initial_state=ca.CosineAttentionState(kv0, count0))
+        out, state = attend(
+            q,
+            k,
+            v,
+            m,
+            causal=True,
+            padding_mask=mask,
+            return_state=True,
+            initial_state=ca.CosineAttentionState(kv0, count0),
+        )
         return jnp.sum(out * cot) + jnp.sum(state.kv * cot_kv), (out, state.kv, state.count)
 
     def single(*a, **kw):
@@ -76,8 +84,9 @@ def compare_op(seq, data, causal, pad, kv, stabilize, exchange, impl, t) -> dict
     def sharded(*a, **kw):
         if impl == "via-op":
             return ca.cosine_attention(*a, stabilize=stabilize, implementation="xla", sequence_axis="seq", **kw)
-        return parallel.sequence_parallel_cosine_attention(*a, mesh=mesh, stabilize=stabilize, exchange=exchange,
-                                                           implementation=impl, interpret=impl == "pallas", **kw)
+        return parallel.sequence_parallel_cosine_attention(
+            *a, mesh=mesh, stabilize=stabilize, exchange=exchange, implementation=impl, interpret=impl == "pallas", **kw
+        )
 
     argnums = (0, 1, 2, 3, 4) if causal else (0, 1, 2, 3)
     grad = lambda attend: jax.jit(jax.grad(lambda *a: loss(attend, *a), argnums=argnums, has_aux=True))  # noqa: E731
@@ -103,8 +112,10 @@ def attention_collectives(seq: int, t: int, exchange: str) -> list[dict]:
 
     def fwd_bwd(q, k, v, m):
         f = lambda *a: parallel.sequence_parallel_cosine_attention(  # noqa: E731
-            *a, mesh=mesh, causal=True, exchange=exchange).sum()
+            *a, mesh=mesh, causal=True, exchange=exchange
+        ).sum()
         return jax.grad(f, argnums=(0, 1, 2, 3))(q, k, v, m)
+
     return collectives(jax.jit(fwd_bwd).lower(q, k, v, m).compile().as_text())
 
 
@@ -113,12 +124,13 @@ def bad_input() -> dict:
     q, k, v, m = random_qkv(jax.random.PRNGKey(0), B, 100, H, 2, DK, DV)
     calls = {
         "indivisible": lambda: parallel.sequence_parallel_cosine_attention(q, k, v, m, mesh=_mesh(8, 1), causal=True),
-        "no_axis": lambda: parallel.sequence_parallel_cosine_attention(q, k, v, m, mesh=_mesh(4, 2), axis="ctx",
-                                                                       causal=True),
+        "no_axis": lambda: parallel.sequence_parallel_cosine_attention(
+            q, k, v, m, mesh=_mesh(4, 2), axis="ctx", causal=True
+        ),
         "no_mesh": lambda: parallel.sequence_parallel_cosine_attention(q, k, v, m, causal=True),
-        "exchange": lambda: parallel.sequence_parallel_cosine_attention(q[:, :96], k[:, :96], v[:, :96], m,
-                                                                        mesh=_mesh(8, 1), causal=True,
-                                                                        exchange="ring"),
+        "exchange": lambda: parallel.sequence_parallel_cosine_attention(
+            q[:, :96], k[:, :96], v[:, :96], m, mesh=_mesh(8, 1), causal=True, exchange="ring"
+        ),
     }
     messages = {}
     for name, call in calls.items():
@@ -138,7 +150,7 @@ def step_memory() -> dict:
     from cottention_jax.sharding import make_mesh  # noqa: PLC0415
 
     seq = 4096
-    long = [f"model.max_len={seq}", f"data.seq_len={seq}"]          # the GPT refuses inputs past max_len
+    long = [f"model.max_len={seq}", f"data.seq_len={seq}"]  # the GPT refuses inputs past max_len
     one = train_step_memory(train_preset("gpt-tiny", long), 1, seq)
     cfg = train_preset("gpt-tiny", [*long, "sharding=data", "seq_parallel=8"])
     eight = train_step_memory(cfg, 1, seq, make_mesh("data", 8))
@@ -149,8 +161,12 @@ def main(group: str) -> None:
     if group == "ops":
         result = {name: compare_op(*case) for name, case in OP_CASES.items()}
     elif group == "collectives":
-        result = {f"{exchange}-seq{seq}-t{t}": attention_collectives(seq, t, exchange)
-                  for exchange in ("all_gather", "scan") for seq in (4, 8) for t in (2048, 8192)}
+        result = {
+            f"{exchange}-seq{seq}-t{t}": attention_collectives(seq, t, exchange)
+            for exchange in ("all_gather", "scan")
+            for seq in (4, 8)
+            for t in (2048, 8192)
+        }
         result["bad_input"] = bad_input()
         result["step_memory"] = step_memory()
     else:

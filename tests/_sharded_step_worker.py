@@ -58,11 +58,14 @@ def run_kind(base, kind: str, batches: list[dict]) -> dict:
     kernel = model.blocks[0].mlp.fc_in.kernel[...]
     # str(index): the index is a tuple of slices, which hash only from Python 3.12 on.
     batch_shards = len({str(s.index) for s in first["inputs"].addressable_shards}) if mesh else 1
-    return {"losses": losses, "param": np.asarray(kernel).tolist(),
-            "grads": [g.ravel().tolist() for g in grads],
-            "sharding": str(kernel.sharding.spec) if mesh is not None else "",
-            "batch_shards": batch_shards,
-            "collectives": collectives(hlo)}
+    return {
+        "losses": losses,
+        "param": np.asarray(kernel).tolist(),
+        "grads": [g.ravel().tolist() for g in grads],
+        "sharding": str(kernel.sharding.spec) if mesh is not None else "",
+        "batch_shards": batch_shards,
+        "collectives": collectives(hlo),
+    }
 
 
 def main(data_dir: str) -> dict:

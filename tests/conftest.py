@@ -52,8 +52,9 @@ def _has_gpu() -> bool:
 def pytest_collection_modifyitems(config, items):
     if _has_gpu():
         return
-    skip = pytest.mark.skip(reason=f"needs a CUDA GPU; JAX sees only {jax.default_backend()} "
-                                   "(run `make gpu-test` on a GPU machine)")
+    skip = pytest.mark.skip(
+        reason=f"needs a CUDA GPU; JAX sees only {jax.default_backend()} (run `make gpu-test` on a GPU machine)"
+    )
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)

@@ -45,8 +45,10 @@ def _advance(model, opt):
 
 
 def _arrays(model, opt):
-    return [np.asarray(jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
-            for x in jax.tree.leaves(nnx.state((model, opt)))]
+    return [
+        np.asarray(jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+        for x in jax.tree.leaves(nnx.state((model, opt)))
+    ]
 
 
 @pytest.fixture
@@ -89,10 +91,11 @@ def test_checksums_cover_every_file_of_the_step(saved):
     directory, _, _ = saved
     step_dir = directory / "3"
     sums = read_manifest(step_dir)
-    files = sorted(p.relative_to(step_dir).as_posix() for p in step_dir.rglob("*")
-                   if p.is_file() and p.name != MANIFEST)
+    files = sorted(
+        p.relative_to(step_dir).as_posix() for p in step_dir.rglob("*") if p.is_file() and p.name != MANIFEST
+    )
     assert sorted(sums) == files and len(files) > 5
-    for rel, digest in sums.items():   # an independent hash of each file
+    for rel, digest in sums.items():  # an independent hash of each file
         assert hashlib.sha256((step_dir / rel).read_bytes()).hexdigest() == digest
 
 
@@ -101,7 +104,7 @@ def test_64_flipped_bytes_in_the_latest_checkpoint_fall_back_to_the_previous(sav
     victim = _data_files(directory / "3")[0]
     raw = bytearray(victim.read_bytes())
     start = len(raw) // 3
-    raw[start:start + 64] = bytes(b ^ 0xFF for b in raw[start:start + 64])
+    raw[start : start + 64] = bytes(b ^ 0xFF for b in raw[start : start + 64])
     victim.write_bytes(bytes(raw))
 
     step, data, arrays, lines = _restore(directory)
@@ -109,9 +112,9 @@ def test_64_flipped_bytes_in_the_latest_checkpoint_fall_back_to_the_previous(sav
     _assert_same(arrays, states[2])
     assert len(lines) == 1 and "checkpoint 3" in lines[0] and victim.name in lines[0], lines
     assert "\n" not in lines[0]
-    assert not (directory / "3").exists() and (directory / "damaged" / "3").is_dir()   # kept, out of the way
+    assert not (directory / "3").exists() and (directory / "damaged" / "3").is_dir()  # kept, out of the way
     ckpt = Checkpointer(directory, save_every=1, keep=5)
-    assert ckpt.latest_step() == 2            # and step 3 can be written again
+    assert ckpt.latest_step() == 2  # and step 3 can be written again
     model, opt = _fresh()
     assert ckpt.save(3, model, opt, {"position": 3}, to_dict(CONFIG))
     ckpt.close()
@@ -131,7 +134,7 @@ def test_every_single_bit_flip_is_detected(saved):
         victim.write_bytes(bytes(raw))
         damage = ckpt.damage(2)
         assert damage is not None and victim.relative_to(step_dir).as_posix() in damage
-        raw[at] ^= 1 << bit                   # undo before the next trial
+        raw[at] ^= 1 << bit  # undo before the next trial
         victim.write_bytes(bytes(raw))
         assert ckpt.damage(2) is None
     ckpt.close()
@@ -161,7 +164,7 @@ def test_an_unverified_checkpoint_that_orbax_cannot_read_falls_back(saved):
     step, _, arrays, lines = _restore(directory)
     assert step == 2
     _assert_same(arrays, states[2])
-    assert len(lines) == 1, lines               # step 3 was not restored: no "restored unverified" notice
+    assert len(lines) == 1, lines  # step 3 was not restored: no "restored unverified" notice
     assert "checkpoint 3" in lines[0] and "damaged" in lines[0] and "no SHA256SUMS" in lines[0]
     assert "using step 2" in lines[0] and "\n" not in lines[0]
     assert "Traceback" not in lines[0] and len(lines[0]) < 1000
@@ -216,7 +219,7 @@ def test_no_intact_checkpoint_is_one_clear_error(saved):
     message = str(caught.value)
     assert "no intact checkpoint" in message and "\n" not in message
     assert all(f"step {s}:" in message for s in (1, 2, 3))
-    assert all((directory / str(s)).is_dir() for s in (1, 2, 3))    # nothing moved when nothing restored
+    assert all((directory / str(s)).is_dir() for s in (1, 2, 3))  # nothing moved when nothing restored
 
 
 def test_a_refused_config_is_not_damage(saved):
@@ -238,7 +241,7 @@ def test_a_non_finite_state_is_never_saved(saved):
     with pytest.raises(NonFiniteStateError, match=r"refusing to save checkpoint 4: .*NaN or inf.*step 3"):
         ckpt.save(4, model, opt, {"position": 4}, to_dict(CONFIG))
     ckpt.close()
-    assert sorted(p.name for p in directory.iterdir()) == ["1", "2", "3"]   # keep=1 rotated nothing out
+    assert sorted(p.name for p in directory.iterdir()) == ["1", "2", "3"]  # keep=1 rotated nothing out
 
 
 def test_a_failed_save_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, caplog):
@@ -249,7 +252,7 @@ def test_a_failed_save_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, c
     saved_state = _arrays(model, opt)
     _advance(model, opt)
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)
-    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # EFBIG from write() instead of a signal
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG from write() instead of a signal
     caplog.set_level(logging.WARNING)
     try:
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, limit[1]))
@@ -261,13 +264,13 @@ def test_a_failed_save_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, c
     message = str(caught.value)
     assert "\n" not in message and "could not save checkpoint 2" in message
     assert os.strerror(errno.EFBIG) in message and "step 1) is kept" in message
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]   # no Orbax traceback logged
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["1"]              # no partial step left
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no Orbax traceback logged
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1"]  # no partial step left
     assert ckpt.latest_step() == 1 and ckpt.damage(1) is None
     step, _, arrays, lines = _restore(tmp_path)
     assert step == 1 and not lines
     _assert_same(arrays, saved_state)
-    assert ckpt.save(2, model, opt, {"position": 2}, to_dict(CONFIG))      # space again: saving works
+    assert ckpt.save(2, model, opt, {"position": 2}, to_dict(CONFIG))  # space again: saving works
     assert ckpt.damage(2) is None and ckpt.latest_step() == 2
     ckpt.close()
 
@@ -300,8 +303,13 @@ def test_a_failed_save_prints_nothing_but_its_one_line(tmp_path):
     closes with TensorStore writes still in flight; neither their logged tracebacks nor the tens of
     "Event loop is closed" ones of the orphaned callbacks may bury the one line."""
     seed = str(int(jax.random.randint(fresh_key(), (), 0, 1000)))
-    run = subprocess.run([sys.executable, "-c", _FULL_DISK_SAVE, str(tmp_path / "ckpt"), seed], cwd=REPO_ROOT,
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK_SAVE, str(tmp_path / "ckpt"), seed],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stderr.splitlines()
     assert len(lines) == 1, f"{len(lines)} lines on stderr:\n" + "\n".join(lines[:40])
@@ -310,8 +318,9 @@ def test_a_failed_save_prints_nothing_but_its_one_line(tmp_path):
 
 
 def _unraisable(err: BaseException, obj=None) -> types.SimpleNamespace:
-    return types.SimpleNamespace(exc_type=type(err), exc_value=err, exc_traceback=err.__traceback__, err_msg=None,
-                                 object=obj)
+    return types.SimpleNamespace(
+        exc_type=type(err), exc_value=err, exc_traceback=err.__traceback__, err_msg=None, object=obj
+    )
 
 
 def test_only_the_tracebacks_a_failed_orbax_call_leaves_behind_are_dropped(monkeypatch):
@@ -324,12 +333,12 @@ def test_only_the_tracebacks_a_failed_orbax_call_leaves_behind_are_dropped(monke
     reached = []
     monkeypatch.setattr(sys, "unraisablehook", reached.append)
     checkpoint._drop_orbax_teardown_noise()
-    checkpoint._drop_orbax_teardown_noise()                    # installed once
+    checkpoint._drop_orbax_teardown_noise()  # installed once
     loop = asyncio.new_event_loop()
     loop.close()
     with pytest.raises(RuntimeError, match="Event loop is closed") as closed:
-        loop.call_soon_threadsafe(print)                       # (1) what TensorStore's callback does
-    orbax_coroutine = asyncio_utils.cancellable(None)          # (2) an Orbax coroutine raising as it is closed
+        loop.call_soon_threadsafe(print)  # (1) what TensorStore's callback does
+    orbax_coroutine = asyncio_utils.cancellable(None)  # (2) an Orbax coroutine raising as it is closed
     try:
         raise Exception("Encountered error while reading array index") from GeneratorExit()
     except Exception as err:
@@ -344,9 +353,12 @@ def test_only_the_tracebacks_a_failed_orbax_call_leaves_behind_are_dropped(monke
         raise RuntimeError("Event loop is closed")
     except RuntimeError as err:
         elsewhere = err
-    kept = [_unraisable(closing, other_coroutine), _unraisable(elsewhere),
-            _unraisable(ValueError("a real problem"), orbax_coroutine),
-            _unraisable(closed.value, orbax_coroutine)]
+    kept = [
+        _unraisable(closing, other_coroutine),
+        _unraisable(elsewhere),
+        _unraisable(ValueError("a real problem"), orbax_coroutine),
+        _unraisable(closed.value, orbax_coroutine),
+    ]
     for item in noise + kept:
         sys.unraisablehook(item)
     orbax_coroutine.close()
@@ -358,10 +370,12 @@ def test_a_full_disk_is_named_in_the_summary_line():
     """TensorStore reports the OS error as text (`[os_error_code='28']`, seen as '27' in the test above);
     Python code raises OSError: either way the line names the OS error, not the stack."""
     from cottention_jax.checkpoint import _error_summary
+
     tensorstore_style = ValueError(
         'OUT_OF_RANGE: Error writing "w/0.0" in OCDBT database at local file "/x/2.orbax-checkpoint-tmp/": '
         "Failed to write 312952 bytes to file 7: No space left on device [os_error_code='28'] "
-        "[source locations='tensorstore/kvstore/file/file_key_value_store.cc:300']")
+        "[source locations='tensorstore/kvstore/file/file_key_value_store.cc:300']"
+    )
     assert _error_summary(tensorstore_style) == f"{os.strerror(errno.ENOSPC)} (errno {errno.ENOSPC})"
     try:
         try:

@@ -59,8 +59,14 @@ def _save_run(workdir: Path, config, step: int = 1) -> None:
     """A workdir as training leaves it: one checkpoint of random parameters and the run's config."""
     model = GPT(config.model, rngs=nnx.Rngs(params=int(jax.random.randint(fresh_key(), (), 0, 10**6)), dropout=0))
     ckpt = Checkpointer(workdir / "checkpoints", save_every=1, keep=5)
-    ckpt.save(step, model, nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param), {"position": step},
-              to_dict(config), force=True)
+    ckpt.save(
+        step,
+        model,
+        nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param),
+        {"position": step},
+        to_dict(config),
+        force=True,
+    )
     ckpt.close()
 
 
@@ -138,6 +144,7 @@ def test_train_a_workdir_that_cannot_be_written_is_one_line(data_dir, tmp_path, 
 def _raising(error: BaseException):
     def train_and_evaluate(*args, **kwargs):
         raise error
+
     return train_and_evaluate
 
 
@@ -157,16 +164,17 @@ def test_train_debug_shows_the_traceback_and_an_internal_error_keeps_it(tmp_path
     monkeypatch.setattr("cottention_jax.train.train_and_evaluate", _raising(ValueError("a user's mistake")))
     argv = ["--preset", "gpt-tiny", "--workdir", tmp_path / "run"]
     _assert_one_line(*_run(cli.train_main, argv, capsys), "ValueError: a user's mistake")
-    with pytest.raises(ValueError, match="a user's mistake"):                     # --debug: the exception itself
+    with pytest.raises(ValueError, match="a user's mistake"):  # --debug: the exception itself
         _run(cli.train_main, [*argv, "--debug"], capsys)
-    with pytest.raises(ValueError, match="no-such-kind"):                          # also for a config error
+    with pytest.raises(ValueError, match="no-such-kind"):  # also for a config error
         _run(cli.train_main, [*argv, "--debug", "--set", "model.attention=no-such-kind"], capsys)
     monkeypatch.setattr("cottention_jax.train.train_and_evaluate", _raising(RuntimeError("a bug of ours")))
-    with pytest.raises(RuntimeError, match="a bug of ours"):                      # internal: its traceback
+    with pytest.raises(RuntimeError, match="a bug of ours"):  # internal: its traceback
         _run(cli.train_main, argv, capsys)
-    monkeypatch.setattr("cottention_jax.train.train_and_evaluate",
-                        _raising(ConnectionResetError(104, "Connection reset by peer")))
-    with pytest.raises(ConnectionResetError):                                      # an OSError not of the user's
+    monkeypatch.setattr(
+        "cottention_jax.train.train_and_evaluate", _raising(ConnectionResetError(104, "Connection reset by peer"))
+    )
+    with pytest.raises(ConnectionResetError):  # an OSError not of the user's
         _run(cli.train_main, argv, capsys)
 
 
@@ -194,7 +202,7 @@ def test_generate_a_corrupt_tokenizer_is_one_line_naming_the_file(gpt_run, tmp_p
     (workdir / "tokenizer.json").write_text("{not json", encoding="utf-8")
     status, err = _run(cli.generate_main, _generate(workdir), capsys)
     _assert_one_line(status, err, "CorruptDataError", "tokenizer.json")
-    with pytest.raises(Exception, match="tokenizer.json"):                        # --debug: the traceback
+    with pytest.raises(Exception, match="tokenizer.json"):  # --debug: the traceback
         _run(cli.generate_main, _generate(workdir, "--debug"), capsys)
 
 
@@ -216,8 +224,14 @@ def test_generate_a_bad_flag_is_one_line(gpt_run, capsys):
 
 def _command(name: str, *argv, cwd: Path) -> subprocess.CompletedProcess:
     script = Path(sys.executable).parent / name
-    return subprocess.run([str(script), *map(str, argv)], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    return subprocess.run(
+        [str(script), *map(str, argv)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
 
 
 def test_the_installed_commands_say_a_user_error_in_one_line_and_debug_shows_the_traceback(gpt_run, tmp_path):
@@ -247,7 +261,7 @@ def test_data_an_unwritable_data_dir_is_one_line(documents, tmp_path, capsys):
     argv = ["prepare", documents, "--tokenizer", "byte", "--no-progress", "--data-dir", data_dir]
     status, err = _run(data_cli.main, argv, capsys)
     _assert_one_line(status, err, "cottention-data: NotADirectoryError", str(data_dir))
-    with pytest.raises(NotADirectoryError):                                       # --debug: the traceback
+    with pytest.raises(NotADirectoryError):  # --debug: the traceback
         _run(data_cli.main, [*argv, "--debug"], capsys)
 
 
@@ -260,8 +274,11 @@ def test_data_a_malformed_command_is_one_line(capsys):
 
 
 def test_launch_a_malformed_command_is_one_line(capsys):
-    for argv, needle in [(["--nproc", "0", "--", "true"], "--nproc must be >= 1"),
-                         (["--nproc", "2"], "no command"), (["--nproc", "two", "--", "true"], "'two'")]:
+    for argv, needle in [
+        (["--nproc", "0", "--", "true"], "--nproc must be >= 1"),
+        (["--nproc", "2"], "no command"),
+        (["--nproc", "two", "--", "true"], "'two'"),
+    ]:
         status, err = _run(launch.main, argv, capsys)
         _assert_one_line(status, err, "cottention-launch: error:", needle)
 
@@ -277,7 +294,7 @@ def test_ctrl_c_is_one_line_and_status_130(gpt_run, capsys, monkeypatch):
     for main, argv in [(cli.generate_main, _generate(gpt_run)), (data_cli.main, ["info", "shakespeare"])]:
         try:
             status, err = _run(main, argv, capsys)
-        except KeyboardInterrupt:          # not left to propagate: it would stop the whole pytest session
+        except KeyboardInterrupt:  # not left to propagate: it would stop the whole pytest session
             pytest.fail(f"{main.__name__}: Ctrl-C propagated (a traceback)")
         assert status == 130
         _assert_one_line(status, err, "interrupted")

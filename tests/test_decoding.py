@@ -29,8 +29,8 @@ def test_stepwise_logits_equal_parallel_logits(attention):
     """Prefill a left-padded prompt, then feed the true continuation one token at a time."""
     model = _model(attention)
     total, prompt_len = 24, 9
-    tokens, mask = _left_padded([20, 13], total)    # row 1 has 11 padding positions
-    parallel = model(tokens, padding_mask=mask)     # (B, T, V)
+    tokens, mask = _left_padded([20, 13], total)  # row 1 has 11 padding positions
+    parallel = model(tokens, padding_mask=mask)  # (B, T, V)
 
     last = decoding.prefill(model, tokens[:, :prompt_len], mask[:, :prompt_len], max_length=total)
     step, cache = decoding.make_decode_step(model)
@@ -41,12 +41,12 @@ def test_stepwise_logits_equal_parallel_logits(attention):
             logits, cache = step(cache, tokens[:, t])
         else:
             nnx.update(model, cache)
-            logits = model(tokens[:, t:t + 1], padding_mask=mask[:, t:t + 1], decode=True)[:, -1]
+            logits = model(tokens[:, t : t + 1], padding_mask=mask[:, t : t + 1], decode=True)[:, -1]
             cache = nnx.state(model, nnx.Cache)
         stepped.append(logits)
-    stepped = jnp.stack(stepped, axis=1)                                # positions prompt_len-1 .. T-2
-    expected = parallel[:, prompt_len - 1:total - 1]
-    real = mask[:, prompt_len - 1:total - 1]
+    stepped = jnp.stack(stepped, axis=1)  # positions prompt_len-1 .. T-2
+    expected = parallel[:, prompt_len - 1 : total - 1]
+    real = mask[:, prompt_len - 1 : total - 1]
     assert rel_error(jnp.where(real[..., None], stepped, 0), jnp.where(real[..., None], expected, 0)) <= 1e-5
 
 
@@ -99,10 +99,10 @@ def test_sample_logits_distribution():
     keys = jax.random.split(jax.random.PRNGKey(0), 20000)
     draw = jax.vmap(lambda k: decoding.sample_logits(logits, k, temperature=1.0, top_k=3)[0])(keys)
     freq = np.bincount(np.asarray(draw), minlength=4) / len(keys)
-    assert freq[3] == 0.0                                            # outside the top 3
+    assert freq[3] == 0.0  # outside the top 3
     np.testing.assert_allclose(freq[:3], np.array([0.5, 0.3, 0.15]) / 0.95, atol=0.015)
     hot = jax.vmap(lambda k: decoding.sample_logits(logits, k, temperature=0.25)[0])(keys)
-    assert np.mean(np.asarray(hot) == 0) > 0.85                       # low temperature sharpens
+    assert np.mean(np.asarray(hot) == 0) > 0.85  # low temperature sharpens
     with pytest.raises(ValueError, match="top_k must be in"):
         decoding.sample_logits(logits, keys[0], temperature=1.0, top_k=9)
     with pytest.raises(ValueError, match="needs a PRNG key"):
@@ -128,7 +128,7 @@ def test_cosine_decode_state_does_not_grow():
         decoding.generate(model, prompt, max_new_tokens=n)
         sizes.append(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Cache))))
     cfg = model.config
-    assert sizes[0] == sizes[1] == 2 * (cfg.num_layers * (cfg.num_heads * cfg.head_dim ** 2 + 1) + 1)
+    assert sizes[0] == sizes[1] == 2 * (cfg.num_layers * (cfg.num_heads * cfg.head_dim**2 + 1) + 1)
     # The same measurement sees the KV cache of softmax attention grow with the context.
     soft_short, _ = _step_memory(_model("softmax"), 64)
     soft_long, _ = _step_memory(_model("softmax"), 8192)
@@ -191,9 +191,8 @@ def test_prefill_needs_decode_and_a_long_enough_cache():
         decoding.make_decode_loop(model, 0)
 
 
-
-
 # ----------------------------------------------------------------------------- past the softmax KV cache
+
 
 def test_decode_loop_without_room_in_the_kv_cache_is_refused():
     """The loop used to return junk tokens ([211, 0, 0, ...]: NaN logits past the cache) when `steps` did
@@ -201,8 +200,11 @@ def test_decode_loop_without_room_in_the_kv_cache_is_refused():
     model = _model("softmax")
     prompt, mask = _left_padded([4, 2], 4)
     logits = decoding.prefill(model, prompt, mask, max_length=4)
-    with pytest.raises(ValueError, match=r"KV cache of blocks\.0\.attn holds 4 positions, 4 of them used: "
-                                         r"3 more token\(s\) do not fit\. Prefill with a larger max_length"):
+    with pytest.raises(
+        ValueError,
+        match=r"KV cache of blocks\.0\.attn holds 4 positions, 4 of them used: "
+        r"3 more token\(s\) do not fit\. Prefill with a larger max_length",
+    ):
         decoding.make_decode_loop(model, 3)
     # room for exactly `steps` is enough, and the loop's own tokens then match generate's
     want = decoding.generate(model, prompt, prompt_mask=mask, max_new_tokens=3)
@@ -220,9 +222,12 @@ def test_eager_decode_call_past_the_kv_cache_is_refused():
     model = _model("softmax")
     tokens, _ = _left_padded([6, 6], 6)
     decoding.prefill(model, tokens[:, :3], max_length=4)
-    assert bool(jnp.all(jnp.isfinite(model(tokens[:, 3:4], decode=True))))          # slot 4 of 4: fits
-    with pytest.raises(ValueError, match=r"SoftmaxAttention: the KV cache holds 4 positions, 4 of them used: "
-                                         r"1 more token\(s\) do not fit\. Prefill with a larger max_length"):
+    assert bool(jnp.all(jnp.isfinite(model(tokens[:, 3:4], decode=True))))  # slot 4 of 4: fits
+    with pytest.raises(
+        ValueError,
+        match=r"SoftmaxAttention: the KV cache holds 4 positions, 4 of them used: "
+        r"1 more token\(s\) do not fit\. Prefill with a larger max_length",
+    ):
         model(tokens[:, 4:5], decode=True)
     model.init_cache(2, 4)
     with pytest.raises(ValueError, match=r"the KV cache holds 4 positions, 0 of them used: 6 more token\(s\)"):
@@ -233,6 +238,7 @@ def test_eager_decode_call_past_the_kv_cache_is_refused():
 
 
 # ----------------------------------------------------------------------------- a model of one's own
+
 
 class _TinyLM(nnx.Module):
     """A user's own decoder from our layers (the README example): embedding, one causal attention
@@ -260,9 +266,9 @@ def test_generate_on_a_model_of_ones_own_is_greedy_decoding(attention):
     assert isinstance(model, decoding.DecodableModel)
     prompt, mask = _left_padded([5, 2], 5, vocab=50)
     out = decoding.generate(model, prompt, prompt_mask=mask, max_new_tokens=6)
-    seq = jnp.concatenate([prompt, out.astype(prompt.dtype)], axis=1)                   # (B, 11)
+    seq = jnp.concatenate([prompt, out.astype(prompt.dtype)], axis=1)  # (B, 11)
     seq_mask = jnp.concatenate([mask, jnp.ones(out.shape, bool)], axis=1)
-    parallel = model(seq, padding_mask=seq_mask)                                         # (B, 11, V)
+    parallel = model(seq, padding_mask=seq_mask)  # (B, 11, V)
     np.testing.assert_array_equal(out, jnp.argmax(parallel[:, 4:10], axis=-1))
 
 
@@ -288,11 +294,13 @@ def test_a_model_without_the_decoding_protocol_is_refused_by_name():
         def init_cache(self, batch_size, max_length):
             pass
 
-    cases = [(NoCache(), r"NoCache has no init_cache\(batch_size, max_length\) method"),
-             (NoPrefill(), r"NoPrefill\.__call__ must take the keyword arguments .* it lacks prefill"),
-             (BadInitCache(), r"BadInitCache\.init_cache must take \(batch_size, max_length\)"),
-             (NotCallable(), r"NotCallable has no __call__\(tokens, \*, padding_mask, decode, prefill\)"),
-             (lambda tokens: tokens, r"needs a flax\.nnx\.Module following decoding\.DecodableModel; got a function")]
+    cases = [
+        (NoCache(), r"NoCache has no init_cache\(batch_size, max_length\) method"),
+        (NoPrefill(), r"NoPrefill\.__call__ must take the keyword arguments .* it lacks prefill"),
+        (BadInitCache(), r"BadInitCache\.init_cache must take \(batch_size, max_length\)"),
+        (NotCallable(), r"NotCallable has no __call__\(tokens, \*, padding_mask, decode, prefill\)"),
+        (lambda tokens: tokens, r"needs a flax\.nnx\.Module following decoding\.DecodableModel; got a function"),
+    ]
     for model, match in cases:
         with pytest.raises(ValueError, match=match):
             decoding.generate(model, prompt, max_new_tokens=2)

@@ -24,10 +24,20 @@ from cottention_jax import distributed, launch
 from cottention_jax.distributed import DistributedConfig, config_from_env, detected_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
-CLUSTER_VARS = ("SLURM_NTASKS", "SLURM_PROCID", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE",
-                "OMPI_COMM_WORLD_RANK", "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES",
-                "MEGASCALE_NUM_SLICES", "JAX_COORDINATOR_ADDRESS", distributed.ENV_COORDINATOR,
-                distributed.ENV_NUM_PROCESSES, distributed.ENV_PROCESS_ID)
+CLUSTER_VARS = (
+    "SLURM_NTASKS",
+    "SLURM_PROCID",
+    "SLURM_JOB_ID",
+    "OMPI_COMM_WORLD_SIZE",
+    "OMPI_COMM_WORLD_RANK",
+    "TPU_WORKER_HOSTNAMES",
+    "TPU_PROCESS_ADDRESSES",
+    "MEGASCALE_NUM_SLICES",
+    "JAX_COORDINATOR_ADDRESS",
+    distributed.ENV_COORDINATOR,
+    distributed.ENV_NUM_PROCESSES,
+    distributed.ENV_PROCESS_ID,
+)
 
 
 def _env(**extra) -> dict:
@@ -37,15 +47,31 @@ def _env(**extra) -> dict:
 
 
 def _launch_cmd(nproc: int = 2, per_process: int = 2) -> list[str]:
-    return [sys.executable, "-m", "cottention_jax.launch", "--nproc", str(nproc),
-            "--devices-per-process", str(per_process), "--",
-            sys.executable, "-m", "tests._distributed_worker"]
+    return [
+        sys.executable,
+        "-m",
+        "cottention_jax.launch",
+        "--nproc",
+        str(nproc),
+        "--devices-per-process",
+        str(per_process),
+        "--",
+        sys.executable,
+        "-m",
+        "tests._distributed_worker",
+    ]
 
 
 def _run(mode: str, timeout: float = 120, **extra) -> tuple[subprocess.CompletedProcess, float]:
     start = time.monotonic()
-    done = subprocess.run(_launch_cmd(), cwd=ROOT, env=_env(DIST_WORKER_MODE=mode, **extra),
-                          capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        _launch_cmd(),
+        cwd=ROOT,
+        env=_env(DIST_WORKER_MODE=mode, **extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return done, time.monotonic() - start
 
 
@@ -77,8 +103,14 @@ class _Launched:
     """The launcher running in the background, its stdout lines collected with arrival times."""
 
     def __init__(self, mode: str, **extra):
-        self.proc = subprocess.Popen(_launch_cmd(), cwd=ROOT, env=_env(DIST_WORKER_MODE=mode, **extra),
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            _launch_cmd(),
+            cwd=ROOT,
+            env=_env(DIST_WORKER_MODE=mode, **extra),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines: list[tuple[float, str]] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -144,8 +176,7 @@ def test_sigterm_to_the_launcher_reaches_every_rank():
 def test_a_barrier_times_out_naming_itself_and_the_missing_process():
     done, _ = _run("barrier", DIST_WORKER_SLEEP_S="5")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert ("[0] ERROR [rank 0] barrier 'slow' timed out after 2s waiting for process(es) 1"
-            in done.stdout), done.stdout
+    assert "[0] ERROR [rank 0] barrier 'slow' timed out after 2s waiting for process(es) 1" in done.stdout, done.stdout
 
 
 def test_one_process_is_left_alone(monkeypatch):
@@ -178,35 +209,40 @@ def test_initialize_after_the_backend_started_says_what_to_move(monkeypatch):
 
 
 def test_an_unreachable_coordinator_is_a_one_line_error():
-    code = ("from cottention_jax import distributed as d\n"
-            f"d.initialize(d.DistributedConfig('127.0.0.1:{launch.free_port()}', 2, 1, init_timeout_s=1))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(),
-                          capture_output=True, text=True, timeout=60)
+    code = (
+        "from cottention_jax import distributed as d\n"
+        f"d.initialize(d.DistributedConfig('127.0.0.1:{launch.free_port()}', 2, 1, init_timeout_s=1))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("RuntimeError: process 1: the coordinator 127.0.0.1:") and "within 1s" in last
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"coordinator": "localhost"}, "coordinator"),
-    ({"coordinator": "host:70000"}, "coordinator"),
-    ({"num_processes": 0}, "num_processes"),
-    ({"num_processes": True}, "num_processes"),
-    ({"process_id": -1}, "process_id"),
-    ({"num_processes": 2, "process_id": 2}, "process_id"),
-    ({"local_device_ids": "0,a"}, "local_device_ids"),
-    ({"heartbeat_timeout_s": 0}, "heartbeat_timeout_s"),
-    ({"init_timeout_s": 1.5}, "init_timeout_s"),
-    ({"shutdown_timeout_s": -3}, "shutdown_timeout_s"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"coordinator": "localhost"}, "coordinator"),
+        ({"coordinator": "host:70000"}, "coordinator"),
+        ({"num_processes": 0}, "num_processes"),
+        ({"num_processes": True}, "num_processes"),
+        ({"process_id": -1}, "process_id"),
+        ({"num_processes": 2, "process_id": 2}, "process_id"),
+        ({"local_device_ids": "0,a"}, "local_device_ids"),
+        ({"heartbeat_timeout_s": 0}, "heartbeat_timeout_s"),
+        ({"init_timeout_s": 1.5}, "init_timeout_s"),
+        ({"shutdown_timeout_s": -3}, "shutdown_timeout_s"),
+    ],
+)
 def test_config_validation_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=rf"distributed\.{field} "):
         DistributedConfig(**kwargs)
 
 
 def test_config_from_env_fills_only_what_is_unset():
-    env = {"COTTENTION_COORDINATOR": "10.0.0.1:1234", "COTTENTION_NUM_PROCESSES": "4",
-           "COTTENTION_PROCESS_ID": "3"}
+    env = {"COTTENTION_COORDINATOR": "10.0.0.1:1234", "COTTENTION_NUM_PROCESSES": "4", "COTTENTION_PROCESS_ID": "3"}
     assert config_from_env(DistributedConfig(), env) == DistributedConfig("10.0.0.1:1234", 4, 3)
     assert config_from_env(DistributedConfig(process_id=1), env).process_id == 1
     jax_env = {"JAX_COORDINATOR_ADDRESS": "h:9"}
@@ -236,10 +272,11 @@ def test_devices_are_split_among_the_ranks():
     assert shares == [{"XLA_FLAGS": "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=4"}] * 2
     assert launch.split_devices(3, None, cpu)[0]["XLA_FLAGS"].endswith("_count=1")
     assert launch.split_devices(2, 3, {**cpu, "JAX_NUM_CPU_DEVICES": "8"})[1] == {
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=3", "JAX_NUM_CPU_DEVICES": "3"}
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=3",
+        "JAX_NUM_CPU_DEVICES": "3",
+    }
     gpus = {"CUDA_VISIBLE_DEVICES": "0,1,2,3"}
-    assert launch.split_devices(2, None, gpus) == [{"CUDA_VISIBLE_DEVICES": "0,1"},
-                                                   {"CUDA_VISIBLE_DEVICES": "2,3"}]
+    assert launch.split_devices(2, None, gpus) == [{"CUDA_VISIBLE_DEVICES": "0,1"}, {"CUDA_VISIBLE_DEVICES": "2,3"}]
     assert launch.split_devices(2, 1, gpus)[1] == {"CUDA_VISIBLE_DEVICES": "1"}
     with pytest.raises(ValueError, match="needs 6 GPUs, but 4 are visible"):
         launch.split_devices(2, 3, gpus)

@@ -45,11 +45,12 @@ def import_graph() -> dict[str, set[str]]:
                 targets.update(known(alias.name) for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
-                if node.level:                     # relative: from the package, `level - 1` up
-                    up = package.split(".")[:len(package.split(".")) - node.level + 1]
+                if node.level:  # relative: from the package, `level - 1` up
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
                     base = ".".join([*up, base] if base else up)
-                targets.update(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else known(base)
-                               for alias in node.names)
+                targets.update(
+                    f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else known(base) for alias in node.names
+                )
         graph[name] = {t for t in targets if t is not None and t != name}
     return graph
 
@@ -94,15 +95,22 @@ def test_the_circle_finder_finds_a_planted_circle_and_passes_a_chain():
 
 def test_the_graph_sees_the_imports_of_train():
     graph = import_graph()
-    assert {"cottention_jax.train_hooks", "cottention_jax.train_data", "cottention_jax.checkpoint"} <= \
-        graph["cottention_jax.train"]
+    assert {"cottention_jax.train_hooks", "cottention_jax.train_data", "cottention_jax.checkpoint"} <= graph[
+        "cottention_jax.train"
+    ]
 
 
 def test_the_training_modules_are_in_no_import_circle():
     """train <-> train_hooks was one (train_hooks read train's RunState under TYPE_CHECKING): RunState now
     lives in train_hooks, and train builds on it."""
-    training = {"cottention_jax.train", "cottention_jax.train_hooks", "cottention_jax.train_data",
-                "cottention_jax.metrics", "cottention_jax.configs", "cottention_jax.checkpoint"}
+    training = {
+        "cottention_jax.train",
+        "cottention_jax.train_hooks",
+        "cottention_jax.train_data",
+        "cottention_jax.metrics",
+        "cottention_jax.configs",
+        "cottention_jax.checkpoint",
+    }
     assert [c for c in import_circles(import_graph()) if training & set(c)] == []
 
 

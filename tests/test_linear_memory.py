@@ -16,6 +16,7 @@ from tests._util import fresh_key, random_qkv
 def _loss(impl, causal):
     def f(q, k, v, m):
         return jnp.sum(ca.cosine_attention(q, k, v, m, causal=causal, implementation=impl) ** 2)
+
     return jax.value_and_grad(f, argnums=(0, 1, 2, 3))
 
 
@@ -50,7 +51,7 @@ def test_no_quadratic_or_per_position_state_intermediates(causal):
     q, k, v, m = random_qkv(fresh_key(), 1, t, 1, 1, d, d)
     jaxpr = jax.make_jaxpr(_loss("xla", causal))(q, k, v, m).jaxpr
     largest = _largest_intermediate(jaxpr)
-    assert largest < t * d * d // 4, largest   # far from a seq x d x d array (and seq x seq = 2x that)
+    assert largest < t * d * d // 4, largest  # far from a seq x d x d array (and seq x seq = 2x that)
     # The check itself can fail: the quadratic reference builds a seq x seq array.
     ref = jax.make_jaxpr(_loss("reference", causal))(q, k, v, m).jaxpr
     assert _largest_intermediate(ref) >= t * t

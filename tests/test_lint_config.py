@@ -14,10 +14,11 @@ import pytest
 from tests._util import REPO_ROOT
 
 PYPROJECT = REPO_ROOT / "pyproject.toml"
-BIN = Path(sys.executable).parent                     # the suite's venv: ruff and mypy come with [test]
+BIN = Path(sys.executable).parent  # the suite's venv: ruff and mypy come with [test]
 
 # Each line plants one finding; the comment names the code ruff must report for it.
-PLANTED = '''\
+PLANTED = (
+    '''\
 import sys
 import os  # I001: os after sys
 
@@ -33,12 +34,15 @@ def pairs(a, b):
     return list(zip(a, b))  # B905: no strict=
 
 
-LONG = "''' + "x" * 110 + '''"  # E501
+LONG = "'''
+    + "x" * 110
+    + """"  # E501
 print(sys.path, os.sep)
-'''
+"""
+)
 
 # The same code written the way the rules ask: nothing to report.
-TIDY = '''\
+TIDY = """\
 import os
 import sys
 
@@ -52,14 +56,18 @@ def pairs(a, b):
 
 
 print(sys.path, os.sep)
-'''
+"""
 
 
 def _ruff(path: Path) -> set[str]:
     """The rule codes `ruff check` reports for `path` under the project's configuration."""
-    done = subprocess.run([str(BIN / "ruff"), "check", "--config", str(PYPROJECT), "--no-cache",
-                           "--output-format", "concise", str(path)], capture_output=True, text=True, cwd=REPO_ROOT)
-    assert done.returncode in (0, 1), done.stderr             # 2: ruff itself failed (bad config, ...)
+    done = subprocess.run(
+        [str(BIN / "ruff"), "check", "--config", str(PYPROJECT), "--no-cache", "--output-format", "concise", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    assert done.returncode in (0, 1), done.stderr  # 2: ruff itself failed (bad config, ...)
     return {line.split(": ", 1)[1].split()[0] for line in done.stdout.splitlines() if line.startswith(str(path))}
 
 
@@ -94,12 +102,17 @@ def test_ruff_flags_the_planted_mistakes_and_passes_tidy_code(tmp_path):
     assert _ruff(tidy) == set()
 
 
-@pytest.mark.parametrize("source, flagged", [("def f() -> int:\n    return 'one'\n", True),
-                                             ("def f() -> int:\n    return 1\n", False)])
+@pytest.mark.parametrize(
+    "source, flagged", [("def f() -> int:\n    return 'one'\n", True), ("def f() -> int:\n    return 1\n", False)]
+)
 def test_mypy_checks_annotated_code_with_the_project_config(tmp_path, source, flagged):
     path = tmp_path / "typed.py"
     path.write_text(source)
-    done = subprocess.run([str(BIN / "mypy"), "--config-file", str(PYPROJECT), "--cache-dir", str(tmp_path / "cache"),
-                           str(path)], capture_output=True, text=True, cwd=tmp_path)
+    done = subprocess.run(
+        [str(BIN / "mypy"), "--config-file", str(PYPROJECT), "--cache-dir", str(tmp_path / "cache"), str(path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert done.returncode == (1 if flagged else 0), done.stdout + done.stderr
     assert ("Incompatible return value type" in done.stdout) == flagged, done.stdout

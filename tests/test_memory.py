@@ -49,4 +49,3 @@ def test_abstract_batch_shapes_and_errors():
     classify = dataclasses.replace(bert, kind="bert-classify", data=dataclasses.replace(bert.data, task="sentiment"))
     with pytest.raises(ValueError, match=r"covers kind 'gpt' and 'bert-mlm'; got kind='bert-classify'"):
         abstract_batch(classify, 2, 16)
-

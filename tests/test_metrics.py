@@ -36,11 +36,12 @@ print(json.dumps({"lazy": lazy, "after_import": after_import, "after_plot": matp
 
 
 def test_training_modules_and_plots_never_switch_the_matplotlib_backend(tmp_path):
-    done = subprocess.run([sys.executable, "-c", _CHECK, str(tmp_path)], capture_output=True, text=True,
-                          timeout=300, cwd=REPO_ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", _CHECK, str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["lazy"] == []                                    # importing metrics imports neither
+    assert report["lazy"] == []  # importing metrics imports neither
     assert report["after_import"] == report["after_plot"] == "svg"
     assert report["pyplot"] is False
     assert Path(tmp_path / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -48,11 +49,18 @@ def test_training_modules_and_plots_never_switch_the_matplotlib_backend(tmp_path
 
 # ----------------------------------------------------------------------------- a cut last line
 
+
 def _random_records(n: int) -> list[dict]:
     """n records of a run, with fresh random losses (steps 0, 5, 10, ...; a train and an eval each)."""
     losses = np.asarray(jax.random.uniform(fresh_key(), (n, 2), minval=0.5, maxval=9.0), np.float64)
-    return [r for i in range(n) for r in ({"step": 5 * i, "split": "train", "loss": float(losses[i, 0])},
-                                          {"step": 5 * i, "split": "eval", "loss": float(losses[i, 1])})]
+    return [
+        r
+        for i in range(n)
+        for r in (
+            {"step": 5 * i, "split": "train", "loss": float(losses[i, 0])},
+            {"step": 5 * i, "split": "eval", "loss": float(losses[i, 1])},
+        )
+    ]
 
 
 def _write_cut(path: Path, records: list[dict], cut_record: dict, keep_chars: int) -> None:
@@ -64,7 +72,7 @@ def _write_cut(path: Path, records: list[dict], cut_record: dict, keep_chars: in
 def test_a_cut_last_line_is_dropped_with_a_notice(tmp_path):
     records = _random_records(4)
     cut = _random_records(5)[-1]
-    for keep in (1, 12, len(json.dumps(cut)) - 1):        # cut anywhere before the end of the record
+    for keep in (1, 12, len(json.dumps(cut)) - 1):  # cut anywhere before the end of the record
         _write_cut(tmp_path / "metrics.jsonl", records, cut, keep)
         notices = []
         assert read_metrics(tmp_path / "metrics.jsonl", log=notices.append) == records
@@ -83,7 +91,7 @@ def test_a_bad_line_before_the_last_is_an_error_naming_it(tmp_path):
 
 def test_resuming_over_a_cut_last_line_keeps_the_whole_records(tmp_path):
     """A full disk while writing metrics used to make every rerun crash in MetricsWriter (JSONDecodeError)."""
-    records = _random_records(4)                                # steps 0..15
+    records = _random_records(4)  # steps 0..15
     _write_cut(tmp_path / "metrics.jsonl", records, _random_records(5)[-1], 20)
     notices = []
     writer = MetricsWriter(tmp_path, resume_step=10, log=notices.append)
@@ -97,12 +105,15 @@ def test_resuming_over_a_cut_last_line_keeps_the_whole_records(tmp_path):
 
 def test_records_of_the_resume_step_are_not_written_twice(tmp_path):
     """A rerun of a finished run evaluates its last step again: that eval line is in the file already."""
-    records = _random_records(3)                                # steps 0, 5, 10
+    records = _random_records(3)  # steps 0, 5, 10
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     writer = MetricsWriter(tmp_path, resume_step=10, log=None)
-    writer.write(10, "eval", loss=3.0)                          # there already: not repeated
-    writer.write(10, "stabilizer", layer0=0.5)                  # a split not there: written
+    writer.write(10, "eval", loss=3.0)  # there already: not repeated
+    writer.write(10, "stabilizer", layer0=0.5)  # a split not there: written
     writer.write(11, "eval", loss=2.0)
     writer.close()
-    assert read_metrics(tmp_path / "metrics.jsonl") == [*records, {"step": 10, "split": "stabilizer", "layer0": 0.5},
-                                                        {"step": 11, "split": "eval", "loss": 2.0}]
+    assert read_metrics(tmp_path / "metrics.jsonl") == [
+        *records,
+        {"step": 10, "split": "stabilizer", "layer0": 0.5},
+        {"step": 11, "split": "eval", "loss": 2.0},
+    ]

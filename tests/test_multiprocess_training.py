@@ -32,8 +32,11 @@ def data_dir(tmp_path_factory):
 
 
 def _env(devices: int | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COTTENTION_COORDINATOR", "COTTENTION_NUM",
-                                                                    "COTTENTION_PROCESS", "XLA_FLAGS"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("COTTENTION_COORDINATOR", "COTTENTION_NUM", "COTTENTION_PROCESS", "XLA_FLAGS"))
+    }
     env.update(PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu")
     if devices:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
@@ -41,15 +44,40 @@ def _env(devices: int | None = None) -> dict:
 
 
 def _train_args(workdir, data_dir, mode) -> list[str]:
-    sets = [f"data.data_dir={data_dir}", f"steps={STEPS}", "log_every=1", "eval_every=8", "eval_batches=1",
-            "checkpoint_every=5", "sample_tokens=0", *MODES[mode]]
-    return [sys.executable, str(REPO_ROOT / "experiments" / "train_gpt.py"), "--preset", "gpt-tiny", "--no-progress",
-            "--workdir", str(workdir), *sum((["--set", s] for s in sets), [])]
+    sets = [
+        f"data.data_dir={data_dir}",
+        f"steps={STEPS}",
+        "log_every=1",
+        "eval_every=8",
+        "eval_batches=1",
+        "checkpoint_every=5",
+        "sample_tokens=0",
+        *MODES[mode],
+    ]
+    return [
+        sys.executable,
+        str(REPO_ROOT / "experiments" / "train_gpt.py"),
+        "--preset",
+        "gpt-tiny",
+        "--no-progress",
+        "--workdir",
+        str(workdir),
+        *sum((["--set", s] for s in sets), []),
+    ]
 
 
 def _launch(nproc: int, per_process: int, args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "cottention_jax.launch", "--nproc", str(nproc),
-            "--devices-per-process", str(per_process), "--", *args]
+    return [
+        sys.executable,
+        "-m",
+        "cottention_jax.launch",
+        "--nproc",
+        str(nproc),
+        "--devices-per-process",
+        str(per_process),
+        "--",
+        *args,
+    ]
 
 
 def _run(cmd, env, timeout=300) -> subprocess.CompletedProcess:
@@ -94,18 +122,23 @@ def test_two_processes_train_exactly_like_one(mode, data_dir, reference, tmp_pat
     _assert_same(got, reference(mode), range(STEPS + 1))
     lines = run.stdout.splitlines()
     assert any(line.startswith("[0] step") for line in lines)
-    assert not [line for line in lines if line.startswith("[1] ") and "step" in line]   # only process 0 logs
+    assert not [line for line in lines if line.startswith("[1] ") and "step" in line]  # only process 0 logs
     assert (tmp_path / "two" / "summary.json").is_file() and not (tmp_path / "two" / LOCK_FILE).exists()
 
 
-def test_sigterm_to_every_process_saves_and_the_checkpoint_resumes_on_two_or_one_process(
-        data_dir, reference, tmp_path):
+def test_sigterm_to_every_process_saves_and_the_checkpoint_resumes_on_two_or_one_process(data_dir, reference, tmp_path):
     """SIGTERM (through the launcher, to both processes) after step 6: both stop at one step, save it,
     release the lock and exit 143; the checkpoint then resumes with 2 processes, and with 1 process of 8
     devices, each giving the uninterrupted run's losses."""
     stopped = tmp_path / "stopped"
-    proc = subprocess.Popen(_launch(2, 4, _train_args(stopped, data_dir, "data")), env=_env(), cwd=REPO_ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        _launch(2, 4, _train_args(stopped, data_dir, "data")),
+        env=_env(),
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if any(r["split"] == "train" and r["step"] >= 6 for r in read_metrics(stopped / "metrics.jsonl")):
@@ -116,7 +149,7 @@ def test_sigterm_to_every_process_saves_and_the_checkpoint_resumes_on_two_or_one
     assert proc.returncode == 143, out[-3000:]
     said = [line for line in out.splitlines() if "stopped by SIGTERM after step" in line]
     steps = {int(line.split("after step ")[1].split(":")[0]) for line in said}
-    assert len(said) == 2 and len(steps) == 1, said                 # both processes, at one step
+    assert len(said) == 2 and len(steps) == 1, said  # both processes, at one step
     (step,) = steps
     assert step < STEPS and (stopped / "checkpoints" / str(step)).is_dir()
     assert not (stopped / LOCK_FILE).exists()
@@ -139,10 +172,22 @@ def test_a_killed_process_stops_the_other_within_a_bound(data_dir, tmp_path):
     port = free_port()
     procs = []
     for rank in range(2):
-        env = {**_env(4), "COTTENTION_COORDINATOR": f"127.0.0.1:{port}", "COTTENTION_NUM_PROCESSES": "2",
-               "COTTENTION_PROCESS_ID": str(rank)}
-        procs.append(subprocess.Popen(_train_args(workdir, data_dir, "data"), env=env, cwd=REPO_ROOT,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        env = {
+            **_env(4),
+            "COTTENTION_COORDINATOR": f"127.0.0.1:{port}",
+            "COTTENTION_NUM_PROCESSES": "2",
+            "COTTENTION_PROCESS_ID": str(rank),
+        }
+        procs.append(
+            subprocess.Popen(
+                _train_args(workdir, data_dir, "data"),
+                env=env,
+                cwd=REPO_ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     try:
         deadline = time.time() + 240
         while time.time() < deadline and procs[1].poll() is None:
@@ -153,7 +198,7 @@ def test_a_killed_process_stops_the_other_within_a_bound(data_dir, tmp_path):
         killed_at = time.time()
         _, err = procs[0].communicate(timeout=90)
         assert procs[0].returncode != 0 and time.time() - killed_at < 60, err[-2000:]
-        if procs[0].returncode == 1:    # a collective failed in Python (else JAX's heartbeat aborted it: 134)
+        if procs[0].returncode == 1:  # a collective failed in Python (else JAX's heartbeat aborted it: 134)
             assert "[rank 0] lost another process of the run" in err, err[-2000:]
     finally:
         for p in procs:

@@ -36,7 +36,7 @@ def _head_problem(b=3, t=11, d=8, v=37):
     hidden = jax.random.normal(ks[0], (b, t, d))
     w, c = jax.random.normal(ks[1], (d, v)), jax.random.normal(ks[2], (v,))
     labels = jax.random.randint(ks[3], (b, t), 0, v)
-    weights = jax.random.bernoulli(ks[4], 0.6, (b, t)).astype(jnp.float32) * 2.0   # 0 or 2
+    weights = jax.random.bernoulli(ks[4], 0.6, (b, t)).astype(jnp.float32) * 2.0  # 0 or 2
     return hidden, (w, c), labels, weights
 
 
@@ -72,7 +72,7 @@ def test_chunked_cross_entropy_equals_the_plain_loss_and_its_gradients(chunk):
     (mean, sums), grads = jax.value_and_grad(chunked, argnums=(0, 1), has_aux=True)(hidden, params)
     (ref_mean, ref_sums), ref_grads = jax.value_and_grad(plain, argnums=(0, 1), has_aux=True)(hidden, params)
     expected = _numpy_sums(_head(params, hidden), labels, weights)
-    for k in expected:                                      # padding to the chunk multiple never counts
+    for k in expected:  # padding to the chunk multiple never counts
         assert abs(float(sums[k]) - expected[k]) <= 1e-5 * max(abs(expected[k]), 1.0), k
     assert rel_error(mean, ref_mean) <= 1e-5
     for g, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
@@ -81,10 +81,12 @@ def test_chunked_cross_entropy_equals_the_plain_loss_and_its_gradients(chunk):
 
 def test_chunked_cross_entropy_of_one_row_and_of_rank_three_labels():
     hidden, params, labels, weights = _head_problem(b=2, t=12)
-    head = lambda x: _head(params, x)   # noqa: E731
+    head = lambda x: _head(params, x)  # noqa: E731
     expected = _numpy_sums(head(hidden), labels, weights)
-    for h, y, w in ((hidden.reshape(24, -1), labels.reshape(24), weights.reshape(24)),              # (N,)
-                    (hidden.reshape(2, 3, 4, -1), labels.reshape(2, 3, 4), weights.reshape(2, 3, 4))):
+    for h, y, w in (
+        (hidden.reshape(24, -1), labels.reshape(24), weights.reshape(24)),  # (N,)
+        (hidden.reshape(2, 3, 4, -1), labels.reshape(2, 3, 4), weights.reshape(2, 3, 4)),
+    ):
         sums = chunked_cross_entropy(h, y, w, head, 5)[1]
         for k in expected:
             assert abs(float(sums[k]) - expected[k]) <= 1e-5 * max(abs(expected[k]), 1.0), k
@@ -95,7 +97,7 @@ def test_chunked_cross_entropy_ignores_weight_zero_positions():
     zero = weights == 0
     other_labels = jnp.where(zero, (labels + 5) % 37, labels)
     other_hidden = jnp.where(zero[..., None], 100.0 * jax.random.normal(fresh_key(), hidden.shape), hidden)
-    head = lambda x: _head(params, x)   # noqa: E731
+    head = lambda x: _head(params, x)  # noqa: E731
     a = chunked_cross_entropy(hidden, labels, weights, head, 5)[1]
     b = chunked_cross_entropy(other_hidden, other_labels, weights, head, 5)[1]
     for k in a:
@@ -116,13 +118,13 @@ def test_chunked_cross_entropy_keeps_only_one_chunk_of_logits_for_the_backward_p
     plain = temp_bytes(lambda h, p, y: weighted_cross_entropy(_head(p, h), y))
     chunked = temp_bytes(lambda h, p, y: chunked_cross_entropy(h, y, None, lambda x: _head(p, x), chunk))
     logits_bytes = n * v * 4
-    assert plain >= logits_bytes                 # the plain loss holds all float32 logits
-    assert chunked < logits_bytes / 4            # the chunked one a few chunks' worth at most
+    assert plain >= logits_bytes  # the plain loss holds all float32 logits
+    assert chunked < logits_bytes / 4  # the chunked one a few chunks' worth at most
 
 
 def test_loss_input_errors():
     hidden, params, labels, weights = _head_problem()
-    head = lambda x: _head(params, x)   # noqa: E731
+    head = lambda x: _head(params, x)  # noqa: E731
     for bad in (0, -3, 2.5, True, None):
         with pytest.raises(ValueError, match=r"chunk must be an int >= 1"):
             chunked_cross_entropy(hidden, labels, weights, head, bad)
@@ -134,9 +136,9 @@ def test_loss_input_errors():
         weighted_cross_entropy(head(hidden)[:, :4], labels)
 
 
-
 def test_public_api_of_losses_and_objectives_is_pinned():
     from cottention_jax import losses, objectives
+
     assert losses.__all__ == ["chunked_cross_entropy", "weighted_cross_entropy"]
     assert set(objectives.__all__) == {"LOSSES", "classification_objective", "gpt_objective", "mlm_objective"}
     assert set(objectives.LOSSES) == {"gpt", "bert-mlm", "bert-classify"}

@@ -87,15 +87,19 @@ def test_gradients_agree_fp32(case):
 
     def loss(impl):
         def f(q, k, v, m):
-            return jnp.sum(ct * ca.cosine_attention(q, k, v, m, causal=causal, padding_mask=mask,
-                                                    stabilize=stab, implementation=impl))
+            return jnp.sum(
+                ct
+                * ca.cosine_attention(q, k, v, m, causal=causal, padding_mask=mask, stabilize=stab, implementation=impl)
+            )
+
         return f
 
-    grads = {impl: jax.grad(loss(impl), argnums=(0, 1, 2, 3))(q, k, v, m)
-             for impl in ("reference", "xla")}
+    grads = {impl: jax.grad(loss(impl), argnums=(0, 1, 2, 3))(q, k, v, m) for impl in ("reference", "xla")}
     if causal:
+
         def f_steps(q, k, v, m):
             return jnp.sum(ct * step_scan(q, k, v, m, mask=mask, stabilize=stab)[0])
+
         grads["steps"] = jax.grad(f_steps, argnums=(0, 1, 2, 3))(q, k, v, m)
     for impl in grads:
         for name, g, r in zip("qkvm", grads[impl], grads["reference"], strict=True):
@@ -110,8 +114,9 @@ def test_half_precision_inputs(causal, dtype):
     q, k, v, m = random_qkv(fresh_key(), b, t, h, kv, dk, dv, dtype=dtype)
     mask = padding_mask("right", b, t)
     kw = dict(causal=causal, padding_mask=mask)
-    ref = ca.cosine_attention(q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32),
-                              m, implementation="reference", **kw)
+    ref = ca.cosine_attention(
+        q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32), m, implementation="reference", **kw
+    )
     if causal:
         out, state = ca.cosine_attention(q, k, v, m, implementation="xla", return_state=True, **kw)
         assert state.kv.dtype == jnp.float32 and state.count.dtype == jnp.int32
@@ -124,6 +129,7 @@ def test_half_precision_inputs(causal, dtype):
 
     def f(q, k, v, m, impl):
         return jnp.sum(ca.cosine_attention(q, k, v, m, implementation=impl, **kw).astype(jnp.float32) ** 2)
+
     g_half = jax.grad(f, argnums=(0, 1, 2, 3))(q, k, v, m, "xla")
     g_ref = jax.grad(f, argnums=(0, 1, 2, 3))(*(x.astype(jnp.float32) for x in (q, k, v)), m, "reference")
     for name, g, r in zip("qkvm", g_half, g_ref, strict=True):
@@ -143,15 +149,15 @@ def test_state_continuation(impl, stabilize, pad):
     kw = dict(causal=True, stabilize=stabilize, implementation=impl, return_state=True)
     full, s_full = ca.cosine_attention(q, k, v, m, padding_mask=mask, **kw)
     first, s1 = ca.cosine_attention(q[:, :t1], k[:, :t1], v[:, :t1], m, padding_mask=mask[:, :t1], **kw)
-    second, s2 = ca.cosine_attention(q[:, t1:], k[:, t1:], v[:, t1:], m, padding_mask=mask[:, t1:],
-                                     initial_state=s1, **kw)
+    second, s2 = ca.cosine_attention(
+        q[:, t1:], k[:, t1:], v[:, t1:], m, padding_mask=mask[:, t1:], initial_state=s1, **kw
+    )
     assert rel_error(jnp.concatenate([first, second], axis=1), full) <= F32_TOL
     assert rel_error(s2.kv, s_full.kv) <= F32_TOL
     np.testing.assert_array_equal(s2.count, s_full.count)
     np.testing.assert_array_equal(s_full.count, mask.sum(1))
     # The step path continues from the same state.
-    steps, s3 = step_scan(q[:, t1:], k[:, t1:], v[:, t1:], m, mask=mask[:, t1:], state=s1,
-                          stabilize=stabilize)
+    steps, s3 = step_scan(q[:, t1:], k[:, t1:], v[:, t1:], m, mask=mask[:, t1:], state=s1, stabilize=stabilize)
     assert rel_error(steps, second) <= F32_TOL
     assert rel_error(s3.kv, s_full.kv) <= F32_TOL
 
@@ -159,13 +165,20 @@ def test_state_continuation(impl, stabilize, pad):
 def test_initial_state_gradient_matches_reference():
     b, t, h, kv, dk, dv = 2, 70, 2, 1, 32, 32
     q, k, v, m = random_qkv(fresh_key(), b, t, h, kv, dk, dv)
-    s0 = ca.CosineAttentionState(jax.random.normal(fresh_key(), (b, h, dk, dv)),
-                                 jnp.array([3, 11], jnp.int32))
+    s0 = ca.CosineAttentionState(jax.random.normal(fresh_key(), (b, h, dk, dv)), jnp.array([3, 11], jnp.int32))
 
     def f(kv0, q, impl):
-        out, st = ca.cosine_attention(q, k, v, m, causal=True, implementation=impl, return_state=True,
-                                      initial_state=ca.CosineAttentionState(kv0, s0.count))
-        return jnp.sum(jnp.sin(out)) + jnp.sum(st.kv ** 2) * 1e-3
+        out, st = ca.cosine_attention(
+            q,
+            k,
+            v,
+            m,
+            causal=True,
+            implementation=impl,
+            return_state=True,
+            initial_state=ca.CosineAttentionState(kv0, s0.count),
+        )
+        return jnp.sum(jnp.sin(out)) + jnp.sum(st.kv**2) * 1e-3
 
     g_ref = jax.grad(f, argnums=(0, 1))(s0.kv, q, "reference")
     g_xla = jax.grad(f, argnums=(0, 1))(s0.kv, q, "xla")
@@ -180,8 +193,7 @@ def test_check_grads_numerically(causal):
     mask = jnp.array([[False] + [True] * 8])
 
     def f(q, k, v, m):
-        return ca.cosine_attention(q, k, v, m, causal=causal, padding_mask=mask, implementation="xla",
-                                   chunk_size=4)
+        return ca.cosine_attention(q, k, v, m, causal=causal, padding_mask=mask, implementation="xla", chunk_size=4)
 
     jax.test_util.check_grads(f, (q, k, v, m), order=1, modes=["rev"], atol=2e-2, rtol=2e-2, eps=1e-2)
 
@@ -194,10 +206,12 @@ def test_jit_vmap_and_grad_compose():
     batched = jax.vmap(f, in_axes=(0, 0, 0, None))(stack(q), stack(k), stack(v), m)
     ref = ca.cosine_attention(q, k, v, m, causal=True, implementation="reference")
     assert rel_error(batched.reshape(ref.shape), ref) <= F32_TOL
-    g = jax.jit(jax.grad(lambda m: jnp.sum(jax.vmap(f, in_axes=(0, 0, 0, None))(
-        stack(q), stack(k), stack(v), m) ** 2)))(m)
-    g_ref = jax.grad(lambda m: jnp.sum(ca.cosine_attention(q, k, v, m, causal=True,
-                                                           implementation="reference") ** 2))(m)
+    g = jax.jit(
+        jax.grad(lambda m: jnp.sum(jax.vmap(f, in_axes=(0, 0, 0, None))(stack(q), stack(k), stack(v), m) ** 2))
+    )(m)
+    g_ref = jax.grad(lambda m: jnp.sum(ca.cosine_attention(q, k, v, m, causal=True, implementation="reference") ** 2))(
+        m
+    )
     assert rel_error(g, g_ref) <= F32_TOL
 
 
@@ -210,8 +224,8 @@ def test_stabilizer_scales_values_as_specified():
     m = jnp.array([0.3])
     p = jax.nn.sigmoid(0.3)
     n = np.arange(1, t + 1)
-    expected_value = np.cumsum(np.arange(1, t + 1) * n ** -p)
-    expected_query = np.cumsum(np.arange(1, t + 1)) * n ** -p
+    expected_value = np.cumsum(np.arange(1, t + 1) * n**-p)
+    expected_query = np.cumsum(np.arange(1, t + 1)) * n**-p
     for impl in ("reference", "xla"):
         o = ca.cosine_attention(q, k, v, m, causal=True, implementation=impl)
         np.testing.assert_allclose(o[0, :, 0, 0], expected_value, rtol=1e-6)
@@ -220,6 +234,7 @@ def test_stabilizer_scales_values_as_specified():
 
 
 # ----------------------------------------------------------------------------- robustness
+
 
 @pytest.mark.parametrize("impl", ["reference", "xla"])
 @pytest.mark.parametrize("causal", [True, False])
@@ -255,8 +270,9 @@ def test_long_sequence_through_the_rnn_step_is_finite():
 
 @functools.partial(jax.jit, static_argnames=("impl",))
 def _causal_form(q, k, v, m, mask, *, impl):
-    return ca.cosine_attention(q, k, v, m, causal=True, padding_mask=mask, implementation=impl,
-                               interpret=impl == "pallas")
+    return ca.cosine_attention(
+        q, k, v, m, causal=True, padding_mask=mask, implementation=impl, interpret=impl == "pallas"
+    )
 
 
 _steps_form = jax.jit(lambda q, k, v, m, mask: step_scan(q, k, v, m, mask=mask)[0])
@@ -278,15 +294,15 @@ def test_a_non_finite_key_or_value_reaches_only_later_positions_in_every_form(wh
     q, k, v, m = random_qkv(fresh_key(), b, t, h, kv, d, d)
     i = int(jax.random.randint(fresh_key(), (), 66, 90))
     if where == "key":
-        k_bad, v_bad = k.at[0, i, 1, 3].set(bad), v        # row 0, kv head 1 = query heads 2, 3
+        k_bad, v_bad = k.at[0, i, 1, 3].set(bad), v  # row 0, kv head 1 = query heads 2, 3
     else:
         k_bad, v_bad = k, v.at[0, i, 1, 3].set(bad)
     clean = _causal_form(q, k, v, m, None, impl="reference")
     _, state = jax.jit(lambda *a: ca.cosine_attention(*a, causal=True, return_state=True))(q, k_bad, v_bad, m)
     assert bool(jnp.all(jnp.isnan(state.kv[0, 2:]))) and bool(jnp.all(jnp.isfinite(state.kv[0, :2])))
     for form, out in _all_forms(q, k_bad, v_bad, m).items():
-        assert rel_error(out[0, :i], clean[0, :i]) <= F32_TOL, form       # before i: untouched
-        assert rel_error(out[1], clean[1]) <= F32_TOL, form                # the other row: untouched
+        assert rel_error(out[0, :i], clean[0, :i]) <= F32_TOL, form  # before i: untouched
+        assert rel_error(out[1], clean[1]) <= F32_TOL, form  # the other row: untouched
         assert rel_error(out[0, i:, :2], clean[0, i:, :2]) <= F32_TOL, form  # heads of kv head 0
         assert bool(jnp.all(jnp.isnan(out[0, i:, 2:]))), form
 
@@ -295,7 +311,7 @@ def test_bidirectional_a_non_finite_value_reaches_its_heads_real_outputs_only():
     b, t, h, d = 2, 30, 4, 8
     q, k, v, m = random_qkv(fresh_key(), b, t, h, 2, d, d)
     mask = padding_mask("right", b, t).at[:, :12].set(True).at[:, -1].set(False)
-    v_bad = v.at[0, 10, 0, 0].set(jnp.nan)                  # kv head 0 = query heads 0, 1
+    v_bad = v.at[0, 10, 0, 0].set(jnp.nan)  # kv head 0 = query heads 0, 1
     clean = ca.cosine_attention(q, k, v, m, causal=False, padding_mask=mask, implementation="reference")
     for impl in ("reference", "xla"):
         out = ca.cosine_attention(q, k, v_bad, m, causal=False, padding_mask=mask, implementation=impl)
@@ -311,9 +327,14 @@ def test_nan_at_a_padded_position_never_leaks(causal):
     mask = padding_mask("right", b, t).at[:, 0].set(True).at[:, -1].set(False)
     dirty = [jnp.where(mask[:, :, None, None], x, jnp.nan) for x in (q, k, v)]
     clean = [jnp.where(mask[:, :, None, None], x, 0.0) for x in (q, k, v)]
-    forms = (_all_forms(*dirty, m, padding_mask=mask) if causal else
-             {impl: ca.cosine_attention(*dirty, m, causal=False, padding_mask=mask, implementation=impl)
-              for impl in ("reference", "xla")})
+    forms = (
+        _all_forms(*dirty, m, padding_mask=mask)
+        if causal
+        else {
+            impl: ca.cosine_attention(*dirty, m, causal=False, padding_mask=mask, implementation=impl)
+            for impl in ("reference", "xla")
+        }
+    )
     expected = ca.cosine_attention(*clean, m, causal=causal, padding_mask=mask, implementation="reference")
     for form, out in forms.items():
         assert rel_error(out, expected) <= F32_TOL, form
@@ -325,17 +346,18 @@ def test_inputs_near_the_float32_range_are_normalised(scale):
     """|q|^2 of inputs ~1e19 overflows float32; the normalisation must not (cosine is scale-free)."""
     b, t, h, d = 1, 70, 2, 32
     q, k, v, m = random_qkv(fresh_key(), b, t, h, h, d, d)
-    q, k = q / jnp.max(jnp.abs(q)), k / jnp.max(jnp.abs(k))   # so that scale * q stays finite
+    q, k = q / jnp.max(jnp.abs(q)), k / jnp.max(jnp.abs(k))  # so that scale * q stays finite
     expected = _causal_form(q, k, v, m, None, impl="reference")
     for form, out in _all_forms(q * scale, k * scale, v, m).items():
         assert rel_error(out, expected) <= F32_TOL, form
-    if scale > 1e30:        # gradients ~1/s would be float32 denormals: nothing left to compare
+    if scale > 1e30:  # gradients ~1/s would be float32 denormals: nothing left to compare
         return
     # gradients: f(s q) has gradient (df/dq)(q) / s with respect to s q
     ct = jax.random.normal(fresh_key(), expected.shape)
 
     def loss(q, k, impl):
         return jnp.sum(ct * ca.cosine_attention(q, k, v, m, causal=True, implementation=impl))
+
     for impl in ("reference", "xla"):
         gq, gk = jax.grad(loss, argnums=(0, 1))(q * scale, k * scale, impl)
         rq, rk = jax.grad(loss, argnums=(0, 1))(q, k, "reference")
@@ -347,7 +369,7 @@ def test_step_with_a_padded_row_keeps_its_state_even_for_nan_inputs():
     q, k, v, m = random_qkv(fresh_key(), b, 5, h, 2, d, d)
     _, state = jax.jit(lambda *a: ca.cosine_attention(*a, causal=True, return_state=True))(q, k, v, m)
     real = jnp.array([True, False, True])
-    nan_row = lambda x: x[:, 0].at[1].set(jnp.nan)           # noqa: E731
+    nan_row = lambda x: x[:, 0].at[1].set(jnp.nan)  # noqa: E731
     step = jax.jit(ca.cosine_attention_step)
     out, new = step(state, nan_row(q), nan_row(k), nan_row(v), m, padding_mask_t=real)
     np.testing.assert_array_equal(new.kv[1], state.kv[1])
@@ -358,22 +380,28 @@ def test_step_with_a_padded_row_keeps_its_state_even_for_nan_inputs():
 
 # ----------------------------------------------------------------------------- bad input
 
+
 def _inputs(b=2, t=5, h=4, kv=2, dk=8, dv=8):
     return random_qkv(fresh_key(), b, t, h, kv, dk, dv)
 
 
-@pytest.mark.parametrize("mutate, match", [
-    (lambda q, k, v, m: (q[0], k, v, m), r"q must have rank 4.*q\.shape=\(5, 4, 8\)"),
-    (lambda q, k, v, m: (q, k[:1], v, m), r"same batch size.*k\.shape=\(1, 5, 2, 8\)"),
-    (lambda q, k, v, m: (q, k[:, :3], v[:, :3], m), r"same sequence length"),
-    (lambda q, k, v, m: (q, k[:, :, :1].repeat(3, 2), v[:, :, :1].repeat(3, 2), m),
-     r"heads of q \(4\) must be a multiple of kv heads.*\(3\)"),
-    (lambda q, k, v, m: (q, k[..., :4], v, m), r"q and k must have the same head_dim"),
-    (lambda q, k, v, m: (q, k, v[:, :, :1], m), r"k and v must have the same number of heads"),
-    (lambda q, k, v, m: (q, k, v, m[:3]), r"stabilizer must have shape \(heads,\) = \(4,\).*\(3,\)"),
-    (lambda q, k, v, m: (q.astype(jnp.int32), k, v, m), r"q must be a floating-point array"),
-    (lambda q, k, v, m: (q, k.astype(jnp.bfloat16), v, m), r"share a dtype"),
-])
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda q, k, v, m: (q[0], k, v, m), r"q must have rank 4.*q\.shape=\(5, 4, 8\)"),
+        (lambda q, k, v, m: (q, k[:1], v, m), r"same batch size.*k\.shape=\(1, 5, 2, 8\)"),
+        (lambda q, k, v, m: (q, k[:, :3], v[:, :3], m), r"same sequence length"),
+        (
+            lambda q, k, v, m: (q, k[:, :, :1].repeat(3, 2), v[:, :, :1].repeat(3, 2), m),
+            r"heads of q \(4\) must be a multiple of kv heads.*\(3\)",
+        ),
+        (lambda q, k, v, m: (q, k[..., :4], v, m), r"q and k must have the same head_dim"),
+        (lambda q, k, v, m: (q, k, v[:, :, :1], m), r"k and v must have the same number of heads"),
+        (lambda q, k, v, m: (q, k, v, m[:3]), r"stabilizer must have shape \(heads,\) = \(4,\).*\(3,\)"),
+        (lambda q, k, v, m: (q.astype(jnp.int32), k, v, m), r"q must be a floating-point array"),
+        (lambda q, k, v, m: (q, k.astype(jnp.bfloat16), v, m), r"share a dtype"),
+    ],
+)
 def test_bad_shapes_and_dtypes(mutate, match):
     args = mutate(*_inputs())
     with pytest.raises(ValueError, match=match):
@@ -399,43 +427,71 @@ def test_bad_options():
     with pytest.raises(ValueError, match=r"return_state is only defined for causal=True"):
         ca.cosine_attention(q, k, v, m, causal=False, return_state=True)
     with pytest.raises(ValueError, match=r"initial_state\.kv must have shape.*\(2, 4, 8, 8\).*\(2, 2, 8, 8\)"):
-        ca.cosine_attention(q, k, v, m, causal=True,
-                            initial_state=ca.init_cosine_attention_state(2, 2, 8, 8))
+        ca.cosine_attention(q, k, v, m, causal=True, initial_state=ca.init_cosine_attention_state(2, 2, 8, 8))
     with pytest.raises(ValueError, match=r"CosineAttentionState"):
         ca.cosine_attention(q, k, v, m, causal=True, initial_state=(state.kv, state.count))
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda q, k, v, m: ca.cosine_attention(q[:, :0], k[:, :0], v[:, :0], m, causal=True, implementation="xla"),
-     r"q must have no empty axis.*q\.shape=\(2, 0, 4, 8\)"),
-    (lambda q, k, v, m: ca.cosine_attention(q[:, :0], k[:, :0], v[:, :0], m, causal=False, implementation="xla"),
-     r"no empty axis"),
-    (lambda q, k, v, m: ca.cosine_attention(q[:, :, :0], k[:, :, :0], v[:, :, :0], m[:0], causal=True),
-     r"q must have no empty axis.*\(2, 5, 0, 8\)"),
-    (lambda q, k, v, m: ca.cosine_attention(q[:1, :, :, :0], k[:1, :, :, :0], v[:1], m, causal=True),
-     r"no empty axis"),
-    (lambda q, k, v, m: ca.cosine_attention(np.asarray(q).tolist(), k, v, m, causal=True),
-     r"q must be a jax or numpy array; got list"),
-    (lambda q, k, v, m: ca.cosine_attention(q, k, v, [0.5] * 4, causal=True),
-     r"stabilizer must be a jax or numpy array; got list"),
-    (lambda q, k, v, m: ca.cosine_attention(q, k, v, m, causal=True, padding_mask=[[True] * 5] * 2),
-     r"padding_mask must be a jax or numpy array"),
-    (lambda q, k, v, m: ca.cosine_attention(q, k, v, m, causal=1), r"causal must be a bool; got 1"),
-    (lambda q, k, v, m: ca.cosine_attention(q, k, v, m, causal="yes"), r"causal must be a bool"),
-    (lambda q, k, v, m: ca.cosine_attention(q, k, v, m, causal=True, chunk_size=0),
-     r"chunk_size must be None \(the default, 64\) or an int >= 1; got 0"),
-    (lambda q, k, v, m: ca.cosine_attention(q, k, v, m, causal=True, chunk_size=-8), r"chunk_size .* got -8"),
-    (lambda q, k, v, m: ca.cosine_attention(q, k, v, m, causal=True, chunk_size=2.5), r"chunk_size .* got 2\.5"),
-    (lambda q, k, v, m: ca.cosine_attention(q, k, v, m, causal=True, chunk_size=True), r"chunk_size .* got True"),
-    (lambda q, k, v, m: ca.cosine_attention(q, k, v, m, causal=True, implementation="pallas", interpret=True,
-                                            chunk_size=24), r"power of two >= 16; got 24"),
-    (lambda q, k, v, m: ca.cosine_attention_step(ca.init_cosine_attention_state(2, 4, 8, 8), q[:, 0],
-                                                 k[:, 0].astype(jnp.bfloat16), v[:, 0], m),
-     r"q_t, k_t and v_t must share a dtype; got float32, bfloat16, float32"),
-    (lambda q, k, v, m: ca.cosine_attention_step(ca.init_cosine_attention_state(2, 4, 8, 8), q[:, 0],
-                                                 k[:, 0], v[:, 0], m, padding_mask_t=[True, False]),
-     r"padding_mask_t must be a jax or numpy array"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (
+            lambda q, k, v, m: ca.cosine_attention(q[:, :0], k[:, :0], v[:, :0], m, causal=True, implementation="xla"),
+            r"q must have no empty axis.*q\.shape=\(2, 0, 4, 8\)",
+        ),
+        (
+            lambda q, k, v, m: ca.cosine_attention(q[:, :0], k[:, :0], v[:, :0], m, causal=False, implementation="xla"),
+            r"no empty axis",
+        ),
+        (
+            lambda q, k, v, m: ca.cosine_attention(q[:, :, :0], k[:, :, :0], v[:, :, :0], m[:0], causal=True),
+            r"q must have no empty axis.*\(2, 5, 0, 8\)",
+        ),
+        (
+            lambda q, k, v, m: ca.cosine_attention(q[:1, :, :, :0], k[:1, :, :, :0], v[:1], m, causal=True),
+            r"no empty axis",
+        ),
+        (
+            lambda q, k, v, m: ca.cosine_attention(np.asarray(q).tolist(), k, v, m, causal=True),
+            r"q must be a jax or numpy array; got list",
+        ),
+        (
+            lambda q, k, v, m: ca.cosine_attention(q, k, v, [0.5] * 4, causal=True),
+            r"stabilizer must be a jax or numpy array; got list",
+        ),
+        (
+            lambda q, k, v, m: ca.cosine_attention(q, k, v, m, causal=True, padding_mask=[[True] * 5] * 2),
+            r"padding_mask must be a jax or numpy array",
+        ),
+        (lambda q, k, v, m: ca.cosine_attention(q, k, v, m, causal=1), r"causal must be a bool; got 1"),
+        (lambda q, k, v, m: ca.cosine_attention(q, k, v, m, causal="yes"), r"causal must be a bool"),
+        (
+            lambda q, k, v, m: ca.cosine_attention(q, k, v, m, causal=True, chunk_size=0),
+            r"chunk_size must be None \(the default, 64\) or an int >= 1; got 0",
+        ),
+        (lambda q, k, v, m: ca.cosine_attention(q, k, v, m, causal=True, chunk_size=-8), r"chunk_size .* got -8"),
+        (lambda q, k, v, m: ca.cosine_attention(q, k, v, m, causal=True, chunk_size=2.5), r"chunk_size .* got 2\.5"),
+        (lambda q, k, v, m: ca.cosine_attention(q, k, v, m, causal=True, chunk_size=True), r"chunk_size .* got True"),
+        (
+            lambda q, k, v, m: ca.cosine_attention(
+                q, k, v, m, causal=True, implementation="pallas", interpret=True, chunk_size=24
+            ),
+            r"power of two >= 16; got 24",
+        ),
+        (
+            lambda q, k, v, m: ca.cosine_attention_step(
+                ca.init_cosine_attention_state(2, 4, 8, 8), q[:, 0], k[:, 0].astype(jnp.bfloat16), v[:, 0], m
+            ),
+            r"q_t, k_t and v_t must share a dtype; got float32, bfloat16, float32",
+        ),
+        (
+            lambda q, k, v, m: ca.cosine_attention_step(
+                ca.init_cosine_attention_state(2, 4, 8, 8), q[:, 0], k[:, 0], v[:, 0], m, padding_mask_t=[True, False]
+            ),
+            r"padding_mask_t must be a jax or numpy array",
+        ),
+    ],
+)
 def test_the_promised_value_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call(*_inputs())
@@ -445,8 +501,10 @@ def test_chunk_size_is_honoured_not_replaced_by_the_default():
     q, k, v, m = random_qkv(fresh_key(), 1, 40, 2, 2, 8, 8)
     ref = ca.cosine_attention(q, k, v, m, causal=True, implementation="reference")
     for chunk in (1, 24):
-        assert rel_error(ca.cosine_attention(q, k, v, m, causal=True, implementation="xla", chunk_size=chunk),
-                         ref) <= F32_TOL, chunk
+        assert (
+            rel_error(ca.cosine_attention(q, k, v, m, causal=True, implementation="xla", chunk_size=chunk), ref)
+            <= F32_TOL
+        ), chunk
 
 
 def test_step_bad_input():
@@ -462,21 +520,40 @@ def test_step_bad_input():
 
 # ----------------------------------------------------------------------------- public API
 
+
 def test_public_api_is_pinned():
     """The one pin of the package's top-level names (DESIGN.md, example 10): a change here is deliberate."""
-    assert sorted(ca.__all__) == sorted([
-        "CosineAttention", "CosineAttentionState", "IMPLEMENTATIONS", "SOFTMAX_IMPLEMENTATIONS", "STABILIZE_MODES",
-        "SoftmaxAttention", "cosine_attention", "cosine_attention_fn", "cosine_attention_step",
-        "default_implementation", "init_cosine_attention_state", "load_model", "load_tokenizer",
-        "softmax_attention",
-    ])
+    assert sorted(ca.__all__) == sorted(
+        [
+            "CosineAttention",
+            "CosineAttentionState",
+            "IMPLEMENTATIONS",
+            "SOFTMAX_IMPLEMENTATIONS",
+            "STABILIZE_MODES",
+            "SoftmaxAttention",
+            "cosine_attention",
+            "cosine_attention_fn",
+            "cosine_attention_step",
+            "default_implementation",
+            "init_cosine_attention_state",
+            "load_model",
+            "load_tokenizer",
+            "softmax_attention",
+        ]
+    )
     for name in ca.__all__:
         assert hasattr(ca, name), name
     import inspect
+
     params = inspect.signature(ca.cosine_attention).parameters
     assert list(params)[:4] == ["q", "k", "v", "stabilizer"]
-    for name, default in [("padding_mask", None), ("initial_state", None), ("return_state", False),
-                          ("stabilize", "value"), ("implementation", None)]:
+    for name, default in [
+        ("padding_mask", None),
+        ("initial_state", None),
+        ("return_state", False),
+        ("stabilize", "value"),
+        ("implementation", None),
+    ]:
         assert params[name].kind is inspect.Parameter.KEYWORD_ONLY and params[name].default == default
     assert params["causal"].kind is inspect.Parameter.KEYWORD_ONLY
     assert params["causal"].default is inspect.Parameter.empty
@@ -490,6 +567,7 @@ def test_the_docstring_examples_of_cosine_attention_run():
     import doctest  # noqa: PLC0415
 
     from cottention_jax import ops  # noqa: PLC0415
+
     finder = doctest.DocTestFinder()
     tests = [t for t in finder.find(ops) if t.name.endswith(".cosine_attention") and t.examples]
     assert tests, "cosine_attention's docstring has no examples"
@@ -508,20 +586,21 @@ def test_a_negative_count_in_a_state_is_refused():
         ca.cosine_attention(q, k, v, m, causal=True, initial_state=bad)
     with pytest.raises(ValueError, match=r"state\.count must be >= 0.*-1"):
         ca.cosine_attention_step(bad, q[:, 0], k[:, 0], v[:, 0], m)
-    ok = ca.CosineAttentionState(kv0, jnp.array([3, 0], jnp.int32))       # zero is a valid count
+    ok = ca.CosineAttentionState(kv0, jnp.array([3, 0], jnp.int32))  # zero is a valid count
     assert ca.cosine_attention(q, k, v, m, causal=True, initial_state=ok).shape == q.shape
 
 
 # ----------------------------------------------------------------------------- the float32 range
 
+
 def _spec_f64(q, k, v, m, causal, stabilize="value"):
     """The spec (DESIGN.md section 2) in float64 jnp, for outputs and gradients of inputs whose float32
     intermediates would overflow: run under `jax.enable_x64(True)`."""
     t, group = q.shape[1], q.shape[2] // k.shape[2]
-    unit = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6)   # noqa: E731
+    unit = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6)  # noqa: E731
     qn, kn, v = unit(q), jnp.repeat(unit(k), group, axis=2), jnp.repeat(v, group, axis=2)
     n = jnp.arange(1, t + 1) if causal else jnp.full((t,), t)
-    factor = (n[:, None].astype(jnp.float64) ** -jax.nn.sigmoid(m))[None, :, :, None]     # (1, T, H, 1)
+    factor = (n[:, None].astype(jnp.float64) ** -jax.nn.sigmoid(m))[None, :, :, None]  # (1, T, H, 1)
     scores = jnp.einsum("bthd,bshd->bhts", qn, kn)
     if causal:
         scores = scores * jnp.tri(t)
@@ -535,12 +614,20 @@ def _uniform(shape, magnitude, low=-1.0):
 
 
 # (|q| and |k| scale, |v| scale): the largest finite float32 is 3.4e38; 1e-36 is ~100 times its smallest normal
-RANGE_CASES = {"huge-qkv": (3e38, 1e38), "huge-v": (1.0, 1e38), "huge-qk": (3e38, 1.0),
-               "tiny-qk-huge-v": (1e-36, 1e38), "tiny-v": (1.0, 1e-36)}
+RANGE_CASES = {
+    "huge-qkv": (3e38, 1e38),
+    "huge-v": (1.0, 1e38),
+    "huge-qk": (3e38, 1.0),
+    "tiny-qk-huge-v": (1e-36, 1e38),
+    "tiny-v": (1.0, 1e-36),
+}
 
 
-@pytest.mark.parametrize("causal, stabilize, case", [(False, "value", c) for c in RANGE_CASES] + [
-    (True, stabilize, c) for stabilize in ("value", "query") for c in RANGE_CASES if c != "tiny-qk-huge-v"])
+@pytest.mark.parametrize(
+    "causal, stabilize, case",
+    [(False, "value", c) for c in RANGE_CASES]
+    + [(True, stabilize, c) for stabilize in ("value", "query") for c in RANGE_CASES if c != "tiny-qk-huge-v"],
+)
 def test_the_xla_forms_are_range_safe_against_float64(causal, stabilize, case):
     """Finite inputs anywhere in float32's range give the float64 spec's output and gradients whenever
     those are finite float32 numbers: nothing may overflow on the way (|q|^2, 1/|q|, sum_i k^_i v_i^T).
@@ -582,6 +669,7 @@ def test_the_xla_forms_are_range_safe_against_float64(causal, stabilize, case):
 # ----------------------------------------------------------------------------- second witnesses of the spec
 # Each property below also has a test above; these check it another way, from DESIGN.md section 2 directly.
 
+
 def _unit64(x):
     x = np.asarray(x, np.float64)
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
@@ -595,16 +683,17 @@ def test_a_larger_stabilizer_shrinks_every_output_by_n_to_the_minus_sigmoid_m(im
     b, t, h, d = 3, 9, 2, 8
     q, k, v, m = random_qkv(fresh_key(), b, t, h, h, d, d)
     lengths = np.array([9, 5, 2])
-    mask = jnp.asarray(np.arange(t)[None, :] >= (t - lengths)[:, None])             # left padding
-    sigmoid = lambda x: 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))           # noqa: E731
+    mask = jnp.asarray(np.arange(t)[None, :] >= (t - lengths)[:, None])  # left padding
+    sigmoid = lambda x: 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))  # noqa: E731
     outs = {}
     for shift in (0.0, 1.0):
-        outs[shift] = np.asarray(ca.cosine_attention(q, k, v, m + shift, causal=False, padding_mask=mask,
-                                                     implementation=impl), np.float64)
+        outs[shift] = np.asarray(
+            ca.cosine_attention(q, k, v, m + shift, causal=False, padding_mask=mask, implementation=impl), np.float64
+        )
     for row, n in enumerate(lengths):
         real = np.asarray(mask[row])
         qn, kn, vr = _unit64(q[row][real]), _unit64(k[row][real]), np.asarray(v[row][real], np.float64)
-        raw = np.einsum("thd,shd,she->the", qn, kn, vr)                             # q^_t sum_s k^_s v_s^T
+        raw = np.einsum("thd,shd,she->the", qn, kn, vr)  # q^_t sum_s k^_s v_s^T
         for shift, out in outs.items():
             want = raw * (float(n) ** -sigmoid(np.asarray(m) + shift))[None, :, None]
             np.testing.assert_allclose(out[row][real], want, rtol=1e-4, atol=1e-5)
@@ -624,10 +713,11 @@ def test_counts_under_left_padding_count_real_tokens_only(impl, stabilize):
     q, k, v, m = random_qkv(fresh_key(), b, t, h, h, d, d)
     pad = np.array([0, 3, 7])
     mask = jnp.asarray(np.arange(t)[None, :] >= pad[:, None])
-    out, state = ca.cosine_attention(q, k, v, m, causal=True, padding_mask=mask, stabilize=stabilize,
-                                     implementation=impl, return_state=True)
+    out, state = ca.cosine_attention(
+        q, k, v, m, causal=True, padding_mask=mask, stabilize=stabilize, implementation=impl, return_state=True
+    )
     np.testing.assert_array_equal(state.count, t - pad)
-    p = 1.0 / (1.0 + np.exp(-np.asarray(m, np.float64)))                            # (H,)
+    p = 1.0 / (1.0 + np.exp(-np.asarray(m, np.float64)))  # (H,)
     qn, kn, vf = _unit64(q), _unit64(k), np.asarray(v, np.float64)
     for row in range(b):
         for pos in range(t):
@@ -636,13 +726,14 @@ def test_counts_under_left_padding_count_real_tokens_only(impl, stabilize):
                 continue
             want = np.zeros((h, d))
             for i in range(pad[row], pos + 1):
-                n_i = i - pad[row] + 1                                              # real tokens at <= i
-                weight = n_i ** -p if stabilize == "value" else np.ones(h)
+                n_i = i - pad[row] + 1  # real tokens at <= i
+                weight = n_i**-p if stabilize == "value" else np.ones(h)
                 want += (np.sum(qn[row, pos] * kn[row, i], axis=-1) * weight)[:, None] * vf[row, i]
             if stabilize == "query":
                 want *= ((pos - pad[row] + 1) ** -p)[:, None]
-            np.testing.assert_allclose(np.asarray(out[row, pos], np.float64), want, rtol=1e-4, atol=1e-5,
-                                       err_msg=f"row {row}, position {pos}")
+            np.testing.assert_allclose(
+                np.asarray(out[row, pos], np.float64), want, rtol=1e-4, atol=1e-5, err_msg=f"row {row}, position {pos}"
+            )
 
 
 @pytest.mark.parametrize("impl", ["reference", "xla"])
@@ -655,11 +746,18 @@ def test_masked_keys_change_nothing_the_same_as_removing_them(impl, causal):
     q, k, v, m = random_qkv(fresh_key(), b, t, h, kv, d, d)
     mask = jax.random.bernoulli(fresh_key(), 0.6, (b, t)).at[:, 4].set(True).at[:, 5].set(False)
     garbage = lambda x: jnp.where(mask[:, :, None, None], x, 1e4 * jax.random.normal(fresh_key(), x.shape))  # noqa: E731
-    out = ca.cosine_attention(garbage(q), garbage(k), garbage(v), m, causal=causal, padding_mask=mask,
-                              implementation=impl)
+    out = ca.cosine_attention(
+        garbage(q), garbage(k), garbage(v), m, causal=causal, padding_mask=mask, implementation=impl
+    )
     for row in range(b):
         real = np.asarray(mask[row])
-        alone = ca.cosine_attention(q[row:row + 1, real], k[row:row + 1, real], v[row:row + 1, real], m,
-                                    causal=causal, implementation=impl)
+        alone = ca.cosine_attention(
+            q[row : row + 1, real],
+            k[row : row + 1, real],
+            v[row : row + 1, real],
+            m,
+            causal=causal,
+            implementation=impl,
+        )
         assert rel_error(out[row, real], alone[0]) <= F32_TOL, row
         assert bool(jnp.all(out[row, ~real] == 0.0)), row

@@ -17,24 +17,27 @@ import pytest
 from tests._util import REPO_ROOT
 
 ROOT = REPO_ROOT
-SHIPPED = ["cottention_jax/data/shipped/shakespeare/shakespeare.jsonl.gz",
-           "cottention_jax/data/shipped/shakespeare/SHA256SUMS",
-           "cottention_jax/data/shipped/shakespeare/PROVENANCE.md",
-           "cottention_jax/data/shipped/shakespeare/LICENCE.md",
-           "cottention_jax/data/shipped/tokenizers/shakespeare-bpe-4096.json",
-           "cottention_jax/data/shipped/tokenizers/shakespeare-wordpiece-4096.json",
-           "cottention_jax/data/shipped/tokenizers/shakespeare-bpe-512.json",
-           "cottention_jax/data/shipped/tokenizers/shakespeare-wordpiece-512.json",
-           "cottention_jax/data/shipped/tokenizers/SHA256SUMS",
-           "pallas_kernels/cosine_attn/tuned_block_sizes.json"]
+SHIPPED = [
+    "cottention_jax/data/shipped/shakespeare/shakespeare.jsonl.gz",
+    "cottention_jax/data/shipped/shakespeare/SHA256SUMS",
+    "cottention_jax/data/shipped/shakespeare/PROVENANCE.md",
+    "cottention_jax/data/shipped/shakespeare/LICENCE.md",
+    "cottention_jax/data/shipped/tokenizers/shakespeare-bpe-4096.json",
+    "cottention_jax/data/shipped/tokenizers/shakespeare-wordpiece-4096.json",
+    "cottention_jax/data/shipped/tokenizers/shakespeare-bpe-512.json",
+    "cottention_jax/data/shipped/tokenizers/shakespeare-wordpiece-512.json",
+    "cottention_jax/data/shipped/tokenizers/SHA256SUMS",
+    "pallas_kernels/cosine_attn/tuned_block_sizes.json",
+]
 TRAIN_ONLY = ("tensorflow_datasets", "array_record", "tensorboardX", "matplotlib")
 
 
 def _run(cmd, **kwargs) -> subprocess.CompletedProcess:
     done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=900, **kwargs)
     if done.returncode:
-        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({done.returncode}):\n{done.stdout[-3000:]}\n"
-                             f"{done.stderr[-3000:]}")
+        raise AssertionError(
+            f"{' '.join(map(str, cmd))} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
     return done
 
 
@@ -61,7 +64,7 @@ def test_sdist_and_wheel_hold_the_data_licence_and_entry_points(dist):
         info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
         metadata = whl.read(f"{info}/METADATA").decode()
         entry_points = whl.read(f"{info}/entry_points.txt").decode()
-        for name in SHIPPED:       # the bytes shipped are the repository's, so their checksums hold
+        for name in SHIPPED:  # the bytes shipped are the repository's, so their checksums hold
             assert whl.read(name) == (ROOT / name).read_bytes(), name
     licence = next(n for n in names if n.startswith(f"{info}/") and n.endswith("LICENSE"))
     with zipfile.ZipFile(wheel) as whl:
@@ -71,7 +74,7 @@ def test_sdist_and_wheel_hold_the_data_licence_and_entry_points(dist):
     assert "cottention-data = cottention_jax.data_cli:main" in entry_points
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     base = [r for r in requires if "extra ==" not in r]
-    train = [r for r in requires if "extra == \"train\"" in r]
+    train = [r for r in requires if 'extra == "train"' in r]
     heavy = ("tensorflow-datasets", "array-record", "tensorboardX", "matplotlib")
     assert not any(h in r for h in heavy for r in base), base
     assert all(any(h in r for r in train) for h in heavy), train
@@ -132,10 +135,14 @@ def test_the_wheel_trains_generates_and_runs_the_op_in_a_fresh_environment(dist,
     _run([sys.executable, "-m", "venv", venv])
     bin_dir = venv / "bin"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", COTTENTION_DATA_DIR=str(tmp_path / "data"),
-               JAX_PLATFORMS="cpu", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    env.update(
+        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+        COTTENTION_DATA_DIR=str(tmp_path / "data"),
+        JAX_PLATFORMS="cpu",
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+    )
     python = bin_dir / "python"
-    run = lambda *cmd, **kw: _run(cmd, cwd=tmp_path, env=env, **kw)   # noqa: E731  (outside the checkout)
+    run = lambda *cmd, **kw: _run(cmd, cwd=tmp_path, env=env, **kw)  # noqa: E731  (outside the checkout)
     run(python, "-m", "pip", "install", "--quiet", wheel)
 
     seed = int.from_bytes(os.urandom(2), "little")
@@ -144,25 +151,59 @@ def test_the_wheel_trains_generates_and_runs_the_op_in_a_fresh_environment(dist,
     assert base["op_error"] < 1e-5, (seed, base["op_error"])
     assert base["documents"] == 42 and base["round_trip"]
     assert base["installed"] == [] and base["imported"] == []
-    refused = subprocess.run([bin_dir / "cottention-train", "--preset", "gpt-tiny", "--workdir", tmp_path / "x"],
-                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    refused = subprocess.run(
+        [bin_dir / "cottention-train", "--preset", "gpt-tiny", "--workdir", tmp_path / "x"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
     assert refused.returncode != 0 and 'pip install "cottention-jax[train]"' in refused.stderr, refused.stderr
 
     run(python, "-m", "pip", "install", "--quiet", f"{wheel}[train]")
     workdir = tmp_path / "run"
-    run(bin_dir / "cottention-train", "--preset", "gpt-tiny", "--workdir", workdir, "--no-progress",
-        "--set", "steps=4", "--set", "eval_every=2", "--set", "checkpoint_every=2", "--set", "log_every=2",
-        "--set", "sample_tokens=4")
+    run(
+        bin_dir / "cottention-train",
+        "--preset",
+        "gpt-tiny",
+        "--workdir",
+        workdir,
+        "--no-progress",
+        "--set",
+        "steps=4",
+        "--set",
+        "eval_every=2",
+        "--set",
+        "checkpoint_every=2",
+        "--set",
+        "log_every=2",
+        "--set",
+        "sample_tokens=4",
+    )
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["final_eval"]["loss"] > 0
     assert (workdir / "training.png").stat().st_size > 1000 and (workdir / "sample.txt").read_text()
-    assert not (tmp_path / "data" / "tokenizers").exists()          # the tiny preset's tokenizer ships
+    assert not (tmp_path / "data" / "tokenizers").exists()  # the tiny preset's tokenizer ships
     info = json.loads(run(bin_dir / "cottention-data", "info", "shakespeare", "--preset", "gpt-tiny").stdout)
     assert info["splits"]["train"]["documents"] == 38 and info["tokenizer"]["vocab_size"] == 512
 
     steps = 6
-    generated = run(bin_dir / "cottention-generate", "--workdir", workdir, "--prompt", "ROMEO:", "--json",
-                    "--no-stop", "--max-new-tokens", steps).stdout.strip().splitlines()
+    generated = (
+        run(
+            bin_dir / "cottention-generate",
+            "--workdir",
+            workdir,
+            "--prompt",
+            "ROMEO:",
+            "--json",
+            "--no-stop",
+            "--max-new-tokens",
+            steps,
+        )
+        .stdout.strip()
+        .splitlines()
+    )
     record = json.loads(generated[-1])
     assert record["prompt"] == "ROMEO:" and len(record["tokens"]) == steps
     assert record["tokens"] == json.loads(run(python, "-c", _GREEDY_CHECK, workdir, steps).stdout.strip())

@@ -18,14 +18,20 @@ from tests._sequence_parallel_worker import DK, DV, OP_CASES, B, H
 from tests._util import REPO_ROOT
 
 ROOT = str(REPO_ROOT)
-F32_TOL = 1e-5   # float32 end to end (matmuls pinned to "highest" in the worker, as in conftest.py)
+F32_TOL = 1e-5  # float32 end to end (matmuls pinned to "highest" in the worker, as in conftest.py)
 
 
 @functools.cache
 def _worker(group: str) -> dict:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
-    done = subprocess.run([sys.executable, "-m", "tests._sequence_parallel_worker", group], capture_output=True,
-                          text=True, timeout=900, env=env, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", "tests._sequence_parallel_worker", group],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -33,9 +39,9 @@ def _worker(group: str) -> dict:
 @pytest.mark.parametrize("case", sorted(OP_CASES))
 def test_sharded_sequence_equals_one_device(case):
     errors = _worker("ops")[case]
-    assert errors.pop("shard_map") == 1                                   # it really ran sharded
+    assert errors.pop("shard_map") == 1  # it really ran sharded
     assert errors.pop("final_count", 0) == 0
-    assert errors.pop("padded_out_max", 0.0) == 0.0                       # padded positions output exactly 0
+    assert errors.pop("padded_out_max", 0.0) == 0.0  # padded positions output exactly 0
     assert set(errors) >= {"out", "dq", "dk", "dv", "dstabilizer"}
     assert max(errors.values()) <= F32_TOL, errors
 

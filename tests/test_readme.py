@@ -36,8 +36,8 @@ class Block:
     heading: str
     language: str
     code: str
-    line: int                     # 1-based line of the opening fence
-    mark: str | None = None       # "skip", "slow" or None
+    line: int  # 1-based line of the opening fence
+    mark: str | None = None  # "skip", "slow" or None
     reason: str = ""
 
 
@@ -66,10 +66,12 @@ def readme_blocks(text: str) -> list[Block]:
         if "readme-test" in previous:
             match = _MARK.match(previous.strip())
             if not match:
-                raise ValueError(f"README.md:{i}: unreadable mark {previous.strip()!r}; write "
-                                 "<!-- readme-test: skip, REASON --> or <!-- readme-test: slow -->")
+                raise ValueError(
+                    f"README.md:{i}: unreadable mark {previous.strip()!r}; write "
+                    "<!-- readme-test: skip, REASON --> or <!-- readme-test: slow -->"
+                )
             mark, reason = match["kind"], match["reason"] or ""
-        blocks.append(Block(heading, fence[1].lower(), "\n".join(lines[i + 1:end]) + "\n", i + 1, mark, reason))
+        blocks.append(Block(heading, fence[1].lower(), "\n".join(lines[i + 1 : end]) + "\n", i + 1, mark, reason))
         i = end + 1
     return blocks
 
@@ -102,12 +104,17 @@ def _param(block_id: str, block: Block):
 
 
 def test_blocks_are_found_with_their_heading_language_and_mark():
-    text = ("# Title\n\n```python\nx = 1\n```\n\n## Use it\n\n<!-- readme-test: skip, needs a GPU -->\n"
-            "```python\ny = 2\n```\n```bash\nmake run\n```\n<!-- readme-test: slow -->\n\n```\nplain\n```\n")
+    text = (
+        "# Title\n\n```python\nx = 1\n```\n\n## Use it\n\n<!-- readme-test: skip, needs a GPU -->\n"
+        "```python\ny = 2\n```\n```bash\nmake run\n```\n<!-- readme-test: slow -->\n\n```\nplain\n```\n"
+    )
     blocks = readme_blocks(text)
     assert [(b.heading, b.language, b.code, b.mark, b.reason) for b in blocks] == [
-        ("Title", "python", "x = 1\n", None, ""), ("Use it", "python", "y = 2\n", "skip", "needs a GPU"),
-        ("Use it", "bash", "make run\n", None, ""), ("Use it", "", "plain\n", "slow", "")]
+        ("Title", "python", "x = 1\n", None, ""),
+        ("Use it", "python", "y = 2\n", "skip", "needs a GPU"),
+        ("Use it", "bash", "make run\n", None, ""),
+        ("Use it", "", "plain\n", "slow", ""),
+    ]
     assert [i for i, _ in _with_ids(blocks)] == ["title", "use-it", "use-it-2", "use-it-3"]
     with pytest.raises(ValueError, match="unreadable mark"):
         readme_blocks("<!-- readme-test: later -->\n```python\nx\n```\n")
@@ -119,7 +126,7 @@ def test_the_readme_has_python_blocks_and_each_skip_says_why():
     assert len(PYTHON) >= 6
     for block_id, block in PYTHON:
         assert block.mark != "skip" or block.reason, f"{block_id}: a skipped block must say why"
-        ast.parse(block.code, filename=f"README.md:{block.line}")      # skipped blocks parse too
+        ast.parse(block.code, filename=f"README.md:{block.line}")  # skipped blocks parse too
 
 
 # ------------------------------------------------------------------------------------------ running them
@@ -134,15 +141,21 @@ def readme_data_dir(tmp_path_factory):
 @pytest.mark.parametrize("block", [_param(i, b) for i, b in PYTHON])
 def test_python_block_runs(block, tmp_path, readme_data_dir):
     script = tmp_path / "block.py"
-    script.write_text("\n" * (block.line) + block.code, encoding="utf-8")   # tracebacks give README lines
-    env = {**os.environ, "COTTENTION_DATA_DIR": str(readme_data_dir), "MPLBACKEND": "Agg",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    script.write_text("\n" * (block.line) + block.code, encoding="utf-8")  # tracebacks give README lines
+    env = {
+        **os.environ,
+        "COTTENTION_DATA_DIR": str(readme_data_dir),
+        "MPLBACKEND": "Agg",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    }
     work = tmp_path / "work"
     work.mkdir()
-    result = subprocess.run([sys.executable, str(script)], cwd=work, env=env, capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0, (f"README.md:{block.line} ({block.heading}) failed:\n"
-                                    f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=work, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, (
+        f"README.md:{block.line} ({block.heading}) failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    )
 
 
 # ------------------------------------------------------------------------------------------ shell blocks
@@ -188,8 +201,14 @@ _HELP: dict[tuple[str, ...], str] = {}
 def _help(argv: tuple[str, ...]) -> str:
     """The --help text of a command (cached): its options are what the README may name."""
     if argv not in _HELP:
-        result = subprocess.run([*argv, "--help"], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
-                                env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        result = subprocess.run(
+            [*argv, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO_ROOT,
+            env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        )
         assert result.returncode == 0, f"{' '.join(argv)} --help failed:\n{result.stderr[-2000:]}"
         _HELP[argv] = result.stdout
     return _HELP[argv]
@@ -201,7 +220,7 @@ def _check_command(words: list[str], where: str) -> list[str]:
     from cottention_jax.configs import TRAIN_PRESETS  # noqa: PLC0415
 
     head = words[0]
-    if head == "srun":                                             # SLURM runs the rest
+    if head == "srun":  # SLURM runs the rest
         return _check_command(words[1:], where)
     if head == "make":
         return [f"{where}: no make target {t!r}" for t in words[1:] if t not in _make_targets()]
@@ -218,11 +237,14 @@ def _check_command(words: list[str], where: str) -> list[str]:
         if head not in scripts:
             return [f"{where}: no entry point {head!r} in setup.cfg"]
         module, function = scripts[head].split(":")
-        command = (sys.executable, "-c", f"import sys; sys.argv[0] = {head!r}; from {module} import {function}; "
-                                         f"{function}()")
-        if head == "cottention-launch" and "--" in words:           # launch -- the command it runs
-            problems += _check_command(words[words.index("--") + 1:], where)
-            words = words[:words.index("--")]
+        command = (
+            sys.executable,
+            "-c",
+            f"import sys; sys.argv[0] = {head!r}; from {module} import {function}; {function}()",
+        )
+        if head == "cottention-launch" and "--" in words:  # launch -- the command it runs
+            problems += _check_command(words[words.index("--") + 1 :], where)
+            words = words[: words.index("--")]
         if head == "cottention-data" and len(words) > 1:
             command = (*command, words[1])
     else:
@@ -241,8 +263,12 @@ def _check_command(words: list[str], where: str) -> list[str]:
 
 def test_shell_blocks_name_commands_targets_presets_and_keys_that_exist():
     assert BASH, "the README's commands are in ```bash blocks"
-    problems = [problem for block in BASH for words in _commands(block)
-                for problem in _check_command(words, f"README.md:{block.line} `{' '.join(words)}`")]
+    problems = [
+        problem
+        for block in BASH
+        for words in _commands(block)
+        for problem in _check_command(words, f"README.md:{block.line} `{' '.join(words)}`")
+    ]
     assert not problems, "\n".join(problems)
 
 
@@ -253,5 +279,17 @@ def test_the_shell_check_sees_a_wrong_target_option_preset_and_key():
     assert _check_command(["cottention-nothing"], where)
     wrong = _check_command(["cottention-train", "--preset", "gpt-huge", "--set", "model.widht=3", "--colour"], where)
     assert len(wrong) == 3 and all(where in w for w in wrong)
-    assert not _check_command(["cottention-launch", "--nproc", "2", "--", "cottention-train", "--preset",
-                               "gpt-tiny", "--set", "sharding=data"], where)
+    assert not _check_command(
+        [
+            "cottention-launch",
+            "--nproc",
+            "2",
+            "--",
+            "cottention-train",
+            "--preset",
+            "gpt-tiny",
+            "--set",
+            "sharding=data",
+        ],
+        where,
+    )

@@ -32,12 +32,13 @@ def _nucleus_np(logits: np.ndarray, temperature: float, top_k, top_p) -> np.ndar
 def test_top_p_samples_the_nucleus_distribution(top_k, top_p):
     logits = 2.0 * jax.random.normal(fresh_key(), (3, 12))
     keys = jax.random.split(fresh_key(), 6000)
-    draws = np.asarray(jax.vmap(lambda k: decoding.sample_logits(logits, k, temperature=0.8, top_k=top_k,
-                                                                  top_p=top_p))(keys))        # (N, 3)
+    draws = np.asarray(
+        jax.vmap(lambda k: decoding.sample_logits(logits, k, temperature=0.8, top_k=top_k, top_p=top_p))(keys)
+    )  # (N, 3)
     for row in range(3):
         want = _nucleus_np(np.asarray(logits[row]), 0.8, top_k, top_p)
         freq = np.bincount(draws[:, row], minlength=12) / len(keys)
-        assert np.all(freq[want == 0] == 0), (row, freq, want)                                 # never outside
+        assert np.all(freq[want == 0] == 0), (row, freq, want)  # never outside
         np.testing.assert_allclose(freq, want, atol=0.025)
 
 
@@ -56,7 +57,7 @@ def test_top_p_at_an_exact_tie_keeps_only_the_tokens_before_the_boundary():
     the only token ever drawn. A nucleus that keeps one token too many at the boundary (the mass
     before a token compared with <= instead of <) draws tokens 1 and 2 half the time."""
     probs = jnp.array([0.5, 0.25, 0.25])
-    logits = jnp.log(probs)[jax.random.permutation(fresh_key(), 3)][None]     # token order shuffled
+    logits = jnp.log(probs)[jax.random.permutation(fresh_key(), 3)][None]  # token order shuffled
     best = int(jnp.argmax(logits[0]))
     keys = jax.random.split(fresh_key(), 2000)
     draws = np.asarray(jax.vmap(lambda k: decoding.sample_logits(logits, k, temperature=1.0, top_p=0.5)[0])(keys))
@@ -84,8 +85,9 @@ def test_a_non_finite_top_p_is_refused(top_p):
     with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\] or None; got "):
         decoding.sample_logits(jnp.zeros((1, 4)), fresh_key(), temperature=1.0, top_p=top_p)
     with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\] or None; got "):
-        decoding.generate(_model(), jnp.ones((1, 3), jnp.int32), max_new_tokens=2, key=fresh_key(),
-                          temperature=1.0, top_p=top_p)
+        decoding.generate(
+            _model(), jnp.ones((1, 3), jnp.int32), max_new_tokens=2, key=fresh_key(), temperature=1.0, top_p=top_p
+        )
 
 
 def _model():
@@ -98,15 +100,16 @@ def test_generation_stops_at_eos_and_matches_the_unstopped_run_before_it(tempera
     prompt = jax.random.randint(fresh_key(), (3, 5), 0, 64)
     key = fresh_key()
     free = np.asarray(decoding.generate(model, prompt, max_new_tokens=12, key=key, temperature=temperature))
-    eos = int(free[0, 3])                                           # row 0 meets it at its 4th token at the latest
-    stopped = np.asarray(decoding.generate(model, prompt, max_new_tokens=12, key=key, temperature=temperature,
-                                           eos_token_id=eos))
+    eos = int(free[0, 3])  # row 0 meets it at its 4th token at the latest
+    stopped = np.asarray(
+        decoding.generate(model, prompt, max_new_tokens=12, key=key, temperature=temperature, eos_token_id=eos)
+    )
     ends = []
     for row_free, row_stopped in zip(free, stopped, strict=True):
         hits = np.flatnonzero(row_free == eos)
         end = hits[0] if hits.size else len(row_free) - 1
-        np.testing.assert_array_equal(row_stopped[:end + 1], row_free[:end + 1])
-        assert np.all(row_stopped[end + 1:] == eos)
+        np.testing.assert_array_equal(row_stopped[: end + 1], row_free[: end + 1])
+        assert np.all(row_stopped[end + 1 :] == eos)
         ends.append(end if hits.size else None)
     # once every row is done the loop stops: the cache saw prompt + (last row's end + 1) tokens
     fed = 12 if None in ends else max(ends) + 1

@@ -28,11 +28,12 @@ from tests._util import export_for_h100, fresh_key, padding_mask, rel_error
 from tests.test_linear_memory import _largest_intermediate
 
 HI = jax.lax.Precision.HIGHEST
-F32_TOL, LOW_TOL = 1e-5, 2e-2       # float32; bf16 / fp16 (and any GPU kernel: tf32 dots)
+F32_TOL, LOW_TOL = 1e-5, 2e-2  # float32; bf16 / fp16 (and any GPU kernel: tf32 dots)
 CPU_PATHS = ["xla", "pallas", "cudnn-packing"]
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def softmax_reference(q, k, v, mask, causal):
     """softmax(q k^T / sqrt(D)) v in float32, masks written out; padded query rows zero."""
@@ -46,7 +47,7 @@ def softmax_reference(q, k, v, mask, causal):
         allowed = allowed & jnp.tril(jnp.ones((t, t), bool))
     if mask is not None:
         allowed = allowed & mask[:, None, None, :]
-    p = jax.nn.softmax(jnp.where(allowed, s, -1e30), axis=-1)    # finite: padded rows stay finite
+    p = jax.nn.softmax(jnp.where(allowed, s, -1e30), axis=-1)  # finite: padded rows stay finite
     o = jnp.einsum("bhts,bshd->bthd", p, v, precision=HI)
     return o if mask is None else jnp.where(mask[:, :, None, None], o, 0.0)
 
@@ -61,8 +62,11 @@ def make_mask(kind, b, t):
 
 def make_qkv(b, t, h, kv, d, dtype):
     kq, kk, kv_ = jax.random.split(fresh_key(), 3)
-    return (jax.random.normal(kq, (b, t, h, d)).astype(dtype), jax.random.normal(kk, (b, t, kv, d)).astype(dtype),
-            jax.random.normal(kv_, (b, t, kv, d)).astype(dtype))
+    return (
+        jax.random.normal(kq, (b, t, h, d)).astype(dtype),
+        jax.random.normal(kk, (b, t, kv, d)).astype(dtype),
+        jax.random.normal(kv_, (b, t, kv, d)).astype(dtype),
+    )
 
 
 @pytest.fixture
@@ -72,13 +76,14 @@ def run_path(monkeypatch):
     "cudnn-packing" is the "cudnn" path with the kernel swapped: the same packing and
     query/key_value_seq_lengths, attended by XLA instead of cuDNN.
     """
+
     def run(path, q, k, v, causal, mask):
         if path == "cudnn-packing":
             monkeypatch.setattr(so, "_CUDNN_KERNEL", "xla")
             monkeypatch.setattr(so, "_check_device", lambda *args: None)
             path = "cudnn"
-        return so.softmax_attention(q, k, v, causal=causal, padding_mask=mask, implementation=path,
-                                    interpret=True)
+        return so.softmax_attention(q, k, v, causal=causal, padding_mask=mask, implementation=path, interpret=True)
+
     return run
 
 
@@ -88,14 +93,17 @@ def _tol(dtype):
 
 # ----------------------------------------------------------------------------- forward
 
-FORWARD_CASES = [   # (b, t, h, kv, d, dtype, causal, pad)
-    *[(2, 37, 4, 2, 16, jnp.float32, causal, pad) for causal in (True, False)
-      for pad in ("none", "right", "left", "random")],
+FORWARD_CASES = [  # (b, t, h, kv, d, dtype, causal, pad)
+    *[
+        (2, 37, 4, 2, 16, jnp.float32, causal, pad)
+        for causal in (True, False)
+        for pad in ("none", "right", "left", "random")
+    ],
     (2, 37, 4, 2, 16, jnp.bfloat16, True, "left"),
     (2, 37, 4, 1, 32, jnp.bfloat16, False, "random"),
-    (2, 200, 2, 1, 48, jnp.float32, True, "random"),      # pads to 256: two forward blocks, D not 2^n
-    (2, 200, 2, 2, 16, jnp.float32, False, "none"),       # no mask, but a padded tail to hide
-    (1, 16, 2, 2, 8, jnp.float32, False, "right"),        # head_dim below Triton's 16
+    (2, 200, 2, 1, 48, jnp.float32, True, "random"),  # pads to 256: two forward blocks, D not 2^n
+    (2, 200, 2, 2, 16, jnp.float32, False, "none"),  # no mask, but a padded tail to hide
+    (1, 16, 2, 2, 8, jnp.float32, False, "right"),  # head_dim below Triton's 16
 ]
 
 
@@ -107,12 +115,16 @@ def test_paths_match_written_out_softmax(run_path, path, b, t, h, kv, d, dtype, 
     out = run_path(path, q, k, v, causal, mask)
     assert out.shape == q.shape and out.dtype == q.dtype
     assert rel_error(out, softmax_reference(q, k, v, mask, causal)) <= _tol(dtype)
-    if mask is not None:   # padded query rows are exactly zero
+    if mask is not None:  # padded query rows are exactly zero
         assert not np.any(np.asarray(out, np.float32)[~np.asarray(mask)])
 
 
-GRAD_CASES = [(True, "left", jnp.float32), (False, "random", jnp.float32), (True, "none", jnp.float32),
-              (True, "random", jnp.bfloat16)]
+GRAD_CASES = [
+    (True, "left", jnp.float32),
+    (False, "random", jnp.float32),
+    (True, "none", jnp.float32),
+    (True, "random", jnp.bfloat16),
+]
 
 
 @pytest.mark.parametrize("path", CPU_PATHS)
@@ -149,6 +161,7 @@ def test_a_row_of_only_padding_gives_zeros_and_finite_gradients(run_path, path, 
 
 # ----------------------------------------------------------------------------- the packing
 
+
 @pytest.mark.parametrize("b,t", [(5, 13), (3, 1)])
 def test_real_tokens_first_is_the_stable_partition(b, t):
     mask = make_mask("random", b, t).at[0].set(True)
@@ -156,7 +169,7 @@ def test_real_tokens_first_is_the_stable_partition(b, t):
         mask = mask.at[1].set(False)
     order, inverse, lengths = so.real_tokens_first(mask)
     m = np.asarray(mask)
-    for row in range(b):   # independent form: indices of the real tokens, then of the padding
+    for row in range(b):  # independent form: indices of the real tokens, then of the padding
         expected = np.concatenate([np.flatnonzero(m[row]), np.flatnonzero(~m[row])])
         np.testing.assert_array_equal(order[row], expected)
         np.testing.assert_array_equal(np.asarray(inverse[row])[expected], np.arange(t))
@@ -172,19 +185,23 @@ def test_real_tokens_first_is_the_stable_partition(b, t):
 
 # ----------------------------------------------------------------------------- choosing a path
 
-@pytest.mark.parametrize("backend,dtype,head_dim,cc,expected", [
-    ("cpu", jnp.bfloat16, 64, None, "xla"),
-    ("tpu", jnp.bfloat16, 128, None, "xla"),
-    ("gpu", jnp.bfloat16, 128, "9.0", "cudnn"),
-    ("gpu", jnp.float16, 64, "8.0", "cudnn"),
-    ("gpu", jnp.bfloat16, 256, "9.0", "cudnn"),
-    ("gpu", jnp.bfloat16, 256, "8.6", "pallas"),     # > 128 before Hopper
-    ("gpu", jnp.bfloat16, 100, "9.0", "pallas"),     # not a multiple of 8
-    ("gpu", jnp.bfloat16, 264, "10.0", "pallas"),    # > 256
-    ("gpu", jnp.float32, 64, "9.0", "pallas"),       # cuDNN flash is 16-bit only
-    ("gpu", jnp.bfloat16, 64, "7.5", "pallas"),      # pre-Ampere
-    ("gpu", jnp.bfloat16, 64, "gfx90a", "pallas"),   # not CUDA
-])
+
+@pytest.mark.parametrize(
+    "backend,dtype,head_dim,cc,expected",
+    [
+        ("cpu", jnp.bfloat16, 64, None, "xla"),
+        ("tpu", jnp.bfloat16, 128, None, "xla"),
+        ("gpu", jnp.bfloat16, 128, "9.0", "cudnn"),
+        ("gpu", jnp.float16, 64, "8.0", "cudnn"),
+        ("gpu", jnp.bfloat16, 256, "9.0", "cudnn"),
+        ("gpu", jnp.bfloat16, 256, "8.6", "pallas"),  # > 128 before Hopper
+        ("gpu", jnp.bfloat16, 100, "9.0", "pallas"),  # not a multiple of 8
+        ("gpu", jnp.bfloat16, 264, "10.0", "pallas"),  # > 256
+        ("gpu", jnp.float32, 64, "9.0", "pallas"),  # cuDNN flash is 16-bit only
+        ("gpu", jnp.bfloat16, 64, "7.5", "pallas"),  # pre-Ampere
+        ("gpu", jnp.bfloat16, 64, "gfx90a", "pallas"),  # not CUDA
+    ],
+)
 def test_default_implementation_rule(backend, dtype, head_dim, cc, expected):
     assert so.default_implementation(dtype, head_dim, backend=backend, compute_capability=cc) == expected
 
@@ -199,6 +216,7 @@ def test_default_on_this_backend_and_the_reasons():
 
 
 # ----------------------------------------------------------------------------- bad input
+
 
 def test_bad_input_is_a_clear_value_error():
     q, k, v = make_qkv(2, 8, 4, 2, 16, jnp.float32)
@@ -238,11 +256,14 @@ def test_gpu_paths_without_a_gpu_say_so():
 
 # ----------------------------------------------------------------------------- memory and lowering
 
+
 def _loss_and_grads(causal, mask, implementation="pallas", interpret=True):
     def loss(q, k, v):
-        out = so.softmax_attention(q, k, v, causal=causal, padding_mask=mask, implementation=implementation,
-                                   interpret=interpret)
+        out = so.softmax_attention(
+            q, k, v, causal=causal, padding_mask=mask, implementation=implementation, interpret=interpret
+        )
         return jnp.sum(out.astype(jnp.float32) ** 2)
+
     return jax.value_and_grad(loss, argnums=(0, 1, 2))
 
 
@@ -265,25 +286,33 @@ def test_pallas_path_lowers_for_h100(monkeypatch, causal, masked, dtype):
     b, t, h, kv, d = 2, 200, 4, 2, 48
     spec = lambda *s: jax.ShapeDtypeStruct(s, dtype)  # noqa: E731
     mask = jnp.ones((b, t), bool) if masked else None
-    exported = export_for_h100(_loss_and_grads(causal, mask, interpret=False),
-                               spec(b, t, h, d), spec(b, t, kv, d), spec(b, t, kv, d))
-    assert exported.mlir_module().count("__gpu$xla.gpu.triton") == 3   # forward, backward prep, backward
+    exported = export_for_h100(
+        _loss_and_grads(causal, mask, interpret=False), spec(b, t, h, d), spec(b, t, kv, d), spec(b, t, kv, d)
+    )
+    assert exported.mlir_module().count("__gpu$xla.gpu.triton") == 3  # forward, backward prep, backward
     assert exported.platforms == ("cuda",)
 
 
 # ----------------------------------------------------------------------------- models and API
 
+
 def test_model_configs_check_implementation_per_attention():
     gpt_config("tiny", attention="softmax", implementation="cudnn")
     gpt_config("tiny", attention="cosine", implementation="reference")
     BertConfig(attention="softmax", implementation="pallas")
-    with pytest.raises(ValueError, match=r"implementation for attention='softmax' must be one of "
-                                         r"\(None, 'xla', 'cudnn', 'pallas'\); got 'reference'"):
+    with pytest.raises(
+        ValueError,
+        match=r"implementation for attention='softmax' must be one of "
+        r"\(None, 'xla', 'cudnn', 'pallas'\); got 'reference'",
+    ):
         gpt_config("tiny", attention="softmax", implementation="reference")
     with pytest.raises(ValueError, match=r"implementation for attention='cosine' .* got 'cudnn'"):
         BertConfig(attention="cosine", implementation="cudnn")
-    with pytest.raises(ValueError, match=r"implementation for attention='taylor2' must be one of \(None,\); "
-                                         r"got 'xla'"):
+    with pytest.raises(
+        ValueError,
+        match=r"implementation for attention='taylor2' must be one of \(None,\); "
+        r"got 'xla'",
+    ):
         gpt_config("tiny", attention="taylor2", implementation="xla")
 
 
@@ -296,7 +325,7 @@ def test_gpt_implementation_switch_reaches_softmax_attention():
         assert all(block.attn.implementation == impl for block in model.blocks)
         logits[impl] = model(tokens, padding_mask=mask)
     assert rel_error(logits["pallas"], logits["xla"]) <= 1e-5
-    GPT(gpt_config("tiny", attention="taylor2", interpret=True), rngs=nnx.Rngs(0))   # accepted, ignored
+    GPT(gpt_config("tiny", attention="taylor2", interpret=True), rngs=nnx.Rngs(0))  # accepted, ignored
 
 
 def test_exported_names_exist_and_the_top_level_reexports_them():
@@ -318,8 +347,9 @@ GPU_CASES = [(causal, pad) for causal in (True, False) for pad in ("none", "righ
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("path,dtype", [("cudnn", jnp.bfloat16), ("cudnn", jnp.float16), ("pallas", jnp.bfloat16),
-                                        ("pallas", jnp.float32)])
+@pytest.mark.parametrize(
+    "path,dtype", [("cudnn", jnp.bfloat16), ("cudnn", jnp.float16), ("pallas", jnp.bfloat16), ("pallas", jnp.float32)]
+)
 @pytest.mark.parametrize("causal,pad", GPU_CASES)
 def test_gpu_paths_match_written_out_softmax(path, dtype, causal, pad):
     b, t, h, kv, d = 2, 300, 8, 2, 64
@@ -330,8 +360,9 @@ def test_gpu_paths_match_written_out_softmax(path, dtype, causal, pad):
     def loss(fn):
         return lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32) * cot)
 
-    run = lambda q, k, v: so.softmax_attention(q, k, v, causal=causal, padding_mask=mask,  # noqa: E731
-                                               implementation=path)
+    def run(q, k, v):
+        return so.softmax_attention(q, k, v, causal=causal, padding_mask=mask, implementation=path)
+
     ref = lambda q, k, v: softmax_reference(q, k, v, mask, causal)  # noqa: E731
     assert rel_error(jax.jit(run)(q, k, v), ref(q, k, v)) <= LOW_TOL
     got = jax.jit(jax.grad(loss(run), argnums=(0, 1, 2)))(q, k, v)
@@ -352,7 +383,8 @@ def test_gpu_default_is_a_flash_path_and_linear_in_memory():
         def loss(q, k, v, mask):
             out = so.softmax_attention(q, k, v, causal=True, padding_mask=mask)
             return jnp.sum(out.astype(jnp.float32) ** 2)
+
         compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).lower(q, q, q, mask).compile()
         analysis = compiled.memory_analysis()
-        scores = b * h * t * t * 2   # one (B, H, T, T) bf16 score matrix: 2 GiB
+        scores = b * h * t * t * 2  # one (B, H, T, T) bf16 score matrix: 2 GiB
         assert analysis.temp_size_in_bytes < scores // 16, (dtype, analysis.temp_size_in_bytes)

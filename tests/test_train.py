@@ -49,8 +49,15 @@ def _config(preset, data_dir, *overrides):
 @pytest.mark.parametrize("attention", ["cosine", "softmax"])
 @pytest.mark.parametrize("preset", ["gpt-tiny", "bert-tiny"])
 def test_a_few_steps_lower_the_loss_on_real_text(preset, attention, data_dir, tmp_path):
-    cfg = _config(preset, data_dir, f"model.attention={attention}", "steps=25", "eval_every=25",
-                  "checkpoint_every=25", "sample_tokens=8")
+    cfg = _config(
+        preset,
+        data_dir,
+        f"model.attention={attention}",
+        "steps=25",
+        "eval_every=25",
+        "checkpoint_every=25",
+        "sample_tokens=8",
+    )
     summary = train_and_evaluate(cfg, tmp_path, progress=False)
     evals = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "eval"]
     assert evals[0]["step"] == 0 and evals[-1]["step"] == 25
@@ -66,8 +73,9 @@ def test_a_few_steps_lower_the_loss_on_real_text(preset, attention, data_dir, tm
 
 
 def test_a_user_hook_runs_at_its_interval_and_after_the_last_step(data_dir, tmp_path):
-    cfg = _config("gpt-tiny", data_dir, "steps=7", "eval_every=1000", "log_every=2", "checkpoint_every=1000",
-                  "sample_tokens=0")
+    cfg = _config(
+        "gpt-tiny", data_dir, "steps=7", "eval_every=1000", "log_every=2", "checkpoint_every=1000", "sample_tokens=0"
+    )
     seen = []
 
     @hook(every=3)
@@ -75,7 +83,7 @@ def test_a_user_hook_runs_at_its_interval_and_after_the_last_step(data_dir, tmp_
         assert isinstance(run, RunState) and run.step == step
         seen.append((step, len(run.history), len(run.window)))
 
-    class Counter:                  # any callable with an `every` is a hook
+    class Counter:  # any callable with an `every` is a hook
         every, calls = 5, []
 
         def __call__(self, run, step):
@@ -90,7 +98,7 @@ def test_a_user_hook_runs_at_its_interval_and_after_the_last_step(data_dir, tmp_
     assert counter.calls == [5, 7]
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in records if r["split"] == "user"] == [5, 7]
-    assert [r["step"] for r in records if r["split"] == "train"] == [2, 4, 6, 7]      # the format of before
+    assert [r["step"] for r in records if r["split"] == "train"] == [2, 4, 6, 7]  # the format of before
     assert [r["step"] for r in records if r["split"] == "eval"] == [0, 7]
     assert summary["final_eval"]["count"] > 0
     with pytest.raises(ValueError, match="every must be an int >= 1"):
@@ -100,8 +108,7 @@ def test_a_user_hook_runs_at_its_interval_and_after_the_last_step(data_dir, tmp_
 
 
 def test_learning_rate_schedule_warms_up_and_decays():
-    cfg = train_preset("gpt-tiny", ["optim.warmup_steps=10", "optim.learning_rate=1e-3",
-                                    "optim.end_lr_ratio=0.1"])
+    cfg = train_preset("gpt-tiny", ["optim.warmup_steps=10", "optim.learning_rate=1e-3", "optim.end_lr_ratio=0.1"])
     lr = learning_rate_schedule(cfg.optim, 100)
     assert float(lr(0)) == 0.0 and abs(float(lr(10)) - 1e-3) < 1e-9
     assert abs(float(lr(99)) - 1e-4) < 2e-6 and float(lr(50)) < float(lr(20))
@@ -113,7 +120,7 @@ def test_checkpoint_round_trip(data_dir, tmp_path):
     model = build_model(cfg)
     opt = build_optimizer(model, cfg.optim, cfg.steps)
     grads = jax.tree.map(jnp.ones_like, nnx.state(model, nnx.Param))
-    opt.update(model, grads)                      # a non-trivial optimizer state
+    opt.update(model, grads)  # a non-trivial optimizer state
     next(data.train), next(data.train)
     ckpt = Checkpointer(tmp_path, save_every=1, keep=2)
     ckpt.save(7, model, opt, data.train.get_state(), to_dict(cfg))
@@ -125,8 +132,9 @@ def test_checkpoint_round_trip(data_dir, tmp_path):
     ckpt.close()
     assert step == 7 and from_dict(saved_cfg) == cfg
     fresh_data.train.set_state(data_state)
-    for a, b in zip(jax.tree.leaves(nnx.state((model, opt))), jax.tree.leaves(nnx.state((fresh, fresh_opt))),
-                    strict=True):
+    for a, b in zip(
+        jax.tree.leaves(nnx.state((model, opt))), jax.tree.leaves(nnx.state((fresh, fresh_opt))), strict=True
+    ):
         if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
             a, b = jax.random.key_data(a), jax.random.key_data(b)
         np.testing.assert_array_equal(a, b)
@@ -134,10 +142,29 @@ def test_checkpoint_round_trip(data_dir, tmp_path):
 
 
 def _train_cmd(workdir, data_dir, steps):
-    return [sys.executable, str(REPO / "experiments" / "train_gpt.py"), "--preset", "gpt-tiny", "--no-progress",
-            "--workdir", str(workdir), "--set", f"data.data_dir={data_dir}", "--set", f"steps={steps}",
-            "--set", "log_every=1", "--set", "checkpoint_every=10", "--set", "eval_every=1000",
-            "--set", "sample_tokens=0", "--set", "model.dropout_rate=0.1"]
+    return [
+        sys.executable,
+        str(REPO / "experiments" / "train_gpt.py"),
+        "--preset",
+        "gpt-tiny",
+        "--no-progress",
+        "--workdir",
+        str(workdir),
+        "--set",
+        f"data.data_dir={data_dir}",
+        "--set",
+        f"steps={steps}",
+        "--set",
+        "log_every=1",
+        "--set",
+        "checkpoint_every=10",
+        "--set",
+        "eval_every=1000",
+        "--set",
+        "sample_tokens=0",
+        "--set",
+        "model.dropout_rate=0.1",
+    ]
 
 
 def _complete_checkpoints(workdir):
@@ -150,8 +177,10 @@ def _assert_rerun_continues_exactly(interrupted, clean, data_dir, steps: int, re
     and the losses after `resumed_from` are the same, bit for bit."""
     subprocess.run(_train_cmd(interrupted, data_dir, steps), env=env, check=True, capture_output=True)
     subprocess.run(_train_cmd(clean, data_dir, steps), env=env, check=True, capture_output=True)
-    losses = [{r["step"]: r["loss"] for r in read_metrics(d / "metrics.jsonl") if r["split"] == "train"}
-              for d in (interrupted, clean)]
+    losses = [
+        {r["step"]: r["loss"] for r in read_metrics(d / "metrics.jsonl") if r["split"] == "train"}
+        for d in (interrupted, clean)
+    ]
     assert sorted(losses[0]) == list(range(1, steps + 1))
     after = range(resumed_from + 1, steps + 1)
     assert [losses[0][s] for s in after] == [losses[1][s] for s in after]
@@ -161,8 +190,13 @@ def test_sigkill_then_resume_gives_the_same_losses(data_dir, tmp_path):
     steps = 200
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(_train_cmd(killed, data_dir, steps), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        _train_cmd(killed, data_dir, steps),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if any(s >= 20 for s in _complete_checkpoints(killed)):
@@ -185,8 +219,9 @@ def test_a_signal_between_checkpoints_saves_that_step_and_the_rerun_continues_ex
     steps = 60
     stopped, clean = tmp_path / "stopped", tmp_path / "clean"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(_train_cmd(stopped, data_dir, steps), env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _train_cmd(stopped, data_dir, steps), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         records = read_metrics(stopped / "metrics.jsonl")
@@ -208,16 +243,21 @@ def test_a_signal_between_checkpoints_saves_that_step_and_the_rerun_continues_ex
 def test_sharded_training_step_equals_single_device(data_dir):
     """data / fsdp on 8 devices and a 2 x 4 data x sequence mesh: the single-device losses, gradients and
     parameters; the sequence-parallel attention exchanges only d x d states."""
-    prepare_data(_config("gpt-tiny", data_dir))           # build the dataset here, not in 8-device land
+    prepare_data(_config("gpt-tiny", data_dir))  # build the dataset here, not in 8-device land
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    run = subprocess.run([sys.executable, "-m", "tests._sharded_step_worker", data_dir], env=env, cwd=REPO,
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "tests._sharded_step_worker", data_dir],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["devices"] == 8
-    assert "data" in out["fsdp"]["sharding"]                 # fsdp really splits the parameters
-    assert out["data"]["batch_shards"] == out["fsdp"]["batch_shards"] == 8   # and both split the batch
-    assert out["seq"]["batch_shards"] == 8                   # 2 batch halves x 4 sequence quarters
+    assert "data" in out["fsdp"]["sharding"]  # fsdp really splits the parameters
+    assert out["data"]["batch_shards"] == out["fsdp"]["batch_shards"] == 8  # and both split the batch
+    assert out["seq"]["batch_shards"] == 8  # 2 batch halves x 4 sequence quarters
     for kind in ("data", "fsdp", "seq"):
         np.testing.assert_allclose(out[kind]["losses"], out["none"]["losses"], rtol=1e-5)
         np.testing.assert_allclose(out[kind]["param"], out["none"]["param"], rtol=1e-4, atol=1e-6)
@@ -251,23 +291,33 @@ def test_resume_compares_what_the_run_is_not_where_its_data_is_cached(data_dir):
 
 
 def _all_finite(tree) -> bool:
-    return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree)
-               if jnp.issubdtype(x.dtype, jnp.inexact))
+    return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact))
 
 
 def test_divergence_stops_the_run_and_keeps_the_last_finite_checkpoint(data_dir, tmp_path):
     """learning_rate=1e6 is NaN within a few steps: the run used to go on, rotate out the last finite
     checkpoint, keep 100%-NaN ones and exit 0."""
-    cfg = _config("gpt-tiny", data_dir, "optim.learning_rate=1e6", "steps=40", "checkpoint_every=10",
-                  "keep_checkpoints=2", "eval_every=1000", "sample_tokens=0")
-    with pytest.raises(TrainingDivergedError, match=r"training diverged at step \d+: loss nan.*last checkpoint "
-                                                    r"\(step \d+\) is kept"):
+    cfg = _config(
+        "gpt-tiny",
+        data_dir,
+        "optim.learning_rate=1e6",
+        "steps=40",
+        "checkpoint_every=10",
+        "keep_checkpoints=2",
+        "eval_every=1000",
+        "sample_tokens=0",
+    )
+    with pytest.raises(
+        TrainingDivergedError,
+        match=r"training diverged at step \d+: loss nan.*last checkpoint "
+        r"\(step \d+\) is kept",
+    ):
         train_and_evaluate(cfg, tmp_path, progress=False)
     ckpt = Checkpointer(tmp_path / "checkpoints", save_every=10, keep=2)
     steps = ckpt.manager.all_steps()
     assert steps and all(ckpt.damage(s) is None for s in steps)
-    saved = from_dict(ckpt.read_config())         # the run's config (its vocabulary is the tokenizer's)
-    for step in steps:                            # every checkpoint left is finite, and restores
+    saved = from_dict(ckpt.read_config())  # the run's config (its vocabulary is the tokenizer's)
+    for step in steps:  # every checkpoint left is finite, and restores
         model = build_model(saved)
         opt = build_optimizer(model, saved.optim, saved.steps)
         ckpt.restore(model, opt, step=step)
@@ -288,18 +338,33 @@ with lock.WorkdirLock(sys.argv[1]):
 
 def test_a_second_run_in_a_locked_workdir_fails_at_once(data_dir, tmp_path):
     """Two runs in one workdir used to both exit 0 with two losses per step in metrics.jsonl."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path),
-                               str(REPO / "cottention_jax" / "workdir_lock.py")],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(tmp_path), str(REPO / "cottention_jax" / "workdir_lock.py")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(WorkdirLockedError, match=rf"in use by another run: pid {holder.pid}"):
             train_and_evaluate(_config("gpt-tiny", data_dir, "steps=5"), tmp_path, progress=False)
-        assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_FILE]   # nothing written: no metrics,
+        assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_FILE]  # nothing written: no metrics,
         # the command line says it in one line (no traceback) and exits non-zero  # no tensorboard, no checkpoint
         with pytest.raises(SystemExit) as stopped:
-            train_cli(["--preset", "gpt-tiny", "--workdir", str(tmp_path), "--no-progress", "--set",
-                       f"data.data_dir={data_dir}"], description="", default_preset="gpt-tiny", kinds=("gpt",))
+            train_cli(
+                [
+                    "--preset",
+                    "gpt-tiny",
+                    "--workdir",
+                    str(tmp_path),
+                    "--no-progress",
+                    "--set",
+                    f"data.data_dir={data_dir}",
+                ],
+                description="",
+                default_preset="gpt-tiny",
+                kinds=("gpt",),
+            )
         message = str(stopped.value.code)
         assert "\n" not in message and f"WorkdirLockedError: workdir {tmp_path}" in message, message
     finally:
@@ -311,12 +376,21 @@ def test_resume_skips_a_damaged_checkpoint_and_continues_exactly(data_dir, tmp_p
     """64 flipped bytes in the latest checkpoint used to resume from it ('resumed from step 20'), NaN
     later, exit 0. Now that step is skipped with a one-line warning, the run resumes from the previous
     one and recomputes the same losses, bit for bit."""
-    cfg = _config("gpt-tiny", data_dir, "steps=20", "checkpoint_every=10", "eval_every=1000", "log_every=1",
-                  "sample_tokens=0", "model.dropout_rate=0.1")
+    cfg = _config(
+        "gpt-tiny",
+        data_dir,
+        "steps=20",
+        "checkpoint_every=10",
+        "eval_every=1000",
+        "log_every=1",
+        "sample_tokens=0",
+        "model.dropout_rate=0.1",
+    )
     train_and_evaluate(cfg, tmp_path, progress=False)
     first = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "train"}
-    victim = max((p for p in (tmp_path / "checkpoints" / "20").rglob("*") if p.is_file()),
-                 key=lambda p: p.stat().st_size)
+    victim = max(
+        (p for p in (tmp_path / "checkpoints" / "20").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
+    )
     raw = bytearray(victim.read_bytes())
     raw[1000:1064] = bytes(b ^ 0x5A for b in raw[1000:1064])
     victim.write_bytes(bytes(raw))
@@ -329,13 +403,25 @@ def test_resume_skips_a_damaged_checkpoint_and_continues_exactly(data_dir, tmp_p
     again = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "train"}
     assert [again[s] for s in range(11, 21)] == [first[s] for s in range(11, 21)]
     assert (tmp_path / "checkpoints" / "damaged" / "20").is_dir()
-    assert Checkpointer(tmp_path / "checkpoints", save_every=10, keep=3).damage(20) is None   # saved anew
+    assert Checkpointer(tmp_path / "checkpoints", save_every=10, keep=3).damage(20) is None  # saved anew
 
 
 def test_cli_print_config_and_errors(tmp_path):
-    run = subprocess.run([sys.executable, str(REPO / "experiments" / "train_bert.py"), "--finetune",
-                          "--task", "paraphrase", "--set", "steps=7", "--print-config"],
-                         check=True, capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "experiments" / "train_bert.py"),
+            "--finetune",
+            "--task",
+            "paraphrase",
+            "--set",
+            "steps=7",
+            "--print-config",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     cfg = from_dict(json.loads(run.stdout))
     assert (cfg.kind, cfg.data.task, cfg.steps, cfg.init_from) == ("bert-classify", "paraphrase", 7, "runs/bert-small")
     with pytest.raises(ValueError, match=r"unknown config key 'model.atention'"):
@@ -350,6 +436,7 @@ def _write_synthetic_sentiment(data_dir, n=600):
     """A learnable stand-in for the real task (which is built from the registries): words of
     praise vs words of scorn in Shakespearean sentences."""
     from cottention_jax.data import tasks
+
     rng = np.random.default_rng(0)
     good = "sweet gentle noble fair honest worthy kind".split()
     bad = "vile foul base false wretched cursed rotten".split()
@@ -368,20 +455,39 @@ def test_bert_pretrain_then_finetune(data_dir, tmp_path):
     _write_synthetic_sentiment(data_dir)
     pre = _config("bert-tiny", data_dir, "steps=10", "checkpoint_every=10", "eval_every=10")
     train_and_evaluate(pre, tmp_path / "mlm", progress=False)
-    run = subprocess.run([sys.executable, str(REPO / "experiments" / "train_bert.py"), "--preset", "bert-tiny",
-                          "--finetune", "--task", "sentiment", "--init-from", str(tmp_path / "mlm"),
-                          "--workdir", str(tmp_path / "ft"), "--no-progress", "--set", f"data.data_dir={data_dir}",
-                          "--set", "steps=60", "--set", "optim.learning_rate=2e-3"],
-                         check=True, capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "experiments" / "train_bert.py"),
+            "--preset",
+            "bert-tiny",
+            "--finetune",
+            "--task",
+            "sentiment",
+            "--init-from",
+            str(tmp_path / "mlm"),
+            "--workdir",
+            str(tmp_path / "ft"),
+            "--no-progress",
+            "--set",
+            f"data.data_dir={data_dir}",
+            "--set",
+            "steps=60",
+            "--set",
+            "optim.learning_rate=2e-3",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     summary = json.loads((tmp_path / "ft" / "summary.json").read_text())
     assert summary["kind"] == "bert-classify" and summary["test"]["count"] == 100
     assert summary["test"]["accuracy"] >= 0.9, summary["test"]
     assert "initialised" in run.stdout + run.stderr
 
 
-
-
 # ----------------------------------------------------------------------------- extending, init_from, vocabulary
+
 
 def _cosine_lr(optim, total: int, count: int) -> float:
     """The learning rate at optimizer count `count` of a `total`-step cosine schedule, written out."""
@@ -397,20 +503,28 @@ def test_a_finished_run_extends_to_more_steps_and_its_reruns_repeat_no_record(da
     """A finished 4-step run continued to 8 used to be refused ('Use a new workdir'); a rerun of a finished
     run wrote its last eval and stabilizer records again; the first train line after a resume from
     step 4 (log_every=3) averaged 2 steps and did not say so."""
-    cfg = _config("gpt-tiny", data_dir, "steps=4", "log_every=3", "checkpoint_every=4", "eval_every=4",
-                  "eval_batches=1", "sample_tokens=0")
+    cfg = _config(
+        "gpt-tiny",
+        data_dir,
+        "steps=4",
+        "log_every=3",
+        "checkpoint_every=4",
+        "eval_every=4",
+        "eval_batches=1",
+        "sample_tokens=0",
+    )
     losses = {}
     record = hook(lambda run, step: losses.__setitem__(step, run.history[-1]), every=1)
     train_and_evaluate(cfg, tmp_path, progress=False, hooks=[record])
     metrics = tmp_path / "metrics.jsonl"
     text = metrics.read_text()
-    metrics.write_text(text[:-15])                        # the last record (stabilizer_heads) cut by a full disk
+    metrics.write_text(text[:-15])  # the last record (stabilizer_heads) cut by a full disk
     capsys.readouterr()
-    train_and_evaluate(cfg, tmp_path, progress=False)     # the finished run again: its summary, no new record
+    train_and_evaluate(cfg, tmp_path, progress=False)  # the finished run again: its summary, no new record
     out = capsys.readouterr().out
     assert sum("last line is cut" in line for line in out.splitlines()) == 1, out
     at_4 = [r["split"] for r in read_metrics(metrics) if r["step"] == 4]
-    assert sorted(at_4) == ["eval", "stabilizer", "stabilizer_heads", "train"], at_4   # each once, the cut one again
+    assert sorted(at_4) == ["eval", "stabilizer", "stabilizer_heads", "train"], at_4  # each once, the cut one again
 
     longer = apply_overrides(cfg, ["steps=8"])
     train_and_evaluate(longer, tmp_path, progress=False, hooks=[record])
@@ -421,15 +535,15 @@ def test_a_finished_run_extends_to_more_steps_and_its_reruns_repeat_no_record(da
     assert sorted(losses) == list(range(1, 9))
     train = {r["step"]: r for r in read_metrics(metrics) if r["split"] == "train"}
     assert sorted(train) == [3, 4, 6, 8]
-    windows = {3: [1, 2, 3], 4: [4], 6: [5, 6], 8: [7, 8]}      # 6: the steps after the resume only
+    windows = {3: [1, 2, 3], 4: [4], 6: [5, 6], 8: [7, 8]}  # 6: the steps after the resume only
     for step, window in windows.items():
         assert train[step]["steps_averaged"] == len(window)
         assert train[step]["loss"] == pytest.approx(np.mean([losses[s] for s in window]), rel=1e-12)
-    for step, total in ((3, 4), (6, 8), (8, 8)):               # the extension follows the 8-step schedule
+    for step, total in ((3, 4), (6, 8), (8, 8)):  # the extension follows the 8-step schedule
         assert train[step]["learning_rate"] == pytest.approx(_cosine_lr(cfg.optim, total, step - 1), rel=1e-5)
     assert [r["step"] for r in read_metrics(metrics) if r["split"] == "eval"] == [0, 4, 8]
 
-    with pytest.raises(ValueError) as refused:                # the architecture: refused, in one line
+    with pytest.raises(ValueError) as refused:  # the architecture: refused, in one line
         train_and_evaluate(apply_overrides(longer, ["model.attention=softmax"]), tmp_path, progress=False)
     message = str(refused.value)
     assert "model.attention 'cosine' -> 'softmax'" in message and "\n" not in message and "{" not in message
@@ -465,7 +579,7 @@ def test_init_from_another_architecture_is_refused_and_partial_needs_its_flag(da
     assert not (tmp_path / "run").exists()
 
     source = _saved_run(tmp_path / "one-layer", _config("gpt-tiny", data_dir, "model.num_layers=1"))
-    cfg = _config("gpt-tiny", data_dir, f"init_from={tmp_path / 'one-layer'}")     # two layers
+    cfg = _config("gpt-tiny", data_dir, f"init_from={tmp_path / 'one-layer'}")  # two layers
     with pytest.raises(ValueError, match=r"only \d+ of \d+ parameter arrays .* init_from_partial=true"):
         train_and_evaluate(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
@@ -480,7 +594,7 @@ def test_init_from_another_architecture_is_refused_and_partial_needs_its_flag(da
     got = dict(nnx.to_flat_state(nnx.state(run.model, nnx.Param)))
     copied = [p for p in got if p in source]
     assert 0 < len(copied) < len(got)
-    for path, value in got.items():      # the first block and the embeddings from the source, the rest as new
+    for path, value in got.items():  # the first block and the embeddings from the source, the rest as new
         np.testing.assert_array_equal(value[...], source[path] if path in source else scratch[path][...])
     (notice,) = [line for line in lines if line.startswith("initialised")]
     assert f"initialised {len(copied)} of {len(got)} parameter arrays" in notice and "from scratch" in notice

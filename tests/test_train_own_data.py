@@ -63,7 +63,7 @@ def _write_source(kind: str, root: Path, docs: list[str]) -> str:
         for i, doc in enumerate(docs):
             (root / ("sub" if i % 2 else ".") / f"d{i}.md").parent.mkdir(exist_ok=True)
             (root / ("sub" if i % 2 else ".") / f"d{i}.md").write_text(doc)
-        (root / "notes.bin").write_bytes(b"\0\1")                         # not a text suffix: skipped
+        (root / "notes.bin").write_bytes(b"\0\1")  # not a text suffix: skipped
         return str(root) if kind == "txt-dir" else str(root / "**" / "*.md")
     lines = "".join(json.dumps({"text": doc, "id": i}) + "\n" for i, doc in enumerate(docs))
     if kind == "jsonl":
@@ -89,15 +89,24 @@ def test_each_source_kind_trains_through_the_command(kind, tmp_path, rng):
     prepared = _prepared(tmp_path)
     assert prepared.meta["corpus"] == corpus
     text_bytes = sum(len(d.encode()) for d in docs)
-    assert prepared.meta["text_bytes"] == text_bytes                  # every document read once, nothing else
+    assert prepared.meta["text_bytes"] == text_bytes  # every document read once, nothing else
     assert (tmp_path / "run" / "tokenizer.json").read_text() == (prepared.folder / "tokenizer.json").read_text()
 
 
 def test_generate_decodes_with_the_runs_own_tokenizer(tmp_path, rng, capsys):
     corpus = _write_source("jsonl", tmp_path / "src", _documents(rng, 16))
     run = tmp_path / "run"
-    _train(f"data.corpus={corpus}", "data.vocab_size=300", "steps=3", "eval_every=3", "eval_batches=1",
-           "checkpoint_every=3", "sample_tokens=0", "--workdir", str(run))
+    _train(
+        f"data.corpus={corpus}",
+        "data.vocab_size=300",
+        "steps=3",
+        "eval_every=3",
+        "eval_batches=1",
+        "checkpoint_every=3",
+        "sample_tokens=0",
+        "--workdir",
+        str(run),
+    )
     tokenizer = cottention_jax.load_tokenizer(run)
     shipped = cottention_jax.data.get_tokenizer("bpe", "shakespeare", 512)
     assert tokenizer.vocab_size == 300 and tokenizer.to_json() != shipped.to_json()
@@ -107,7 +116,7 @@ def test_generate_decodes_with_the_runs_own_tokenizer(tmp_path, rng, capsys):
     record = json.loads(capsys.readouterr().out)
     model = cottention_jax.load_model(run)
     ids = tokenizer.encode(prompt)
-    for _ in range(6):                                      # greedy: a full parallel forward per token
+    for _ in range(6):  # greedy: a full parallel forward per token
         ids.append(int(jnp.argmax(model(jnp.asarray([ids]))[0, -1])))
     assert record["tokens"] == ids[-6:]
     assert record["completion"] == tokenizer.decode(ids[-6:])
@@ -119,8 +128,14 @@ def test_generate_decodes_with_the_runs_own_tokenizer(tmp_path, rng, capsys):
 
 def test_a_tfds_text_dataset_trains_without_downloading(tmp_path):
     with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE):
-        summary = _train("data.corpus=tfds:lm1b", "data.tokenizer=byte", "model.vocab_size=263", *_FAST,
-                         "--workdir", str(tmp_path / "run"))
+        summary = _train(
+            "data.corpus=tfds:lm1b",
+            "data.tokenizer=byte",
+            "model.vocab_size=263",
+            *_FAST,
+            "--workdir",
+            str(tmp_path / "run"),
+        )
     assert np.isfinite(summary["final_eval"]["loss"])
     prepared = _prepared(tmp_path)
     assert prepared.meta["corpus"] == "tfds:lm1b" and set(prepared.splits) == {"train", "validation"}
@@ -134,12 +149,28 @@ def test_glue_finetuning_reports_each_tasks_metric(tmp_path, capsys):
 
     pretrain = tmp_path / "bert"
     with tfds.testing.mock_data(num_examples=24, policy=tfds.testing.MockPolicy.USE_CODE):
-        cli.train_cli(["--preset", "bert-tiny", "--no-progress", "--workdir", str(pretrain),
-                       *sum((["--set", o] for o in _FAST), [])], description="", default_preset="bert-tiny",
-                      kinds=("bert-mlm",), finetune=True)
-        results = run_glue(pretrain, tasks=["mrpc", "stsb"], workdir_root=tmp_path / "glue",
-                           overrides=["steps=2", "eval_every=2", "checkpoint_every=2"], progress=False,
-                           log=lambda line: None)
+        cli.train_cli(
+            [
+                "--preset",
+                "bert-tiny",
+                "--no-progress",
+                "--workdir",
+                str(pretrain),
+                *sum((["--set", o] for o in _FAST), []),
+            ],
+            description="",
+            default_preset="bert-tiny",
+            kinds=("bert-mlm",),
+            finetune=True,
+        )
+        results = run_glue(
+            pretrain,
+            tasks=["mrpc", "stsb"],
+            workdir_root=tmp_path / "glue",
+            overrides=["steps=2", "eval_every=2", "checkpoint_every=2"],
+            progress=False,
+            log=lambda line: None,
+        )
     assert set(results["mrpc"]) == {"f1", "accuracy"} and set(results["stsb"]) == {"pearson", "spearman"}
     assert all(-1.0 <= v <= 1.0 for scores in results.values() for v in scores.values())
     saved = json.loads((tmp_path / "glue" / "stsb" / "summary.json").read_text())
@@ -179,9 +210,20 @@ def test_bad_data_is_one_line_and_writes_nothing(tmp_path):
 
 def test_the_command_prints_no_traceback(tmp_path):
     env = {"COTTENTION_DATA_DIR": str(tmp_path / "data"), "PATH": str(Path(sys.executable).parent)}
-    run = subprocess.run([str(Path(sys.executable).parent / "cottention-train"), "--preset", "gpt-tiny", "--set",
-                          f"data.corpus={tmp_path / 'missing.jsonl'}", "--workdir", str(tmp_path / "w")],
-                         capture_output=True, text=True, env=env)
+    run = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "cottention-train"),
+            "--preset",
+            "gpt-tiny",
+            "--set",
+            f"data.corpus={tmp_path / 'missing.jsonl'}",
+            "--workdir",
+            str(tmp_path / "w"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines() == [run.stderr.strip()] and "missing.jsonl does not exist" in run.stderr
     assert not (tmp_path / "w").exists()

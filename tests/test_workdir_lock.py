@@ -60,8 +60,9 @@ def _write_lock(workdir: Path, **holder) -> Path:
 
 
 def test_a_second_run_fails_at_once_naming_the_holder(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(WorkdirLockedError) as caught:
@@ -71,8 +72,8 @@ def test_a_second_run_fails_at_once_naming_the_holder(tmp_path):
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
-    assert not (tmp_path / LOCK_FILE).exists()          # released on exit
-    with WorkdirLock(tmp_path):                          # and free again
+    assert not (tmp_path / LOCK_FILE).exists()  # released on exit
+    with WorkdirLock(tmp_path):  # and free again
         assert (tmp_path / LOCK_FILE).exists()
 
 
@@ -99,7 +100,7 @@ def test_a_lock_held_from_another_host_is_refused_with_instructions(tmp_path):
     path = _write_lock(tmp_path, pid=_dead_pid(), host="some-other-host", start=None)
     with pytest.raises(WorkdirLockedError, match=rf"some-other-host.*delete {path}"):
         WorkdirLock(tmp_path).acquire()
-    assert path.exists()                                  # never removed from here
+    assert path.exists()  # never removed from here
 
 
 def test_release_never_removes_another_runs_lock(tmp_path):
@@ -112,14 +113,17 @@ def test_release_never_removes_another_runs_lock(tmp_path):
 
 def test_racing_runs_over_a_stale_lock_leave_exactly_one_winner(tmp_path):
     _write_lock(tmp_path, pid=_dead_pid(), host=socket.gethostname(), start=None)
-    go = time.time() + 1.5                                # all start breaking it at the same instant
-    children = [subprocess.Popen([sys.executable, "-c", CONTENDER, str(tmp_path), str(go)],
-                                 stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    go = time.time() + 1.5  # all start breaking it at the same instant
+    children = [
+        subprocess.Popen([sys.executable, "-c", CONTENDER, str(tmp_path), str(go)], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
     results = sorted(child.communicate(timeout=60)[0].strip() for child in children)
     assert results == ["lost", "lost", "lost", "won"], results
 
 
 # ---------------------------------------------------------------- heartbeat and other hosts (issue 19)
+
 
 def _age(path: Path, seconds: float) -> None:
     """Make the lock's heartbeat (its mtime) `seconds` old."""
@@ -136,7 +140,7 @@ def test_another_hosts_lock_with_an_old_heartbeat_is_broken_with_a_notice(tmp_pa
         assert mine["pid"] == os.getpid() and mine["host"] == socket.gethostname() and mine["heartbeat_s"] == 10
     assert len(lines) == 1 and "\n" not in lines[0], lines
     assert "pid 4242" in lines[0] and "'node-17'" in lines[0] and re.search(r"heartbeat is 1[12]\d s old", lines[0])
-    assert not list(tmp_path.iterdir())                     # no aside or probe files left
+    assert not list(tmp_path.iterdir())  # no aside or probe files left
 
 
 @pytest.mark.parametrize("age, holder_beat, eta", [(0, None, 60), (50, None, 10), (70, 30.0, 20)])
@@ -150,7 +154,7 @@ def test_a_fresh_lock_of_another_host_is_refused(tmp_path, age, holder_beat, eta
     assert "\n" not in message and "pid 4242 on host 'node-17'" in message, message
     assert f"alive: heartbeat {age} s ago" in message, message
     assert f"over {max(60, 3 * (holder_beat or 0)):.0f} s old (in {eta} s)" in message, message
-    assert json.loads(path.read_text())["token"] == "t0"     # left alone
+    assert json.loads(path.read_text())["token"] == "t0"  # left alone
 
 
 def test_the_heartbeat_advances_while_held_and_stops_on_release(tmp_path):
@@ -162,11 +166,11 @@ def test_the_heartbeat_advances_while_held_and_stops_on_release(tmp_path):
     deadline = time.time() + 2.0
     while time.time() - path.stat().st_mtime > 5 and time.time() < deadline:
         time.sleep(0.02)
-    assert time.time() - path.stat().st_mtime < 5            # beaten again
-    assert path.read_bytes() == content                      # same holder and token: only the mtime moves
+    assert time.time() - path.stat().st_mtime < 5  # beaten again
+    assert path.read_bytes() == content  # same holder and token: only the mtime moves
     lock.release()
     assert not path.exists() and not thread.is_alive() and not lock.held
-    lock.release()                                           # idempotent
+    lock.release()  # idempotent
 
 
 @pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt, SystemExit])
@@ -178,7 +182,7 @@ def test_the_lock_is_released_however_the_block_is_left(tmp_path, exc):
             assert (tmp_path / LOCK_FILE).exists() and thread.is_alive()
             raise exc("stop")
     assert not (tmp_path / LOCK_FILE).exists() and not thread.is_alive()
-    with WorkdirLock(tmp_path):                              # free again
+    with WorkdirLock(tmp_path):  # free again
         pass
 
 
@@ -200,7 +204,7 @@ def test_a_lock_beaten_while_being_broken_is_put_back(tmp_path):
     lines = []
     lock = WorkdirLock(tmp_path, log=lines.append)
     holder, mtime = lock._read()
-    _age(path, 1)                                            # the holder's heartbeat
+    _age(path, 1)  # the holder's heartbeat
     lock._break(holder, mtime, "whose heartbeat is 120 s old")
     assert json.loads(path.read_text())["token"] == "t0" and not lines
     assert [p.name for p in tmp_path.iterdir()] == [LOCK_FILE]
@@ -209,8 +213,12 @@ def test_a_lock_beaten_while_being_broken_is_put_back(tmp_path):
 def test_racing_runs_over_another_hosts_stale_lock_leave_exactly_one_winner(tmp_path):
     _age(_write_lock(tmp_path, pid=4242, host="node-17", start=None), 600)
     go = time.time() + 1.5
-    children = [subprocess.Popen([sys.executable, "-c", CONTENDER, str(tmp_path), str(go), "1.0"],
-                                 stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONTENDER, str(tmp_path), str(go), "1.0"], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
     results = sorted(child.communicate(timeout=60)[0].strip() for child in children)
     assert results == ["lost", "lost", "lost", "won"], results
     assert not list(tmp_path.iterdir())
@@ -219,8 +227,10 @@ def test_racing_runs_over_another_hosts_stale_lock_leave_exactly_one_winner(tmp_
 def test_a_pid_of_another_user_counts_as_alive(tmp_path, monkeypatch):
     """os.kill raises PermissionError for another user's process: it exists (the suite runs as root,
     so this branch never ran). On this host a live pid is never broken, however old its heartbeat."""
+
     def kill(pid, sig):
         raise PermissionError(1, "Operation not permitted")
+
     monkeypatch.setattr(os, "kill", kill)
     path = _write_lock(tmp_path, pid=_dead_pid(), host=socket.gethostname(), start=None)
     _age(path, 10_000)
@@ -239,7 +249,7 @@ def test_a_live_holder_without_a_start_time_is_not_stale(tmp_path):
 
 def test_a_disabled_lock_is_never_taken(tmp_path):
     """Processes other than 0 of a multi-process run: the object exists, nothing is written."""
-    _write_lock(tmp_path, pid=os.getpid(), host=socket.gethostname(), start=None)   # even over a held lock
+    _write_lock(tmp_path, pid=os.getpid(), host=socket.gethostname(), start=None)  # even over a held lock
     with WorkdirLock(tmp_path / "sub", enabled=False) as lock, WorkdirLock(tmp_path, enabled=False):
         assert not lock.held and not (tmp_path / "sub").exists()
     assert json.loads((tmp_path / LOCK_FILE).read_text())["token"] == "t0"
@@ -253,7 +263,7 @@ def test_bad_intervals_are_refused(tmp_path):
 def _zombie() -> subprocess.Popen:
     """A child that has exited and is never reaped (until the caller waits): state 'Z' in /proc."""
     child = subprocess.Popen([sys.executable, "-c", "pass"])
-    for _ in range(2000):                                   # bounded: the child exits within moments
+    for _ in range(2000):  # bounded: the child exits within moments
         if Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
             return child
         time.sleep(0.01)
@@ -268,7 +278,7 @@ def test_a_lock_of_a_zombie_holder_is_broken(tmp_path):
     child = _zombie()
     try:
         start = lock_mod._process_start(child.pid)
-        assert start is not None                            # a zombie still has its /proc entry
+        assert start is not None  # a zombie still has its /proc entry
         path = _write_lock(tmp_path, pid=child.pid, host=socket.gethostname(), start=start)
         notices = []
         with WorkdirLock(tmp_path, log=notices.append):
@@ -292,8 +302,7 @@ EXITING = {"state": "D", "start": "boot:1", "exiting": True}
 ZOMBIE = {"state": "Z", "start": "boot:1", "exiting": True}
 
 
-@pytest.mark.parametrize("gone", [ZOMBIE, {"state": "X", "start": "boot:1", "exiting": True}],
-                         ids=["zombie", "dead"])
+@pytest.mark.parametrize("gone", [ZOMBIE, {"state": "X", "start": "boot:1", "exiting": True}], ids=["zombie", "dead"])
 def test_a_holder_being_torn_down_is_waited_for_then_broken(tmp_path, monkeypatch, gone):
     """Right after kill -9 the holder still exists for a moment (its memory being freed): wait for it."""
     sleeps = _fake_proc(monkeypatch, [EXITING, EXITING, EXITING, EXITING, gone])
@@ -306,7 +315,7 @@ def test_a_holder_being_torn_down_is_waited_for_then_broken(tmp_path, monkeypatc
 
 def test_a_holder_that_never_finishes_exiting_is_refused_after_a_bounded_wait(tmp_path, monkeypatch):
     sleeps = _fake_proc(monkeypatch, [EXITING])
-    clock = iter(range(0, 1000))                            # each reading of the clock is one second later
+    clock = iter(range(0, 1000))  # each reading of the clock is one second later
     monkeypatch.setattr(lock_mod.time, "monotonic", lambda: float(next(clock)))
     path = _write_lock(tmp_path, pid=os.getpid(), host=socket.gethostname(), start="boot:1")
     with pytest.raises(WorkdirLockedError, match="exiting but still there"):

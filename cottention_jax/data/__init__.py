@@ -42,8 +42,14 @@ from cottention_jax.data.tokenization import (
 
 # The Grain pipelines import grain (the [train] extra): they load on first use, so that corpora and
 # tokenizers work without it (`cottention-generate` in a base install).
-_PIPELINE_NAMES = ("Batches", "TokenStream", "gpt_eval_batches", "gpt_train_batches", "mlm_eval_batches",
-                   "mlm_train_batches")
+_PIPELINE_NAMES = (
+    "Batches",
+    "TokenStream",
+    "gpt_eval_batches",
+    "gpt_train_batches",
+    "mlm_eval_batches",
+    "mlm_train_batches",
+)
 
 
 def __getattr__(name: str):

@@ -28,15 +28,21 @@ def _check_positive(name: str, value: int, minimum: int = 1) -> int:
 def require_roles(tokenizer: Tokenizer, roles: Sequence[str], purpose: str) -> None:
     absent = [r for r in roles if tokenizer.special_ids.get(r) is None]
     if absent:
-        raise ValueError(f"tokenizer: {purpose} needs special tokens {list(roles)}; the "
-                         f"{tokenizer.kind} tokenizer has no {absent}")
+        raise ValueError(
+            f"tokenizer: {purpose} needs special tokens {list(roles)}; the {tokenizer.kind} tokenizer has no {absent}"
+        )
 
 
 # ---------------------------------------------------------------- BERT MLM
 
 
-def mask_tokens(input_ids: np.ndarray, padding_mask: np.ndarray, tokenizer: Tokenizer,
-                rng: np.random.Generator, mask_rate: float = 0.15):
+def mask_tokens(
+    input_ids: np.ndarray,
+    padding_mask: np.ndarray,
+    tokenizer: Tokenizer,
+    rng: np.random.Generator,
+    mask_rate: float = 0.15,
+):
     """BERT masking: choose round(mask_rate * n) of the n real non-special tokens of each row
     (at least one when n > 0); of those 80% -> [MASK], 10% -> a random non-special
     token, 10% unchanged.
@@ -49,8 +55,9 @@ def mask_tokens(input_ids: np.ndarray, padding_mask: np.ndarray, tokenizer: Toke
     if not 0.0 < mask_rate < 1.0:
         raise ValueError(f"mask_rate must be in (0, 1), got {mask_rate}")
     if input_ids.shape != padding_mask.shape or input_ids.ndim != 2:
-        raise ValueError(f"input_ids and padding_mask must both be (B, T), got "
-                         f"{input_ids.shape} and {padding_mask.shape}")
+        raise ValueError(
+            f"input_ids and padding_mask must both be (B, T), got {input_ids.shape} and {padding_mask.shape}"
+        )
     specials = np.asarray(tokenizer.all_special_ids)
     eligible = padding_mask & ~np.isin(input_ids, specials)
     n_eligible = eligible.sum(axis=1)
@@ -72,8 +79,9 @@ def mask_tokens(input_ids: np.ndarray, padding_mask: np.ndarray, tokenizer: Toke
 # ---------------------------------------------------------------- classification
 
 
-def encode_classification_inputs(ids_a: Sequence[np.ndarray], ids_b: Sequence[np.ndarray] | None,
-                                 tokenizer: Tokenizer, seq_len: int):
+def encode_classification_inputs(
+    ids_a: Sequence[np.ndarray], ids_b: Sequence[np.ndarray] | None, tokenizer: Tokenizer, seq_len: int
+):
     """BERT inputs for N examples: [CLS] a [SEP] (single) or [CLS] a [SEP] b [SEP] (pair).
 
     Over-long inputs are cut from the end of the longer text first. Returns
@@ -102,8 +110,8 @@ def encode_classification_inputs(ids_a: Sequence[np.ndarray], ids_b: Sequence[np
             else:
                 lb -= 1
         row = [cls, *a[:la], sep] + ([*b[:lb], sep] if pair else [])
-        input_ids[i, :len(row)] = row
-        padding_mask[i, :len(row)] = True
+        input_ids[i, : len(row)] = row
+        padding_mask[i, : len(row)] = True
         if pair:
-            segment_ids[i, la + 2:len(row)] = 1
+            segment_ids[i, la + 2 : len(row)] = 1
     return input_ids, segment_ids, padding_mask

@@ -42,7 +42,7 @@ def write_meta(folder: Path, meta: dict) -> None:
 def _locked(lock_path: Path):
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)   # blocks while another process prepares the same data
+        fcntl.flock(handle, fcntl.LOCK_EX)  # blocks while another process prepares the same data
         try:
             yield
         finally:
@@ -66,11 +66,11 @@ def prepared_folder(data_dir, kind: str, fingerprint: str, build: Callable[[Path
     if (folder / META_FILE).is_file():
         return folder
     with _locked(root / f"{folder.name}.lock"):
-        if (folder / META_FILE).is_file():       # another process built it while this one waited
+        if (folder / META_FILE).is_file():  # another process built it while this one waited
             return folder
-        for stale in root.glob(f"{folder.name}.tmp*"):   # left by a killed build
+        for stale in root.glob(f"{folder.name}.tmp*"):  # left by a killed build
             shutil.rmtree(stale, ignore_errors=True)
-        if folder.exists():                     # incomplete (no meta.json): build it again
+        if folder.exists():  # incomplete (no meta.json): build it again
             shutil.rmtree(folder)
         tmp = root / f"{folder.name}.tmp{os.getpid()}"
         tmp.mkdir(parents=True)

@@ -67,9 +67,13 @@ _ENCODE_CHUNK = 1000
 
 # ----------------------------------------------------------------------------- records
 
+
 def _record(ids_a: Sequence[int], ids_b: Sequence[int], label: float) -> bytes:
-    return (_HEADER.pack(len(ids_a), len(ids_b), float(label))
-            + np.asarray(ids_a, "<i4").tobytes() + np.asarray(ids_b, "<i4").tobytes())
+    return (
+        _HEADER.pack(len(ids_a), len(ids_b), float(label))
+        + np.asarray(ids_a, "<i4").tobytes()
+        + np.asarray(ids_b, "<i4").tobytes()
+    )
 
 
 def _parse(record: bytes) -> tuple[np.ndarray, np.ndarray, float]:
@@ -78,8 +82,9 @@ def _parse(record: bytes) -> tuple[np.ndarray, np.ndarray, float]:
     return ids[:la], ids[la:], label
 
 
-def _collate(records: Sequence[bytes], tokenizer: Tokenizer, seq_len: int, is_pair: bool, is_regression: bool,
-             batch_size: int) -> dict[str, np.ndarray]:
+def _collate(
+    records: Sequence[bytes], tokenizer: Tokenizer, seq_len: int, is_pair: bool, is_regression: bool, batch_size: int
+) -> dict[str, np.ndarray]:
     """The batch dict of up to batch_size records; missing rows are padding with weight 0."""
     parsed = [_parse(r) for r in records]
     ids_a = [p[0] for p in parsed]
@@ -91,12 +96,17 @@ def _collate(records: Sequence[bytes], tokenizer: Tokenizer, seq_len: int, is_pa
     def padded(x, value=0):
         return np.concatenate([x, np.full((fill,) + x.shape[1:], value, x.dtype)]) if fill else x
 
-    return {"input_ids": padded(input_ids, tokenizer.pad_id), "segment_ids": padded(segment_ids),
-            "padding_mask": padded(padding_mask, False), "labels": padded(labels),
-            "weights": padded(np.ones(len(parsed), np.float32), 0.0)}
+    return {
+        "input_ids": padded(input_ids, tokenizer.pad_id),
+        "segment_ids": padded(segment_ids),
+        "padding_mask": padded(padding_mask, False),
+        "labels": padded(labels),
+        "weights": padded(np.ones(len(parsed), np.float32), 0.0),
+    }
 
 
 # ----------------------------------------------------------------------------- the prepared task
+
 
 class TaskBatches:
     """Infinite shuffled training batches of one split, through Grain; resumable exactly.
@@ -105,24 +115,49 @@ class TaskBatches:
     `set_state(state)` refuses a state whose settings differ (ValueError naming the key).
     """
 
-    def __init__(self, task: PreparedTask, split: str, batch_size: int, seq_len: int, seed: int,
-                 shard_index: int = 0, shard_count: int = 1):
+    def __init__(
+        self,
+        task: PreparedTask,
+        split: str,
+        batch_size: int,
+        seq_len: int,
+        seed: int,
+        shard_index: int = 0,
+        shard_count: int = 1,
+    ):
         import grain
 
         if not 0 <= shard_index < shard_count:
             raise ValueError(f"shard_index must be in [0, shard_count={shard_count}), got {shard_index}")
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        self._settings = {"kind": "task", "task": task.fingerprint, "split": split, "batch_size": int(batch_size),
-                          "seq_len": int(seq_len), "seed": int(seed), "shard_index": int(shard_index),
-                          "shard_count": int(shard_count)}
-        collate = functools.partial(_collate, tokenizer=task.tokenizer, seq_len=int(seq_len), is_pair=task.is_pair,
-                                    is_regression=task.is_regression, batch_size=int(batch_size))
+        self._settings = {
+            "kind": "task",
+            "task": task.fingerprint,
+            "split": split,
+            "batch_size": int(batch_size),
+            "seq_len": int(seq_len),
+            "seed": int(seed),
+            "shard_index": int(shard_index),
+            "shard_count": int(shard_count),
+        }
+        collate = functools.partial(
+            _collate,
+            tokenizer=task.tokenizer,
+            seq_len=int(seq_len),
+            is_pair=task.is_pair,
+            is_regression=task.is_regression,
+            batch_size=int(batch_size),
+        )
         # The stream is infinite, so no batch is dropped; drop_remainder=True also keeps Grain 0.2.18 from
         # overflowing when it computes the length of batch_size-1 batches of an infinite stream.
-        ds = (grain.MapDataset.source(grain.sources.ArrayRecordDataSource([str(task.record_path(split))]))
-              .shuffle(seed=int(seed)).repeat(None)[shard_index::shard_count]
-              .batch(int(batch_size), drop_remainder=True, batch_fn=list).map(collate))
+        ds = (
+            grain.MapDataset.source(grain.sources.ArrayRecordDataSource([str(task.record_path(split))]))
+            .shuffle(seed=int(seed))
+            .repeat(None)[shard_index::shard_count]
+            .batch(int(batch_size), drop_remainder=True, batch_fn=list)
+            .map(collate)
+        )
         self._iter = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)))
 
     def __iter__(self) -> TaskBatches:
@@ -137,8 +172,10 @@ class TaskBatches:
     def set_state(self, state: Mapping) -> None:
         for key, value in self._settings.items():
             if state.get(key) != value:
-                raise ValueError(f"state[{key!r}] is {state.get(key)!r} but these batches have {key}={value!r}: "
-                                 f"the state belongs to other data or settings")
+                raise ValueError(
+                    f"state[{key!r}] is {state.get(key)!r} but these batches have {key}={value!r}: "
+                    f"the state belongs to other data or settings"
+                )
         if "grain" not in state:
             raise ValueError(f"state must have a 'grain' entry, got keys {sorted(state)}")
         self._iter.set_state(state["grain"])
@@ -150,12 +187,12 @@ class PreparedTask:
 
     folder: Path
     name: str
-    label_names: tuple[str, ...]          # () for regression
-    num_labels: int                       # 1 for regression
+    label_names: tuple[str, ...]  # () for regression
+    num_labels: int  # 1 for regression
     is_regression: bool
     is_pair: bool
-    metric_names: tuple[str, ...]         # keys of glue.METRICS; the first is the headline
-    split_sizes: Mapping[str, int]        # the splits offered: train, validation and maybe test
+    metric_names: tuple[str, ...]  # keys of glue.METRICS; the first is the headline
+    split_sizes: Mapping[str, int]  # the splits offered: train, validation and maybe test
     fingerprint: str
     tokenizer: Tokenizer = dataclasses.field(repr=False, compare=False)
 
@@ -187,8 +224,9 @@ class PreparedTask:
         parsed = [_parse(r) for r in self._records(split)]
         return [p[0] for p in parsed], [p[1] for p in parsed], np.asarray([p[2] for p in parsed], np.float64)
 
-    def train_batches(self, batch_size: int, seq_len: int, seed: int, shard_index: int = 0,
-                      shard_count: int = 1) -> TaskBatches:
+    def train_batches(
+        self, batch_size: int, seq_len: int, seed: int, shard_index: int = 0, shard_count: int = 1
+    ) -> TaskBatches:
         """Infinite shuffled batches of the train split (this process's shard: every
         shard_count-th example of the global shuffled stream, from shard_index)."""
         return TaskBatches(self, "train", batch_size, seq_len, seed, shard_index, shard_count)
@@ -199,11 +237,18 @@ class PreparedTask:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         records = self._records(split)
         for start in range(0, len(records), batch_size):
-            yield _collate(records[start:start + batch_size], self.tokenizer, seq_len, self.is_pair,
-                           self.is_regression, int(batch_size))
+            yield _collate(
+                records[start : start + batch_size],
+                self.tokenizer,
+                seq_len,
+                self.is_pair,
+                self.is_regression,
+                int(batch_size),
+            )
 
 
 # ----------------------------------------------------------------------------- prepare
+
 
 def _label_kind(raw: RawTask, where: str) -> tuple[bool, tuple[str, ...], int]:
     """(is_regression, label_names, num_labels), checking every label against them."""
@@ -235,10 +280,10 @@ def _build(folder: Path, raw: RawTask, spec: str, fingerprint: str, tokenizer: T
         writer = ArrayRecordWriter(str(folder / f"{split}.array_record"), "group_size:1")
         chunks = range(0, len(rows), _ENCODE_CHUNK)
         for start in tqdm(chunks, desc=f"tokenize {raw.name} {split}", disable=not progress, unit="chunk"):
-            chunk = rows[start:start + _ENCODE_CHUNK]
+            chunk = rows[start : start + _ENCODE_CHUNK]
             ids_a = tokenizer.encode_batch([r[0] for r in chunk])
             ids_b = tokenizer.encode_batch([r[1] for r in chunk]) if is_pair else [()] * len(chunk)
-            for a, b, label in zip(ids_a, ids_b, labels[start:start + _ENCODE_CHUNK], strict=True):
+            for a, b, label in zip(ids_a, ids_b, labels[start : start + _ENCODE_CHUNK], strict=True):
                 writer.write(_record(a, b, label))
         writer.close()
         sizes[split] = len(rows)
@@ -246,14 +291,32 @@ def _build(folder: Path, raw: RawTask, spec: str, fingerprint: str, tokenizer: T
         metrics = raw.metric_names
     else:
         metrics = ("pearson", "spearman") if is_regression else ("accuracy", "f1") if num_labels == 2 else ("accuracy",)
-    cache.write_meta(folder, {"format": FORMAT_VERSION, "spec": spec, "name": raw.name, "fingerprint": fingerprint,
-                              "label_names": list(label_names), "num_labels": num_labels,
-                              "is_regression": is_regression, "is_pair": is_pair, "metric_names": list(metrics),
-                              "split_sizes": sizes})
+    cache.write_meta(
+        folder,
+        {
+            "format": FORMAT_VERSION,
+            "spec": spec,
+            "name": raw.name,
+            "fingerprint": fingerprint,
+            "label_names": list(label_names),
+            "num_labels": num_labels,
+            "is_regression": is_regression,
+            "is_pair": is_pair,
+            "metric_names": list(metrics),
+            "split_sizes": sizes,
+        },
+    )
 
 
-def prepare_task(task: str, tokenizer: Tokenizer, *, data_dir=None, text_fields: tuple[str, ...] | None = None,
-                 label_field: str = "label", progress: bool = False) -> PreparedTask:
+def prepare_task(
+    task: str,
+    tokenizer: Tokenizer,
+    *,
+    data_dir=None,
+    text_fields: tuple[str, ...] | None = None,
+    label_field: str = "label",
+    progress: bool = False,
+) -> PreparedTask:
     """The tokenized task of spec `task` (see the module docstring), prepared on first use.
 
     Raises paths.MissingDataError (a missing file, built-in task or TFDS dataset; the message
@@ -270,18 +333,33 @@ def prepare_task(task: str, tokenizer: Tokenizer, *, data_dir=None, text_fields:
         parts, load = builtin_source(task, data_dir)
         fields = ("text_a", "text_b") if task == "paraphrase" else ("text_a",)
     elif task.startswith("tfds:"):
-        parts, fields, load = tfds_source(task[len("tfds:"):], text_fields, label_field)
+        parts, fields, load = tfds_source(task[len("tfds:") :], text_fields, label_field)
     else:
         parts, load = file_source(Path(task).expanduser(), text_fields, label_field)
         fields = text_fields
     tokenizer_sha = hashlib.sha256(tokenizer.to_json().encode("utf-8")).hexdigest()
-    key = {"format": FORMAT_VERSION, "spec": task, "source": parts, "text_fields": fields,
-           "label_field": label_field, "tokenizer": tokenizer_sha}
+    key = {
+        "format": FORMAT_VERSION,
+        "spec": task,
+        "source": parts,
+        "text_fields": fields,
+        "label_field": label_field,
+        "tokenizer": tokenizer_sha,
+    }
     fingerprint = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()
-    folder = cache.prepared_folder(data_dir, "task", fingerprint,
-                                   lambda tmp: _build(tmp, load(), task, fingerprint, tokenizer, progress))
+    folder = cache.prepared_folder(
+        data_dir, "task", fingerprint, lambda tmp: _build(tmp, load(), task, fingerprint, tokenizer, progress)
+    )
     meta = cache.read_meta(folder)
-    return PreparedTask(folder=folder, name=meta["name"], label_names=tuple(meta["label_names"]),
-                        num_labels=meta["num_labels"], is_regression=meta["is_regression"], is_pair=meta["is_pair"],
-                        metric_names=tuple(meta["metric_names"]), split_sizes=dict(meta["split_sizes"]),
-                        fingerprint=fingerprint, tokenizer=tokenizer)
+    return PreparedTask(
+        folder=folder,
+        name=meta["name"],
+        label_names=tuple(meta["label_names"]),
+        num_labels=meta["num_labels"],
+        is_regression=meta["is_regression"],
+        is_pair=meta["is_pair"],
+        metric_names=tuple(meta["metric_names"]),
+        split_sizes=dict(meta["split_sizes"]),
+        fingerprint=fingerprint,
+        tokenizer=tokenizer,
+    )

@@ -69,7 +69,7 @@ def rebuild_command(name: str, data_dir=None) -> str:
     if name == EMBEDDED_CORPUS:
         return paths.shipped_rebuild_command(name)
     where = [] if data_dir is None else ["--data-dir", str(data_dir)]
-    return shlex.join(["cottention-data", f"build-{name}", *where])   # paths quoted
+    return shlex.join(["cottention-data", f"build-{name}", *where])  # paths quoted
 
 
 def corpus_dir(name: str, data_dir=None) -> Path:
@@ -90,10 +90,8 @@ def write_corpus(directory, name: str, documents: Sequence[Document], provenance
     directory.mkdir(parents=True, exist_ok=True)
     ids = [d.doc_id for d in documents]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"documents: doc_id values must be unique, got {len(ids)} ids, "
-                         f"{len(set(ids))} distinct")
-    out = paths.write_jsonl_gz(directory / f"{name}.jsonl.gz",
-                               (dataclasses.asdict(d) for d in documents))
+        raise ValueError(f"documents: doc_id values must be unique, got {len(ids)} ids, {len(set(ids))} distinct")
+    out = paths.write_jsonl_gz(directory / f"{name}.jsonl.gz", (dataclasses.asdict(d) for d in documents))
     (directory / "PROVENANCE.md").write_text(provenance, encoding="utf-8")
     paths.write_checksums(directory, [out.name, "PROVENANCE.md"])
     return out
@@ -105,8 +103,9 @@ def read_documents(path, rebuild: str) -> list[Document]:
     documents = []
     for number, record in enumerate(paths.read_jsonl_gz(path, rebuild), 1):
         if set(record) != fields:
-            raise paths.corrupt(path, f"record {number} has fields {sorted(record)}, "
-                                      f"expected {sorted(fields)}", rebuild)
+            raise paths.corrupt(
+                path, f"record {number} has fields {sorted(record)}, expected {sorted(fields)}", rebuild
+            )
         documents.append(Document(**record))
     return documents
 
@@ -137,9 +136,10 @@ def embedded_corpus_provenance() -> str:
     return path.read_text(encoding="utf-8")
 
 
-def split_documents(documents: Iterable[Document],
-                    validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
-                    ) -> dict[str, list[Document]]:
+def split_documents(
+    documents: Iterable[Document],
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
+) -> dict[str, list[Document]]:
     """Split by document group: {"train": [...], "validation": [...]}, each sorted by doc_id.
 
     The round(fraction * number of groups) groups (at least one, at most all but
@@ -155,5 +155,7 @@ def split_documents(documents: Iterable[Document],
     n_val = min(max(1, round(validation_fraction * len(groups))), len(groups) - 1)
     ranked = sorted(groups, key=lambda g: hashlib.sha256(f"{_SPLIT_SEED}:{g}".encode()).hexdigest())
     held_out = set(ranked[:n_val])
-    return {"train": [d for d in documents if d.group not in held_out],
-            "validation": [d for d in documents if d.group in held_out]}
+    return {
+        "train": [d for d in documents if d.group not in held_out],
+        "validation": [d for d in documents if d.group in held_out],
+    }

@@ -35,7 +35,7 @@ __all__ = ["DataSourceError", "Piece", "TextSource", "open_source"]
 _MAX_PIECE_BYTES = 1 << 20
 _MIN_PIECE_BYTES = 4 << 10
 _PIECES_PER_SMALL_CORPUS = 64
-_TFDS_READ = 1024          # records fetched per data-source call
+_TFDS_READ = 1024  # records fetched per data-source call
 
 
 class DataSourceError(ValueError):
@@ -68,8 +68,9 @@ class TextSource:
 
     @property
     def name(self) -> str:
-        return {"builtin": self.spec.name, "tfds": f"tfds:{self.spec.tfds_name}",
-                "files": self.spec.path}[self.spec.kind]
+        return {"builtin": self.spec.name, "tfds": f"tfds:{self.spec.tfds_name}", "files": self.spec.path}[
+            self.spec.kind
+        ]
 
     @property
     def builtin(self) -> str | None:
@@ -104,8 +105,7 @@ class TextSource:
             for f in self.files:
                 kind = suffix_kind(f)
                 assert kind is not None  # parse_corpus and _expand_files let only supported files through
-                reader = {"text": self._text_pieces, "jsonl": self._jsonl_pieces,
-                          "parquet": self._parquet_pieces}[kind]
+                reader = {"text": self._text_pieces, "jsonl": self._jsonl_pieces, "parquet": self._parquet_pieces}[kind]
                 yield from reader(f)
 
     # ---------------------------------------------------------------- files
@@ -138,7 +138,7 @@ class TextSource:
                         raise DataSourceError(f"data.corpus: {path} line {number} is not JSON ({err.msg})") from None
                     yield Piece(group=f"{path}:{number}", text=self._field(record, path, f"line {number}"))
                     count += 1
-        except (OSError, EOFError) as err:   # a .gz that is not gzip, or truncated
+        except (OSError, EOFError) as err:  # a .gz that is not gzip, or truncated
             raise DataSourceError(f"data.corpus: {path} cannot be read: {err}") from None
         if count == 0:
             raise DataSourceError(f"data.corpus: {path} holds no JSON line")
@@ -147,23 +147,27 @@ class TextSource:
         try:
             import pyarrow.parquet as pq  # noqa: PLC0415  (optional)
         except ImportError:
-            raise DataSourceError(f"data.corpus: reading {path} needs pyarrow: "
-                                  'pip install "cottention-jax[parquet]"') from None
+            raise DataSourceError(
+                f'data.corpus: reading {path} needs pyarrow: pip install "cottention-jax[parquet]"'
+            ) from None
         try:
             table = pq.ParquetFile(path)
         except Exception as err:  # pyarrow raises ArrowInvalid for a file that is not parquet
             raise DataSourceError(f"data.corpus: {path} is not a parquet file ({err})") from None
         columns = table.schema_arrow.names
         if self.text_field not in columns:
-            raise DataSourceError(f"data.corpus: {path} has no column {self.text_field!r} "
-                                  f"(columns: {', '.join(columns)}); set data.text_field")
+            raise DataSourceError(
+                f"data.corpus: {path} has no column {self.text_field!r} "
+                f"(columns: {', '.join(columns)}); set data.text_field"
+            )
         row = 0
         for batch in table.iter_batches(batch_size=1024, columns=[self.text_field]):
             for text in batch.column(0).to_pylist():
                 row += 1
                 if not isinstance(text, str):
-                    raise DataSourceError(f"data.corpus: {path} row {row}: column {self.text_field!r} is "
-                                          f"{type(text).__name__}, not text")
+                    raise DataSourceError(
+                        f"data.corpus: {path} row {row}: column {self.text_field!r} is {type(text).__name__}, not text"
+                    )
                 yield Piece(group=f"{path}:{row}", text=text)
         if row == 0:
             raise DataSourceError(f"data.corpus: {path} holds no row")
@@ -171,12 +175,14 @@ class TextSource:
     def _field(self, record, path: str, where: str) -> str:
         if not isinstance(record, dict) or self.text_field not in record:
             found = sorted(record) if isinstance(record, dict) else type(record).__name__
-            raise DataSourceError(f"data.corpus: {path} {where} has no field {self.text_field!r} (found {found}); "
-                                  "set data.text_field")
+            raise DataSourceError(
+                f"data.corpus: {path} {where} has no field {self.text_field!r} (found {found}); set data.text_field"
+            )
         text = record[self.text_field]
         if not isinstance(text, str):
-            raise DataSourceError(f"data.corpus: {path} {where}: field {self.text_field!r} is "
-                                  f"{type(text).__name__}, not text")
+            raise DataSourceError(
+                f"data.corpus: {path} {where}: field {self.text_field!r} is {type(text).__name__}, not text"
+            )
         return text
 
     # ---------------------------------------------------------------- TFDS
@@ -185,11 +191,13 @@ class TextSource:
         source = next(iter(self.tfds_splits.values()))
         features = list(source.dataset_info.features.keys())
         if self.text_field not in features:
-            raise DataSourceError(f"data.corpus: tfds:{self.spec.tfds_name} has no feature {self.text_field!r} "
-                                  f"(features: {', '.join(features)}); set data.text_field")
+            raise DataSourceError(
+                f"data.corpus: tfds:{self.spec.tfds_name} has no feature {self.text_field!r} "
+                f"(features: {', '.join(features)}); set data.text_field"
+            )
 
     def _tfds_pieces(self) -> Iterator[Piece]:
-        fixed = len(self.tfds_splits) > 1           # the dataset's own train / validation splits
+        fixed = len(self.tfds_splits) > 1  # the dataset's own train / validation splits
         for split, source in self.tfds_splits.items():
             for start in range(0, len(source), _TFDS_READ):
                 indices = list(range(start, min(start + _TFDS_READ, len(source))))
@@ -214,9 +222,9 @@ def _text_blocks(path: str, size: int) -> Iterator[bytes]:
             if len(buffer) < size:
                 continue
             cut = buffer.rfind(b"\n") + 1
-            if cut == 0:                      # no newline in the block: cut between characters
+            if cut == 0:  # no newline in the block: cut between characters
                 cut = len(buffer) - 1
-                while cut > 0 and buffer[cut] & 0xC0 == 0x80:   # a continuation byte of UTF-8
+                while cut > 0 and buffer[cut] & 0xC0 == 0x80:  # a continuation byte of UTF-8
                     cut -= 1
                 cut = cut or len(buffer)
             yield buffer[:cut]
@@ -246,8 +254,9 @@ def _expand_files(path: str) -> list[str]:
         raise paths.MissingDataError(f"data.corpus: {path} does not exist")
     supported = [p for p in found if suffix_kind(p) is not None]
     if not supported:
-        raise paths.MissingDataError(f"data.corpus: {path} names no .txt/.md/.jsonl/.jsonl.gz/.parquet file "
-                                     f"({len(found)} other file(s))")
+        raise paths.MissingDataError(
+            f"data.corpus: {path} names no .txt/.md/.jsonl/.jsonl.gz/.parquet file ({len(found)} other file(s))"
+        )
     return supported
 
 

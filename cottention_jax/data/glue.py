@@ -52,18 +52,27 @@ class GlueTask:
     is_regression: bool = False
 
 
-TASKS: dict[str, GlueTask] = {t.name: t for t in (
-    GlueTask("cola", "CoLA", ("sentence",), ("matthews_corrcoef",)),
-    GlueTask("sst2", "SST-2", ("sentence",), ("accuracy",)),
-    GlueTask("mrpc", "MRPC", ("sentence1", "sentence2"), ("f1", "accuracy")),
-    GlueTask("stsb", "STS-B", ("sentence1", "sentence2"), ("pearson", "spearman"), is_regression=True),
-    GlueTask("qqp", "QQP", ("question1", "question2"), ("f1", "accuracy")),
-    GlueTask("mnli", "MNLI-m", ("premise", "hypothesis"), ("accuracy",),
-             validation_split="validation_matched", test_split="test_matched"),
-    GlueTask("qnli", "QNLI", ("question", "sentence"), ("accuracy",)),
-    GlueTask("rte", "RTE", ("sentence1", "sentence2"), ("accuracy",)),
-    GlueTask("wnli", "WNLI", ("sentence1", "sentence2"), ("accuracy",)),
-)}
+TASKS: dict[str, GlueTask] = {
+    t.name: t
+    for t in (
+        GlueTask("cola", "CoLA", ("sentence",), ("matthews_corrcoef",)),
+        GlueTask("sst2", "SST-2", ("sentence",), ("accuracy",)),
+        GlueTask("mrpc", "MRPC", ("sentence1", "sentence2"), ("f1", "accuracy")),
+        GlueTask("stsb", "STS-B", ("sentence1", "sentence2"), ("pearson", "spearman"), is_regression=True),
+        GlueTask("qqp", "QQP", ("question1", "question2"), ("f1", "accuracy")),
+        GlueTask(
+            "mnli",
+            "MNLI-m",
+            ("premise", "hypothesis"),
+            ("accuracy",),
+            validation_split="validation_matched",
+            test_split="test_matched",
+        ),
+        GlueTask("qnli", "QNLI", ("question", "sentence"), ("accuracy",)),
+        GlueTask("rte", "RTE", ("sentence1", "sentence2"), ("accuracy",)),
+        GlueTask("wnli", "WNLI", ("sentence1", "sentence2"), ("accuracy",)),
+    )
+}
 
 GLUE_TASKS: tuple[str, ...] = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte")
 
@@ -122,9 +131,9 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
     """Ranks 1..N of x, tied values sharing the mean of the ranks they span."""
     order = np.argsort(x, kind="stable")
     sorted_x = x[order]
-    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])    # first index of each tie group
-    ends = np.r_[starts[1:], len(x)]                                        # one past its last
-    group_rank = (starts + ends + 1) / 2.0                                  # mean of ranks starts+1 .. ends
+    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])  # first index of each tie group
+    ends = np.r_[starts[1:], len(x)]  # one past its last
+    group_rank = (starts + ends + 1) / 2.0  # mean of ranks starts+1 .. ends
     ranks = np.empty(len(x), np.float64)
     ranks[order] = np.repeat(group_rank, ends - starts)
     return ranks
@@ -136,8 +145,13 @@ def spearman(predictions, labels) -> float:
     return pearson(_average_ranks(p), _average_ranks(y))
 
 
-METRICS = {"accuracy": accuracy, "f1": binary_f1, "matthews_corrcoef": matthews_corrcoef,
-           "pearson": pearson, "spearman": spearman}
+METRICS = {
+    "accuracy": accuracy,
+    "f1": binary_f1,
+    "matthews_corrcoef": matthews_corrcoef,
+    "pearson": pearson,
+    "spearman": spearman,
+}
 
 
 def task_metrics(metric_names: Sequence[str], predictions, labels) -> dict[str, float]:

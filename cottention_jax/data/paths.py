@@ -51,7 +51,7 @@ __all__ = [
 # The files that ship inside the package (package data of the wheel; one copy in the repository).
 # pip unpacks a wheel, so the resource is a real folder; its Path is what the readers below take.
 SHIPPED_DATA_DIR = Path(str(importlib.resources.files(__package__) / "shipped"))
-_CHECKOUT = Path(__file__).resolve().parents[2]          # the folder holding cottention_jax/
+_CHECKOUT = Path(__file__).resolve().parents[2]  # the folder holding cottention_jax/
 CHECKSUM_FILE = "SHA256SUMS"
 _ENV_VAR = "COTTENTION_DATA_DIR"
 
@@ -81,8 +81,10 @@ def shipped_rebuild_command(subdir: str) -> str:
     """How to restore a shipped folder (e.g. "tokenizers"): from git in a checkout of the
     repository, else by reinstalling the package the files came with."""
     if (_CHECKOUT / ".git").exists():
-        return (f"git checkout -- cottention_jax/data/shipped/{subdir}   "
-                "(or: python experiments/build_corpus.py --embedded)")
+        return (
+            f"git checkout -- cottention_jax/data/shipped/{subdir}   "
+            "(or: python experiments/build_corpus.py --embedded)"
+        )
     return "pip install --force-reinstall --no-deps cottention-jax   (the file ships in the package)"
 
 
@@ -155,8 +157,7 @@ def write_jsonl_gz(path, records: Iterable[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     # mtime=0 and no file name in the gzip header make the output reproducible.
-    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
-                                               compresslevel=9, mtime=0) as f:
+    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as f:
         for record in records:
             f.write((json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8"))
     os.replace(tmp, path)

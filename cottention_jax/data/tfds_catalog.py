@@ -26,8 +26,17 @@ from cottention_jax.data import paths
 
 __all__ = ["data_dir", "import_builder", "not_prepared", "quiet_tfds_notices"]
 
-_GROUPS = ("text", "structured", "question_answering", "summarization", "translate", "image_classification",
-           "image", "audio", "video")
+_GROUPS = (
+    "text",
+    "structured",
+    "question_answering",
+    "summarization",
+    "translate",
+    "image_classification",
+    "image",
+    "audio",
+    "video",
+)
 
 
 def data_dir() -> Path:
@@ -43,8 +52,7 @@ class _QuietTfds(logging.Filter):
         self.package_dir = package_dir
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return (record.levelno >= logging.ERROR
-                or not os.path.realpath(record.pathname).startswith(self.package_dir))
+        return record.levelno >= logging.ERROR or not os.path.realpath(record.pathname).startswith(self.package_dir)
 
 
 def quiet_tfds_notices(tfds_module) -> None:
@@ -62,8 +70,10 @@ def import_builder(name: str):
     quiet_tfds_notices(tfds)
 
     base = name.split("/")[0].split(":")[0]
-    for module in (f"tensorflow_datasets.datasets.{base}.{base}_dataset_builder",
-                   *(f"tensorflow_datasets.{group}.{base}" for group in _GROUPS)):
+    for module in (
+        f"tensorflow_datasets.datasets.{base}.{base}_dataset_builder",
+        *(f"tensorflow_datasets.{group}.{base}" for group in _GROUPS),
+    ):
         try:
             if importlib.util.find_spec(module) is not None:
                 importlib.import_module(module)
@@ -80,4 +90,5 @@ def not_prepared(name: str, detail: str) -> paths.MissingDataError:
     return paths.MissingDataError(
         f"TFDS dataset {name} is not prepared in {where} ({detail}); nothing is downloaded here: prepare it on a "
         f"machine with network (`tfds build {name} --data_dir {where} --file_format array_record`) and copy that "
-        "folder here, or point TFDS_DATA_DIR at where it is")
+        "folder here, or point TFDS_DATA_DIR at where it is"
+    )

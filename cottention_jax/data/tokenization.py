@@ -63,8 +63,8 @@ __all__ = [
 ]
 
 KINDS = ("bpe", "wordpiece", "byte")
-RUN_TOKENIZER = "tokenizer.json"            # a training run's own tokenizer, in its workdir
-FINGERPRINT_SUFFIX = ".sha256"              # beside it: its SHA-256 (save_run_tokenizer)
+RUN_TOKENIZER = "tokenizer.json"  # a training run's own tokenizer, in its workdir
+FINGERPRINT_SUFFIX = ".sha256"  # beside it: its SHA-256 (save_run_tokenizer)
 SPECIAL_ROLES = ("pad", "bos", "eos", "cls", "sep", "mask", "unk")
 DEFAULT_VOCAB_SIZE = {"bpe": 4096, "wordpiece": 4096, "byte": 256 + len(SPECIAL_ROLES)}
 _SPECIAL_TOKENS = {
@@ -74,10 +74,12 @@ _SPECIAL_TOKENS = {
 _BYTE_MARKER = "cottention_byte_tokenizer"
 # Always in a WordPiece vocabulary, seen in training or not, so that modern text
 # (typographic quotes and dashes, accented letters) does not turn into [UNK].
-_EXTRA_WORDPIECE_CHARS = ("\u2018\u2019\u201c\u201d\u2013\u2014\u2026\u00ab\u00bb\u00a1\u00bf"
-                          "\u00e0\u00e1\u00e2\u00e3\u00e4\u00e5\u00e6\u00e7\u00e8\u00e9\u00ea\u00eb"
-                          "\u00ec\u00ed\u00ee\u00ef\u00f1\u00f2\u00f3\u00f4\u00f5\u00f6\u00f8\u00f9"
-                          "\u00fa\u00fb\u00fc\u00fd\u00ff\u00df\u0153")
+_EXTRA_WORDPIECE_CHARS = (
+    "\u2018\u2019\u201c\u201d\u2013\u2014\u2026\u00ab\u00bb\u00a1\u00bf"
+    "\u00e0\u00e1\u00e2\u00e3\u00e4\u00e5\u00e6\u00e7\u00e8\u00e9\u00ea\u00eb"
+    "\u00ec\u00ed\u00ee\u00ef\u00f1\u00f2\u00f3\u00f4\u00f5\u00f6\u00f8\u00f9"
+    "\u00fa\u00fb\u00fc\u00fd\u00ff\u00df\u0153"
+)
 
 
 class Tokenizer:
@@ -201,8 +203,7 @@ _HF_KINDS = {"BPE": "bpe", "WordPiece": "wordpiece", "Unigram": "unigram", "Word
 # the end of a text, and so also the start of the next.
 _ROLE_TOKENS = {
     "pad": ("<|pad|>", "[PAD]", "<pad>", "<|padding|>", "<PAD>"),
-    "bos": ("<|bos|>", "<s>", "<|begin_of_text|>", "<|startoftext|>", "<bos>", "[BOS]", "<BOS>",
-            "<|endoftext|>"),
+    "bos": ("<|bos|>", "<s>", "<|begin_of_text|>", "<|startoftext|>", "<bos>", "[BOS]", "<BOS>", "<|endoftext|>"),
     "eos": ("<|eos|>", "</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>", "[EOS]", "<EOS>"),
     "cls": ("[CLS]", "<cls>", "<|cls|>", "<CLS>"),
     "sep": ("[SEP]", "<sep>", "<|sep|>", "<SEP>"),
@@ -222,7 +223,7 @@ def find_special_ids(record: dict) -> dict[str, int]:
     """
     model = record["model"]
     vocab = model.get("vocab") or {}
-    if isinstance(vocab, list):                       # Unigram: [[piece, score], ...]
+    if isinstance(vocab, list):  # Unigram: [[piece, score], ...]
         vocab = {piece: i for i, (piece, _) in enumerate(vocab)}
     added = record.get("added_tokens") or []
     table = {t["content"]: t["id"] for t in added if t.get("special")}
@@ -237,9 +238,9 @@ def find_special_ids(record: dict) -> dict[str, int]:
         token = next((t for t in tokens if t in table), None)
         if token is not None:
             found[role] = int(table[token])
-    if model.get("unk_token") in vocab:               # BPE, WordPiece, WordLevel
+    if model.get("unk_token") in vocab:  # BPE, WordPiece, WordLevel
         found["unk"] = int(vocab[model["unk_token"]])
-    elif isinstance(model.get("unk_id"), int):        # Unigram
+    elif isinstance(model.get("unk_id"), int):  # Unigram
         found["unk"] = model["unk_id"]
     return found
 
@@ -255,16 +256,18 @@ def _new_hf_tokenizer(kind: str, lowercase: bool):
         hf.decoder = decoders.ByteLevel()
         return hf
     hf = HF(models.WordPiece(unk_token=_SPECIAL_TOKENS["wordpiece"]["unk"]))
-    hf.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                               strip_accents=lowercase, lowercase=lowercase)
+    hf.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=lowercase, lowercase=lowercase
+    )
     hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     # cleanup=False: decoding must not rewrite words ("do not" -> "don't").
     hf.decoder = decoders.WordPiece(prefix="##", cleanup=False)
     return hf
 
 
-def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int | None = None,
-                    lowercase: bool = False) -> Tokenizer:
+def train_tokenizer(
+    kind: str, texts: Iterable[str], vocab_size: int | None = None, lowercase: bool = False
+) -> Tokenizer:
     """Train a "bpe" or "wordpiece" tokenizer on `texts` (or return ByteTokenizer for "byte").
 
     vocab_size counts the special tokens; BPE needs at least 259 (256 bytes + 3 specials).
@@ -289,11 +292,13 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int | None = No
     # WordPiece also keeps a "##" continuation piece for every alphabet character.
     minimum = len(specials) + len(alphabet) * (2 if kind == "wordpiece" else 1)
     if vocab_size < minimum:
-        raise ValueError(f"vocab_size must be at least {minimum} for {kind} "
-                         f"({len(specials)} specials + alphabet), got {vocab_size}")
+        raise ValueError(
+            f"vocab_size must be at least {minimum} for {kind} ({len(specials)} specials + alphabet), got {vocab_size}"
+        )
     hf = _new_hf_tokenizer(kind, lowercase)
-    trainer = trainer_cls(vocab_size=vocab_size, special_tokens=specials,
-                          initial_alphabet=alphabet, show_progress=False)
+    trainer = trainer_cls(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet, show_progress=False
+    )
     hf.train_from_iterator(texts, trainer=trainer)
     if kind == "wordpiece":
         hf = _canonical_wordpiece(hf, specials, alphabet)
@@ -318,7 +323,7 @@ def _canonical_wordpiece(hf, specials: list[str], alphabet: list[str]):
     missing = [t for t in needed if t not in vocab]
     keep = set(specials) | set(needed)
     latest_first = sorted((t for t in vocab if t not in keep), key=vocab.get, reverse=True)
-    for token in latest_first[:len(missing)]:
+    for token in latest_first[: len(missing)]:
         del vocab[token]
     vocab.update(dict.fromkeys(missing, -1))
     rest = sorted(set(vocab) - set(specials), key=lambda t: (t.startswith("##"), len(t), t))
@@ -370,7 +375,8 @@ def _check_fingerprint(path: Path, text: bytes) -> None:
         raise paths.CorruptDataError(
             f"tokenizer file {path} has changed since it was saved (its SHA-256 {digest[:16]}... is not the "
             f"{(recorded or ['nothing'])[0][:16]}... recorded in {fingerprint.name}): the model's ids would decode "
-            f"to other text. Put back the run's own tokenizer.json, or delete {fingerprint} to use this one")
+            f"to other text. Put back the run's own tokenizer.json, or delete {fingerprint} to use this one"
+        )
 
 
 def load_tokenizer(path, rebuild: str | None = None) -> Tokenizer:
@@ -384,8 +390,9 @@ def load_tokenizer(path, rebuild: str | None = None) -> Tokenizer:
     """
     path = Path(path)
     if not path.is_file():
-        raise paths.missing(path, rebuild) if rebuild else paths.MissingDataError(
-            f"tokenizer file {path} does not exist")
+        raise (
+            paths.missing(path, rebuild) if rebuild else paths.MissingDataError(f"tokenizer file {path} does not exist")
+        )
     raw = path.read_bytes()
     _check_fingerprint(path, raw)
     try:
@@ -403,8 +410,9 @@ def tokenizer_name(kind: str, corpus: str, vocab_size: int | None = None) -> str
     return f"{corpus}-{kind}-{vocab_size}"
 
 
-def get_tokenizer(kind: str = "bpe", corpus: str = "shakespeare", vocab_size: int | None = None,
-                  data_dir=None) -> Tokenizer:
+def get_tokenizer(
+    kind: str = "bpe", corpus: str = "shakespeare", vocab_size: int | None = None, data_dir=None
+) -> Tokenizer:
     """The tokenizer of `kind` for `corpus`: shipped, cached, or trained on the corpus's train split.
 
     Training uses only the training documents of `corpus_lib.split_documents`, so
@@ -415,8 +423,7 @@ def get_tokenizer(kind: str = "bpe", corpus: str = "shakespeare", vocab_size: in
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if kind == "byte":
         if vocab_size not in (None, DEFAULT_VOCAB_SIZE["byte"]):
-            raise ValueError(f"vocab_size of a byte tokenizer is {DEFAULT_VOCAB_SIZE['byte']}, "
-                             f"got {vocab_size}")
+            raise ValueError(f"vocab_size of a byte tokenizer is {DEFAULT_VOCAB_SIZE['byte']}, got {vocab_size}")
         return ByteTokenizer()
     name = tokenizer_name(kind, corpus, vocab_size) + ".json"
     shipped = paths.SHIPPED_DATA_DIR / "tokenizers"

@@ -36,8 +36,20 @@ from cottention_jax.interop.gptj import (
 )
 
 __all__ = [
-    "BERT_ARCHITECTURES", "BERT_PARAMETERS", "GPTJ_PARAMETERS",
-    "bert_config_from_hf", "bert_state_dict", "gpt_config_from_hf", "gptj_state_dict",
-    "hf_config_from_bert", "hf_config_from_gpt", "load_bert", "load_gptj",
-    "read_hf_config", "read_state_dict", "save_bert", "save_gptj", "write_safetensors",
+    "BERT_ARCHITECTURES",
+    "BERT_PARAMETERS",
+    "GPTJ_PARAMETERS",
+    "bert_config_from_hf",
+    "bert_state_dict",
+    "gpt_config_from_hf",
+    "gptj_state_dict",
+    "hf_config_from_bert",
+    "hf_config_from_gpt",
+    "load_bert",
+    "load_gptj",
+    "read_hf_config",
+    "read_state_dict",
+    "save_bert",
+    "save_gptj",
+    "write_safetensors",
 ]

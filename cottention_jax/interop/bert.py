@@ -48,8 +48,15 @@ from cottention_jax.interop.gptj import HF_ACTIVATIONS
 from cottention_jax.interop.mapping import Entry, export_parameters, format_table, load_parameters
 from cottention_jax.models import Bert, BertConfig
 
-__all__ = ["BERT_ARCHITECTURES", "BERT_PARAMETERS", "bert_config_from_hf", "bert_state_dict", "hf_config_from_bert",
-           "load_bert", "save_bert"]
+__all__ = [
+    "BERT_ARCHITECTURES",
+    "BERT_PARAMETERS",
+    "bert_config_from_hf",
+    "bert_state_dict",
+    "hf_config_from_bert",
+    "load_bert",
+    "save_bert",
+]
 
 _LAYER = "bert.encoder.layer.{i}"
 BERT_PARAMETERS = (
@@ -85,18 +92,25 @@ BERT_PARAMETERS = (
     Entry("classifier.weight", "classifier.kernel", "linear", "classifier"),
     Entry("classifier.bias", "classifier.bias", "same", "classifier"),
 )
-__doc__ += format_table(BERT_PARAMETERS) + """
+__doc__ += (
+    format_table(BERT_PARAMETERS)
+    + """
   cls.predictions.decoder.weight / .bias: tied to word_embeddings / cls.predictions.bias (checked equal)
 """
+)
 
 # the parts each transformers class saves (and which `save_bert` writes)
-BERT_ARCHITECTURES = {"BertForMaskedLM": ("base", "mlm"),
-                      "BertForSequenceClassification": ("base", "pooler", "classifier"),
-                      "BertModel": ("base", "pooler")}
-_TIED = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
-         "cls.predictions.decoder.bias": "cls.predictions.bias"}
+BERT_ARCHITECTURES = {
+    "BertForMaskedLM": ("base", "mlm"),
+    "BertForSequenceClassification": ("base", "pooler", "classifier"),
+    "BertModel": ("base", "pooler"),
+}
+_TIED = {
+    "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+    "cls.predictions.decoder.bias": "cls.predictions.bias",
+}
 _IGNORED = (r"bert\.embeddings\.position_ids",)
-_NSP = "cls.seq_relationship."     # BertForPreTraining's next-sentence head (weight (2, d), bias (2,))
+_NSP = "cls.seq_relationship."  # BertForPreTraining's next-sentence head (weight (2, d), bias (2,))
 _MARKER = "cottention_jax"
 
 
@@ -112,15 +126,23 @@ def bert_config_from_hf(hf: dict, *, attention: str = "softmax", **overrides) ->
     if act not in HF_ACTIVATIONS:
         raise ValueError(f"config: hidden_act {act!r} has no counterpart here; supported: {sorted(HF_ACTIVATIONS)}")
     labels = hf.get("num_labels", len(hf["id2label"]) if hf.get("id2label") else 2)
-    marker = hf.get(_MARKER, {})   # written by save_bert (earlier versions: no "positions", all "from_mask")
-    fields = dict(vocab_size=hf.get("vocab_size", 30522), d_model=hf.get("hidden_size", 768),
-                  num_layers=hf.get("num_hidden_layers", 12), num_heads=hf.get("num_attention_heads", 12),
-                  ff_dim=hf.get("intermediate_size", 3072), max_len=hf.get("max_position_embeddings", 512),
-                  type_vocab_size=hf.get("type_vocab_size", 2), num_labels=labels,
-                  layer_norm_eps=hf.get("layer_norm_eps", 1e-12), activation=HF_ACTIVATIONS[act],
-                  dropout_rate=hf.get("hidden_dropout_prob", 0.1), attention=marker.get("attention", attention),
-                  stabilize=marker.get("stabilize", "value"),
-                  positions=marker.get("positions", "from_mask" if marker else "absolute"))
+    marker = hf.get(_MARKER, {})  # written by save_bert (earlier versions: no "positions", all "from_mask")
+    fields = dict(
+        vocab_size=hf.get("vocab_size", 30522),
+        d_model=hf.get("hidden_size", 768),
+        num_layers=hf.get("num_hidden_layers", 12),
+        num_heads=hf.get("num_attention_heads", 12),
+        ff_dim=hf.get("intermediate_size", 3072),
+        max_len=hf.get("max_position_embeddings", 512),
+        type_vocab_size=hf.get("type_vocab_size", 2),
+        num_labels=labels,
+        layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+        activation=HF_ACTIVATIONS[act],
+        dropout_rate=hf.get("hidden_dropout_prob", 0.1),
+        attention=marker.get("attention", attention),
+        stabilize=marker.get("stabilize", "value"),
+        positions=marker.get("positions", "from_mask" if marker else "absolute"),
+    )
     return BertConfig(**{**fields, **overrides})
 
 
@@ -128,23 +150,35 @@ def hf_config_from_bert(config: BertConfig, architecture: str = "BertForMaskedLM
     """The transformers BertConfig dict (config.json) of our BertConfig."""
     _check_exportable(config, architecture)
     activation = next(hf for hf, ours in HF_ACTIVATIONS.items() if ours == config.activation)
-    return {"architectures": [architecture], "model_type": "bert", "vocab_size": config.vocab_size,
-            "hidden_size": config.d_model, "num_hidden_layers": config.num_layers,
-            "num_attention_heads": config.num_heads, "intermediate_size": config.ff_dim,
-            "max_position_embeddings": config.max_len, "type_vocab_size": config.type_vocab_size,
-            "layer_norm_eps": config.layer_norm_eps, "hidden_act": activation,
-            "hidden_dropout_prob": config.dropout_rate, "attention_probs_dropout_prob": 0.0,
-            "position_embedding_type": "absolute", "num_labels": config.num_labels, "pad_token_id": 0,
-            _MARKER: {"attention": config.attention, "stabilize": config.stabilize, "positions": config.positions},
-            **extra}
+    return {
+        "architectures": [architecture],
+        "model_type": "bert",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "intermediate_size": config.ff_dim,
+        "max_position_embeddings": config.max_len,
+        "type_vocab_size": config.type_vocab_size,
+        "layer_norm_eps": config.layer_norm_eps,
+        "hidden_act": activation,
+        "hidden_dropout_prob": config.dropout_rate,
+        "attention_probs_dropout_prob": 0.0,
+        "position_embedding_type": "absolute",
+        "num_labels": config.num_labels,
+        "pad_token_id": 0,
+        _MARKER: {"attention": config.attention, "stabilize": config.stabilize, "positions": config.positions},
+        **extra,
+    }
 
 
 def _check_exportable(config: BertConfig, architecture: str) -> None:
     if architecture not in BERT_ARCHITECTURES:
         raise ValueError(f"architecture must be one of {tuple(BERT_ARCHITECTURES)}; got {architecture!r}")
     if config.num_kv_heads not in (None, config.num_heads):
-        raise ValueError(f"this Bert has no BERT form: num_kv_heads={config.num_kv_heads} (BERT has no "
-                         "grouped-query attention)")
+        raise ValueError(
+            f"this Bert has no BERT form: num_kv_heads={config.num_kv_heads} (BERT has no grouped-query attention)"
+        )
 
 
 def _with_prefix(state: dict) -> dict:
@@ -157,22 +191,28 @@ def _with_prefix(state: dict) -> dict:
 def _check_tied(state: dict, where: str) -> None:
     for tied, source in _TIED.items():
         if tied in state and source in state and not np.array_equal(state[tied], state[source]):
-            raise ValueError(f"{where}: {tied!r} differs from {source!r}: this Bert ties its MLM decoder to the "
-                             "token embedding, so an untied decoder has no place here")
+            raise ValueError(
+                f"{where}: {tied!r} differs from {source!r}: this Bert ties its MLM decoder to the "
+                "token embedding, so an untied decoder has no place here"
+            )
 
 
 def _without_nsp(state: dict, where: str) -> dict:
     """The state dict less BertForPreTraining's next-sentence head, with a one-line warning when it had one."""
     dropped = sorted(n for n in state if n.startswith(_NSP))
     if dropped:
-        warnings.warn(f"{where}: dropped the next-sentence-prediction head {_NSP}* "
-                      f"({', '.join(n.removeprefix(_NSP) for n in dropped)}): Bert has no NSP head", UserWarning,
-                      stacklevel=3)
+        warnings.warn(
+            f"{where}: dropped the next-sentence-prediction head {_NSP}* "
+            f"({', '.join(n.removeprefix(_NSP) for n in dropped)}): Bert has no NSP head",
+            UserWarning,
+            stacklevel=3,
+        )
     return {n: v for n, v in state.items() if not n.startswith(_NSP)}
 
 
-def load_bert(source, config: BertConfig | dict | None = None, *, attention: str | None = None, seed: int = 0,
-              **overrides) -> Bert:
+def load_bert(
+    source, config: BertConfig | dict | None = None, *, attention: str | None = None, seed: int = 0, **overrides
+) -> Bert:
     """Our `Bert` with the weights of a BERT checkpoint (softmax, or the official Cottention cosine one).
 
     source, config, attention, overrides: as `load_gptj` (config.json / a BertConfig dict / ours).
@@ -184,18 +224,37 @@ def load_bert(source, config: BertConfig | dict | None = None, *, attention: str
     where = source_name(source)
     state = _without_nsp(_with_prefix(read_state_dict(source)), where)
     _check_tied(state, where)
-    cfg, attention = resolve_config(state, source, config, attention, ours=BertConfig, from_hf=bert_config_from_hf,
-                                    hf_name="BertConfig", norm_const_suffix=".attention.self.norm_const",
-                                    overrides=overrides)
+    cfg, attention = resolve_config(
+        state,
+        source,
+        config,
+        attention,
+        ours=BertConfig,
+        from_hf=bert_config_from_hf,
+        hf_name="BertConfig",
+        norm_const_suffix=".attention.self.norm_const",
+        overrides=overrides,
+    )
     parts = ("base", "mlm", "pooler", "classifier") + (("cosine",) if attention == "cosine" else ())
     required = ("base", "cosine") if attention == "cosine" else ("base",)
     state = {n: v for n, v in state.items() if n not in _TIED}
-    model, fresh = load_parameters(lambda: Bert(cfg, rngs=nnx.Rngs(seed)), state, BERT_PARAMETERS,
-                                   num_layers=cfg.num_layers, parts=parts, required=required, ignored=_IGNORED,
-                                   where=where)
+    model, fresh = load_parameters(
+        lambda: Bert(cfg, rngs=nnx.Rngs(seed)),
+        state,
+        BERT_PARAMETERS,
+        num_layers=cfg.num_layers,
+        parts=parts,
+        required=required,
+        ignored=_IGNORED,
+        where=where,
+    )
     if fresh:
-        warnings.warn(f"{len(fresh)} parameter(s) of Bert are not in the checkpoint and keep their initial "
-                      f"values (seed {seed}): {', '.join(fresh)}", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"{len(fresh)} parameter(s) of Bert are not in the checkpoint and keep their initial "
+            f"values (seed {seed}): {', '.join(fresh)}",
+            UserWarning,
+            stacklevel=2,
+        )
     model.eval()
     return model
 
@@ -225,15 +284,23 @@ def save_bert(model: Bert, directory, architecture: str = "BertForMaskedLM", **c
     directory.mkdir(parents=True, exist_ok=True)
     _check_exportable(model.config, architecture)
     if model.config.positions == "from_mask":
-        warnings.warn("a Bert with positions='from_mask': transformers numbers positions 0..T-1 whatever the "
-                      "padding, so its logits differ from this model's on left-padded inputs (unpadded and "
-                      "right-padded inputs agree)", UserWarning, stacklevel=2)
+        warnings.warn(
+            "a Bert with positions='from_mask': transformers numbers positions 0..T-1 whatever the "
+            "padding, so its logits differ from this model's on left-padded inputs (unpadded and "
+            "right-padded inputs agree)",
+            UserWarning,
+            stacklevel=2,
+        )
     state = {n: v for n, v in bert_state_dict(model, architecture).items() if n not in _TIED}
     write_safetensors(state, directory / SAFETENSORS_NAME)
     if model.config.attention == "cosine" and write_torch(state, directory / TORCH_NAME) is None:
-        warnings.warn(f"a cosine-attention Bert: torch is not installed, so only {SAFETENSORS_NAME} was written; "
-                      f"the official Cottention code reads the norm_const tensors from {TORCH_NAME} (pip install "
-                      "torch and save again)", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"a cosine-attention Bert: torch is not installed, so only {SAFETENSORS_NAME} was written; "
+            f"the official Cottention code reads the norm_const tensors from {TORCH_NAME} (pip install "
+            "torch and save again)",
+            UserWarning,
+            stacklevel=2,
+        )
     config = hf_config_from_bert(model.config, architecture, **config_extra)
     (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2))
     return directory

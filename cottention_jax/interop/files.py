@@ -22,8 +22,17 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-__all__ = ["CONFIG_NAME", "SAFETENSORS_NAME", "TORCH_NAME", "read_hf_config", "read_state_dict", "resolve_config",
-           "source_name", "write_safetensors", "write_torch"]
+__all__ = [
+    "CONFIG_NAME",
+    "SAFETENSORS_NAME",
+    "TORCH_NAME",
+    "read_hf_config",
+    "read_state_dict",
+    "resolve_config",
+    "source_name",
+    "write_safetensors",
+    "write_torch",
+]
 
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
@@ -32,8 +41,18 @@ TORCH_NAME = "pytorch_model.bin"
 _TORCH_INDEX = "pytorch_model.bin.index.json"
 _TORCH_SUFFIXES = (".bin", ".pt", ".pth")
 # the dtype names of the safetensors header
-_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
@@ -42,9 +61,9 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
     try:
         return dict(load_file(path))
-    except TypeError:              # a dtype NumPy has no name for (bfloat16): read the raw bytes
+    except TypeError:  # a dtype NumPy has no name for (bfloat16): read the raw bytes
         return _read_safetensors_raw(path)
-    except SafetensorError as e:   # a damaged or truncated file: its message does not name it
+    except SafetensorError as e:  # a damaged or truncated file: its message does not name it
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
 
 
@@ -70,17 +89,20 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
     try:
         import torch  # noqa: PLC0415
     except ImportError:
-        raise ImportError(f"{path} is a PyTorch pickle: reading it needs torch (pip install torch), or save the "
-                          "weights as safetensors (model.save_pretrained(..., safe_serialization=True)) and read "
-                          "those") from None
+        raise ImportError(
+            f"{path} is a PyTorch pickle: reading it needs torch (pip install torch), or save the "
+            "weights as safetensors (model.save_pretrained(..., safe_serialization=True)) and read "
+            "those"
+        ) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError) as e:    # damaged, or not a torch file
+    except (RuntimeError, pickle.UnpicklingError, EOFError) as e:  # damaged, or not a torch file
         raise ValueError(f"{path}: torch.load cannot read it ({e})") from e
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, Mapping) or not all(isinstance(t, torch.Tensor) for t in state.values()):
-        raise ValueError(f"{path}: holds no state dict {{name: tensor}} (got {type(state).__name__}); save "
-                         "model.state_dict()")
+        raise ValueError(
+            f"{path}: holds no state dict {{name: tensor}} (got {type(state).__name__}); save model.state_dict()"
+        )
 
     def to_numpy(t):
         if t.dtype == torch.bfloat16:
@@ -112,7 +134,7 @@ def _read_json(path: Path) -> dict:
 def _read_sharded(index: Path) -> dict[str, np.ndarray]:
     weight_map = _read_json(index).get("weight_map")
     if not isinstance(weight_map, dict):
-        raise ValueError(f"{index}: a sharded checkpoint's index needs a \"weight_map\" {{tensor: shard file}}")
+        raise ValueError(f'{index}: a sharded checkpoint\'s index needs a "weight_map" {{tensor: shard file}}')
     shards = sorted(set(weight_map.values()))
     state: dict[str, np.ndarray] = {}
     for shard in shards:
@@ -128,8 +150,10 @@ def _weights_file(source) -> Path:
         for name in (SAFETENSORS_NAME, _SAFE_INDEX, TORCH_NAME, _TORCH_INDEX):
             if (path / name).is_file():
                 return path / name
-        raise FileNotFoundError(f"source: the directory {path} holds none of {SAFETENSORS_NAME}, {_SAFE_INDEX}, "
-                                f"{TORCH_NAME}, {_TORCH_INDEX}")
+        raise FileNotFoundError(
+            f"source: the directory {path} holds none of {SAFETENSORS_NAME}, {_SAFE_INDEX}, "
+            f"{TORCH_NAME}, {_TORCH_INDEX}"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"source: {path} does not exist")
     return path
@@ -166,8 +190,10 @@ def write_safetensors(state: Mapping[str, np.ndarray], path) -> Path:
     are written as float32 (the NumPy API has no bfloat16)."""
     from safetensors.numpy import save_file  # noqa: PLC0415
 
-    arrays = {name: np.ascontiguousarray(a.astype(np.float32) if a.dtype == ml_dtypes.bfloat16 else a)
-              for name, a in state.items()}
+    arrays = {
+        name: np.ascontiguousarray(a.astype(np.float32) if a.dtype == ml_dtypes.bfloat16 else a)
+        for name, a in state.items()
+    }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(arrays, path, metadata={"format": "pt"})
@@ -181,17 +207,28 @@ def write_torch(state: Mapping[str, np.ndarray], path) -> Path | None:
         import torch  # noqa: PLC0415
     except ImportError:
         return None
-    tensors = {name: torch.from_numpy(np.ascontiguousarray(a.astype(np.float32) if a.dtype == ml_dtypes.bfloat16
-                                                           else a))
-               for name, a in state.items()}
+    tensors = {
+        name: torch.from_numpy(np.ascontiguousarray(a.astype(np.float32) if a.dtype == ml_dtypes.bfloat16 else a))
+        for name, a in state.items()
+    }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(tensors, path)
     return path
 
 
-def resolve_config(state: Mapping[str, np.ndarray], source, config, attention: str | None, *, ours: type[Any],
-                   from_hf, hf_name: str, norm_const_suffix: str, overrides: dict) -> tuple[Any, str]:
+def resolve_config(
+    state: Mapping[str, np.ndarray],
+    source,
+    config,
+    attention: str | None,
+    *,
+    ours: type[Any],
+    from_hf,
+    hf_name: str,
+    norm_const_suffix: str,
+    overrides: dict,
+) -> tuple[Any, str]:
     """Our config for a checkpoint: (config, attention).
 
     attention: "softmax" or "cosine"; None: "cosine" when the state dict has `norm_const` tensors
@@ -204,8 +241,10 @@ def resolve_config(state: Mapping[str, np.ndarray], source, config, attention: s
     if attention is None:
         attention = "cosine" if has_norm_const else "softmax"
     if attention == "softmax" and has_norm_const:
-        raise ValueError(f"{where}: attention='softmax', but the checkpoint has cosine attention (its norm_const "
-                         "tensors): load it with attention='cosine' (the default)")
+        raise ValueError(
+            f"{where}: attention='softmax', but the checkpoint has cosine attention (its norm_const "
+            "tensors): load it with attention='cosine' (the default)"
+        )
     if isinstance(config, ours):
         return dataclasses.replace(config, attention=attention, **overrides), attention
     if config is not None:
@@ -213,9 +252,11 @@ def resolve_config(state: Mapping[str, np.ndarray], source, config, attention: s
     config_file = _config_file(source)
     hf = read_hf_config(source)
     if hf is None:
-        raise ValueError(f"config: none given and no {config_file or CONFIG_NAME} beside the weights ({where}); pass "
-                         f"the {hf_name} dict or our {ours.__name__}")
+        raise ValueError(
+            f"config: none given and no {config_file or CONFIG_NAME} beside the weights ({where}); pass "
+            f"the {hf_name} dict or our {ours.__name__}"
+        )
     try:
         return from_hf(hf, attention=attention, **overrides), attention
-    except ValueError as e:      # name the file that holds the bad value ("config: ..." -> "<path>: ...")
+    except ValueError as e:  # name the file that holds the bad value ("config: ..." -> "<path>: ...")
         raise ValueError(f"{config_file}: {str(e).removeprefix('config: ')}") from None

@@ -39,8 +39,7 @@ from cottention_jax.interop.files import (
 from cottention_jax.interop.mapping import Entry, export_parameters, format_table, load_parameters
 from cottention_jax.models import GPT, GPTConfig
 
-__all__ = ["GPTJ_PARAMETERS", "gpt_config_from_hf", "gptj_state_dict", "hf_config_from_gpt", "load_gptj",
-           "save_gptj"]
+__all__ = ["GPTJ_PARAMETERS", "gpt_config_from_hf", "gptj_state_dict", "hf_config_from_gpt", "load_gptj", "save_gptj"]
 
 GPTJ_PARAMETERS = (
     Entry("transformer.wte.weight", "embed.embedding"),
@@ -65,15 +64,23 @@ __doc__ += format_table(GPTJ_PARAMETERS) + "\n"
 # buffers older transformers versions saved with the weights (causal mask, its fill value)
 _IGNORED = (r"transformer\.h\.\d+\.attn\.(bias|masked_bias)",)
 # transformers' activation names -> ours (models.common.ACTIVATIONS); the first of each is written back
-HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
-                  "gelu": "gelu", "relu": "relu", "silu": "silu", "swish": "silu"}
-_MARKER = "cottention_jax"     # our extra config.json key: the attention and stabilizer mode
+HF_ACTIVATIONS = {
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "gelu": "gelu",
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
+}
+_MARKER = "cottention_jax"  # our extra config.json key: the attention and stabilizer mode
 
 
 def _hf_activation(name: str) -> str:
     if name not in HF_ACTIVATIONS:
-        raise ValueError(f"config: activation_function {name!r} has no counterpart here; supported: "
-                         f"{sorted(HF_ACTIVATIONS)}")
+        raise ValueError(
+            f"config: activation_function {name!r} has no counterpart here; supported: {sorted(HF_ACTIVATIONS)}"
+        )
     return HF_ACTIVATIONS[name]
 
 
@@ -82,18 +89,28 @@ def gpt_config_from_hf(hf: dict, *, attention: str = "softmax", **overrides) -> 
     if hf.get("model_type", "gptj") != "gptj":
         raise ValueError(f"config: model_type must be 'gptj' for a GPT-J checkpoint; got {hf.get('model_type')!r}")
     if hf.get("rotary_dim") is None:
-        raise ValueError("config: rotary_dim None (rotary over the whole width) has no form here; a GPT-J "
-                         "checkpoint names its rotary_dim")
+        raise ValueError(
+            "config: rotary_dim None (rotary over the whole width) has no form here; a GPT-J "
+            "checkpoint names its rotary_dim"
+        )
     if hf.get("tie_word_embeddings", False):
         raise ValueError("config: tie_word_embeddings=True is not supported (GPT-J's LM head has its own bias)")
     d = hf.get("n_embd", 4096)
     marker = hf.get(_MARKER, {})
-    fields = dict(vocab_size=hf.get("vocab_size", 50400), max_len=hf.get("n_positions", 2048), d_model=d,
-                  num_layers=hf.get("n_layer", 28), num_heads=hf.get("n_head", 16),
-                  ff_dim=hf.get("n_inner") or 4 * d, rotary_dim=hf["rotary_dim"],
-                  activation=_hf_activation(hf.get("activation_function", "gelu_new")),
-                  layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5), dropout_rate=hf.get("resid_pdrop", 0.0),
-                  attention=marker.get("attention", attention), stabilize=marker.get("stabilize", "value"))
+    fields = dict(
+        vocab_size=hf.get("vocab_size", 50400),
+        max_len=hf.get("n_positions", 2048),
+        d_model=d,
+        num_layers=hf.get("n_layer", 28),
+        num_heads=hf.get("n_head", 16),
+        ff_dim=hf.get("n_inner") or 4 * d,
+        rotary_dim=hf["rotary_dim"],
+        activation=_hf_activation(hf.get("activation_function", "gelu_new")),
+        layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        dropout_rate=hf.get("resid_pdrop", 0.0),
+        attention=marker.get("attention", attention),
+        stabilize=marker.get("stabilize", "value"),
+    )
     return GPTConfig(**{**fields, **overrides})
 
 
@@ -101,13 +118,27 @@ def hf_config_from_gpt(config: GPTConfig, **extra) -> dict:
     """The GPTJConfig dict (config.json) of our GPTConfig; `extra` keys (e.g. eos_token_id) are added."""
     _check_exportable(config)
     activation = next(hf for hf, ours in HF_ACTIVATIONS.items() if ours == config.activation)
-    return {"architectures": ["GPTJForCausalLM"], "model_type": "gptj", "vocab_size": config.vocab_size,
-            "n_positions": config.max_len, "n_embd": config.d_model, "n_layer": config.num_layers,
-            "n_head": config.num_heads, "n_inner": config.ff_dim, "rotary_dim": config.rotary_dim,
-            "activation_function": activation, "layer_norm_epsilon": config.layer_norm_eps,
-            "resid_pdrop": config.dropout_rate, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
-            "tie_word_embeddings": False, "bos_token_id": None, "eos_token_id": None,
-            _MARKER: {"attention": config.attention, "stabilize": config.stabilize}, **extra}
+    return {
+        "architectures": ["GPTJForCausalLM"],
+        "model_type": "gptj",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.max_len,
+        "n_embd": config.d_model,
+        "n_layer": config.num_layers,
+        "n_head": config.num_heads,
+        "n_inner": config.ff_dim,
+        "rotary_dim": config.rotary_dim,
+        "activation_function": activation,
+        "layer_norm_epsilon": config.layer_norm_eps,
+        "resid_pdrop": config.dropout_rate,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "tie_word_embeddings": False,
+        "bos_token_id": None,
+        "eos_token_id": None,
+        _MARKER: {"attention": config.attention, "stabilize": config.stabilize},
+        **extra,
+    }
 
 
 def _check_exportable(config: GPTConfig) -> None:
@@ -130,8 +161,9 @@ def _parts(config: GPTConfig) -> tuple[str, ...]:
     return ("base", "cosine") if config.attention == "cosine" else ("base",)
 
 
-def load_gptj(source, config: GPTConfig | dict | None = None, *, attention: str | None = None, seed: int = 0,
-              **overrides) -> GPT:
+def load_gptj(
+    source, config: GPTConfig | dict | None = None, *, attention: str | None = None, seed: int = 0, **overrides
+) -> GPT:
     """Our `GPT` with the weights of a GPT-J checkpoint (softmax, or the official Cottention cosine one).
 
     source: a model directory (config.json + model.safetensors / sharded / pytorch_model.bin), a
@@ -144,11 +176,27 @@ def load_gptj(source, config: GPTConfig | dict | None = None, *, attention: str 
     """
     where = source_name(source)
     state = read_state_dict(source)
-    cfg, attention = resolve_config(state, source, config, attention, ours=GPTConfig, from_hf=gpt_config_from_hf,
-                                    hf_name="GPTJConfig", norm_const_suffix=".attn.norm_const", overrides=overrides)
-    model, fresh = load_parameters(lambda: GPT(cfg, rngs=nnx.Rngs(seed)), state, GPTJ_PARAMETERS,
-                                   num_layers=cfg.num_layers, parts=_parts(cfg), required=_parts(cfg),
-                                   ignored=_IGNORED, where=where)
+    cfg, attention = resolve_config(
+        state,
+        source,
+        config,
+        attention,
+        ours=GPTConfig,
+        from_hf=gpt_config_from_hf,
+        hf_name="GPTJConfig",
+        norm_const_suffix=".attn.norm_const",
+        overrides=overrides,
+    )
+    model, fresh = load_parameters(
+        lambda: GPT(cfg, rngs=nnx.Rngs(seed)),
+        state,
+        GPTJ_PARAMETERS,
+        num_layers=cfg.num_layers,
+        parts=_parts(cfg),
+        required=_parts(cfg),
+        ignored=_IGNORED,
+        where=where,
+    )
     if fresh:
         raise ValueError(f"{where}: the checkpoint left parameters without a value: {fresh[:5]}")
     model.eval()
@@ -158,8 +206,7 @@ def load_gptj(source, config: GPTConfig | dict | None = None, *, attention: str 
 def gptj_state_dict(model: GPT) -> dict[str, np.ndarray]:
     """The GPTJForCausalLM state dict of our GPT ({name: array}; cosine models add `norm_const`)."""
     _check_exportable(model.config)
-    return export_parameters(model, GPTJ_PARAMETERS, num_layers=model.config.num_layers,
-                             parts=_parts(model.config))
+    return export_parameters(model, GPTJ_PARAMETERS, num_layers=model.config.num_layers, parts=_parts(model.config))
 
 
 def save_gptj(model: GPT, directory, **config_extra) -> Path:
@@ -173,11 +220,18 @@ def save_gptj(model: GPT, directory, **config_extra) -> Path:
     write_safetensors(state, directory / SAFETENSORS_NAME)
     if model.config.attention == "cosine":
         torch_file = write_torch(state, directory / TORCH_NAME)
-        written = (f"{SAFETENSORS_NAME} and {TORCH_NAME} were written" if torch_file else
-                   f"torch is not installed, so only {SAFETENSORS_NAME} was written, not the {TORCH_NAME} the "
-                   "official loaders read (pip install torch and save again)")
-        warnings.warn("a cosine-attention GPT: transformers' GPTJForCausalLM would read its projections as "
-                      "softmax attention and drop the norm_const tensors; the files are for cosine-attention code "
-                      f"(the official Cottention GPT, or load_gptj); {written}", UserWarning, stacklevel=2)
+        written = (
+            f"{SAFETENSORS_NAME} and {TORCH_NAME} were written"
+            if torch_file
+            else f"torch is not installed, so only {SAFETENSORS_NAME} was written, not the {TORCH_NAME} the "
+            "official loaders read (pip install torch and save again)"
+        )
+        warnings.warn(
+            "a cosine-attention GPT: transformers' GPTJForCausalLM would read its projections as "
+            "softmax attention and drop the norm_const tensors; the files are for cosine-attention code "
+            f"(the official Cottention GPT, or load_gptj); {written}",
+            UserWarning,
+            stacklevel=2,
+        )
     (directory / CONFIG_NAME).write_text(json.dumps(hf_config_from_gpt(model.config, **config_extra), indent=2))
     return directory

@@ -71,8 +71,9 @@ def _expand(table, num_layers: int, parts) -> list[Entry]:
         if entry.part not in parts:
             continue
         if "{i}" in entry.hf:
-            out += [Entry(entry.hf.format(i=i), entry.ours.format(i=i), entry.layout, entry.part)
-                    for i in range(num_layers)]
+            out += [
+                Entry(entry.hf.format(i=i), entry.ours.format(i=i), entry.layout, entry.part) for i in range(num_layers)
+            ]
         else:
             out.append(entry)
     return out
@@ -89,8 +90,17 @@ def format_table(table) -> str:
     return "\n".join(f"  {e.hf:<{width}}  {e.ours:<{ours}}  {e.layout:<10}  {e.part}" for e in table)
 
 
-def load_parameters(build: Callable[[], M], state: dict[str, np.ndarray], table, *, num_layers: int, parts,
-                    required, ignored=(), where: str = "state dict") -> tuple[M, list[str]]:
+def load_parameters(
+    build: Callable[[], M],
+    state: dict[str, np.ndarray],
+    table,
+    *,
+    num_layers: int,
+    parts,
+    required,
+    ignored=(),
+    where: str = "state dict",
+) -> tuple[M, list[str]]:
     """The model `build()` makes, its parameters from `state` as the table says.
 
     parts: the table parts to read; required: those whose tensors must all be present (a
@@ -108,26 +118,34 @@ def load_parameters(build: Callable[[], M], state: dict[str, np.ndarray], table,
         path = _path(entry.ours)
         if entry.hf not in state:
             if entry.part in required:
-                raise ValueError(f"{where}: the state dict has no {entry.hf!r} (for {entry.ours}); its names look "
-                                 f"like {sorted(state)[:4]}")
+                raise ValueError(
+                    f"{where}: the state dict has no {entry.hf!r} (for {entry.ours}); its names look "
+                    f"like {sorted(state)[:4]}"
+                )
             continue
         var = flat[path]
         value = np.asarray(state[entry.hf])
-        if not jnp.issubdtype(value.dtype, jnp.floating):     # bfloat16 included; no silent cast to float
-            raise ValueError(f"{where}: tensor {entry.hf!r} has dtype {value.dtype}; a weight must be floating "
-                             f"point (float32, float16, bfloat16, float64) for {entry.ours}")
+        if not jnp.issubdtype(value.dtype, jnp.floating):  # bfloat16 included; no silent cast to float
+            raise ValueError(
+                f"{where}: tensor {entry.hf!r} has dtype {value.dtype}; a weight must be floating "
+                f"point (float32, float16, bfloat16, float64) for {entry.ours}"
+            )
         want = _hf_shape(var.shape, entry.layout)
         if value.shape != want:
-            raise ValueError(f"{where}: {entry.hf!r} has shape {value.shape}; the model config needs {want} (for "
-                             f"{entry.ours}, shape {var.shape})")
+            raise ValueError(
+                f"{where}: {entry.hf!r} has shape {value.shape}; the model config needs {want} (for "
+                f"{entry.ours}, shape {var.shape})"
+            )
         var.set_value(jnp.asarray(_to_ours(value, entry.layout, var.shape), var.dtype))
         loaded.add(path)
         consumed.add(entry.hf)
     patterns = [re.compile(p) for p in ignored]
     unread = sorted(n for n in state if n not in consumed and not any(p.fullmatch(n) for p in patterns))
     if unread:
-        raise ValueError(f"{where}: the state dict holds {len(unread)} tensor(s) this model has no place for, e.g. "
-                         f"{unread[:5]}: another architecture, or a config that does not match it")
+        raise ValueError(
+            f"{where}: the state dict holds {len(unread)} tensor(s) this model has no place for, e.g. "
+            f"{unread[:5]}: another architecture, or a config that does not match it"
+        )
     fresh = [path for path in flat if path not in loaded]
     initial, rest = _initial_values(build, fresh)
     for path in fresh:
@@ -152,5 +170,6 @@ def _initial_values(build, paths: list[tuple]) -> tuple[dict, nnx.State]:
 def export_parameters(model: nnx.Module, table, *, num_layers: int, parts) -> dict[str, np.ndarray]:
     """{PyTorch name: array} of the table's parts, in PyTorch's layouts (the inverse of load_parameters)."""
     flat = {p: v[...] for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-    return {e.hf: np.asarray(_to_hf(np.asarray(flat[_path(e.ours)]), e.layout))
-            for e in _expand(table, num_layers, parts)}
+    return {
+        e.hf: np.asarray(_to_hf(np.asarray(flat[_path(e.ours)]), e.layout)) for e in _expand(table, num_layers, parts)
+    }

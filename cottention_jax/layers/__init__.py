@@ -46,6 +46,11 @@ from cottention_jax.layers.recurrent_softmax import RecurrentSoftmaxAttention
 from cottention_jax.layers.rope import apply_rope, positions_from_mask
 from cottention_jax.layers.softmax import SoftmaxAttention
 
-__all__ = ["CosineAttention", "SoftmaxAttention", "RecurrentSoftmaxAttention", "ProjectedAttention",
-           "apply_rope", "positions_from_mask"]
-
+__all__ = [
+    "CosineAttention",
+    "SoftmaxAttention",
+    "RecurrentSoftmaxAttention",
+    "ProjectedAttention",
+    "apply_rope",
+    "positions_from_mask",
+]

@@ -82,21 +82,42 @@ class CosineAttention(ProjectedAttention):
     (2, 1, 32)
     """
 
-    cached_kv: nnx.Cache | None      # (B, heads, head_dim, head_dim) float32, after init_cache
-    cached_count: nnx.Cache | None   # (B,) real tokens folded into the state
+    cached_kv: nnx.Cache | None  # (B, heads, head_dim, head_dim) float32, after init_cache
+    cached_count: nnx.Cache | None  # (B,) real tokens folded into the state
 
-    def __init__(self, num_heads: int, in_features: int, qkv_features: int | None = None,
-                 out_features: int | None = None, num_kv_heads: int | None = None, *,
-                 stabilizer_init: float = 0.5, stabilize: Stabilize = "value", stabilizer: Stabilizer = "learned",
-                 implementation: CosineImplementation | None = None, interpret: bool = False,
-                 sequence_axis: str | None = None, param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs, **kwargs):
-        super().__init__(num_heads, in_features, qkv_features, out_features, num_kv_heads,
-                         param_dtype=param_dtype, rngs=rngs, **kwargs)
+    def __init__(
+        self,
+        num_heads: int,
+        in_features: int,
+        qkv_features: int | None = None,
+        out_features: int | None = None,
+        num_kv_heads: int | None = None,
+        *,
+        stabilizer_init: float = 0.5,
+        stabilize: Stabilize = "value",
+        stabilizer: Stabilizer = "learned",
+        implementation: CosineImplementation | None = None,
+        interpret: bool = False,
+        sequence_axis: str | None = None,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+        **kwargs,
+    ):
+        super().__init__(
+            num_heads,
+            in_features,
+            qkv_features,
+            out_features,
+            num_kv_heads,
+            param_dtype=param_dtype,
+            rngs=rngs,
+            **kwargs,
+        )
         if stabilizer not in STABILIZERS:
             raise ValueError(f"stabilizer must be one of {STABILIZERS}; got {stabilizer!r}")
         if stabilizer == "learned":
             self.stabilizer: nnx.Variable[jax.Array] = nnx.Param(jnp.full((num_heads,), stabilizer_init, param_dtype))
-        else:     # (heads,) m = -200 or +200: a constant, not a parameter
+        else:  # (heads,) m = -200 or +200: a constant, not a parameter
             self.stabilizer = nnx.Variable(jnp.full((num_heads,), _FIXED_M[stabilizer], param_dtype))
         self.stabilizer_kind = stabilizer
         self.stabilize, self.implementation, self.interpret = stabilize, implementation, interpret
@@ -121,23 +142,42 @@ class CosineAttention(ProjectedAttention):
         del inputs
         stab = self.stabilizer[...]
         if not decode:
-            return cosine_attention(q, k, v, stab, causal=self.causal, padding_mask=padding_mask,
-                                    stabilize=self.stabilize, implementation=self.implementation,
-                                    interpret=self.interpret, sequence_axis=self.sequence_axis)
+            return cosine_attention(
+                q,
+                k,
+                v,
+                stab,
+                causal=self.causal,
+                padding_mask=padding_mask,
+                stabilize=self.stabilize,
+                implementation=self.implementation,
+                interpret=self.interpret,
+                sequence_axis=self.sequence_axis,
+            )
         self._check_cache(self.cached_kv)
         state = CosineAttentionState(self.cached_kv[...], self.cached_count[...])
-        if prefill:           # restart from the empty state
+        if prefill:  # restart from the empty state
             state = init_cosine_attention_state(q.shape[0], self.num_heads, self.head_dim, self.head_dim)
-        if q.shape[1] == 1:   # one token: one RNN step, no chunk padding
+        if q.shape[1] == 1:  # one token: one RNN step, no chunk padding
             mask_t = None if padding_mask is None else padding_mask[:, 0]
-            out, state = cosine_attention_step(state, q[:, 0], k[:, 0], v[:, 0], stab,
-                                               padding_mask_t=mask_t, stabilize=self.stabilize)
+            out, state = cosine_attention_step(
+                state, q[:, 0], k[:, 0], v[:, 0], stab, padding_mask_t=mask_t, stabilize=self.stabilize
+            )
             out = out[:, None]
-        else:                 # a prompt: the parallel form, continuing from and returning the state
-            out, state = cosine_attention(q, k, v, stab, causal=True, padding_mask=padding_mask,
-                                          initial_state=state, return_state=True,
-                                          stabilize=self.stabilize, implementation=self.implementation,
-                                          interpret=self.interpret)
+        else:  # a prompt: the parallel form, continuing from and returning the state
+            out, state = cosine_attention(
+                q,
+                k,
+                v,
+                stab,
+                causal=True,
+                padding_mask=padding_mask,
+                initial_state=state,
+                return_state=True,
+                stabilize=self.stabilize,
+                implementation=self.implementation,
+                interpret=self.interpret,
+            )
         self.cached_kv[...], self.cached_count[...] = state.kv, state.count
         return out
 

@@ -48,16 +48,33 @@ class ProjectedAttention(nnx.Module):
     positions.
     """
 
-    def __init__(self, num_heads: int, in_features: int, qkv_features: int | None = None,
-                 out_features: int | None = None, num_kv_heads: int | None = None, *,
-                 in_kv_features: int | None = None, causal: bool = False, rotary_dim: int = 0,
-                 rope_base: float = 10000.0, dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32,
-                 use_bias: bool = True, kernel_init: Initializer = _default_kernel_init,
-                 bias_init: Initializer = _default_bias_init,
-                 out_kernel_init: Initializer | None = None, out_bias_init: Initializer | None = None,
-                 precision: PrecisionLike = None, dropout_rate: float = 0.0,
-                 broadcast_dropout: bool = True, deterministic: bool | None = None, keep_rngs: bool = True,
-                 decode: bool = False, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num_heads: int,
+        in_features: int,
+        qkv_features: int | None = None,
+        out_features: int | None = None,
+        num_kv_heads: int | None = None,
+        *,
+        in_kv_features: int | None = None,
+        causal: bool = False,
+        rotary_dim: int = 0,
+        rope_base: float = 10000.0,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        use_bias: bool = True,
+        kernel_init: Initializer = _default_kernel_init,
+        bias_init: Initializer = _default_bias_init,
+        out_kernel_init: Initializer | None = None,
+        out_bias_init: Initializer | None = None,
+        precision: PrecisionLike = None,
+        dropout_rate: float = 0.0,
+        broadcast_dropout: bool = True,
+        deterministic: bool | None = None,
+        keep_rngs: bool = True,
+        decode: bool = False,
+        rngs: nnx.Rngs,
+    ):
         qkv_features = qkv_features or in_features
         out_features = out_features or in_features
         in_kv_features = in_kv_features or in_features
@@ -76,29 +93,56 @@ class ProjectedAttention(nnx.Module):
         self.causal, self.rotary_dim, self.rope_base = causal, rotary_dim, rope_base
         self.dtype, self.decode, self.deterministic = dtype, decode, deterministic
         self.dropout_rate, self.broadcast_dropout = dropout_rate, broadcast_dropout
-        dense: dict[str, Any] = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, precision=precision,
-                                     rngs=rngs)
-        self.query = nnx.LinearGeneral(in_features, (num_heads, head_dim), kernel_init=kernel_init,
-                                       bias_init=bias_init, **dense)
-        self.key = nnx.LinearGeneral(in_kv_features, (num_kv_heads, head_dim), kernel_init=kernel_init,
-                                     bias_init=bias_init, **dense)
-        self.value = nnx.LinearGeneral(in_kv_features, (num_kv_heads, head_dim), kernel_init=kernel_init,
-                                       bias_init=bias_init, **dense)
-        self.out = nnx.LinearGeneral((num_heads, head_dim), out_features, axis=(-2, -1),
-                                     kernel_init=out_kernel_init or kernel_init,
-                                     bias_init=out_bias_init or bias_init, **dense)
+        dense: dict[str, Any] = dict(
+            use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs
+        )
+        self.query = nnx.LinearGeneral(
+            in_features, (num_heads, head_dim), kernel_init=kernel_init, bias_init=bias_init, **dense
+        )
+        self.key = nnx.LinearGeneral(
+            in_kv_features, (num_kv_heads, head_dim), kernel_init=kernel_init, bias_init=bias_init, **dense
+        )
+        self.value = nnx.LinearGeneral(
+            in_kv_features, (num_kv_heads, head_dim), kernel_init=kernel_init, bias_init=bias_init, **dense
+        )
+        self.out = nnx.LinearGeneral(
+            (num_heads, head_dim),
+            out_features,
+            axis=(-2, -1),
+            kernel_init=out_kernel_init or kernel_init,
+            bias_init=out_bias_init or bias_init,
+            **dense,
+        )
         # As nnx.MultiHeadAttention: a dropout stream only when there is dropout (so the state of a
         # layer without it is unchanged). v (B, S, KV, Dv): one draw per (row, position, kv head), or
         # per position shared by every row and head with broadcast_dropout.
-        self.value_dropout = nnx.data(None) if dropout_rate == 0 else nnx.Dropout(
-            dropout_rate, broadcast_dims=(0, 2, 3) if broadcast_dropout else (3,), deterministic=deterministic,
-            rngs=rngs if keep_rngs else None)
+        self.value_dropout = (
+            nnx.data(None)
+            if dropout_rate == 0
+            else nnx.Dropout(
+                dropout_rate,
+                broadcast_dims=(0, 2, 3) if broadcast_dropout else (3,),
+                deterministic=deterministic,
+                rngs=rngs if keep_rngs else None,
+            )
+        )
 
-    def __call__(self, inputs_q: jax.Array, inputs_k: jax.Array | None = None,
-                 inputs_v: jax.Array | None = None, *, mask: jax.Array | None = None,
-                 padding_mask: jax.Array | None = None, positions: jax.Array | None = None,
-                 deterministic: bool | None = None, rngs: nnx.Rngs | None = None, sow_weights: bool = False,
-                 decode: bool | None = None, prefill: bool = False, is_causal: bool = False) -> jax.Array:
+    def __call__(
+        self,
+        inputs_q: jax.Array,
+        inputs_k: jax.Array | None = None,
+        inputs_v: jax.Array | None = None,
+        *,
+        mask: jax.Array | None = None,
+        padding_mask: jax.Array | None = None,
+        positions: jax.Array | None = None,
+        deterministic: bool | None = None,
+        rngs: nnx.Rngs | None = None,
+        sow_weights: bool = False,
+        decode: bool | None = None,
+        prefill: bool = False,
+        is_causal: bool = False,
+    ) -> jax.Array:
         """inputs_q (B, T, in_features) -> (B, T, out_features); the call of `nnx.MultiHeadAttention`.
 
         inputs_k / inputs_v (B, S, in_kv_features) default to inputs_q (self-attention); with
@@ -116,22 +160,32 @@ class ProjectedAttention(nnx.Module):
         decode): restart the cache from these tokens instead of continuing it.
         """
         if inputs_q.ndim != 3 or inputs_q.shape[-1] != self.in_features:
-            raise ValueError(f"inputs_q must have shape (batch, seq, {self.in_features}); "
-                             f"got inputs_q.shape={inputs_q.shape}")
+            raise ValueError(
+                f"inputs_q must have shape (batch, seq, {self.in_features}); got inputs_q.shape={inputs_q.shape}"
+            )
         if inputs_k is None and inputs_v is not None:
             raise ValueError("inputs_v needs inputs_k (pass the same array as inputs_k for keys = values)")
         cross = inputs_k is not None and inputs_k is not inputs_q
         inputs_k = inputs_q if inputs_k is None else inputs_k
         inputs_v = inputs_k if inputs_v is None else inputs_v
-        if (inputs_k.ndim != 3 or inputs_k.shape[-1] != self.in_kv_features or inputs_v.ndim != 3
-                or inputs_k.shape[0] != inputs_q.shape[0] or inputs_v.shape[:2] != inputs_k.shape[:2]
-                or inputs_v.shape[-1] != self.in_kv_features):
-            raise ValueError(f"inputs_k and inputs_v must have shape (batch={inputs_q.shape[0]}, kv_seq, "
-                             f"{self.in_kv_features}); got inputs_k.shape={inputs_k.shape}, "
-                             f"inputs_v.shape={inputs_v.shape}")
+        if (
+            inputs_k.ndim != 3
+            or inputs_k.shape[-1] != self.in_kv_features
+            or inputs_v.ndim != 3
+            or inputs_k.shape[0] != inputs_q.shape[0]
+            or inputs_v.shape[:2] != inputs_k.shape[:2]
+            or inputs_v.shape[-1] != self.in_kv_features
+        ):
+            raise ValueError(
+                f"inputs_k and inputs_v must have shape (batch={inputs_q.shape[0]}, kv_seq, "
+                f"{self.in_kv_features}); got inputs_k.shape={inputs_k.shape}, "
+                f"inputs_v.shape={inputs_v.shape}"
+            )
         if sow_weights:
-            raise ValueError(f"sow_weights=True: {type(self).__name__} does not sow attention weights "
-                             "(cosine attention never forms them)")
+            raise ValueError(
+                f"sow_weights=True: {type(self).__name__} does not sow attention weights "
+                "(cosine attention never forms them)"
+            )
         if is_causal and not self.causal:
             raise ValueError(f"is_causal=True on a bidirectional layer: build {type(self).__name__}(causal=True)")
         if mask is not None and padding_mask is not None:
@@ -143,19 +197,23 @@ class ProjectedAttention(nnx.Module):
             raise ValueError("prefill=True restarts the decode cache; it needs decode=True")
         masked = mask is not None or inputs_k.shape[1] != inputs_q.shape[1]
         if masked and padding_mask is not None:
-            raise ValueError("padding_mask is for self-attention; with keys of another length pass mask= "
-                             "(B, 1, T, S), e.g. nnx.make_attention_mask(query_real, key_real)")
+            raise ValueError(
+                "padding_mask is for self-attention; with keys of another length pass mask= "
+                "(B, 1, T, S), e.g. nnx.make_attention_mask(query_real, key_real)"
+            )
         if masked and decode:
             raise ValueError("decode=True takes padding_mask (B, T), not mask= or keys of another length")
-        q, k, v = self.query(inputs_q), self.key(inputs_k), self.value(inputs_v)   # (B, T|S, heads, D)
+        q, k, v = self.query(inputs_q), self.key(inputs_k), self.value(inputs_v)  # (B, T|S, heads, D)
         if self.rotary_dim:
             if cross and masked:
-                raise ValueError("rotary embeddings (rotary_dim > 0) need self-attention: the keys of another "
-                                 "sequence have no positions of their own here")
-            if positions is None and decode:   # continue from the real tokens already in the cache
-                offset = None if prefill else self._tokens_seen()                   # (B,)
+                raise ValueError(
+                    "rotary embeddings (rotary_dim > 0) need self-attention: the keys of another "
+                    "sequence have no positions of their own here"
+                )
+            if positions is None and decode:  # continue from the real tokens already in the cache
+                offset = None if prefill else self._tokens_seen()  # (B,)
                 positions = positions_from_mask(padding_mask, q.shape[:2], offset)
-            elif positions is None:   # the index among real tokens (those some query attends to, under a mask)
+            elif positions is None:  # the index among real tokens (those some query attends to, under a mask)
                 real = padding_mask if mask is None else _attended_keys(mask, *q.shape[:2])
                 positions = positions_from_mask(real, q.shape[:2])
             q = apply_rope(q, positions, self.rotary_dim, self.rope_base)
@@ -169,8 +227,16 @@ class ProjectedAttention(nnx.Module):
         return self.out(out)
 
     @abc.abstractmethod
-    def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array, padding_mask: jax.Array | None, decode: bool,
-                prefill: bool, inputs: jax.Array) -> jax.Array:
+    def _attend(
+        self,
+        q: jax.Array,
+        k: jax.Array,
+        v: jax.Array,
+        padding_mask: jax.Array | None,
+        decode: bool,
+        prefill: bool,
+        inputs: jax.Array,
+    ) -> jax.Array:
         """Self-attention of q (B, T, H, D) over k, v (B, T, KV, D|Dv) -> (B, T, H, Dv).
 
         padding_mask (B, T) or None; decode: continue from the layer's cache (prefill: restart it
@@ -188,8 +254,7 @@ class ProjectedAttention(nnx.Module):
         if not self.causal:
             return self._attend_cross(q, k, v, query_real, key_real)
         if t != s:
-            raise ValueError(f"a causal layer attends over its own sequence: keys of length {s} for "
-                             f"{t} queries")
+            raise ValueError(f"a causal layer attends over its own sequence: keys of length {s} for {t} queries")
         out = self._attend(q, k, v, key_real, False, False, inputs)
         return jnp.where(query_real[:, :, None, None], out, 0).astype(out.dtype)
 
@@ -199,12 +264,15 @@ class ProjectedAttention(nnx.Module):
     def _tokens_seen(self) -> jax.Array:
         """(B,) int32: the real tokens in the decode cache (since the last prefill or init_cache), the
         rotary position of the next real token. Raises as `_check_cache` before init_cache."""
-        raise NotImplementedError(f"{type(self).__name__} does not count the tokens in its decode cache: "
-                                  "implement _tokens_seen, or pass positions= in decode mode")
+        raise NotImplementedError(
+            f"{type(self).__name__} does not count the tokens in its decode cache: "
+            "implement _tokens_seen, or pass positions= in decode mode"
+        )
 
     def _check_cache(self, cache: nnx.Cache | None) -> nnx.Cache:
         """`cache` itself once init_cache has made it; before, a ValueError saying to call it."""
         if cache is None:
-            raise ValueError(f"{type(self).__name__}: call init_cache((batch, max_length, features)) "
-                             "before calling with decode=True")
+            raise ValueError(
+                f"{type(self).__name__}: call init_cache((batch, max_length, features)) before calling with decode=True"
+            )
         return cache

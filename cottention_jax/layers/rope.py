@@ -11,8 +11,9 @@ import jax.numpy as jnp
 __all__ = ["apply_rope", "positions_from_mask"]
 
 
-def positions_from_mask(padding_mask: jax.Array | None, shape: tuple[int, ...],
-                        offset: jax.Array | None = None) -> jax.Array:
+def positions_from_mask(
+    padding_mask: jax.Array | None, shape: tuple[int, ...], offset: jax.Array | None = None
+) -> jax.Array:
     """Position of each token among the real tokens of its row: (B, T) int32.
 
     Left padding therefore does not shift positions. `offset` (B,) adds the
@@ -31,11 +32,10 @@ def apply_rope(x: jax.Array, positions: jax.Array, rotary_dim: int, base: float 
 
     x: (B, T, H, D); positions: (B, T) int. Returns x's shape and dtype.
     """
-    inv_freq = base ** (-jnp.arange(0, rotary_dim, 2, dtype=jnp.float32) / rotary_dim)   # (R/2,)
-    angles = positions.astype(jnp.float32)[..., None] * inv_freq                          # (B, T, R/2)
+    inv_freq = base ** (-jnp.arange(0, rotary_dim, 2, dtype=jnp.float32) / rotary_dim)  # (R/2,)
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # (B, T, R/2)
     sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
     rot = x[..., :rotary_dim].astype(jnp.float32)
     even, odd = rot[..., 0::2], rot[..., 1::2]
     rot = jnp.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1).reshape(rot.shape)
     return jnp.concatenate([rot.astype(x.dtype), x[..., rotary_dim:]], axis=-1)
-

@@ -42,20 +42,29 @@ class SoftmaxAttention(ProjectedAttention):
     A sequence split over a mesh needs nothing here: XLA partitions the attention call.
     """
 
-    cached_key: nnx.Cache | None     # (B, max_length, kv_heads, head_dim), after init_cache
-    cached_value: nnx.Cache | None   # (B, max_length, kv_heads, head_dim)
-    cache_mask: nnx.Cache | None     # (B, max_length) bool: slots holding a real token
-    cache_index: nnx.Cache | None    # () int32: the next slot to write
+    cached_key: nnx.Cache | None  # (B, max_length, kv_heads, head_dim), after init_cache
+    cached_value: nnx.Cache | None  # (B, max_length, kv_heads, head_dim)
+    cache_mask: nnx.Cache | None  # (B, max_length) bool: slots holding a real token
+    cache_index: nnx.Cache | None  # () int32: the next slot to write
 
-    def __init__(self, num_heads: int, in_features: int, qkv_features: int | None = None,
-                 out_features: int | None = None, num_kv_heads: int | None = None, *,
-                 implementation: SoftmaxImplementation | None = None, interpret: bool = False,
-                 rngs: nnx.Rngs, **kwargs):
+    def __init__(
+        self,
+        num_heads: int,
+        in_features: int,
+        qkv_features: int | None = None,
+        out_features: int | None = None,
+        num_kv_heads: int | None = None,
+        *,
+        implementation: SoftmaxImplementation | None = None,
+        interpret: bool = False,
+        rngs: nnx.Rngs,
+        **kwargs,
+    ):
         if implementation is not None and implementation not in softmax_ops.IMPLEMENTATIONS:
-            raise ValueError(f"implementation must be one of {softmax_ops.IMPLEMENTATIONS} or None; "
-                             f"got {implementation!r}")
-        super().__init__(num_heads, in_features, qkv_features, out_features, num_kv_heads,
-                         rngs=rngs, **kwargs)
+            raise ValueError(
+                f"implementation must be one of {softmax_ops.IMPLEMENTATIONS} or None; got {implementation!r}"
+            )
+        super().__init__(num_heads, in_features, qkv_features, out_features, num_kv_heads, rngs=rngs, **kwargs)
         self.implementation, self.interpret = implementation, interpret
         self.cached_key = nnx.data(None)
         self.cached_value = nnx.data(None)
@@ -72,13 +81,20 @@ class SoftmaxAttention(ProjectedAttention):
         self.cache_index = nnx.Cache(jnp.array(0, jnp.int32))
 
     def _tokens_seen(self) -> jax.Array:
-        return jnp.sum(self._check_cache(self.cache_mask)[...], axis=1, dtype=jnp.int32)   # real slots per row
+        return jnp.sum(self._check_cache(self.cache_mask)[...], axis=1, dtype=jnp.int32)  # real slots per row
 
     def _attend(self, q, k, v, padding_mask, decode, prefill, inputs):
         del inputs
-        if not decode or prefill:   # the parallel (flash) form; padded query rows come back zero
-            out = softmax_ops.softmax_attention(q, k, v, causal=self.causal, padding_mask=padding_mask,
-                                                implementation=self.implementation, interpret=self.interpret)
+        if not decode or prefill:  # the parallel (flash) form; padded query rows come back zero
+            out = softmax_ops.softmax_attention(
+                q,
+                k,
+                v,
+                causal=self.causal,
+                padding_mask=padding_mask,
+                implementation=self.implementation,
+                interpret=self.interpret,
+            )
             if decode:
                 self._restart_cache(k, v, padding_mask)
             return out
@@ -87,17 +103,17 @@ class SoftmaxAttention(ProjectedAttention):
         self._check_cache(self.cached_key)
         idx = self.cache_index[...]
         self._check_room(idx, t)
-        keys = jax.lax.dynamic_update_slice(self.cached_key[...], k.astype(self.cached_key[...].dtype),
-                                            (0, idx, 0, 0))
-        values = jax.lax.dynamic_update_slice(self.cached_value[...],
-                                              v.astype(self.cached_value[...].dtype), (0, idx, 0, 0))
-        seen = jax.lax.dynamic_update_slice(self.cache_mask[...], real, (0, idx))   # (B, L)
+        keys = jax.lax.dynamic_update_slice(self.cached_key[...], k.astype(self.cached_key[...].dtype), (0, idx, 0, 0))
+        values = jax.lax.dynamic_update_slice(
+            self.cached_value[...], v.astype(self.cached_value[...].dtype), (0, idx, 0, 0)
+        )
+        seen = jax.lax.dynamic_update_slice(self.cache_mask[...], real, (0, idx))  # (B, L)
         # past the end, dynamic_update_slice would clamp and overwrite the newest slots: poison instead
         fits = idx + t <= keys.shape[1]
         # query j sits at slot idx + j and sees the real slots up to its own
         slots = jnp.arange(keys.shape[1])
-        causal = slots[None, :] <= (idx + jnp.arange(t))[:, None]                    # (T, L)
-        mask = causal[None, None] & seen[:, None, None, :]                          # (B, 1, T, L)
+        causal = slots[None, :] <= (idx + jnp.arange(t))[:, None]  # (T, L)
+        mask = causal[None, None] & seen[:, None, None, :]  # (B, 1, T, L)
         out = jax.nn.dot_product_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask=mask)
         self.cached_key[...], self.cached_value[...] = keys, values
         self.cache_mask[...], self.cache_index[...] = seen, idx + t
@@ -112,8 +128,7 @@ class SoftmaxAttention(ProjectedAttention):
         attend = jnp.ones((b, 1, t, s), bool) if mask is None else mask_as_bool(mask, b, t, s)
         if self.causal:
             if t != s:
-                raise ValueError(f"a causal layer attends over its own sequence: keys of length {s} for "
-                                 f"{t} queries")
+                raise ValueError(f"a causal layer attends over its own sequence: keys of length {s} for {t} queries")
             attend = attend & jnp.tril(jnp.ones((t, s), bool))
         out = jax.nn.dot_product_attention(q, k, v, mask=attend)
         return jnp.where(jnp.any(attend, axis=(1, 3))[:, :, None, None], out, 0).astype(q.dtype)
@@ -125,9 +140,11 @@ class SoftmaxAttention(ProjectedAttention):
         used = None if isinstance(index, jax.core.Tracer) else int(index)
         if new_tokens > length or (used is not None and used + new_tokens > length):
             used_text = "" if used is None else f", {used} of them used"
-            raise ValueError(f"{type(self).__name__}: the KV cache holds {length} positions{used_text}: "
-                             f"{new_tokens} more token(s) do not fit. Prefill with a larger max_length "
-                             "(decoding.prefill(model, prompt, max_length=...)) or init_cache with one")
+            raise ValueError(
+                f"{type(self).__name__}: the KV cache holds {length} positions{used_text}: "
+                f"{new_tokens} more token(s) do not fit. Prefill with a larger max_length "
+                "(decoding.prefill(model, prompt, max_length=...)) or init_cache with one"
+            )
 
     def _restart_cache(self, k, v, padding_mask) -> None:
         """The cache holds exactly these T tokens: slots [0, T) written, the rest empty."""
@@ -136,8 +153,10 @@ class SoftmaxAttention(ProjectedAttention):
         b, t = k.shape[:2]
         length = keys[...].shape[1]
         if t > length:
-            raise ValueError(f"the prompt ({t} tokens) is longer than the KV cache ({length} slots); "
-                             f"init_cache with max_length >= {t}")
+            raise ValueError(
+                f"the prompt ({t} tokens) is longer than the KV cache ({length} slots); "
+                f"init_cache with max_length >= {t}"
+            )
         real = jnp.ones((b, t), bool) if padding_mask is None else padding_mask
         zeros = jnp.zeros_like(keys[...])
         keys[...] = jax.lax.dynamic_update_slice(zeros, k.astype(zeros.dtype), (0, 0, 0, 0))

@@ -9,7 +9,16 @@ from cottention_jax.models.common import AttentionConfig, TransformerConfig, att
 from cottention_jax.models.gpt import GPT, GPT_PRESETS, GPTConfig, gpt_config
 
 __all__ = [
-    "BERT_PRESETS", "Bert", "BertConfig", "bert_config",
-    "GPT", "GPT_PRESETS", "GPTConfig", "gpt_config",
-    "AttentionConfig", "TransformerConfig", "attention_names", "make_attention",
+    "BERT_PRESETS",
+    "Bert",
+    "BertConfig",
+    "bert_config",
+    "GPT",
+    "GPT_PRESETS",
+    "GPTConfig",
+    "gpt_config",
+    "AttentionConfig",
+    "TransformerConfig",
+    "attention_names",
+    "make_attention",
 ]

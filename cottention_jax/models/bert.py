@@ -53,7 +53,7 @@ class BertConfig(TransformerConfig):
     layer_norm_eps: float = 1e-12
     type_vocab_size: int = 2
     num_labels: int = 2
-    positions: BertPositions = "from_mask"    # BERT_POSITIONS; checkpoints of transformers: "absolute"
+    positions: BertPositions = "from_mask"  # BERT_POSITIONS; checkpoints of transformers: "absolute"
 
     def __post_init__(self):
         check_model_config(self, causal=False)
@@ -64,7 +64,7 @@ class BertConfig(TransformerConfig):
 BERT_PRESETS = {
     "tiny": BertConfig(vocab_size=256, num_layers=2, d_model=64, num_heads=4, ff_dim=256, max_len=128),
     "small": BertConfig(vocab_size=4096, num_layers=4, d_model=256, num_heads=4, ff_dim=1024, max_len=256),
-    "base": BertConfig(),   # BERT-base: 12 layers, width 768, 12 heads, FF 3072
+    "base": BertConfig(),  # BERT-base: 12 layers, width 768, 12 heads, FF 3072
 }
 
 
@@ -81,8 +81,7 @@ class BertLayer(nnx.Module):
         norm: dict[str, Any] = dict(epsilon=cfg.layer_norm_eps, dtype=dt, param_dtype=pdt, rngs=rngs)
         self.attn = make_attention(cfg.attention_config(), causal=False, dtype=dt, param_dtype=pdt, rngs=rngs)
         self.ln_attn = nnx.LayerNorm(cfg.d_model, **norm)
-        self.mlp = FeedForward(cfg.d_model, cfg.ff_dim, activation=cfg.activation, dtype=dt, param_dtype=pdt,
-                               rngs=rngs)
+        self.mlp = FeedForward(cfg.d_model, cfg.ff_dim, activation=cfg.activation, dtype=dt, param_dtype=pdt, rngs=rngs)
         self.ln_mlp = nnx.LayerNorm(cfg.d_model, **norm)
         self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
 
@@ -123,14 +122,16 @@ class Bert(nnx.Module):
         self.pooler = nnx.Linear(d, d, **emb)
         self.classifier = nnx.Linear(d, config.num_labels, **emb)
 
-    def __call__(self, input_ids: jax.Array, *, segment_ids: jax.Array | None = None,
-                 padding_mask: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, input_ids: jax.Array, *, segment_ids: jax.Array | None = None, padding_mask: jax.Array | None = None
+    ) -> jax.Array:
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must have shape (batch, seq); got input_ids.shape={input_ids.shape}")
         b, t = input_ids.shape
         if t > self.config.max_len:
-            raise ValueError(f"input_ids is longer than max_len={self.config.max_len}; got "
-                             f"input_ids.shape={input_ids.shape}")
+            raise ValueError(
+                f"input_ids is longer than max_len={self.config.max_len}; got input_ids.shape={input_ids.shape}"
+            )
         for name, arr in (("segment_ids", segment_ids), ("padding_mask", padding_mask)):
             if arr is not None and arr.shape != (b, t):
                 raise ValueError(f"{name} must have the shape of input_ids {(b, t)}; got {name}.shape={arr.shape}")
@@ -138,11 +139,13 @@ class Bert(nnx.Module):
         # (B, T) position ids: counted over the real tokens, or 0..T-1 as transformers numbers them
         positions = positions_from_mask(padding_mask if self.config.positions == "from_mask" else None, (b, t))
         checked = self.config.checkify_ids
-        x = (embed_ids(self.token_embed, input_ids, "input_ids", padding_mask, checkify_ids=checked)
-             + self.position_embed(positions)
-             + embed_ids(self.segment_embed, segment_ids, "segment_ids", padding_mask, checkify_ids=checked))
+        x = (
+            embed_ids(self.token_embed, input_ids, "input_ids", padding_mask, checkify_ids=checked)
+            + self.position_embed(positions)
+            + embed_ids(self.segment_embed, segment_ids, "segment_ids", padding_mask, checkify_ids=checked)
+        )
         x = self.dropout(self.ln_embed(x))
-        run = remat_layer(BertLayer.__call__, self.config.remat)   # run(layer, x, padding_mask)
+        run = remat_layer(BertLayer.__call__, self.config.remat)  # run(layer, x, padding_mask)
         for layer in self.layers:
             x = run(layer, x, padding_mask)
         return x
@@ -154,10 +157,7 @@ class Bert(nnx.Module):
 
     def classify(self, hidden: jax.Array, padding_mask: jax.Array | None = None) -> jax.Array:
         """(B, T, d) -> (B, num_labels) float32, from the first real token ([CLS])."""
-        first = jnp.zeros(hidden.shape[0], jnp.int32) if padding_mask is None else \
-            jnp.argmax(padding_mask, axis=1)
+        first = jnp.zeros(hidden.shape[0], jnp.int32) if padding_mask is None else jnp.argmax(padding_mask, axis=1)
         cls = jnp.take_along_axis(hidden, first[:, None, None], axis=1)[:, 0]
         pooled = jnp.tanh(self.pooler(cls))
         return self.classifier(self.dropout(pooled)).astype(jnp.float32)
-
-

@@ -27,9 +27,24 @@ from cottention_jax.layers import CosineAttention, RecurrentSoftmaxAttention, So
 from cottention_jax.layers.cosine import STABILIZERS, CosineImplementation, Stabilize, Stabilizer
 from cottention_jax.layers.softmax import SoftmaxImplementation
 
-__all__ = ["ACTIVATIONS", "ATTENTION_TYPES", "REMAT_MODES", "AttentionConfig", "AttentionKind", "FeedForward",
-           "Remat", "TransformerConfig", "activation_fn", "attention_names", "check_ids", "check_model_config",
-           "embed_ids", "make_attention", "preset", "remat_layer"]
+__all__ = [
+    "ACTIVATIONS",
+    "ATTENTION_TYPES",
+    "REMAT_MODES",
+    "AttentionConfig",
+    "AttentionKind",
+    "FeedForward",
+    "Remat",
+    "TransformerConfig",
+    "activation_fn",
+    "attention_names",
+    "check_ids",
+    "check_model_config",
+    "embed_ids",
+    "make_attention",
+    "preset",
+    "remat_layer",
+]
 
 ATTENTION_TYPES = {"cosine": CosineAttention, "softmax": SoftmaxAttention}
 
@@ -43,11 +58,32 @@ REMAT_MODES: tuple[str, ...] = get_args(Remat)
 # every name the attention switch takes: the layers' and the recurrent-softmax VARIANTS' (causal
 # only); a test keeps this equal to attention_names()
 AttentionKind = Literal[
-    "cosine", "softmax",
-    "exp", "exp-detached", "exp-gate", "exp-l2norm", "exp-layernorm", "exp-none", "exp-position", "exp-rms",
-    "linear-cosine", "linear-elu", "linear-relu",
-    "taylor1", "taylor2", "taylor2-detached", "taylor2-detached-gate", "taylor2-gate", "taylor2-l2norm",
-    "taylor2-layernorm", "taylor2-none", "taylor2-position", "taylor2-rms", "taylor3", "taylor4"]
+    "cosine",
+    "softmax",
+    "exp",
+    "exp-detached",
+    "exp-gate",
+    "exp-l2norm",
+    "exp-layernorm",
+    "exp-none",
+    "exp-position",
+    "exp-rms",
+    "linear-cosine",
+    "linear-elu",
+    "linear-relu",
+    "taylor1",
+    "taylor2",
+    "taylor2-detached",
+    "taylor2-detached-gate",
+    "taylor2-gate",
+    "taylor2-l2norm",
+    "taylor2-layernorm",
+    "taylor2-none",
+    "taylor2-position",
+    "taylor2-rms",
+    "taylor3",
+    "taylor4",
+]
 Implementation = CosineImplementation | SoftmaxImplementation
 
 
@@ -58,8 +94,16 @@ def attention_names() -> tuple[str, ...]:
 
 
 # fields that are counts (>= 1 when the config has them) and flags (bools)
-_POSITIVE_INT_FIELDS = ("vocab_size", "num_layers", "d_model", "num_heads", "ff_dim", "max_len",
-                        "type_vocab_size", "num_labels")
+_POSITIVE_INT_FIELDS = (
+    "vocab_size",
+    "num_layers",
+    "d_model",
+    "num_heads",
+    "ff_dim",
+    "max_len",
+    "type_vocab_size",
+    "num_labels",
+)
 _BOOL_FIELDS = ("interpret", "tie_embeddings", "checkify_ids")
 
 
@@ -73,14 +117,14 @@ class AttentionConfig:
 
     d_model: int = 1024
     num_heads: int = 16
-    num_kv_heads: int | None = None       # None: as num_heads; fewer: grouped-query attention
-    attention: AttentionKind = "cosine"   # see attention_names()
-    stabilizer_init: float = 0.5          # cosine: initial raw stabilizer per head
-    stabilize: Stabilize = "value"        # cosine: "value" or "query" (cottention_jax.cosine_attention)
-    stabilizer: Stabilizer = "learned"    # cosine: exponent p of n^-p: "learned" sigmoid(m), "none" 0, "length" 1
-    implementation: Implementation | None = None   # attention implementation, per attention (None: per backend)
-    interpret: bool = False               # Pallas kernels in interpret mode (CPU tests)
-    sequence_axis: str | None = None      # mesh axis the sequence is split over (cosine; see parallel.py)
+    num_kv_heads: int | None = None  # None: as num_heads; fewer: grouped-query attention
+    attention: AttentionKind = "cosine"  # see attention_names()
+    stabilizer_init: float = 0.5  # cosine: initial raw stabilizer per head
+    stabilize: Stabilize = "value"  # cosine: "value" or "query" (cottention_jax.cosine_attention)
+    stabilizer: Stabilizer = "learned"  # cosine: exponent p of n^-p: "learned" sigmoid(m), "none" 0, "length" 1
+    implementation: Implementation | None = None  # attention implementation, per attention (None: per backend)
+    interpret: bool = False  # Pallas kernels in interpret mode (CPU tests)
+    sequence_axis: str | None = None  # mesh axis the sequence is split over (cosine; see parallel.py)
 
     @property
     def head_dim(self) -> int:
@@ -98,15 +142,15 @@ class TransformerConfig(AttentionConfig):
     vocab_size: int = 50257
     num_layers: int = 20
     ff_dim: int = 3072
-    activation: str = "gelu_tanh"         # of the MLP: ACTIVATIONS ("gelu": exact)
-    max_len: int = 2048                   # training context (GPT: default size of softmax KV caches)
+    activation: str = "gelu_tanh"  # of the MLP: ACTIVATIONS ("gelu": exact)
+    max_len: int = 2048  # training context (GPT: default size of softmax KV caches)
     dropout_rate: float = 0.0
     layer_norm_eps: float = 1e-5
-    dtype: str = "float32"                # compute dtype
+    dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
-    remat: Remat = "none"                 # per block: "none", "block" or "dots" (REMAT_MODES)
-    loss_chunk: int = 0                   # positions per chunk of the training cross-entropy (0: all at once)
-    checkify_ids: bool = False            # under jit, ids get a checkify check (see GPT.hidden, Bert)
+    remat: Remat = "none"  # per block: "none", "block" or "dots" (REMAT_MODES)
+    loss_chunk: int = 0  # positions per chunk of the training cross-entropy (0: all at once)
+    checkify_ids: bool = False  # under jit, ids get a checkify check (see GPT.hidden, Bert)
 
 
 def _is_int(value) -> bool:
@@ -125,8 +169,9 @@ def _check_value_ranges(config) -> None:
             raise ValueError(f"{name}.{field} must be an int >= 1; got {getattr(config, field)!r}")
     kv = config.num_kv_heads
     if kv is not None and not (_is_int(kv) and kv >= 1 and config.num_heads % kv == 0):
-        raise ValueError(f"{name}.num_kv_heads must be None or an int >= 1 dividing num_heads "
-                         f"({config.num_heads}); got {kv!r}")
+        raise ValueError(
+            f"{name}.num_kv_heads must be None or an int >= 1 dividing num_heads ({config.num_heads}); got {kv!r}"
+        )
     for field in _BOOL_FIELDS:
         if hasattr(config, field) and not isinstance(getattr(config, field), bool):
             raise ValueError(f"{name}.{field} must be a bool; got {getattr(config, field)!r}")
@@ -150,8 +195,10 @@ def _check_value_ranges(config) -> None:
         except TypeError:
             floating = False
         if not floating:
-            raise ValueError(f"{name}.{field} must be the name of a floating dtype (e.g. 'float32', 'bfloat16'); "
-                             f"got {getattr(config, field)!r}")
+            raise ValueError(
+                f"{name}.{field} must be the name of a floating dtype (e.g. 'float32', 'bfloat16'); "
+                f"got {getattr(config, field)!r}"
+            )
     if config.stabilize not in ops.STABILIZE_MODES:
         raise ValueError(f"{name}.stabilize must be one of {ops.STABILIZE_MODES}; got {config.stabilize!r}")
     if config.stabilizer not in STABILIZERS:
@@ -173,13 +220,17 @@ def check_model_config(config, *, causal: bool) -> None:
         raise ValueError(f"attention must be one of {allowed}; got {config.attention!r}")
     impls = {"cosine": ops.IMPLEMENTATIONS, "softmax": softmax_ops.IMPLEMENTATIONS}.get(config.attention, ())
     if config.implementation is not None and config.implementation not in impls:
-        raise ValueError(f"implementation for attention={config.attention!r} must be one of {(None, *impls)}; "
-                         f"got {config.implementation!r}")
+        raise ValueError(
+            f"implementation for attention={config.attention!r} must be one of {(None, *impls)}; "
+            f"got {config.implementation!r}"
+        )
     if config.remat not in REMAT_MODES:
         raise ValueError(f"remat must be one of {REMAT_MODES}; got {config.remat!r}")
     if isinstance(config.loss_chunk, bool) or not isinstance(config.loss_chunk, int) or config.loss_chunk < 0:
-        raise ValueError(f"loss_chunk must be an int >= 0 (positions per cross-entropy chunk, 0: the whole "
-                         f"batch at once); got {config.loss_chunk!r}")
+        raise ValueError(
+            f"loss_chunk must be an int >= 0 (positions per cross-entropy chunk, 0: the whole "
+            f"batch at once); got {config.loss_chunk!r}"
+        )
     _check_value_ranges(config)
     activation_fn(config.activation, f"{type(config).__name__}.activation")
 
@@ -188,8 +239,9 @@ def _is_traced(*arrays) -> bool:
     return any(isinstance(a, jax.core.Tracer) for a in arrays)
 
 
-def check_ids(ids: jax.Array, upper: int, name: str, padding_mask: jax.Array | None = None, *,
-              checkify_ids: bool = False) -> None:
+def check_ids(
+    ids: jax.Array, upper: int, name: str, padding_mask: jax.Array | None = None, *, checkify_ids: bool = False
+) -> None:
     """ids must lie in [0, upper) at the real (unpadded) positions; what is at padded ones is never read.
 
     Concrete ids (an eager call): a ValueError naming `name`, the range, the first bad value and
@@ -205,15 +257,18 @@ def check_ids(ids: jax.Array, upper: int, name: str, padding_mask: jax.Array | N
         ok_np = np.asarray(ok)
         if not ok_np.all():
             where = tuple(int(i) for i in np.argwhere(~ok_np)[0])
-            raise ValueError(f"{name} must be ids in [0, {upper}); got {int(np.asarray(ids)[where])} at "
-                             f"position {where} ({name}.shape={tuple(ids.shape)})")
+            raise ValueError(
+                f"{name} must be ids in [0, {upper}); got {int(np.asarray(ids)[where])} at "
+                f"position {where} ({name}.shape={tuple(ids.shape)})"
+            )
     elif checkify_ids:
         bad = jnp.where(ok, 0, ids).ravel()[jnp.argmin(ok.ravel())]
         checkify.check(jnp.all(ok), f"{name} must be ids in [0, {upper}); got {{bad}}", bad=bad)
 
 
-def embed_ids(embed: nnx.Embed, ids: jax.Array, name: str, padding_mask: jax.Array | None = None, *,
-              checkify_ids: bool = False) -> jax.Array:
+def embed_ids(
+    embed: nnx.Embed, ids: jax.Array, name: str, padding_mask: jax.Array | None = None, *, checkify_ids: bool = False
+) -> jax.Array:
     """`embed(ids)` after `check_ids`; padded positions read id 0, and an out-of-range id (a negative
     one too, which jnp.take would otherwise wrap to the end of the table) reads a NaN row."""
     n = embed.num_embeddings
@@ -245,8 +300,11 @@ def make_attention(kind: str | AttentionConfig, **kwargs) -> nnx.Module:
     """
     if isinstance(kind, AttentionConfig):
         config = kind.attention_config()
-        kwargs = {"in_features": config.d_model, **{name: getattr(config, name) for name in _ATTENTION_FIELDS
-                                                    if name not in ("attention", "d_model")}, **kwargs}
+        kwargs = {
+            "in_features": config.d_model,
+            **{name: getattr(config, name) for name in _ATTENTION_FIELDS if name not in ("attention", "d_model")},
+            **kwargs,
+        }
         kind = config.attention
     if kind in ATTENTION_TYPES:
         cls = ATTENTION_TYPES[kind]
@@ -262,9 +320,12 @@ def make_attention(kind: str | AttentionConfig, **kwargs) -> nnx.Module:
 
 # model.activation: the MLP's nonlinearity (and BERT's MLM head's). "gelu_tanh" is the tanh
 # approximation (GPT-J's "gelu_new"), "gelu" the exact erf form (BERT's "gelu").
-ACTIVATIONS = {"gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
-               "gelu": functools.partial(jax.nn.gelu, approximate=False),
-               "relu": jax.nn.relu, "silu": jax.nn.silu}
+ACTIVATIONS = {
+    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+}
 
 
 def activation_fn(name: str, what: str = "activation"):
@@ -277,8 +338,16 @@ def activation_fn(name: str, what: str = "activation"):
 class FeedForward(nnx.Module):
     """Linear(d -> ff), activation (GELU), Linear(ff -> d): (B, T, d) -> (B, T, d)."""
 
-    def __init__(self, d_model: int, ff_dim: int, *, activation: str = "gelu_tanh", dtype=None,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        d_model: int,
+        ff_dim: int,
+        *,
+        activation: str = "gelu_tanh",
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         activation_fn(activation)
         self.activation = activation
         self.fc_in = nnx.Linear(d_model, ff_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)

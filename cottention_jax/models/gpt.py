@@ -46,7 +46,7 @@ class GPTConfig(TransformerConfig):
     whose defaults are this model's (the paper's 300M decoder).
     """
 
-    rotary_dim: int = 64                  # rotary features per head (0: none)
+    rotary_dim: int = 64  # rotary features per head (0: none)
     rope_base: float = 10000.0
     tie_embeddings: bool = False
 
@@ -56,11 +56,11 @@ class GPTConfig(TransformerConfig):
 
 GPT_PRESETS = {
     # a few seconds to build and run: tests
-    "tiny": GPTConfig(vocab_size=256, num_layers=2, d_model=64, num_heads=4, ff_dim=256,
-                      rotary_dim=8, max_len=128),
+    "tiny": GPTConfig(vocab_size=256, num_layers=2, d_model=64, num_heads=4, ff_dim=256, rotary_dim=8, max_len=128),
     # CPU demos (make run): ~7M parameters with a 4k vocabulary
-    "small": GPTConfig(vocab_size=4096, num_layers=4, d_model=256, num_heads=4, ff_dim=1024,
-                       rotary_dim=32, max_len=256),
+    "small": GPTConfig(
+        vocab_size=4096, num_layers=4, d_model=256, num_heads=4, ff_dim=1024, rotary_dim=32, max_len=256
+    ),
     # the paper's GPT-J-style 300M decoder: 20 layers, width 1024, 16 heads, FF 3072, rotary 64
     "gptj-300m": GPTConfig(),
 }
@@ -78,11 +78,20 @@ class GPTBlock(nnx.Module):
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         self.ln = nnx.LayerNorm(cfg.d_model, epsilon=cfg.layer_norm_eps, dtype=dt, param_dtype=pdt, rngs=rngs)
         # make_attention builds one of the three layer types; it is typed as a plain nnx.Module
-        self.attn = cast(CosineAttention | SoftmaxAttention | RecurrentSoftmaxAttention, make_attention(
-            cfg.attention_config(), causal=True, rotary_dim=cfg.rotary_dim, rope_base=cfg.rope_base, use_bias=False,
-            dtype=dt, param_dtype=pdt, rngs=rngs))
-        self.mlp = FeedForward(cfg.d_model, cfg.ff_dim, activation=cfg.activation, dtype=dt, param_dtype=pdt,
-                               rngs=rngs)
+        self.attn = cast(
+            CosineAttention | SoftmaxAttention | RecurrentSoftmaxAttention,
+            make_attention(
+                cfg.attention_config(),
+                causal=True,
+                rotary_dim=cfg.rotary_dim,
+                rope_base=cfg.rope_base,
+                use_bias=False,
+                dtype=dt,
+                param_dtype=pdt,
+                rngs=rngs,
+            ),
+        )
+        self.mlp = FeedForward(cfg.d_model, cfg.ff_dim, activation=cfg.activation, dtype=dt, param_dtype=pdt, rngs=rngs)
         self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
 
     def __call__(self, x, padding_mask, positions, decode, prefill=False):
@@ -109,10 +118,12 @@ class GPT(nnx.Module):
         dt, pdt = jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
         self.embed = nnx.Embed(config.vocab_size, config.d_model, dtype=dt, param_dtype=pdt, rngs=rngs)
         self.blocks = nnx.List([GPTBlock(config, rngs=rngs) for _ in range(config.num_layers)])
-        self.ln_f = nnx.LayerNorm(config.d_model, epsilon=config.layer_norm_eps, dtype=dt,
-                                  param_dtype=pdt, rngs=rngs)
-        self.lm_head = None if config.tie_embeddings else nnx.Linear(
-            config.d_model, config.vocab_size, dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.ln_f = nnx.LayerNorm(config.d_model, epsilon=config.layer_norm_eps, dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.lm_head = (
+            None
+            if config.tie_embeddings
+            else nnx.Linear(config.d_model, config.vocab_size, dtype=dt, param_dtype=pdt, rngs=rngs)
+        )
         # decode mode: real tokens per row so far (B,); None until init_cache
         self.tokens_seen: nnx.Cache[jax.Array] | None = nnx.data(None)
 
@@ -124,12 +135,14 @@ class GPT(nnx.Module):
             block.attn.init_cache((batch_size, max_length, self.config.d_model), jnp.dtype(self.config.dtype))
         self.tokens_seen = nnx.Cache(jnp.zeros((batch_size,), jnp.int32))
 
-    def __call__(self, tokens: jax.Array, *, padding_mask: jax.Array | None = None,
-                 decode: bool = False, prefill: bool = False) -> jax.Array:
+    def __call__(
+        self, tokens: jax.Array, *, padding_mask: jax.Array | None = None, decode: bool = False, prefill: bool = False
+    ) -> jax.Array:
         return self.logits(self.hidden(tokens, padding_mask=padding_mask, decode=decode, prefill=prefill))
 
-    def hidden(self, tokens: jax.Array, *, padding_mask: jax.Array | None = None,
-               decode: bool = False, prefill: bool = False) -> jax.Array:
+    def hidden(
+        self, tokens: jax.Array, *, padding_mask: jax.Array | None = None, decode: bool = False, prefill: bool = False
+    ) -> jax.Array:
         """tokens (B, T) -> final hidden states (B, T, d) in the compute dtype, after ln_f.
 
         Outside decode mode each block runs under `config.remat`, and T must be at most
@@ -145,11 +158,15 @@ class GPT(nnx.Module):
         if tokens.ndim != 2:
             raise ValueError(f"tokens must have shape (batch, seq); got tokens.shape={tokens.shape}")
         if not decode and tokens.shape[1] > self.config.max_len:
-            raise ValueError(f"tokens is longer than max_len={self.config.max_len}; got tokens.shape="
-                             f"{tokens.shape} (decode mode has no such bound)")
+            raise ValueError(
+                f"tokens is longer than max_len={self.config.max_len}; got tokens.shape="
+                f"{tokens.shape} (decode mode has no such bound)"
+            )
         if padding_mask is not None and padding_mask.shape != tokens.shape:
-            raise ValueError(f"padding_mask must have the shape of tokens {tokens.shape}; "
-                             f"got padding_mask.shape={padding_mask.shape}")
+            raise ValueError(
+                f"padding_mask must have the shape of tokens {tokens.shape}; "
+                f"got padding_mask.shape={padding_mask.shape}"
+            )
         if prefill and not decode:
             raise ValueError("prefill=True restarts the decode cache; it needs decode=True")
         offset = None
@@ -174,5 +191,3 @@ class GPT(nnx.Module):
         """The LM head: hidden (..., d) -> logits (..., V) float32."""
         logits = self.embed.attend(hidden) if self.lm_head is None else self.lm_head(hidden)
         return logits.astype(jnp.float32)
-
-

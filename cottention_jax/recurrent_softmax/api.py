@@ -26,70 +26,77 @@ DEFAULT_CHUNK = 64
 
 # ----------------------------------------------------------------------------- checks
 
+
 def _shapes(**arrays) -> str:
     return ", ".join(f"{name}.shape={tuple(jnp.shape(a))}" for name, a in arrays.items())
-
-
 
 
 def _check_gate(variant: AttentionVariant, gate, expected: tuple, name: str) -> None:
     if gate is None:
         if variant.needs_gate:
-            raise ValueError(f"this variant has gate=True and needs {name} of shape {expected} "
-                             f"(or with last axis 1); got {name}=None")
+            raise ValueError(
+                f"this variant has gate=True and needs {name} of shape {expected} "
+                f"(or with last axis 1); got {name}=None"
+            )
         return
     if not variant.needs_gate:
-        raise ValueError(f"this variant has gate=False, so {name} must be None; got "
-                         f"{_shapes(**{name: gate})}")
+        raise ValueError(f"this variant has gate=False, so {name} must be None; got {_shapes(**{name: gate})}")
     _check_float(**{name: gate})
     if jnp.shape(gate) not in (expected, expected[:-1] + (1,)):
-        raise ValueError(f"{name} must have shape {expected} or {expected[:-1] + (1,)}; got "
-                         f"{_shapes(**{name: gate})}")
+        raise ValueError(f"{name} must have shape {expected} or {expected[:-1] + (1,)}; got {_shapes(**{name: gate})}")
 
 
 def _check_mask(mask, expected: tuple, name: str) -> None:
     if mask is None:
         return
     if jnp.shape(mask) != expected or jnp.result_type(mask) != jnp.bool_:
-        raise ValueError(f"{name} must be a bool array of shape {expected} (True = real token); got "
-                         f"{name}.shape={tuple(jnp.shape(mask))}, dtype {jnp.result_type(mask)}")
+        raise ValueError(
+            f"{name} must be a bool array of shape {expected} (True = real token); got "
+            f"{name}.shape={tuple(jnp.shape(mask))}, dtype {jnp.result_type(mask)}"
+        )
 
 
-def _check_state(variant: AttentionVariant, state, b: int, n_kv: int, d: int, dv: int,
-                 name: str) -> None:
+def _check_state(variant: AttentionVariant, state, b: int, n_kv: int, d: int, dv: int, name: str) -> None:
     if not variant.supports_recurrent:
-        raise ValueError(f"{name} needs a variant with a finite RNN state (no 'exp' feature, no "
-                         f"clamp); got feature={variant.feature!r}, clamp={variant.clamp!r}")
+        raise ValueError(
+            f"{name} needs a variant with a finite RNN state (no 'exp' feature, no "
+            f"clamp); got feature={variant.feature!r}, clamp={variant.clamp!r}"
+        )
     if not isinstance(state, RecurrentSoftmaxState):
-        raise ValueError(f"{name} must be a RecurrentSoftmaxState(numerator, denominator, count); "
-                         f"got {type(state).__name__}")
+        raise ValueError(
+            f"{name} must be a RecurrentSoftmaxState(numerator, denominator, count); got {type(state).__name__}"
+        )
     f = feature_dim(variant, d)
     want = {"numerator": (b, n_kv, f, dv), "denominator": (b, n_kv, f), "count": (b,)}
     for field, shape in want.items():
         got = tuple(jnp.shape(getattr(state, field)))
         if got != shape:
-            raise ValueError(f"{name}.{field} must have shape {shape} (batch, kv_heads, F={f} "
-                             f"features, value_dim); got {name}.{field}.shape={got}")
+            raise ValueError(
+                f"{name}.{field} must have shape {shape} (batch, kv_heads, F={f} "
+                f"features, value_dim); got {name}.{field}.shape={got}"
+            )
     if not jnp.issubdtype(jnp.result_type(state.count), jnp.integer):
         raise ValueError(f"{name}.count must be an integer array; got dtype {jnp.result_type(state.count)}")
     _check_float(**{f"{name}.numerator": state.numerator, f"{name}.denominator": state.denominator})
 
 
 def _as_f32_state(state: RecurrentSoftmaxState) -> RecurrentSoftmaxState:
-    return RecurrentSoftmaxState(state.numerator.astype(jnp.float32),
-                                 state.denominator.astype(jnp.float32),
-                                 state.count.astype(jnp.int32))
+    return RecurrentSoftmaxState(
+        state.numerator.astype(jnp.float32), state.denominator.astype(jnp.float32), state.count.astype(jnp.int32)
+    )
 
 
 # ----------------------------------------------------------------------------- entry points
 
-def init_state(variant, batch: int, kv_heads: int, head_dim: int,
-               value_dim: int) -> RecurrentSoftmaxState:
+
+def init_state(variant, batch: int, kv_heads: int, head_dim: int, value_dim: int) -> RecurrentSoftmaxState:
     """The state of an empty prefix (zeros, count 0) for a recurrent-capable variant."""
     variant = resolve_variant(variant)
     if not variant.supports_recurrent:
-        raise ValueError(f"init_state needs a variant with a finite RNN state (no 'exp' feature, "
-                         f"no clamp); got feature={variant.feature!r}, clamp={variant.clamp!r}")
+        raise ValueError(
+            f"init_state needs a variant with a finite RNN state (no 'exp' feature, "
+            f"no clamp); got feature={variant.feature!r}, clamp={variant.clamp!r}"
+        )
     return zero_state(variant, batch, kv_heads, head_dim, value_dim)
 
 
@@ -140,16 +147,20 @@ def attention(
     _check_mask(padding_mask, (b, t), "padding_mask")
     _check_gate(variant, gate, (b, t, h, dv), "gate")
     if form == "recurrent" and not variant.supports_recurrent:
-        raise ValueError(f"form='recurrent' needs a variant with a finite RNN state (no 'exp' "
-                         f"feature, no clamp); got feature={variant.feature!r}, "
-                         f"clamp={variant.clamp!r}: use form='parallel'")
+        raise ValueError(
+            f"form='recurrent' needs a variant with a finite RNN state (no 'exp' "
+            f"feature, no clamp); got feature={variant.feature!r}, "
+            f"clamp={variant.clamp!r}: use form='parallel'"
+        )
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
     if initial_state is not None:
         _check_state(variant, initial_state, b, n_kv, d, dv, "initial_state")
     elif return_state and not variant.supports_recurrent:
-        raise ValueError(f"return_state needs a variant with a finite RNN state (no 'exp' feature, "
-                         f"no clamp); got feature={variant.feature!r}, clamp={variant.clamp!r}")
+        raise ValueError(
+            f"return_state needs a variant with a finite RNN state (no 'exp' feature, "
+            f"no clamp); got feature={variant.feature!r}, clamp={variant.clamp!r}"
+        )
 
     # Zero padded positions (their keys are also masked out of every sum).
     real = jnp.ones((b, t), bool) if padding_mask is None else padding_mask
@@ -165,7 +176,7 @@ def attention(
         num, den, final = recurrent_form(variant, qf, kf, vf, real, scale, state0, chunk_size)
 
     count0 = 0 if state0 is None else state0.count[:, None]
-    count = count0 + jnp.cumsum(real.astype(jnp.int32), axis=1)              # n_t: (B, T)
+    count = count0 + jnp.cumsum(real.astype(jnp.int32), axis=1)  # n_t: (B, T)
     count = jnp.broadcast_to(count[:, :, None], den.shape)
     out = combine(variant, num, den, count, jnp.broadcast_to(real[:, :, None], den.shape), gate)
     out = out.astype(q.dtype)
@@ -208,8 +219,7 @@ def attention_step(
     real = jnp.ones((b,), bool) if padding_mask_t is None else padding_mask_t
     keep = real[:, None, None]
     qf, kf, vf = (jnp.where(keep, x.astype(jnp.float32), 0.0) for x in (q_t, k_t, v_t))
-    num, den, state = step_form(variant, _as_f32_state(state), qf, kf, vf, real,
-                                variant.resolved_scale(d))
+    num, den, state = step_form(variant, _as_f32_state(state), qf, kf, vf, real, variant.resolved_scale(d))
     count = jnp.broadcast_to(state.count[:, None], den.shape)
     out = combine(variant, num, den, count, jnp.broadcast_to(real[:, None], den.shape), gate_t)
     return out.astype(q_t.dtype), state

@@ -29,16 +29,17 @@ def safe_denominator(den: jax.Array, eps: float) -> jax.Array:
 
 def _normalise(num: jax.Array, how: str, eps: float) -> jax.Array:
     """Parameter-free norms of num over its last axis (Dv)."""
-    if how == "l2":      # num / max(|num|, eps), via rsqrt(max(|num|^2, eps^2)): finite grad at 0
+    if how == "l2":  # num / max(|num|, eps), via rsqrt(max(|num|^2, eps^2)): finite grad at 0
         return num * jax.lax.rsqrt(jnp.maximum(jnp.sum(num * num, -1, keepdims=True), eps * eps))
-    if how == "rms":     # num / sqrt(mean(num^2) + eps)
+    if how == "rms":  # num / sqrt(mean(num^2) + eps)
         return num * jax.lax.rsqrt(jnp.mean(num * num, -1, keepdims=True) + eps)
-    centred = num - jnp.mean(num, -1, keepdims=True)          # layernorm
+    centred = num - jnp.mean(num, -1, keepdims=True)  # layernorm
     return centred * jax.lax.rsqrt(jnp.mean(centred * centred, -1, keepdims=True) + eps)
 
 
-def combine(variant: AttentionVariant, num: jax.Array, den: jax.Array, count: jax.Array,
-            real: jax.Array, gate: jax.Array | None) -> jax.Array:
+def combine(
+    variant: AttentionVariant, num: jax.Array, den: jax.Array, count: jax.Array, real: jax.Array, gate: jax.Array | None
+) -> jax.Array:
     """o = gate(denominator(num, den, n)), zero on padded rows; float32.
 
     Args:

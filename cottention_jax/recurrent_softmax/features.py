@@ -33,7 +33,6 @@ from pallas_kernels.cosine_attn.reference import l2_normalize
 __all__ = ["feature_dim", "key_features", "pair_kernel", "query_features", "taylor_exp"]
 
 
-
 def taylor_exp(s: jax.Array, order: int) -> jax.Array:
     """sum_{n=0..order} s^n / n!, by Horner: 1 + s (1 + s/2 (1 + s/3 (...)))."""
     acc = jnp.ones_like(s)
@@ -47,8 +46,9 @@ def _monomials(d: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Distinct degree-n monomials of d variables: indices (M, n) and orderings (M,)."""
     rows = list(itertools.combinations_with_replacement(range(d), n))
     idx = np.asarray(rows, np.int32).reshape(len(rows), n)
-    orderings = np.asarray([math.factorial(n) / math.prod(math.factorial(r.count(i)) for i in set(r))
-                            for r in rows], np.float64)
+    orderings = np.asarray(
+        [math.factorial(n) / math.prod(math.factorial(r.count(i)) for i in set(r)) for r in rows], np.float64
+    )
     return idx, orderings
 
 
@@ -57,11 +57,11 @@ def _tensor_power(x: jax.Array, n: int, layout: str) -> tuple[jax.Array, np.ndar
     d = x.shape[-1]
     if layout == "symmetric":
         idx, orderings = _monomials(d, n)
-        return jnp.prod(x[..., idx], axis=-1), orderings      # (..., M, n) -> (..., M)
+        return jnp.prod(x[..., idx], axis=-1), orderings  # (..., M, n) -> (..., M)
     power = jnp.ones(x.shape[:-1] + (1,), x.dtype)
-    for _ in range(n):                                         # outer product, flattened
+    for _ in range(n):  # outer product, flattened
         power = (power[..., :, None] * x[..., None, :]).reshape(x.shape[:-1] + (-1,))
-    return power, np.ones((d ** n,), np.float64)
+    return power, np.ones((d**n,), np.float64)
 
 
 def _order(variant: AttentionVariant) -> int:
@@ -78,11 +78,10 @@ def feature_dim(variant: AttentionVariant, head_dim: int) -> int:
     """
     if variant.feature == "taylor":
         if variant.state_layout == "full":
-            return sum(head_dim ** n for n in range(_order(variant) + 1))
+            return sum(head_dim**n for n in range(_order(variant) + 1))
         return sum(math.comb(head_dim + n - 1, n) for n in range(_order(variant) + 1))
     if variant.feature == "exp":
-        raise ValueError("feature='exp' has no finite feature map (an infinite series); "
-                         "use the parallel form")
+        raise ValueError("feature='exp' has no finite feature map (an infinite series); use the parallel form")
     return head_dim
 
 
@@ -91,7 +90,7 @@ def _linear_map(feature: str, x: jax.Array, eps: float) -> jax.Array:
         return jax.nn.elu(x) + 1.0
     if feature == "relu":
         return jax.nn.relu(x)
-    return l2_normalize(x, eps)                                 # "cosine"
+    return l2_normalize(x, eps)  # "cosine"
 
 
 def key_features(variant: AttentionVariant, k: jax.Array) -> jax.Array:
@@ -99,8 +98,7 @@ def key_features(variant: AttentionVariant, k: jax.Array) -> jax.Array:
     k = k.astype(jnp.float32)
     if variant.feature != "taylor":
         return _linear_map(variant.feature, k, variant.eps)
-    return jnp.concatenate([_tensor_power(k, n, variant.state_layout)[0]
-                            for n in range(_order(variant) + 1)], axis=-1)
+    return jnp.concatenate([_tensor_power(k, n, variant.state_layout)[0] for n in range(_order(variant) + 1)], axis=-1)
 
 
 def query_features(variant: AttentionVariant, q: jax.Array, scale: float) -> jax.Array:
@@ -111,13 +109,14 @@ def query_features(variant: AttentionVariant, q: jax.Array, scale: float) -> jax
     parts = []
     for n in range(_order(variant) + 1):
         power, orderings = _tensor_power(q, n, variant.state_layout)
-        weight = orderings * scale ** n / math.factorial(n)
+        weight = orderings * scale**n / math.factorial(n)
         parts.append(power * jnp.asarray(weight, jnp.float32))
     return jnp.concatenate(parts, axis=-1)
 
 
-def pair_kernel(variant: AttentionVariant, q: jax.Array, k: jax.Array, spec: str,
-                scale: float, keep: jax.Array) -> jax.Array:
+def pair_kernel(
+    variant: AttentionVariant, q: jax.Array, k: jax.Array, spec: str, scale: float, keep: jax.Array
+) -> jax.Array:
     """kappa(q, k) for every pair that `spec` (an einsum over the head_dim) forms.
 
     Entries where `keep` is False are exactly 0, and their scores are replaced by 0

@@ -44,13 +44,16 @@ class RecurrentSoftmaxState(NamedTuple):
     count: jax.Array  # type: ignore[assignment]  # a field named like tuple.count, which it hides
 
 
-def zero_state(variant: AttentionVariant, batch: int, kv_heads: int, head_dim: int,
-               value_dim: int) -> RecurrentSoftmaxState:
+def zero_state(
+    variant: AttentionVariant, batch: int, kv_heads: int, head_dim: int, value_dim: int
+) -> RecurrentSoftmaxState:
     """The state of an empty prefix: zeros, count 0."""
     f = feature_dim(variant, head_dim)
-    return RecurrentSoftmaxState(jnp.zeros((batch, kv_heads, f, value_dim), jnp.float32),
-                                 jnp.zeros((batch, kv_heads, f), jnp.float32),
-                                 jnp.zeros((batch,), jnp.int32))
+    return RecurrentSoftmaxState(
+        jnp.zeros((batch, kv_heads, f, value_dim), jnp.float32),
+        jnp.zeros((batch, kv_heads, f), jnp.float32),
+        jnp.zeros((batch,), jnp.int32),
+    )
 
 
 def _group(q: jax.Array, n_kv: int) -> jax.Array:
@@ -61,21 +64,23 @@ def _group(q: jax.Array, n_kv: int) -> jax.Array:
 
 def _read_state(variant, qg, state, scale):
     """phi_q(q_t) against a state: num (B, T, KV, G, Dv), den (B, T, KV, G)."""
-    phi_q = query_features(variant, qg, scale)                  # (B, T, KV, G, F)
-    return (_ein("btkgf,bkfe->btkge", phi_q, state.numerator),
-            _ein("btkgf,bkf->btkg", phi_q, state.denominator))
+    phi_q = query_features(variant, qg, scale)  # (B, T, KV, G, F)
+    return (_ein("btkgf,bkfe->btkge", phi_q, state.numerator), _ein("btkgf,bkf->btkg", phi_q, state.denominator))
 
 
 def _add_to_state(variant, state, k, v, real):
     """S += sum_i real_i phi_k(k_i) v_i^T, z += sum_i real_i phi_k(k_i), n += sum_i real_i."""
-    phi_k = key_features(variant, k) * real[:, :, None, None]   # (B, T, KV, F)
-    return RecurrentSoftmaxState(state.numerator + _ein("btkf,btke->bkfe", phi_k, v),
-                                 state.denominator + jnp.sum(phi_k, axis=1),
-                                 state.count + jnp.sum(real, axis=1, dtype=jnp.int32))
+    phi_k = key_features(variant, k) * real[:, :, None, None]  # (B, T, KV, F)
+    return RecurrentSoftmaxState(
+        state.numerator + _ein("btkf,btke->bkfe", phi_k, v),
+        state.denominator + jnp.sum(phi_k, axis=1),
+        state.count + jnp.sum(real, axis=1, dtype=jnp.int32),
+    )
 
 
-def parallel_form(variant: AttentionVariant, q, k, v, real, scale: float,
-                  state0: RecurrentSoftmaxState | None, return_state: bool):
+def parallel_form(
+    variant: AttentionVariant, q, k, v, real, scale: float, state0: RecurrentSoftmaxState | None, return_state: bool
+):
     """Quadratic, any variant: the (T, T) kernel matrix per head, causal and padding masked.
 
     Returns num (B, T, H, Dv), den (B, T, H), final state or None. With `state0` (only
@@ -86,16 +91,15 @@ def parallel_form(variant: AttentionVariant, q, k, v, real, scale: float,
     n_kv = k.shape[2]
     qg = _group(q, n_kv)
     keep = jnp.tril(jnp.ones((t, t), bool))[None, None, None] & real[:, None, None, None, :]
-    kern = pair_kernel(variant, qg, k, "btkgd,bskd->bkgts", scale, keep)   # (B, KV, G, T, T)
+    kern = pair_kernel(variant, qg, k, "btkgd,bskd->bkgts", scale, keep)  # (B, KV, G, T, T)
     num = _ein("bkgts,bske->btkge", kern, v)
-    den = jnp.moveaxis(jnp.sum(kern, axis=-1), -1, 1)                      # (B, T, KV, G)
+    den = jnp.moveaxis(jnp.sum(kern, axis=-1), -1, 1)  # (B, T, KV, G)
     final = None
     if state0 is not None:
         num0, den0 = _read_state(variant, qg, state0, scale)
         num, den = num + num0, den + den0
     if return_state:
-        start = state0 if state0 is not None else zero_state(variant, b, n_kv, q.shape[-1],
-                                                                 v.shape[-1])
+        start = state0 if state0 is not None else zero_state(variant, b, n_kv, q.shape[-1], v.shape[-1])
         final = _add_to_state(variant, start, k, v, real)
     return num.reshape(b, t, h, -1), den.reshape(b, t, h), final
 
@@ -112,8 +116,7 @@ def _unchunk(x: jax.Array, t: int) -> jax.Array:
     return x.reshape(x.shape[0], -1, *x.shape[3:])[:, :t]
 
 
-def recurrent_form(variant: AttentionVariant, q, k, v, real, scale: float,
-                   state0: RecurrentSoftmaxState, chunk: int):
+def recurrent_form(variant: AttentionVariant, q, k, v, real, scale: float, state0: RecurrentSoftmaxState, chunk: int):
     """lax.scan over chunks of C positions, carrying (S, z); linear memory in T.
 
     Per chunk c with in-chunk causal mask M and kernel matrix K_c = kappa(Q_c, K_c) * M:
@@ -128,32 +131,31 @@ def recurrent_form(variant: AttentionVariant, q, k, v, real, scale: float,
     chunk = max(1, min(chunk, t))
     t_pad = -(-t // chunk) * chunk
     widths = lambda x: [(0, 0), (0, t_pad - t)] + [(0, 0)] * (x.ndim - 2)  # noqa: E731
-    qc, kc, vc, rc = (_chunks(jnp.pad(x, widths(x)), chunk)
-                      for x in (_group(q, n_kv), k, v, real))      # padded tail: real = False
+    qc, kc, vc, rc = (
+        _chunks(jnp.pad(x, widths(x)), chunk) for x in (_group(q, n_kv), k, v, real)
+    )  # padded tail: real = False
     tril = jnp.tril(jnp.ones((chunk, chunk), bool))
 
     @jax.checkpoint
     def body(carry, xs):
-        s, z = carry                                               # (B, KV, F, Dv), (B, KV, F)
-        qi, ki, vi, ri = xs                                        # (B, C, KV, G, D), ...
-        phi_q = query_features(variant, qi, scale)                 # (B, C, KV, G, F)
+        s, z = carry  # (B, KV, F, Dv), (B, KV, F)
+        qi, ki, vi, ri = xs  # (B, C, KV, G, D), ...
+        phi_q = query_features(variant, qi, scale)  # (B, C, KV, G, F)
         keep = tril[None, None, None] & ri[:, None, None, None, :]
         kern = pair_kernel(variant, qi, ki, "bqkgd,bskd->bkgqs", scale, keep)
         num = _ein("bqkgf,bkfe->bqkge", phi_q, s) + _ein("bkgqs,bske->bqkge", kern, vi)
         den = _ein("bqkgf,bkf->bqkg", phi_q, z) + jnp.moveaxis(jnp.sum(kern, -1), -1, 1)
-        phi_k = key_features(variant, ki) * ri[:, :, None, None]   # (B, C, KV, F)
+        phi_k = key_features(variant, ki) * ri[:, :, None, None]  # (B, C, KV, F)
         s = s + _ein("bskf,bske->bkfe", phi_k, vi)
         z = z + jnp.sum(phi_k, axis=1)
         return (s, z), (num, den)
 
-    (s, z), (num, den) = jax.lax.scan(body, (state0.numerator, state0.denominator),
-                                      (qc, kc, vc, rc))
+    (s, z), (num, den) = jax.lax.scan(body, (state0.numerator, state0.denominator), (qc, kc, vc, rc))
     final = RecurrentSoftmaxState(s, z, state0.count + jnp.sum(real, axis=1, dtype=jnp.int32))
     return _unchunk(num, t).reshape(b, t, h, -1), _unchunk(den, t).reshape(b, t, h), final
 
 
-def step_form(variant: AttentionVariant, state: RecurrentSoftmaxState, q_t, k_t, v_t,
-              real_t, scale: float):
+def step_form(variant: AttentionVariant, state: RecurrentSoftmaxState, q_t, k_t, v_t, real_t, scale: float):
     """One position: add k_t, v_t to the state (if real), then read it with q_t.
 
     q_t (B, H, D), k_t (B, KV, D), v_t (B, KV, Dv), real_t (B,) bool.

@@ -80,14 +80,17 @@ class AttentionVariant:
             raise ValueError(f"state_layout must be one of {STATE_LAYOUTS}; got {self.state_layout!r}")
         if self.feature == "taylor":
             if isinstance(self.order, bool) or not isinstance(self.order, int) or self.order < 0:
-                raise ValueError(f"order must be an int >= 0 for feature='taylor'; "
-                                 f"got order={self.order!r}")
+                raise ValueError(f"order must be an int >= 0 for feature='taylor'; got order={self.order!r}")
         elif self.order is not None:
-            raise ValueError(f"order is only used by feature='taylor'; pass order=None for "
-                             f"feature={self.feature!r}; got order={self.order!r}")
+            raise ValueError(
+                f"order is only used by feature='taylor'; pass order=None for "
+                f"feature={self.feature!r}; got order={self.order!r}"
+            )
         if self.clamp is not None and self.feature not in ("taylor", "exp"):
-            raise ValueError(f"clamp applies to q.k before the series or exp (feature 'taylor' or "
-                             f"'exp'); got clamp={self.clamp!r} with feature={self.feature!r}")
+            raise ValueError(
+                f"clamp applies to q.k before the series or exp (feature 'taylor' or "
+                f"'exp'); got clamp={self.clamp!r} with feature={self.feature!r}"
+            )
         if self.clamp is not None and not math.isfinite(self.clamp):
             raise ValueError(f"clamp must be a finite number or None; got clamp={self.clamp!r}")
         if self.scale is not None and not (math.isfinite(self.scale) and self.scale > 0):
@@ -121,8 +124,14 @@ def _registry() -> dict[str, AttentionVariant]:
     base = AttentionVariant(feature="taylor", order=2)
     out = {f"taylor{n}": dataclasses.replace(base, order=n) for n in (1, 2, 3, 4)}
     # Denominator ablations at order 2 (the largest order with a practical RNN state).
-    suffix = {"none": "none", "position": "position", "l2norm": "l2", "rms": "rms",
-              "layernorm": "layernorm", "detached": "detached"}
+    suffix = {
+        "none": "none",
+        "position": "position",
+        "l2norm": "l2",
+        "rms": "rms",
+        "layernorm": "layernorm",
+        "detached": "detached",
+    }
     for name, den in suffix.items():
         out[f"taylor2-{name}"] = dataclasses.replace(base, denominator=den)
     # The output gate replacing the denominator: divide by position, then gate

@@ -48,15 +48,15 @@ class Plan:
     already clipped to the padded head dims.
     """
 
-    chunk: int                 # C, positions per chunk
-    n_chunks: int              # Tp / C
-    chunks_per_segment: int    # chunks walked by one program
-    n_segments: int            # ceil(n_chunks / chunks_per_segment)
-    group: int                 # query heads per kv head (GQA)
-    forward: Any               # BV = forward.block, d_v columns per forward program
-    dq: Any                    # BK = dq.block, d_k columns per dQ program
-    dk: Any                    # BK = dk.block, d_k columns per dK~ program
-    dv: Any                    # BV = dv.block, d_v columns per dV program
+    chunk: int  # C, positions per chunk
+    n_chunks: int  # Tp / C
+    chunks_per_segment: int  # chunks walked by one program
+    n_segments: int  # ceil(n_chunks / chunks_per_segment)
+    group: int  # query heads per kv head (GQA)
+    forward: Any  # BV = forward.block, d_v columns per forward program
+    dq: Any  # BK = dq.block, d_k columns per dQ program
+    dk: Any  # BK = dk.block, d_k columns per dK~ program
+    dv: Any  # BV = dv.block, d_v columns per dV program
     precision: lax.Precision | None  # HIGHEST for float32 inputs (IEEE dots), else None
 
 
@@ -67,22 +67,20 @@ def compiler_params(launch: Any) -> _TritonParams:
 
 # ----------------------------------------------------------------------------- in-kernel helpers
 
+
 def _dot(a, b, precision):
     """a @ b with float32 accumulation: (M, K) x (K, N) -> (M, N)."""
-    return lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=precision,
-                           preferred_element_type=_F32)
+    return lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=precision, preferred_element_type=_F32)
 
 
 def _dot_nt(a, b, precision):
     """a @ b^T: (M, K) x (N, K) -> (M, N)."""
-    return lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=precision,
-                           preferred_element_type=_F32)
+    return lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=_F32)
 
 
 def _dot_tn(a, b, precision):
     """a^T @ b: (K, M) x (K, N) -> (M, N)."""
-    return lax.dot_general(a, b, (((0,), (0,)), ((), ())), precision=precision,
-                           preferred_element_type=_F32)
+    return lax.dot_general(a, b, (((0,), (0,)), ((), ())), precision=precision, preferred_element_type=_F32)
 
 
 def _causal_mask(chunk: int) -> jax.Array:
@@ -103,19 +101,20 @@ def _segment_bounds(plan: Plan):
 
 # ----------------------------------------------------------------------------- kernels
 
+
 def _forward_kernel(q_ref, k_ref, v_ref, w_ref, s_in_ref, o_ref, s_out_ref, *, plan: Plan):
     """q, k (Tp, Dk); v (Tp, BV); s_in (Dk, BV) = S at segment start -> o (Tp, BV), s_out = S at end."""
     dtype, prec, chunk = q_ref.dtype, plan.precision, plan.chunk
     mask = _causal_mask(chunk)
 
-    def step(c, state):                                   # state = S_c[:, block] (Dk, BV) float32
+    def step(c, state):  # state = S_c[:, block] (Dk, BV) float32
         rows = _rows(c, chunk)
         q, k, v, w = q_ref[rows, :], k_ref[rows, :], v_ref[rows, :], w_ref[rows]
-        scores = jnp.where(mask, _dot_nt(q, k, prec) * w[None, :], 0.0)    # (Q K~^T) * M
+        scores = jnp.where(mask, _dot_nt(q, k, prec) * w[None, :], 0.0)  # (Q K~^T) * M
         out = _dot(q, state.astype(dtype), prec) + _dot(scores.astype(dtype), v, prec)
-        o_ref[rows, :] = out.astype(o_ref.dtype)          # O_c = Q_c S_c + ((Q K~^T) * M) V_c
+        o_ref[rows, :] = out.astype(o_ref.dtype)  # O_c = Q_c S_c + ((Q K~^T) * M) V_c
         k_scaled = (k.astype(_F32) * w[:, None]).astype(dtype)
-        return state + _dot_tn(k_scaled, v, prec)         # S_{c+1} = S_c + K~_c^T V_c
+        return state + _dot_tn(k_scaled, v, prec)  # S_{c+1} = S_c + K~_c^T V_c
 
     first, end = _segment_bounds(plan)
     s_out_ref[...] = lax.fori_loop(first, end, step, s_in_ref[...].astype(_F32))
@@ -126,12 +125,12 @@ def _dq_kernel(k_ref, v_ref, w_ref, do_ref, h_in_ref, dq_ref, *, plan: Plan):
     dtype, prec, chunk = k_ref.dtype, plan.precision, plan.chunk
     mask = _causal_mask(chunk)
 
-    def step(c, state):                                   # state = H_c[block, :] (BK, Dv)
+    def step(c, state):  # state = H_c[block, :] (BK, Dv)
         rows = _rows(c, chunk)
         k, v, w, do = k_ref[rows, :], v_ref[rows, :], w_ref[rows], do_ref[rows, :]
-        dp = jnp.where(mask, _dot_nt(do, v, prec) * w[None, :], 0.0)       # (dO V^T) * M * w
+        dp = jnp.where(mask, _dot_nt(do, v, prec) * w[None, :], 0.0)  # (dO V^T) * M * w
         dq = _dot_nt(do, state.astype(dtype), prec) + _dot(dp.astype(dtype), k, prec)
-        dq_ref[rows, :] = dq.astype(dq_ref.dtype)         # dQ_c = dO_c H_c^T + (...) K~_c
+        dq_ref[rows, :] = dq.astype(dq_ref.dtype)  # dQ_c = dO_c H_c^T + (...) K~_c
         k_scaled = (k.astype(_F32) * w[:, None]).astype(dtype)
         return state + _dot_tn(k_scaled, v, prec)
 
@@ -148,14 +147,14 @@ def _dk_kernel(q_ref, k_ref, v_ref, w_ref, do_ref, g_in_ref, dk_ref, dw_ref, *, 
     mask = _causal_mask(chunk)
     first, end = _segment_bounds(plan)
 
-    def step(i, g):                                       # g = G_c[block, :] (BK, Dv)
+    def step(i, g):  # g = G_c[block, :] (BK, Dv)
         rows = _rows(end - 1 - i, chunk)
         q, k, v, w, do = q_ref[rows, :], k_ref[rows, :], v_ref[rows, :], w_ref[rows], do_ref[rows, :]
-        dp = jnp.where(mask, _dot_nt(do, v, prec), 0.0)   # (dO V^T) * M: (C_t, C_s)
+        dp = jnp.where(mask, _dot_nt(do, v, prec), 0.0)  # (dO V^T) * M: (C_t, C_s)
         dk_tilde = _dot_nt(v, g.astype(dtype), prec) + _dot_tn(dp.astype(dtype), q, prec)
         dk_ref[rows, :] = (dk_tilde * w[:, None]).astype(dk_ref.dtype)
         dw_ref[rows] = jnp.sum(dk_tilde * k.astype(_F32), axis=1)
-        return g + _dot_tn(q, do, prec)                   # G_{c-1} = G_c + Q_c^T dO_c
+        return g + _dot_tn(q, do, prec)  # G_{c-1} = G_c + Q_c^T dO_c
 
     lax.fori_loop(0, end - first, step, g_in_ref[...].astype(_F32))
 
@@ -169,12 +168,12 @@ def _dv_kernel(q_ref, k_ref, w_ref, do_ref, g_in_ref, dv_ref, g_out_ref, *, plan
     mask = _causal_mask(chunk)
     first, end = _segment_bounds(plan)
 
-    def step(i, g):                                       # g = G_c[:, block] (Dk, BV)
+    def step(i, g):  # g = G_c[:, block] (Dk, BV)
         rows = _rows(end - 1 - i, chunk)
         q, k, w, do = q_ref[rows, :], k_ref[rows, :], w_ref[rows], do_ref[rows, :]
-        scores = jnp.where(mask, _dot_nt(q, k, prec), 0.0)                 # (Q K^T) * M, unscaled
+        scores = jnp.where(mask, _dot_nt(q, k, prec), 0.0)  # (Q K^T) * M, unscaled
         dv = _dot(k, g.astype(dtype), prec) + _dot_tn(scores.astype(dtype), do, prec)
-        dv_ref[rows, :] = (dv * w[:, None]).astype(dv_ref.dtype)            # dV = K~ G + (..)^T dO
+        dv_ref[rows, :] = (dv * w[:, None]).astype(dv_ref.dtype)  # dV = K~ G + (..)^T dO
         return g + _dot_tn(q, do, prec)
 
     g_out_ref[...] = lax.fori_loop(0, end - first, step, g_in_ref[...].astype(_F32))
@@ -197,6 +196,7 @@ def _segment_sum_kernel(x_ref, y_ref, *refs, plan: Plan, scaled: bool):
 
 
 # ----------------------------------------------------------------------------- block specs
+
 
 def _seq_spec(tp: int, width: int, head_of, blocked: bool) -> pl.BlockSpec:
     """A (Tp, width) window of a (B, Tp, heads, D) array; grid (j, b, h, s)."""
@@ -227,15 +227,23 @@ def _kv_head(group: int):
 
 def _call(kernel, plan: Plan, launch, name: str, grid, in_specs, out_specs, out_shape, interpret: bool):
     return pl.pallas_call(
-        functools.partial(kernel, plan=plan), out_shape=out_shape, grid=grid,
-        in_specs=in_specs, out_specs=out_specs, compiler_params=compiler_params(launch),
-        interpret=interpret, name=name)
+        functools.partial(kernel, plan=plan),
+        out_shape=out_shape,
+        grid=grid,
+        in_specs=in_specs,
+        out_specs=out_specs,
+        compiler_params=compiler_params(launch),
+        interpret=interpret,
+        name=name,
+    )
 
 
 # ----------------------------------------------------------------------------- pallas calls
 
-def forward(q: jax.Array, k: jax.Array, v: jax.Array, w: jax.Array, s_in: jax.Array, plan: Plan,
-            interpret: bool) -> tuple[jax.Array, jax.Array]:
+
+def forward(
+    q: jax.Array, k: jax.Array, v: jax.Array, w: jax.Array, s_in: jax.Array, plan: Plan, interpret: bool
+) -> tuple[jax.Array, jax.Array]:
     """q (B,Tp,H,Dk), k (B,Tp,KV,Dk), v (B,Tp,KV,Dv), w (B,H,Tp), s_in (B,H,NS,Dk,Dv) float32.
 
     Returns o (B,Tp,H,Dv) in q.dtype and s_out (B,H,NS,Dk,Dv) float32, the state at each segment end.
@@ -245,35 +253,62 @@ def forward(q: jax.Array, k: jax.Array, v: jax.Array, w: jax.Array, s_in: jax.Ar
     bv = plan.forward.block
     kv_head = _kv_head(plan.group)
     return _call(
-        _forward_kernel, plan, plan.forward, "cosine_linear_attention_fwd",
+        _forward_kernel,
+        plan,
+        plan.forward,
+        "cosine_linear_attention_fwd",
         grid=(dv // bv, b, h, plan.n_segments),
-        in_specs=[_seq_spec(tp, dk, _own_head, False), _seq_spec(tp, dk, kv_head, False),
-                  _seq_spec(tp, bv, kv_head, True), _scale_spec(tp), _state_spec(dk, bv, False)],
+        in_specs=[
+            _seq_spec(tp, dk, _own_head, False),
+            _seq_spec(tp, dk, kv_head, False),
+            _seq_spec(tp, bv, kv_head, True),
+            _scale_spec(tp),
+            _state_spec(dk, bv, False),
+        ],
         out_specs=[_seq_spec(tp, bv, _own_head, True), _state_spec(dk, bv, False)],
-        out_shape=[jax.ShapeDtypeStruct((b, tp, h, dv), q.dtype),
-                   jax.ShapeDtypeStruct(s_in.shape, _F32)],
-        interpret=interpret)(q, k, v, w, s_in)
+        out_shape=[jax.ShapeDtypeStruct((b, tp, h, dv), q.dtype), jax.ShapeDtypeStruct(s_in.shape, _F32)],
+        interpret=interpret,
+    )(q, k, v, w, s_in)
 
 
-def backward_dq(k: jax.Array, v: jax.Array, w: jax.Array, do: jax.Array, h_in: jax.Array, plan: Plan,
-                interpret: bool) -> jax.Array:
+def backward_dq(
+    k: jax.Array, v: jax.Array, w: jax.Array, do: jax.Array, h_in: jax.Array, plan: Plan, interpret: bool
+) -> jax.Array:
     """k (B,Tp,KV,Dk), v (B,Tp,KV,Dv), w (B,H,Tp), do (B,Tp,H,Dv), h_in (B,H,NS,Dk,Dv) -> dq (B,Tp,H,Dk)."""
     b, tp, h, dv = do.shape
     dk = k.shape[-1]
     bk = plan.dq.block
     kv_head = _kv_head(plan.group)
     return _call(
-        _dq_kernel, plan, plan.dq, "cosine_linear_attention_dq",
+        _dq_kernel,
+        plan,
+        plan.dq,
+        "cosine_linear_attention_dq",
         grid=(dk // bk, b, h, plan.n_segments),
-        in_specs=[_seq_spec(tp, bk, kv_head, True), _seq_spec(tp, dv, kv_head, False),
-                  _scale_spec(tp), _seq_spec(tp, dv, _own_head, False), _state_spec(bk, dv, True)],
+        in_specs=[
+            _seq_spec(tp, bk, kv_head, True),
+            _seq_spec(tp, dv, kv_head, False),
+            _scale_spec(tp),
+            _seq_spec(tp, dv, _own_head, False),
+            _state_spec(bk, dv, True),
+        ],
         out_specs=_seq_spec(tp, bk, _own_head, True),
         out_shape=jax.ShapeDtypeStruct((b, tp, h, dk), do.dtype),
-        interpret=interpret)(k, v, w, do, h_in)
+        interpret=interpret,
+    )(k, v, w, do, h_in)
 
 
-def backward_dk(q: jax.Array, k: jax.Array, v: jax.Array, w: jax.Array, do: jax.Array, g_in: jax.Array, dk_dtype: Any,
-                plan: Plan, interpret: bool) -> tuple[jax.Array, jax.Array]:
+def backward_dk(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    w: jax.Array,
+    do: jax.Array,
+    g_in: jax.Array,
+    dk_dtype: Any,
+    plan: Plan,
+    interpret: bool,
+) -> tuple[jax.Array, jax.Array]:
     """-> dk_per_head (B,Tp,H,Dk) = w dK~ in dk_dtype, dw_parts (B,H,Dk/BK,Tp) float32."""
     b, tp, h, dk = q.shape
     dv = v.shape[-1]
@@ -281,37 +316,63 @@ def backward_dk(q: jax.Array, k: jax.Array, v: jax.Array, w: jax.Array, do: jax.
     kv_head = _kv_head(plan.group)
     dw_spec = pl.BlockSpec((_SQ, _SQ, _SQ, tp), lambda j, b_, h_, s: (b_, h_, j, 0))
     return _call(
-        _dk_kernel, plan, plan.dk, "cosine_linear_attention_dk",
+        _dk_kernel,
+        plan,
+        plan.dk,
+        "cosine_linear_attention_dk",
         grid=(dk // bk, b, h, plan.n_segments),
-        in_specs=[_seq_spec(tp, bk, _own_head, True), _seq_spec(tp, bk, kv_head, True),
-                  _seq_spec(tp, dv, kv_head, False), _scale_spec(tp),
-                  _seq_spec(tp, dv, _own_head, False), _state_spec(bk, dv, True)],
+        in_specs=[
+            _seq_spec(tp, bk, _own_head, True),
+            _seq_spec(tp, bk, kv_head, True),
+            _seq_spec(tp, dv, kv_head, False),
+            _scale_spec(tp),
+            _seq_spec(tp, dv, _own_head, False),
+            _state_spec(bk, dv, True),
+        ],
         out_specs=[_seq_spec(tp, bk, _own_head, True), dw_spec],
-        out_shape=[jax.ShapeDtypeStruct((b, tp, h, dk), dk_dtype),
-                   jax.ShapeDtypeStruct((b, h, dk // bk, tp), _F32)],
-        interpret=interpret)(q, k, v, w, do, g_in)
+        out_shape=[jax.ShapeDtypeStruct((b, tp, h, dk), dk_dtype), jax.ShapeDtypeStruct((b, h, dk // bk, tp), _F32)],
+        interpret=interpret,
+    )(q, k, v, w, do, g_in)
 
 
-def backward_dv(q: jax.Array, k: jax.Array, w: jax.Array, do: jax.Array, g_in: jax.Array, dv_dtype: Any, plan: Plan,
-                interpret: bool) -> tuple[jax.Array, jax.Array]:
+def backward_dv(
+    q: jax.Array, k: jax.Array, w: jax.Array, do: jax.Array, g_in: jax.Array, dv_dtype: Any, plan: Plan, interpret: bool
+) -> tuple[jax.Array, jax.Array]:
     """-> dv_per_head (B,Tp,H,Dv) in dv_dtype, g_out (B,H,NS,Dk,Dv) float32 = G at segment start."""
     b, tp, h, dk = q.shape
     dv = do.shape[-1]
     bv = plan.dv.block
     kv_head = _kv_head(plan.group)
     return _call(
-        _dv_kernel, plan, plan.dv, "cosine_linear_attention_dv",
+        _dv_kernel,
+        plan,
+        plan.dv,
+        "cosine_linear_attention_dv",
         grid=(dv // bv, b, h, plan.n_segments),
-        in_specs=[_seq_spec(tp, dk, _own_head, False), _seq_spec(tp, dk, kv_head, False),
-                  _scale_spec(tp), _seq_spec(tp, bv, _own_head, True), _state_spec(dk, bv, False)],
+        in_specs=[
+            _seq_spec(tp, dk, _own_head, False),
+            _seq_spec(tp, dk, kv_head, False),
+            _scale_spec(tp),
+            _seq_spec(tp, bv, _own_head, True),
+            _state_spec(dk, bv, False),
+        ],
         out_specs=[_seq_spec(tp, bv, _own_head, True), _state_spec(dk, bv, False)],
-        out_shape=[jax.ShapeDtypeStruct((b, tp, h, dv), dv_dtype),
-                   jax.ShapeDtypeStruct(g_in.shape, _F32)],
-        interpret=interpret)(q, k, w, do, g_in)
+        out_shape=[jax.ShapeDtypeStruct((b, tp, h, dv), dv_dtype), jax.ShapeDtypeStruct(g_in.shape, _F32)],
+        interpret=interpret,
+    )(q, k, w, do, g_in)
 
 
-def segment_sums(x: jax.Array, y: jax.Array, w: jax.Array, heads: int, x_group: int, y_group: int, plan: Plan,
-                 launch: Any, interpret: bool) -> jax.Array:
+def segment_sums(
+    x: jax.Array,
+    y: jax.Array,
+    w: jax.Array,
+    heads: int,
+    x_group: int,
+    y_group: int,
+    plan: Plan,
+    launch: Any,
+    interpret: bool,
+) -> jax.Array:
     """Per-segment sum_i (w_i x_i)^T y_i for every query head: -> (B, heads, NS, Dk, Dv) float32.
 
     x (B,Tp,X,Dk) is read at head h // x_group, y (B,Tp,Y,Dv) at h // y_group;
@@ -328,8 +389,13 @@ def segment_sums(x: jax.Array, y: jax.Array, w: jax.Array, heads: int, x_group: 
         args.append(w)
     kernel = functools.partial(_segment_sum_kernel, scaled=w is not None)
     return _call(
-        kernel, plan, launch, "cosine_linear_attention_segment_sums",
-        grid=(dv // bv, b, heads, plan.n_segments), in_specs=in_specs,
+        kernel,
+        plan,
+        launch,
+        "cosine_linear_attention_segment_sums",
+        grid=(dv // bv, b, heads, plan.n_segments),
+        in_specs=in_specs,
         out_specs=_state_spec(dk, bv, False),
         out_shape=jax.ShapeDtypeStruct((b, heads, plan.n_segments, dk, dv), _F32),
-        interpret=interpret)(*args)
+        interpret=interpret,
+    )(*args)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-HIGHEST = jax.lax.Precision.HIGHEST   # IEEE float32 dots (never TF32 / bf16 passes)
+HIGHEST = jax.lax.Precision.HIGHEST  # IEEE float32 dots (never TF32 / bf16 passes)
 
 
 def ein(spec: str, *operands: jax.Array) -> jax.Array:

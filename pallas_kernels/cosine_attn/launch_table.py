@@ -40,8 +40,20 @@ import os
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["ENV_VAR", "FORMAT", "KERNELS", "VERSION", "find_entry", "load_table", "merge_entries",
-           "shipped_table_path", "table_paths", "user_table_path", "validate_entry", "write_table"]
+__all__ = [
+    "ENV_VAR",
+    "FORMAT",
+    "KERNELS",
+    "VERSION",
+    "find_entry",
+    "load_table",
+    "merge_entries",
+    "shipped_table_path",
+    "table_paths",
+    "user_table_path",
+    "validate_entry",
+    "write_table",
+]
 
 ENV_VAR = "COTTENTION_KERNEL_TABLE"
 FORMAT, VERSION = "cottention-jax kernel table", 1
@@ -64,8 +76,9 @@ def _env_table() -> Path | None:
     if not value:
         return None
     if not Path(value).is_file():
-        raise ValueError(f"{ENV_VAR}={value}: no such file; point it at a table written by "
-                         f"experiments/tune_kernels.py, or unset it")
+        raise ValueError(
+            f"{ENV_VAR}={value}: no such file; point it at a table written by experiments/tune_kernels.py, or unset it"
+        )
     return Path(value)
 
 
@@ -88,14 +101,13 @@ def validate_entry(entry: dict, where: str = "entry") -> dict:
         if not all(isinstance(launch[k], int) and launch[k] >= 1 for k in _LAUNCH_KEYS):
             raise ValueError(f"{where}: {kernel!r} values must be positive integers; got {launch!r}")
     if not (isinstance(entry["head_dim"], int) and isinstance(entry["chunk"], int)):
-        raise ValueError(f"{where}: head_dim and chunk must be integers; got {entry['head_dim']!r}, "
-                         f"{entry['chunk']!r}")
+        raise ValueError(f"{where}: head_dim and chunk must be integers; got {entry['head_dim']!r}, {entry['chunk']!r}")
     return entry
 
 
 @functools.lru_cache(maxsize=16)
 def _load(path: str, mtime: float) -> tuple[dict, ...]:
-    del mtime                                   # part of the cache key: an edited file is read again
+    del mtime  # part of the cache key: an edited file is read again
     try:
         data = json.loads(Path(path).read_text())
     except json.JSONDecodeError as err:
@@ -116,8 +128,9 @@ def _matches(entry: dict, dtype: str, head_dim: int) -> bool:
     return entry["dtype"] == dtype and entry["head_dim"] == head_dim
 
 
-def find_entry(device_kind: str, compute_capability: str | None, dtype: str, head_dim: int,
-               paths: list[Path] | None = None) -> dict | None:
+def find_entry(
+    device_kind: str, compute_capability: str | None, dtype: str, head_dim: int, paths: list[Path] | None = None
+) -> dict | None:
     """The best entry for a device, dtype name and padded head dim, or None.
 
     Preference: a table earlier in `paths` (default `table_paths()`), then the
@@ -127,7 +140,7 @@ def find_entry(device_kind: str, compute_capability: str | None, dtype: str, hea
     tables = [_load_named(p) for p in (table_paths() if paths is None else paths)]
     dtypes = [dtype, "bfloat16"] if dtype == "float16" else [dtype]
 
-    def by_name(e):      # exact kind first, then a substring ("NVIDIA H100" serves "NVIDIA H100 PCIe")
+    def by_name(e):  # exact kind first, then a substring ("NVIDIA H100" serves "NVIDIA H100 PCIe")
         return 2 if e["device"] == device_kind else 1 if e["device"] in device_kind else 0
 
     def by_architecture(e):
@@ -136,8 +149,9 @@ def find_entry(device_kind: str, compute_capability: str | None, dtype: str, hea
     for wanted in dtypes:
         # 1. a row for this device, in table order; 2. only then one of the same compute capability
         for entries in tables:
-            named = sorted((e for e in entries if _matches(e, wanted, head_dim) and by_name(e)),
-                           key=by_name, reverse=True)
+            named = sorted(
+                (e for e in entries if _matches(e, wanted, head_dim) and by_name(e)), key=by_name, reverse=True
+            )
             if named:
                 return named[0]
         for entries in tables:

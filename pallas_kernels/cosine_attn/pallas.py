@@ -50,14 +50,20 @@ from jax.typing import DTypeLike
 from pallas_kernels.cosine_attn import _kernels, launch_table
 from pallas_kernels.cosine_attn._util import exclusive_cumsum
 
-__all__ = ["BlockSizes", "KernelLaunch", "LaunchPlan", "causal_linear_attention_pallas", "launch_plan",
-           "padded_head_dim"]
+__all__ = [
+    "BlockSizes",
+    "KernelLaunch",
+    "LaunchPlan",
+    "causal_linear_attention_pallas",
+    "launch_plan",
+    "padded_head_dim",
+]
 
-LaunchPlan = _kernels.Plan   # the resolved static launch of one pass (`launch_plan`)
+LaunchPlan = _kernels.Plan  # the resolved static launch of one pass (`launch_plan`)
 
 _F32 = jnp.float32
-_MIN_PROGRAMS = 132              # one program per SM of an H100; fewer leaves SMs idle
-_MIN_CHUNKS_PER_SEGMENT = 16     # below this the per-segment start-up is not worth it
+_MIN_PROGRAMS = 132  # one program per SM of an H100; fewer leaves SMs idle
+_MIN_CHUNKS_PER_SEGMENT = 16  # below this the per-segment start-up is not worth it
 
 
 def _is_pow2(n: int) -> bool:
@@ -84,8 +90,10 @@ class KernelLaunch:
 
     def __post_init__(self):
         if not (_is_pow2(self.block) and self.block >= 16):
-            raise ValueError(f"KernelLaunch.block must be a power of two >= 16 (Triton needs "
-                             f"power-of-two tiles); got block={self.block}")
+            raise ValueError(
+                f"KernelLaunch.block must be a power of two >= 16 (Triton needs "
+                f"power-of-two tiles); got block={self.block}"
+            )
         if not (_is_pow2(self.num_warps) and self.num_warps <= 32):
             raise ValueError(f"KernelLaunch.num_warps must be a power of two <= 32; got {self.num_warps}")
         if self.num_stages < 1:
@@ -118,8 +126,10 @@ class BlockSizes:
 
     def __post_init__(self):
         if not (_is_pow2(self.chunk) and self.chunk >= 16):
-            raise ValueError(f"BlockSizes.chunk must be a power of two >= 16 (Triton needs "
-                             f"power-of-two tiles); got chunk={self.chunk}")
+            raise ValueError(
+                f"BlockSizes.chunk must be a power of two >= 16 (Triton needs "
+                f"power-of-two tiles); got chunk={self.chunk}"
+            )
         for name in launch_table.KERNELS:
             if not isinstance(getattr(self, name), KernelLaunch):
                 raise ValueError(f"BlockSizes.{name} must be a KernelLaunch; got {getattr(self, name)!r}")
@@ -127,8 +137,9 @@ class BlockSizes:
             raise ValueError(f"BlockSizes.segments must be None or >= 1; got {self.segments}")
 
     @classmethod
-    def uniform(cls, *, chunk: int = 64, block: int = 64, num_warps: int = 4, num_stages: int = 2,
-                segments: int | None = None) -> BlockSizes:
+    def uniform(
+        cls, *, chunk: int = 64, block: int = 64, num_warps: int = 4, num_stages: int = 2, segments: int | None = None
+    ) -> BlockSizes:
         """One launch for all four kernels."""
         launch = KernelLaunch(block, num_warps, num_stages)
         return cls(chunk, launch, launch, launch, launch, segments)
@@ -158,14 +169,20 @@ class BlockSizes:
         return cls.uniform(chunk=32 if wide_f32 else 64, block=64, num_warps=4, num_stages=2)
 
     @classmethod
-    def get_default(cls, dtype: DTypeLike, head_dim_k: int, head_dim_v: int, device: jax.Device | None = None,
-                    ) -> BlockSizes:
+    def get_default(
+        cls,
+        dtype: DTypeLike,
+        head_dim_k: int,
+        head_dim_v: int,
+        device: jax.Device | None = None,
+    ) -> BlockSizes:
         """The tuned entry for `device` (default: JAX's first device), dtype and padded head dim,
         from the tables of `launch_table` (yours first, then the shipped one); else `fallback`."""
         device = device or jax.devices()[0]
         widest = max(padded_head_dim(head_dim_k), padded_head_dim(head_dim_v))
-        entry = launch_table.find_entry(device.device_kind, getattr(device, "compute_capability", None),
-                                        jnp.dtype(dtype).name, widest)
+        entry = launch_table.find_entry(
+            device.device_kind, getattr(device, "compute_capability", None), jnp.dtype(dtype).name, widest
+        )
         return cls.fallback(dtype, head_dim_k, head_dim_v) if entry is None else cls.from_entry(entry)
 
 
@@ -173,8 +190,14 @@ def _clip(launch: KernelLaunch, dim: int) -> KernelLaunch:
     return dataclasses.replace(launch, block=min(launch.block, dim))
 
 
-def launch_plan(q_shape: tuple[int, ...], k_shape: tuple[int, ...], v_shape: tuple[int, ...], dtype: DTypeLike,
-                block_sizes: BlockSizes | None = None, backward: bool = False) -> LaunchPlan:
+def launch_plan(
+    q_shape: tuple[int, ...],
+    k_shape: tuple[int, ...],
+    v_shape: tuple[int, ...],
+    dtype: DTypeLike,
+    block_sizes: BlockSizes | None = None,
+    backward: bool = False,
+) -> LaunchPlan:
     """What `causal_linear_attention_pallas` launches for these shapes: the forward pass's plan, or the
     backward pass's when `backward` (chunk, chunk and segment counts, each kernel's launch clipped
     to the padded head dims). Nothing is compiled or run; `block_sizes=None` resolves
@@ -186,24 +209,31 @@ def launch_plan(q_shape: tuple[int, ...], k_shape: tuple[int, ...], v_shape: tup
     b, t, h, dk = q_shape
     dk_p, dv_p = padded_head_dim(dk), padded_head_dim(v_shape[-1])
     sizes = block_sizes or BlockSizes.get_default(dtype, dk, v_shape[-1])
-    fwd, dq, dkl, dv = (_clip(sizes.forward, dv_p), _clip(sizes.dq, dk_p), _clip(sizes.dk, dk_p),
-                        _clip(sizes.dv, dv_p))
+    fwd, dq, dkl, dv = (_clip(sizes.forward, dv_p), _clip(sizes.dq, dk_p), _clip(sizes.dk, dk_p), _clip(sizes.dv, dv_p))
     n_chunks = -(-t // sizes.chunk)
     segments = sizes.segments
-    if segments is None:                   # double until the GPU has enough programs
+    if segments is None:  # double until the GPU has enough programs
         blocks = min(dk_p // dq.block, dk_p // dkl.block, dv_p // dv.block) if backward else dv_p // fwd.block
         segments, programs = 1, b * h * blocks
-        while (programs * segments < _MIN_PROGRAMS
-               and n_chunks >= 2 * segments * _MIN_CHUNKS_PER_SEGMENT):
+        while programs * segments < _MIN_PROGRAMS and n_chunks >= 2 * segments * _MIN_CHUNKS_PER_SEGMENT:
             segments *= 2
     per_segment = -(-n_chunks // min(segments, n_chunks))
     return _kernels.Plan(
-        chunk=sizes.chunk, n_chunks=n_chunks, chunks_per_segment=per_segment,
-        n_segments=-(-n_chunks // per_segment), group=h // k_shape[2], forward=fwd, dq=dq, dk=dkl, dv=dv,
-        precision=lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None)
+        chunk=sizes.chunk,
+        n_chunks=n_chunks,
+        chunks_per_segment=per_segment,
+        n_segments=-(-n_chunks // per_segment),
+        group=h // k_shape[2],
+        forward=fwd,
+        dq=dq,
+        dk=dkl,
+        dv=dv,
+        precision=lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None,
+    )
 
 
 # ----------------------------------------------------------------------------- padding
+
 
 def _pad(x: jax.Array, shape) -> jax.Array:
     """Zero-pad x at the end of every axis up to `shape`."""
@@ -232,6 +262,7 @@ def _padded_inputs(q, k, v, key_scale, plan: _kernels.Plan):
 
 # ----------------------------------------------------------------------------- segment states
 
+
 def _segment_starts(k, v, w, s0, plan, launch, interpret):
     """S at the start of each segment: (B, H, NS, Dk, Dv) = S0 + K~^T V over earlier segments."""
     if plan.n_segments == 1:
@@ -250,6 +281,7 @@ def _segment_ends(q, do, d_final, plan, interpret):
 
 # ----------------------------------------------------------------------------- custom_vjp
 
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
 @functools.partial(jax.jit, static_argnums=(5, 6))
 def _linear_attention(q, k, v, key_scale, initial_state, plans, interpret):
@@ -264,7 +296,7 @@ def _linear_attention(q, k, v, key_scale, initial_state, plans, interpret):
 
 def _linear_attention_fwd(q, k, v, key_scale, initial_state, plans, interpret):
     outputs = _linear_attention(q, k, v, key_scale, initial_state, plans, interpret)
-    return outputs, (q, k, v, key_scale, initial_state)      # residuals: the inputs only
+    return outputs, (q, k, v, key_scale, initial_state)  # residuals: the inputs only
 
 
 def _sum_group(x: jax.Array, group: int) -> jax.Array:
@@ -305,29 +337,43 @@ _linear_attention.defvjp(_linear_attention_fwd, _linear_attention_bwd)
 
 # ----------------------------------------------------------------------------- public function
 
+
 def _check_inputs(q, k, v, key_scale, initial_state) -> None:
     for name, a in (("q", q), ("k", k), ("v", v)):
         if jnp.ndim(a) != 4:
-            raise ValueError(f"{name} must have rank 4, (batch, seq, heads, head_dim); "
-                             f"got {name}.shape={tuple(jnp.shape(a))}")
+            raise ValueError(
+                f"{name} must have rank 4, (batch, seq, heads, head_dim); got {name}.shape={tuple(jnp.shape(a))}"
+            )
     if not (q.dtype == k.dtype == v.dtype) or not jnp.issubdtype(q.dtype, jnp.floating):
         raise ValueError(f"q, k and v must share one floating dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
     b, t, h, dk = q.shape
     n_kv, dv = k.shape[2], v.shape[-1]
     if k.shape != (b, t, n_kv, dk) or v.shape[:3] != (b, t, n_kv) or h % n_kv or t < 1:
-        raise ValueError("expected q (B, T, H, Dk), k (B, T, KV, Dk), v (B, T, KV, Dv) with T >= 1 "
-                         f"and H % KV == 0; got q.shape={q.shape}, k.shape={k.shape}, v.shape={v.shape}")
+        raise ValueError(
+            "expected q (B, T, H, Dk), k (B, T, KV, Dk), v (B, T, KV, Dv) with T >= 1 "
+            f"and H % KV == 0; got q.shape={q.shape}, k.shape={k.shape}, v.shape={v.shape}"
+        )
     if jnp.shape(key_scale) != (b, t, h):
-        raise ValueError(f"key_scale must have shape (B, T, H) = {(b, t, h)}; "
-                         f"got key_scale.shape={tuple(jnp.shape(key_scale))}")
+        raise ValueError(
+            f"key_scale must have shape (B, T, H) = {(b, t, h)}; got key_scale.shape={tuple(jnp.shape(key_scale))}"
+        )
     if jnp.shape(initial_state) != (b, h, dk, dv):
-        raise ValueError(f"initial_state must have shape (B, H, Dk, Dv) = {(b, h, dk, dv)}; "
-                         f"got initial_state.shape={tuple(jnp.shape(initial_state))}")
+        raise ValueError(
+            f"initial_state must have shape (B, H, Dk, Dv) = {(b, h, dk, dv)}; "
+            f"got initial_state.shape={tuple(jnp.shape(initial_state))}"
+        )
 
 
-def causal_linear_attention_pallas(q: jax.Array, k: jax.Array, v: jax.Array, key_scale: jax.Array,
-                                   initial_state: jax.Array, *, interpret: bool = False,
-                                   block_sizes: BlockSizes | None = None) -> tuple[jax.Array, jax.Array]:
+def causal_linear_attention_pallas(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    key_scale: jax.Array,
+    initial_state: jax.Array,
+    *,
+    interpret: bool = False,
+    block_sizes: BlockSizes | None = None,
+) -> tuple[jax.Array, jax.Array]:
     """Causal linear attention with per-(position, query head) key scales, as Pallas kernels.
 
     Args:

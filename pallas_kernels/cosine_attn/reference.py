@@ -40,9 +40,20 @@ import jax.numpy as jnp
 
 from pallas_kernels.cosine_attn._util import HIGHEST as _HI
 
-__all__ = ["EPS", "causal_linear_attention_reference", "cosine_attention_reference", "count_scale", "exponent",
-           "l2_normalize", "nonfinite_rows", "poison_reached", "poison_state", "power_of_two", "range_exponent",
-           "times_power_of_two"]
+__all__ = [
+    "EPS",
+    "causal_linear_attention_reference",
+    "cosine_attention_reference",
+    "count_scale",
+    "exponent",
+    "l2_normalize",
+    "nonfinite_rows",
+    "poison_reached",
+    "poison_state",
+    "power_of_two",
+    "range_exponent",
+    "times_power_of_two",
+]
 
 EPS = 1e-6  # floor on |q| and |k|: a zero vector normalises to zero, not NaN
 
@@ -86,7 +97,7 @@ def l2_normalize(x: jax.Array, eps: float = EPS) -> jax.Array:
     cotangent near 1e38 does not overflow in x^ . d; at x = 0 it is d / eps, finite. A row with a NaN
     or an infinity normalises to NaN.
     """
-    return _l2_normalize(x.astype(jnp.float32), eps)      # the cast's transpose gives x's dtype back
+    return _l2_normalize(x.astype(jnp.float32), eps)  # the cast's transpose gives x's dtype back
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -96,12 +107,12 @@ def _l2_normalize(x, eps):
 
 def _l2_fwd(x, eps):
     lowest = max(math.floor(math.log2(eps)), -126) if eps > 0 else -126
-    e = range_exponent(x, axis=-1, lowest=lowest)           # s >= ~eps
+    e = range_exponent(x, axis=-1, lowest=lowest)  # s >= ~eps
     inv = jnp.where(jnp.all(jnp.isfinite(x), axis=-1, keepdims=True), power_of_two(-e), jnp.nan)
-    y = x * inv                                              # max_j |y_j| in [1, 2) when |x| >= eps
-    floor = (eps * inv) ** 2                                 # <= 1.1; may underflow to 0 when |y| >= 1
+    y = x * inv  # max_j |y_j| in [1, 2) when |x| >= eps
+    floor = (eps * inv) ** 2  # <= 1.1; may underflow to 0 when |y| >= 1
     norm2 = jnp.sum(y * y, axis=-1, keepdims=True)
-    r = jnp.sqrt(jnp.maximum(norm2, floor))                  # max(|x|, eps) / s
+    r = jnp.sqrt(jnp.maximum(norm2, floor))  # max(|x|, eps) / s
     n = y / r
     return n, (n, r, norm2 >= floor, e)
 
@@ -110,9 +121,9 @@ def _l2_bwd(eps, res, d):
     n, r, above, e = res
     d = d.astype(jnp.float32)
     e_d = range_exponent(d, axis=-1)
-    g = d * power_of_two(-e_d)                               # d / 2^e_d, max |g| in [1, 2)
+    g = d * power_of_two(-e_d)  # d / 2^e_d, max |g| in [1, 2)
     u = jnp.where(above, g - n * jnp.sum(n * g, axis=-1, keepdims=True), g) / r
-    return (times_power_of_two(u, e_d - e),)                 # u 2^e_d / 2^e
+    return (times_power_of_two(u, e_d - e),)  # u 2^e_d / 2^e
 
 
 _l2_normalize.defvjp(_l2_fwd, _l2_bwd)
@@ -133,7 +144,7 @@ def poison_reached(out: jax.Array, bad: jax.Array, *, causal: bool, mask: jax.Ar
         reached = jnp.cumsum(bad.astype(jnp.int32), axis=1) > 0
     else:
         reached = jnp.broadcast_to(jnp.any(bad, axis=1, keepdims=True), bad.shape)
-    reached = jnp.repeat(reached, group, axis=2)                      # (B, T, H)
+    reached = jnp.repeat(reached, group, axis=2)  # (B, T, H)
     if mask is not None:
         reached = reached & mask[:, :, None]
     return jnp.where(reached[..., None], jnp.nan, out)
@@ -142,7 +153,7 @@ def poison_reached(out: jax.Array, bad: jax.Array, *, causal: bool, mask: jax.Ar
 def poison_state(kv: jax.Array, bad: jax.Array) -> jax.Array:
     """A state kv (B, H, Dk, Dv) with NaN for the heads whose kv head had a non-finite value."""
     group = kv.shape[1] // bad.shape[2]
-    hit = jnp.repeat(jnp.any(bad, axis=1), group, axis=1)            # (B, H)
+    hit = jnp.repeat(jnp.any(bad, axis=1), group, axis=1)  # (B, H)
     return jnp.where(hit[:, :, None, None], jnp.nan, kv)
 
 
@@ -173,11 +184,11 @@ def cosine_attention_reference(
     b, t, h, _ = q.shape
     group = h // k.shape[2]
     mask = jnp.ones((b, t), bool) if padding_mask is None else padding_mask
-    keep = mask[:, :, None, None]                                 # where, not a product: NaN * 0 is NaN
+    keep = mask[:, :, None, None]  # where, not a product: NaN * 0 is NaN
 
-    bad = nonfinite_rows(v, mask)                                 # (B, T, KV): marked NaN at the end
-    qh = jnp.where(keep, l2_normalize(q), 0.0)                                 # (B, T, H, Dk)
-    kh = jnp.repeat(jnp.where(keep, l2_normalize(k), 0.0), group, axis=2)      # (B, T, H, Dk)
+    bad = nonfinite_rows(v, mask)  # (B, T, KV): marked NaN at the end
+    qh = jnp.where(keep, l2_normalize(q), 0.0)  # (B, T, H, Dk)
+    kh = jnp.repeat(jnp.where(keep, l2_normalize(k), 0.0), group, axis=2)  # (B, T, H, Dk)
     v_real = keep & ~bad[..., None]
     vf = jnp.repeat(jnp.where(v_real, v.astype(jnp.float32), 0.0), group, axis=2)  # (B, T, H, Dv)
 
@@ -193,21 +204,21 @@ def cosine_attention_reference(
         counts = count0[:, None] + jnp.cumsum(mask.astype(jnp.int32), axis=1)  # (B, T)
     else:
         counts = jnp.broadcast_to(jnp.sum(mask, axis=1, dtype=jnp.int32)[:, None], (b, t))
-    scale = count_scale(counts, stabilizer)                       # (B, T, H)
+    scale = count_scale(counts, stabilizer)  # (B, T, H)
 
     scores = jnp.einsum("bthd,bshd->bhts", qh, kh, precision=_HI)  # (B, H, T, T)
-    if causal:                                                    # a NaN key stays out of earlier rows
+    if causal:  # a NaN key stays out of earlier rows
         scores = jnp.where(jnp.tril(jnp.ones((t, t), bool)), scores, 0.0)
 
     if stabilize == "value":
-        vs = vf * scale[..., None]                                # v~_i = v_i n_i^-p
+        vs = vf * scale[..., None]  # v~_i = v_i n_i^-p
         out = jnp.einsum("bhts,bshe->bthe", scores, vs, precision=_HI)
         out = out + jnp.einsum("bthd,bhde->bthe", qh, kv0, precision=_HI)
         kv_new = jnp.einsum("bshd,bshe->bhde", kh, vs, precision=_HI)
     elif stabilize == "query":
         out = jnp.einsum("bhts,bshe->bthe", scores, vf, precision=_HI)
         out = out + jnp.einsum("bthd,bhde->bthe", qh, kv0, precision=_HI)
-        out = out * scale[..., None]                              # row factor n_t^-p
+        out = out * scale[..., None]  # row factor n_t^-p
         kv_new = jnp.einsum("bshd,bshe->bhde", kh, vf, precision=_HI)
     else:
         raise ValueError(f"stabilize must be 'value' or 'query'; got {stabilize!r}")

@@ -30,8 +30,16 @@ import jax.numpy as jnp
 
 from pallas_kernels.cosine_attn import _kernels, launch_table, pallas, reference
 
-__all__ = ["TuneShape", "Trial", "best_block_sizes", "candidate_launches", "check_block_sizes",
-           "make_entry", "run_trials", "time_block_sizes"]
+__all__ = [
+    "TuneShape",
+    "Trial",
+    "best_block_sizes",
+    "candidate_launches",
+    "check_block_sizes",
+    "make_entry",
+    "run_trials",
+    "time_block_sizes",
+]
 
 _KERNELS = launch_table.KERNELS
 
@@ -70,8 +78,7 @@ def candidate_launches(padded_dim: int, *, quick: bool = False) -> list[pallas.K
     """
     blocks = [b for b in (16, 32, 64, 128) if b <= padded_dim and (b >= 32 or padded_dim < 32)]
     warps, stages = ((4, 8), (2, 3)) if quick else ((2, 4, 8), (1, 2, 3))
-    return [pallas.KernelLaunch(b, w, s) for b in blocks for w in warps for s in stages
-            if not (w == 2 and b >= 64)]
+    return [pallas.KernelLaunch(b, w, s) for b in blocks for w in warps for s in stages if not (w == 2 and b >= 64)]
 
 
 def _median_seconds(fn, args, warmup: int, repeats: int, max_seconds: float) -> float:
@@ -90,8 +97,10 @@ def _inputs(shape: TuneShape, key) -> list[jax.Array]:
     """q^, k^ (unit rows), v, dO ~ N(0, 1) in the dtype; key_scale = n^-1/2 (B, T, H); S0 ~ N(0, 1)."""
     b, t, h, d = shape.batch, shape.seq, shape.heads, shape.head_dim
     kq, kk, kv, ko, ks = jax.random.split(key, 5)
-    q, k = (x / jnp.linalg.norm(x, axis=-1, keepdims=True)
-            for x in (jax.random.normal(kq, (b, t, h, d)), jax.random.normal(kk, (b, t, h, d))))
+    q, k = (
+        x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+        for x in (jax.random.normal(kq, (b, t, h, d)), jax.random.normal(kk, (b, t, h, d)))
+    )
     v, do = jax.random.normal(kv, (b, t, h, d)), jax.random.normal(ko, (b, t, h, d))
     w = jnp.broadcast_to(jnp.arange(1, t + 1, dtype=jnp.float32)[None, :, None] ** -0.5, (b, t, h))
     s0 = jax.random.normal(ks, (b, h, d, d))
@@ -104,17 +113,20 @@ def _kernel_call(kernel: str, plan, args, interpret: bool):
     q, k, v, w, s0, do = args
     qp, kp, vp, wp = pallas._padded_inputs(q, k, v, w, plan)
     dop = pallas._pad_seq(do, qp.shape[1])
-    states = jnp.broadcast_to(pallas._pad_state(s0)[:, :, None],
-                              (q.shape[0], q.shape[2], plan.n_segments, qp.shape[-1], vp.shape[-1]))
+    states = jnp.broadcast_to(
+        pallas._pad_state(s0)[:, :, None], (q.shape[0], q.shape[2], plan.n_segments, qp.shape[-1], vp.shape[-1])
+    )
     calls = {
-        "forward": (lambda q, k, v, w, s: _kernels.forward(q, k, v, w, s, plan, interpret),
-                    (qp, kp, vp, wp, states)),
-        "dq": (lambda k, v, w, do, s: _kernels.backward_dq(k, v, w, do, s, plan, interpret),
-               (kp, vp, wp, dop, states)),
-        "dk": (lambda q, k, v, w, do, s: _kernels.backward_dk(q, k, v, w, do, s, kp.dtype, plan, interpret),
-               (qp, kp, vp, wp, dop, states)),
-        "dv": (lambda q, k, w, do, s: _kernels.backward_dv(q, k, w, do, s, vp.dtype, plan, interpret),
-               (qp, kp, wp, dop, states)),
+        "forward": (lambda q, k, v, w, s: _kernels.forward(q, k, v, w, s, plan, interpret), (qp, kp, vp, wp, states)),
+        "dq": (lambda k, v, w, do, s: _kernels.backward_dq(k, v, w, do, s, plan, interpret), (kp, vp, wp, dop, states)),
+        "dk": (
+            lambda q, k, v, w, do, s: _kernels.backward_dk(q, k, v, w, do, s, kp.dtype, plan, interpret),
+            (qp, kp, vp, wp, dop, states),
+        ),
+        "dv": (
+            lambda q, k, w, do, s: _kernels.backward_dv(q, k, w, do, s, vp.dtype, plan, interpret),
+            (qp, kp, wp, dop, states),
+        ),
     }
     return calls[kernel]
 
@@ -124,17 +136,26 @@ def _error_text(err: Exception) -> str:
     return f"{type(err).__name__}: {lines[0][:160] if lines else ''}"
 
 
-def run_trials(shape: TuneShape, chunks: Iterable[int], launches: Iterable[pallas.KernelLaunch], *,
-               interpret: bool = False, warmup: int = 2, repeats: int = 10, max_seconds: float = 1.0,
-               seed: int = 0) -> Iterator[Trial]:
+def run_trials(
+    shape: TuneShape,
+    chunks: Iterable[int],
+    launches: Iterable[pallas.KernelLaunch],
+    *,
+    interpret: bool = False,
+    warmup: int = 2,
+    repeats: int = 10,
+    max_seconds: float = 1.0,
+    seed: int = 0,
+) -> Iterator[Trial]:
     """Yield a Trial for every (chunk, kernel, launch); compile or run errors become Trial.error."""
     args = _inputs(shape, jax.random.PRNGKey(seed))
     q, k, v = args[:3]
     for chunk in chunks:
         for kernel in _KERNELS:
             for launch in launches:
-                sizes = pallas.BlockSizes.uniform(chunk=chunk, block=launch.block, num_warps=launch.num_warps,
-                                                   num_stages=launch.num_stages)
+                sizes = pallas.BlockSizes.uniform(
+                    chunk=chunk, block=launch.block, num_warps=launch.num_warps, num_stages=launch.num_stages
+                )
                 try:
                     plan = pallas.launch_plan(q.shape, k.shape, v.shape, q.dtype, sizes, kernel != "forward")
                     fn, fn_args = _kernel_call(kernel, plan, args, interpret)
@@ -160,17 +181,28 @@ def best_block_sizes(trials: list[Trial]) -> tuple[pallas.BlockSizes, dict[str, 
             per_kernel[trial.kernel] = (trial.seconds, trial.launch)
     complete = {c: kernels for c, kernels in best.items() if set(kernels) == set(_KERNELS)}
     if not complete:
-        raise ValueError(f"no chunk size has a working launch for all of {_KERNELS}; "
-                         f"errors: {sorted({t.error for t in trials if t.error})[:3]}")
+        raise ValueError(
+            f"no chunk size has a working launch for all of {_KERNELS}; "
+            f"errors: {sorted({t.error for t in trials if t.error})[:3]}"
+        )
     chunk = min(complete, key=lambda c: sum(seconds for seconds, _ in complete[c].values()))
     kernels = complete[chunk]
-    sizes = pallas.BlockSizes(chunk=chunk, forward=kernels["forward"][1], dq=kernels["dq"][1],
-                              dk=kernels["dk"][1], dv=kernels["dv"][1])
+    sizes = pallas.BlockSizes(
+        chunk=chunk, forward=kernels["forward"][1], dq=kernels["dq"][1], dk=kernels["dk"][1], dv=kernels["dv"][1]
+    )
     return sizes, {name: kernels[name][0] for name in _KERNELS}
 
 
-def time_block_sizes(shape: TuneShape, sizes: pallas.BlockSizes | None, *, interpret: bool = False,
-                     warmup: int = 2, repeats: int = 10, max_seconds: float = 2.0, seed: int = 0) -> dict:
+def time_block_sizes(
+    shape: TuneShape,
+    sizes: pallas.BlockSizes | None,
+    *,
+    interpret: bool = False,
+    warmup: int = 2,
+    repeats: int = 10,
+    max_seconds: float = 2.0,
+    seed: int = 0,
+) -> dict:
     """End-to-end median seconds of the op with `sizes`: {"forward": s, "fwd_bwd": s}."""
     q, k, v, w, s0, do = _inputs(shape, jax.random.PRNGKey(seed))
 
@@ -188,8 +220,9 @@ def time_block_sizes(shape: TuneShape, sizes: pallas.BlockSizes | None, *, inter
     return times
 
 
-def check_block_sizes(shape: TuneShape, sizes: pallas.BlockSizes, *, interpret: bool = False,
-                      seq: int = 1024, seed: int = 1) -> float:
+def check_block_sizes(
+    shape: TuneShape, sizes: pallas.BlockSizes, *, interpret: bool = False, seq: int = 1024, seed: int = 1
+) -> float:
     """Largest relative error (Frobenius) of out, final state and the five gradients vs the
     float32 reference, on one batch row and two heads of `seq` positions."""
     small = dataclasses.replace(shape, batch=1, heads=min(shape.heads, 2), seq=min(shape.seq, seq))
@@ -204,15 +237,22 @@ def check_block_sizes(shape: TuneShape, sizes: pallas.BlockSizes, *, interpret: 
     def rel(a, e):
         a, e = a.astype(jnp.float32), e.astype(jnp.float32)
         return float(jnp.linalg.norm(a - e) / jnp.maximum(jnp.linalg.norm(e), 1e-30))
+
     return max(rel(a, e) for a, e in zip(got, want, strict=True))
 
 
-def make_entry(device: jax.Device, shape: TuneShape, sizes: pallas.BlockSizes, measured: dict,
-               source: str) -> dict:
+def make_entry(device: jax.Device, shape: TuneShape, sizes: pallas.BlockSizes, measured: dict, source: str) -> dict:
     """A launch-table entry for `device`, the shape's dtype and padded head dim (`device` and
     `measured_on` are its kind: edit `device` to a prefix to let the row serve a device family)."""
-    return launch_table.validate_entry({
-        "device": device.device_kind, "measured_on": device.device_kind,
-        "compute_capability": getattr(device, "compute_capability", None),
-        "dtype": jnp.dtype(shape.dtype).name, "head_dim": shape.padded_dim, **sizes.to_entry(),
-        "source": source, "measured": measured})
+    return launch_table.validate_entry(
+        {
+            "device": device.device_kind,
+            "measured_on": device.device_kind,
+            "compute_capability": getattr(device, "compute_capability", None),
+            "dtype": jnp.dtype(shape.dtype).name,
+            "head_dim": shape.padded_dim,
+            **sizes.to_entry(),
+            "source": source,
+            "measured": measured,
+        }
+    )

@@ -85,13 +85,12 @@ def _prepare(q, k, v, w, chunk):
     Padded positions are zero, so they add nothing to any sum (w = 0 on padded keys).
     """
     group = q.shape[2] // k.shape[2]
-    return (_chunks(q, chunk, group), _chunks(k, chunk), _chunks(v, chunk),
-            _chunks(w[..., None], chunk, group)[..., 0])
+    return (_chunks(q, chunk, group), _chunks(k, chunk), _chunks(v, chunk), _chunks(w[..., None], chunk, group)[..., 0])
 
 
 def _chunk_states(kc, vc, wc, s0):
     """H_c (B, KV, N, G, Dk, Dv): the state before each chunk, and S_T (B, KV, G, Dk, Dv)."""
-    updates = _ein("bkngsd,bknse->bkngde", kc[:, :, :, None] * wc[..., None], vc)   # U_c = K~_c^T V_c
+    updates = _ein("bkngsd,bknse->bkngde", kc[:, :, :, None] * wc[..., None], vc)  # U_c = K~_c^T V_c
     before = s0[:, :, None] + exclusive_cumsum(updates, axis=2)
     return before, before[:, :, -1] + updates[:, :, -1]
 
@@ -120,17 +119,22 @@ def _forward(q, k, v, w, s0, chunk):
     c, v, s0 = _value_exponent(v, s0, n_kv)
     qc, kc, vc, wc = _prepare(q, k, v, w, chunk)
     states, final = _chunk_states(kc, vc, wc, _grouped_state(s0, n_kv))
-    scores = _masked(_ein("bkngqd,bknsd->bkngqs", qc, kc) * wc[..., None, :], chunk)   # (Q K~^T) * M
+    scores = _masked(_ein("bkngqd,bknsd->bkngqs", qc, kc) * wc[..., None, :], chunk)  # (Q K~^T) * M
     out = _ein("bkngqs,bknse->bkngqe", scores, vc) + _ein("bkngqd,bkngde->bkngqe", qc, states)
-    out = times_power_of_two(out, c[:, :, None, None, None, None])                    # back to v's scale
+    out = times_power_of_two(out, c[:, :, None, None, None, None])  # back to v's scale
     final = times_power_of_two(final, c[:, :, None, None, None])
     return _unchunk(out, t, q.dtype), final.reshape(b, h, *final.shape[3:])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def causal_linear_attention_xla(q: jax.Array, k: jax.Array, v: jax.Array, key_scale: jax.Array,
-                                initial_state: jax.Array, chunk_size: int = DEFAULT_CHUNK,
-                                ) -> tuple[jax.Array, jax.Array]:
+def causal_linear_attention_xla(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    key_scale: jax.Array,
+    initial_state: jax.Array,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> tuple[jax.Array, jax.Array]:
     """Causal linear attention with per-(position, query head) key scales.
 
     q (B, T, H, Dk), k (B, T, KV, Dk), v (B, T, KV, Dv) in any float dtype;
@@ -151,35 +155,40 @@ def _bwd(chunk, res, cotangents):
     d_out, d_final = cotangents
     b, t, h, _ = q.shape
     n_kv = k.shape[2]
-    c, v_s, s0_s = _value_exponent(v, s0, n_kv)                            # the forward's scale
+    c, v_s, s0_s = _value_exponent(v, s0, n_kv)  # the forward's scale
     qc, kc, vc, wc = _prepare(q, k, v_s, w, chunk)
-    doc = _chunks(d_out, chunk, h // n_kv)                                  # (B, KV, N, G, C, Dv)
-    states, _ = _chunk_states(kc, vc, wc, _grouped_state(s0_s, n_kv))      # H_c / 2^c
-    dp = _masked(_ein("bkngqe,bknse->bkngqs", doc, vc), chunk)             # (dO V^T) * M
+    doc = _chunks(d_out, chunk, h // n_kv)  # (B, KV, N, G, C, Dv)
+    states, _ = _chunk_states(kc, vc, wc, _grouped_state(s0_s, n_kv))  # H_c / 2^c
+    dp = _masked(_ein("bkngqe,bknse->bkngqs", doc, vc), chunk)  # (dO V^T) * M
     dq = _ein("bkngqe,bkngde->bkngqd", doc, states) + _ein("bkngqs,bknsd->bkngqd", dp * wc[..., None, :], kc)
 
-    q_do = _ein("bkngqd,bkngqe->bkngde", qc, doc)                           # Q_c^T dO_c
-    g = _grouped_state(d_final, n_kv)[:, :, None] + exclusive_cumsum(q_do, axis=2, reverse=True)   # G_c
+    q_do = _ein("bkngqd,bkngqe->bkngde", qc, doc)  # Q_c^T dO_c
+    g = _grouped_state(d_final, n_kv)[:, :, None] + exclusive_cumsum(q_do, axis=2, reverse=True)  # G_c
     dkt = _ein("bknse,bkngde->bkngsd", vc, g) + _ein("bkngqs,bkngqd->bkngsd", dp, qc)
-    scores = _masked(_ein("bkngqd,bknsd->bkngqs", qc, kc), chunk)          # (Q K^T) * M, unscaled
+    scores = _masked(_ein("bkngqd,bknsd->bkngqs", qc, kc), chunk)  # (Q K^T) * M, unscaled
     dvh = (_ein("bknsd,bkngde->bkngse", kc, g) + _ein("bkngqs,bkngqe->bkngse", scores, doc)) * wc[..., None]
-    d_s0 = g[:, :, 0] + q_do[:, :, 0]                                       # G_{-1}
+    d_s0 = g[:, :, 0] + q_do[:, :, 0]  # G_{-1}
 
     # dq, dk~ are linear in (v, S0), computed from them / 2^c: times 2^c; dv, dS0 do not involve them
     dq = times_power_of_two(dq, c[:, :, None, None, None, None])
     dkt = times_power_of_two(dkt, c[:, :, None, None, None, None])
-    dk = jnp.sum(dkt * wc[..., None], axis=3)                               # (B, KV, N, C, Dk)
-    dw = jnp.sum(dkt * kc[:, :, :, None], axis=-1)                         # (B, KV, N, G, C)
+    dk = jnp.sum(dkt * wc[..., None], axis=3)  # (B, KV, N, C, Dk)
+    dw = jnp.sum(dkt * kc[:, :, :, None], axis=-1)  # (B, KV, N, G, C)
     dv = jnp.sum(dvh, axis=3)
-    return (_unchunk(dq, t, q.dtype), _unchunk_kv(dk, t, k.dtype), _unchunk_kv(dv, t, v.dtype),
-            _unchunk(dw[..., None], t, w.dtype)[..., 0],
-            d_s0.reshape(s0.shape).astype(s0.dtype))
+    return (
+        _unchunk(dq, t, q.dtype),
+        _unchunk_kv(dk, t, k.dtype),
+        _unchunk_kv(dv, t, v.dtype),
+        _unchunk(dw[..., None], t, w.dtype)[..., 0],
+        d_s0.reshape(s0.shape).astype(s0.dtype),
+    )
 
 
 causal_linear_attention_xla.defvjp(_fwd, _bwd)
 
 
 # ----------------------------------------------------------------------------- bidirectional
+
 
 @jax.custom_vjp
 def bidirectional_linear_attention_xla(q: jax.Array, k: jax.Array, v: jax.Array, row_scale: jax.Array) -> jax.Array:
@@ -201,7 +210,7 @@ def _bidirectional_parts(q, k, v):
     b, t, h, dk = q.shape
     n_kv = k.shape[2]
     kf, vf = k.astype(jnp.float32), v.astype(jnp.float32)
-    a, c = range_exponent(kf, axis=(1, 3)), range_exponent(vf, axis=(1, 3))      # (B, 1, KV, 1)
+    a, c = range_exponent(kf, axis=(1, 3)), range_exponent(vf, axis=(1, 3))  # (B, 1, KV, 1)
     ks, vs = kf * power_of_two(-a), vf * power_of_two(-c)
     qg = q.astype(jnp.float32).reshape(b, t, n_kv, h // n_kv, dk)
     return qg, ks, vs, _ein("bskd,bske->bkde", ks, vs), a[:, 0, :, 0], c[:, 0, :, 0]
@@ -212,7 +221,7 @@ def _bidirectional_fwd(q, k, v, row_scale):
     n_kv = k.shape[2]
     qg, _, _, kv, a, c = _bidirectional_parts(q, k, v)
     y = _ein("btkgd,bkde->btkge", qg, kv) * row_scale.reshape(b, 1, n_kv, h // n_kv, 1)
-    out = times_power_of_two(y, (a + c)[:, None, :, None, None])               # times 2^(a + c) last
+    out = times_power_of_two(y, (a + c)[:, None, :, None, None])  # times 2^(a + c) last
     return out.reshape(b, t, h, -1), (q, k, v, row_scale)
 
 
@@ -220,17 +229,21 @@ def _bidirectional_bwd(res, d_out):
     q, k, v, row_scale = res
     b, t, h, _ = q.shape
     n_kv = k.shape[2]
-    qg, ks, vs, kv, a, c = _bidirectional_parts(q, k, v)                        # recomputed; the state is small
+    qg, ks, vs, kv, a, c = _bidirectional_parts(q, k, v)  # recomputed; the state is small
     do = d_out.astype(jnp.float32).reshape(b, t, n_kv, h // n_kv, -1)
-    dy = do * row_scale.reshape(b, 1, n_kv, h // n_kv, 1)                         # cotangent of q (K^T V)
-    dq = times_power_of_two(_ein("btkge,bkde->btkgd", dy, kv), (a + c)[:, None, :, None, None])   # dY (K^T V)^T
-    d_kv = _ein("btkgd,btkge->bkde", qg, dy)                                      # Q^T dY: free of k and v
-    dk = times_power_of_two(_ein("bske,bkde->bskd", vs, d_kv), c[:, None, :, None])             # V d(K^T V)^T
-    dv = times_power_of_two(_ein("bskd,bkde->bske", ks, d_kv), a[:, None, :, None])             # K d(K^T V)
+    dy = do * row_scale.reshape(b, 1, n_kv, h // n_kv, 1)  # cotangent of q (K^T V)
+    dq = times_power_of_two(_ein("btkge,bkde->btkgd", dy, kv), (a + c)[:, None, :, None, None])  # dY (K^T V)^T
+    d_kv = _ein("btkgd,btkge->bkde", qg, dy)  # Q^T dY: free of k and v
+    dk = times_power_of_two(_ein("bske,bkde->bskd", vs, d_kv), c[:, None, :, None])  # V d(K^T V)^T
+    dv = times_power_of_two(_ein("bskd,bkde->bske", ks, d_kv), a[:, None, :, None])  # K d(K^T V)
     y = _ein("btkgd,bkde->btkge", qg, kv)
-    d_row = times_power_of_two(jnp.sum(do * y, axis=(1, 4)), (a + c)[:, :, None])               # <dO, q K^T V>
-    return (dq.reshape(q.shape).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype),
-            d_row.reshape(b, h).astype(row_scale.dtype))
+    d_row = times_power_of_two(jnp.sum(do * y, axis=(1, 4)), (a + c)[:, :, None])  # <dO, q K^T V>
+    return (
+        dq.reshape(q.shape).astype(q.dtype),
+        dk.astype(k.dtype),
+        dv.astype(v.dtype),
+        d_row.reshape(b, h).astype(row_scale.dtype),
+    )
 
 
 bidirectional_linear_attention_xla.defvjp(_bidirectional_fwd, _bidirectional_bwd)

@@ -15,10 +15,18 @@ from tests._util import REPO_ROOT
 def test_multiprocess_throughput_smoke(tmp_path):
     out, work = tmp_path / "multiprocess.json", tmp_path / "work"
     work.mkdir()
-    cmd = [sys.executable, str(REPO_ROOT / "benchmarks" / "multiprocess_throughput.py"), "--smoke",
-           "--out", str(out), "--tmp", str(work)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=str(REPO_ROOT),
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    cmd = [
+        sys.executable,
+        str(REPO_ROOT / "benchmarks" / "multiprocess_throughput.py"),
+        "--smoke",
+        "--out",
+        str(out),
+        "--tmp",
+        str(work),
+    ]
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, cwd=str(REPO_ROOT), env={**os.environ, "JAX_PLATFORMS": "cpu"}
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     result = json.loads(out.read_text())
     assert result["benchmark"] == "multiprocess_throughput" and result["smoke"] is True
@@ -30,10 +38,10 @@ def test_multiprocess_throughput_smoke(tmp_path):
     assert [(r["processes"], r["devices_per_process"]) for r in rows] == [(1, 2), (2, 1)]
     for r in rows:
         steps, every = r["steps"], r["log_every"]
-        assert r["windows_used"] == len(r["windows_tokens_per_s"]) == steps // every - 1   # the first is dropped
+        assert r["windows_used"] == len(r["windows_tokens_per_s"]) == steps // every - 1  # the first is dropped
         assert r["median_tokens_per_s"] > 0 and all(x > 0 for x in r["windows_tokens_per_s"])
         assert r["median_step_s"] == pytest.approx(r["tokens_per_step"] / r["median_tokens_per_s"])
         assert r["ratio_to_baseline"] == pytest.approx(r["median_tokens_per_s"] / rows[0]["median_tokens_per_s"])
         assert len(r["load_before"]) == len(r["load_after"]) == 3 and r["wall_s"] > 0
     assert "| 1 x 2 |" in done.stdout and "| 2 x 1 |" in done.stdout
-    assert list(work.iterdir()) == []                     # the temp workdirs and data are gone
+    assert list(work.iterdir()) == []  # the temp workdirs and data are gone

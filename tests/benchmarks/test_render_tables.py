@@ -17,37 +17,93 @@ DOC = "# Title\n\nBefore.\n\n<!-- gpu-tables:begin -->\nold tables\n<!-- gpu-tab
 
 def _results(tmp_path) -> tuple:
     """A results file as gpu_check.py writes one, with made-up numbers."""
-    bench = [{"impl": impl, "variant": variant, "mode": mode, "batch": 8, "seq": 16384, "heads": 16, "head_dim": 128,
-              "dtype": "bfloat16", "status": "ok", "median_ms": ms * (2.5 if mode == "fwd+bwd" else 1.0),
-              "roofline_fraction": 0.5 if impl == "pallas" else None}
-             for impl, variant, ms in (("pallas", "tuned defaults", 1.2), ("xla", "", 12.0), ("softmax", "cudnn", 15.0))
-             for mode in ("fwd", "fwd+bwd")]
-    train = [{"attention": "cosine", "seq": 8192, "batch": 8, "status": "ok", "tokens_per_second": 260_000.0,
-              "mfu": 0.41, "peak_memory_GB": 30.5},
-             {"attention": "softmax", "seq": 8192, "batch": 8, "status": "ok", "tokens_per_second": 200_000.0,
-              "mfu": 0.33, "peak_memory_GB": 38.0},
-             {"attention": "cosine", "seq": 32768, "batch": 2, "status": "ok", "tokens_per_second": 250_000.0,
-              "mfu": 0.4, "peak_memory_GB": 31.0},
-             {"attention": "softmax", "seq": 32768, "batch": 2, "status": "oom: RESOURCE_EXHAUSTED",
-              "peak_memory_GB": 80.0}]
-    decode = [{"attention": "cosine", "context": 1024, "ms_per_token": 4.0},
-              {"attention": "cosine", "context": 32768, "ms_per_token": 4.2},
-              {"attention": "softmax", "context": 1024, "ms_per_token": 5.0},
-              {"attention": "softmax", "context": 32768, "status": "timeout"}]
+    bench = [
+        {
+            "impl": impl,
+            "variant": variant,
+            "mode": mode,
+            "batch": 8,
+            "seq": 16384,
+            "heads": 16,
+            "head_dim": 128,
+            "dtype": "bfloat16",
+            "status": "ok",
+            "median_ms": ms * (2.5 if mode == "fwd+bwd" else 1.0),
+            "roofline_fraction": 0.5 if impl == "pallas" else None,
+        }
+        for impl, variant, ms in (("pallas", "tuned defaults", 1.2), ("xla", "", 12.0), ("softmax", "cudnn", 15.0))
+        for mode in ("fwd", "fwd+bwd")
+    ]
+    train = [
+        {
+            "attention": "cosine",
+            "seq": 8192,
+            "batch": 8,
+            "status": "ok",
+            "tokens_per_second": 260_000.0,
+            "mfu": 0.41,
+            "peak_memory_GB": 30.5,
+        },
+        {
+            "attention": "softmax",
+            "seq": 8192,
+            "batch": 8,
+            "status": "ok",
+            "tokens_per_second": 200_000.0,
+            "mfu": 0.33,
+            "peak_memory_GB": 38.0,
+        },
+        {
+            "attention": "cosine",
+            "seq": 32768,
+            "batch": 2,
+            "status": "ok",
+            "tokens_per_second": 250_000.0,
+            "mfu": 0.4,
+            "peak_memory_GB": 31.0,
+        },
+        {"attention": "softmax", "seq": 32768, "batch": 2, "status": "oom: RESOURCE_EXHAUSTED", "peak_memory_GB": 80.0},
+    ]
+    decode = [
+        {"attention": "cosine", "context": 1024, "ms_per_token": 4.0},
+        {"attention": "cosine", "context": 32768, "ms_per_token": 4.2},
+        {"attention": "softmax", "context": 1024, "ms_per_token": 5.0},
+        {"attention": "softmax", "context": 32768, "status": "timeout"},
+    ]
     result = {
-        "format": gpu_check.FORMAT, "version": 1, "dry_run": False, "device": "NVIDIA H200",
+        "format": gpu_check.FORMAT,
+        "version": 1,
+        "dry_run": False,
+        "device": "NVIDIA H200",
         "provenance": "benchmarks/gpu_check.py",
-        "machine": {"python": "3.12.3", "jax": "0.12.0", "jaxlib": "0.12.0", "flax": "0.12.12", "triton": "3.6",
-                    "date": "2026-12-05T10:00:00+00:00", "git_commit": "0123456789abcdef", "git_dirty": False},
+        "machine": {
+            "python": "3.12.3",
+            "jax": "0.12.0",
+            "jaxlib": "0.12.0",
+            "flax": "0.12.12",
+            "triton": "3.6",
+            "date": "2026-12-05T10:00:00+00:00",
+            "git_commit": "0123456789abcdef",
+            "git_dirty": False,
+        },
         "probe": {"status": "ok", "compute_capability": "9.0"},
-        "stages": {"tune": {"status": "ok", "results": {"entries": []}},
-                   "bench": {"status": "ok", "results": {"peak_bandwidth_bytes_per_s": 4.8e12, "rows": bench}},
-                   "tests": {"status": "failed", "results": {"counts": {"passed": 40, "failure": 1}, "tests": [
-                       {"test": "tests.k::test_core", "outcome": "passed", "seconds": 28.0},
-                       {"test": "tests.k::test_bad", "outcome": "failure", "seconds": 2.0}]}},
-                   "train": {"status": "ok", "results": {"rows": train}},
-                   "decode": {"status": "partial",
-                              "results": {"rows": decode, "ratios": gpu_check.decode_ratios(decode)}}}}
+        "stages": {
+            "tune": {"status": "ok", "results": {"entries": []}},
+            "bench": {"status": "ok", "results": {"peak_bandwidth_bytes_per_s": 4.8e12, "rows": bench}},
+            "tests": {
+                "status": "failed",
+                "results": {
+                    "counts": {"passed": 40, "failure": 1},
+                    "tests": [
+                        {"test": "tests.k::test_core", "outcome": "passed", "seconds": 28.0},
+                        {"test": "tests.k::test_bad", "outcome": "failure", "seconds": 2.0},
+                    ],
+                },
+            },
+            "train": {"status": "ok", "results": {"rows": train}},
+            "decode": {"status": "partial", "results": {"rows": decode, "ratios": gpu_check.decode_ratios(decode)}},
+        },
+    }
     path = tmp_path / "nvidia-h200.json"
     path.write_text(json.dumps(result))
     return path, result
@@ -57,8 +113,9 @@ def test_the_region_between_the_markers_is_replaced_and_nothing_else(tmp_path):
     results, _ = _results(tmp_path)
     doc = tmp_path / "doc.md"
     doc.write_text(DOC)
-    done = subprocess.run([sys.executable, SCRIPT, str(results), "--markdown", str(doc)], capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, SCRIPT, str(results), "--markdown", str(doc)], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     text = doc.read_text()
     head, rest = text.split(render_tables.BEGIN)
@@ -82,16 +139,19 @@ def test_the_region_between_the_markers_is_replaced_and_nothing_else(tmp_path):
     assert doc.read_text() == text
 
 
-@pytest.mark.parametrize("text", ["# no markers\n", DOC.replace(render_tables.END, ""),
-                                  DOC + render_tables.BEGIN + "\n"])
+@pytest.mark.parametrize(
+    "text", ["# no markers\n", DOC.replace(render_tables.END, ""), DOC + render_tables.BEGIN + "\n"]
+)
 def test_a_file_without_one_pair_of_markers_is_refused_in_one_line(tmp_path, text):
     results, _ = _results(tmp_path)
     doc = tmp_path / "doc.md"
     doc.write_text(text)
-    done = subprocess.run([sys.executable, SCRIPT, str(results), "--markdown", str(doc)], capture_output=True,
-                          text=True, timeout=60)
-    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "needs one line <!-- gpu-tables:begin" \
-        in done.stderr
+    done = subprocess.run(
+        [sys.executable, SCRIPT, str(results), "--markdown", str(doc)], capture_output=True, text=True, timeout=60
+    )
+    assert (
+        done.returncode == 2 and done.stderr.count("\n") == 1 and "needs one line <!-- gpu-tables:begin" in done.stderr
+    )
     assert doc.read_text() == text
 
 

@@ -15,9 +15,11 @@ from cottention_jax.data import corpus as corpus_lib
 
 _seeds = itertools.count(7_000)
 
-_WORDS = ("the quiet river carried a lantern past seven sleeping towns while an old "
-          "ferryman counted stars and hummed about bread salt rain copper wheels "
-          "bright morning owls over green hills beneath iron bridges").split()
+_WORDS = (
+    "the quiet river carried a lantern past seven sleeping towns while an old "
+    "ferryman counted stars and hummed about bread salt rain copper wheels "
+    "bright morning owls over green hills beneath iron bridges"
+).split()
 
 
 def fresh_rng() -> np.random.Generator:
@@ -34,15 +36,21 @@ def random_prose(rng: np.random.Generator, n_sentences: int) -> str:
         if len(words) > 5:
             words[2] += ","
         sentences.append(" ".join(words) + ("." if i % 4 else "!"))
-    return "\n\n".join(" ".join(sentences[i:i + 3]) for i in range(0, len(sentences), 3)) + "\n"
+    return "\n\n".join(" ".join(sentences[i : i + 3]) for i in range(0, len(sentences), 3)) + "\n"
 
 
 def random_documents(rng, n_docs: int, n_sentences: int = 20, groups: int | None = None):
     """Documents doc00, doc01, ...; with `groups`, doc i belongs to group i % groups."""
-    return [corpus_lib.Document(doc_id=f"doc{i:02d}", title=f"Doc {i}",
-                                text=random_prose(rng, n_sentences), source="synthetic",
-                                group=f"g{i % groups}" if groups else "")
-            for i in range(n_docs)]
+    return [
+        corpus_lib.Document(
+            doc_id=f"doc{i:02d}",
+            title=f"Doc {i}",
+            text=random_prose(rng, n_sentences),
+            source="synthetic",
+            group=f"g{i % groups}" if groups else "",
+        )
+        for i in range(n_docs)
+    ]
 
 
 def write_mixed_corpus(data_dir, documents) -> Path:
@@ -72,7 +80,7 @@ def write_ztext(folder: Path, testament: str, slots: list[str], block_size: int 
     bzs, bzz, bzv = bytearray(), bytearray(), bytearray()
     for first in range(0, len(slots), block_size):
         block, offsets = bytearray(), []
-        for raw in slots[first:first + block_size]:
+        for raw in slots[first : first + block_size]:
             data = raw.encode("utf-8")
             offsets.append((len(block), len(data)))
             block += data
@@ -87,7 +95,7 @@ def write_ztext(folder: Path, testament: str, slots: list[str], block_size: int 
 
 # ---------------------------------------------------------------- prepared text (issue 18)
 
-_SPLIT_SEED = 20240926   # corpus.split_documents' seed: the split is part of the data
+_SPLIT_SEED = 20240926  # corpus.split_documents' seed: the split is part of the data
 
 
 def write_text_files(folder: Path, rng: np.random.Generator, names, low: int = 8, high: int = 60) -> list[Path]:
@@ -169,10 +177,16 @@ def mock_lm1b(tmp_path: Path, num_examples: int):
 
     meta = Path(tmp_path) / "tfds_meta"
     builder = tfds.builder("lm1b", data_dir=str(meta), file_format="array_record")
-    builder.info.set_splits(splits_lib.SplitDict([
-        splits_lib.SplitInfo(name=name, shard_lengths=[num_examples], num_bytes=0, filename_template=None)
-        for name in ("train", "test")]))
+    builder.info.set_splits(
+        splits_lib.SplitDict(
+            [
+                splits_lib.SplitInfo(name=name, shard_lengths=[num_examples], num_bytes=0, filename_template=None)
+                for name in ("train", "test")
+            ]
+        )
+    )
     Path(builder.data_dir).mkdir(parents=True, exist_ok=True)
     builder.info.write_to_directory(builder.data_dir)
-    return tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_FILES,
-                                  data_dir=str(meta))
+    return tfds.testing.mock_data(
+        num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=str(meta)
+    )

@@ -29,12 +29,11 @@ def test_mlm_masking_statistics():
     masked, labels, weights = batching.mask_tokens(ids, padding, tok, rng)
     chosen = weights == 1
     eligible = padding & ~np.isin(ids, tok.all_special_ids)
-    assert not np.any(chosen & ~eligible)                    # no special, no padding
+    assert not np.any(chosen & ~eligible)  # no special, no padding
     assert np.array_equal(np.where(chosen, ids, 0), labels)  # labels are the originals
-    assert np.array_equal(masked[~chosen], ids[~chosen])     # nothing else changes
+    assert np.array_equal(masked[~chosen], ids[~chosen])  # nothing else changes
     per_row = chosen.sum(1)
-    assert np.array_equal(per_row, np.where(eligible.sum(1) > 0,
-                                            np.maximum(1, np.rint(0.15 * eligible.sum(1))), 0))
+    assert np.array_equal(per_row, np.where(eligible.sum(1) > 0, np.maximum(1, np.rint(0.15 * eligible.sum(1))), 0))
     assert abs(chosen.sum() / eligible.sum() - 0.15) < 0.01
     as_mask = masked[chosen] == tok.mask_id
     kept = masked[chosen] == ids[chosen]
@@ -65,4 +64,3 @@ def test_classification_inputs_single_and_pair():
     assert np.array_equal(ids[1], [cls, *a[1][:7], sep, *b[1], sep])
     assert np.array_equal(ids[2], [cls, *a[2][:5], sep, *b[2][:4], sep])
     assert np.array_equal(seg[2], [0] * 7 + [1] * 5) and mask.all(axis=1)[1:].all()
-

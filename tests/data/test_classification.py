@@ -51,8 +51,10 @@ def _expected_row(a: str, b: str | None, seq_len: int) -> np.ndarray:
 def _decode_split(task, split):
     """[(text_a, text_b or None, label)] of a prepared split, decoded from its stored ids."""
     ids_a, ids_b, labels = task.read_split(split)
-    return [(bytes(a.tolist()).decode(), bytes(b.tolist()).decode() if task.is_pair else None, float(y))
-            for a, b, y in zip(ids_a, ids_b, labels, strict=True)]
+    return [
+        (bytes(a.tolist()).decode(), bytes(b.tolist()).decode() if task.is_pair else None, float(y))
+        for a, b, y in zip(ids_a, ids_b, labels, strict=True)
+    ]
 
 
 def _write_csv(path, header, rows):
@@ -90,15 +92,27 @@ def _assert_batches_equal(first, second):
 def test_builtin_task_is_an_ordinary_prepared_task(tmp_path, request, name):
     rng, splits = _rng(request), ("train",) * 12 + ("validation",) * 5 + ("test",) * 4
     texts = _texts(rng, 2 * len(splits))
-    examples = [{"id": f"e{i}", "text_a": texts[2 * i], "text_b": texts[2 * i + 1] if name == "paraphrase" else "",
-                 "label": int(rng.integers(0, 2)), "split": s, "kind": "same"} for i, s in enumerate(splits)]
+    examples = [
+        {
+            "id": f"e{i}",
+            "text_a": texts[2 * i],
+            "text_b": texts[2 * i + 1] if name == "paraphrase" else "",
+            "label": int(rng.integers(0, 2)),
+            "split": s,
+            "kind": "same",
+        }
+        for i, s in enumerate(splits)
+    ]
     tasks.write_task(name, examples, "# synthetic\n", tmp_path)
     task = classification.prepare_task(name, TOK, data_dir=tmp_path)
     assert task.label_names == tasks.TASK_LABELS[name] and task.num_labels == 2 and not task.is_regression
     assert task.is_pair == (name == "paraphrase") and task.splits == ("train", "validation", "test")
     for split in ("train", "validation", "test"):
-        expected = [(e["text_a"], e["text_b"] if name == "paraphrase" else None, float(e["label"]))
-                    for e in examples if e["split"] == split]
+        expected = [
+            (e["text_a"], e["text_b"] if name == "paraphrase" else None, float(e["label"]))
+            for e in examples
+            if e["split"] == split
+        ]
         assert _decode_split(task, split) == expected
         assert task.split_sizes[split] == len(expected)
 
@@ -112,20 +126,27 @@ def test_builtin_task_not_built_says_how_to_build_it(tmp_path):
 def test_single_csv_is_split_80_10_10_by_text_and_keeps_every_example(tmp_path, request):
     rng = _rng(request)
     texts = _texts(rng, 400)
-    texts[1] = texts[0]                                          # a duplicate must stay in one split
+    texts[1] = texts[0]  # a duplicate must stay in one split
     labels = rng.integers(0, 3, len(texts))
-    path = _write_csv(tmp_path / "reviews.csv", ["id", "text", "label"],
-                      [[i, t, int(y)] for i, (t, y) in enumerate(zip(texts, labels, strict=True))])
+    path = _write_csv(
+        tmp_path / "reviews.csv",
+        ["id", "text", "label"],
+        [[i, t, int(y)] for i, (t, y) in enumerate(zip(texts, labels, strict=True))],
+    )
     task = classification.prepare_task(str(path), TOK, data_dir=tmp_path / "data")
-    assert (task.name, task.num_labels, task.label_names, task.metric_names) == ("reviews", 3, ("0", "1", "2"),
-                                                                                 ("accuracy",))
+    assert (task.name, task.num_labels, task.label_names, task.metric_names) == (
+        "reviews",
+        3,
+        ("0", "1", "2"),
+        ("accuracy",),
+    )
     got = {split: _decode_split(task, split) for split in task.splits}
     expected = sorted((t, None, float(y)) for t, y in zip(texts, labels, strict=True))
     assert sorted(x for rows in got.values() for x in rows) == expected
-    assert 20 <= len(got["validation"]) <= 60 and 20 <= len(got["test"]) <= 60       # 40 +- 3.3 sigma
-    assert sorted(sum(r[0] == texts[0] for r in rows) for rows in got.values()) == [0, 0, 2]   # together
+    assert 20 <= len(got["validation"]) <= 60 and 20 <= len(got["test"]) <= 60  # 40 +- 3.3 sigma
+    assert sorted(sum(r[0] == texts[0] for r in rows) for rows in got.values()) == [0, 0, 2]  # together
     again = classification.prepare_task(str(path), TOK, data_dir=tmp_path / "elsewhere")
-    assert {s: _decode_split(again, s) for s in again.splits} == got             # the split is fixed by the text
+    assert {s: _decode_split(again, s) for s in again.splits} == got  # the split is fixed by the text
 
 
 def test_jsonl_folder_pair_regression_without_test_labels(tmp_path, request):
@@ -135,8 +156,14 @@ def test_jsonl_folder_pair_regression_without_test_labels(tmp_path, request):
     made = {}
     for split, name in (("train", "train.jsonl"), ("validation", "validation.jsonl.gz"), ("test", "test.jsonl")):
         texts = _texts(rng, 2 * 9)
-        made[split] = [{"sentence1": texts[2 * i], "sentence2": texts[2 * i + 1],
-                        "label": -1 if split == "test" else float(rng.uniform(0, 5))} for i in range(9)]
+        made[split] = [
+            {
+                "sentence1": texts[2 * i],
+                "sentence2": texts[2 * i + 1],
+                "label": -1 if split == "test" else float(rng.uniform(0, 5)),
+            }
+            for i in range(9)
+        ]
         _write_jsonl(folder / name, made[split])
     task = classification.prepare_task(str(folder), TOK, data_dir=tmp_path / "data")
     assert task.is_regression and task.num_labels == 1 and task.label_names == () and task.is_pair
@@ -152,10 +179,14 @@ def test_jsonl_folder_pair_regression_without_test_labels(tmp_path, request):
 def test_explicit_fields_and_string_labels_in_csv(tmp_path, request):
     rng = _rng(request)
     q, a = _texts(rng, 20), _texts(rng, 20)
-    path = _write_csv(tmp_path / "qa.csv", ["question", "answer", "is_match"],
-                      [[x, y, str(i % 2)] for i, (x, y) in enumerate(zip(q, a, strict=True))])
-    task = classification.prepare_task(str(path), TOK, data_dir=tmp_path, text_fields=("question", "answer"),
-                                       label_field="is_match")
+    path = _write_csv(
+        tmp_path / "qa.csv",
+        ["question", "answer", "is_match"],
+        [[x, y, str(i % 2)] for i, (x, y) in enumerate(zip(q, a, strict=True))],
+    )
+    task = classification.prepare_task(
+        str(path), TOK, data_dir=tmp_path, text_fields=("question", "answer"), label_field="is_match"
+    )
     rows = [x for s in task.splits for x in _decode_split(task, s)]
     assert sorted(rows) == sorted((x, y, float(i % 2)) for i, (x, y) in enumerate(zip(q, a, strict=True)))
     assert task.is_pair and task.metric_names == ("accuracy", "f1")
@@ -163,7 +194,7 @@ def test_explicit_fields_and_string_labels_in_csv(tmp_path, request):
 
 # ----------------------------------------------------------------------------- TFDS (mock data, no network)
 
-_GLUE_EXPECTED = {   # name: (num_labels, is_pair, is_regression, metric_names, fields)
+_GLUE_EXPECTED = {  # name: (num_labels, is_pair, is_regression, metric_names, fields)
     "sst2": (2, False, False, ("accuracy",), ("sentence",)),
     "mrpc": (2, True, False, ("f1", "accuracy"), ("sentence1", "sentence2")),
     "stsb": (1, True, True, ("pearson", "spearman"), ("sentence1", "sentence2")),
@@ -178,8 +209,12 @@ def test_tfds_glue_under_mock_data(tmp_path, config):
         task = classification.prepare_task(f"tfds:glue/{config}", TOK, data_dir=tmp_path)
         source = tfds.data_source(f"glue/{config}", split="validation", download=False)
         reference = [source[i] for i in range(len(source))]
-    assert (task.num_labels, task.is_pair, task.is_regression, task.metric_names) == (num_labels, pair, regression,
-                                                                                      metrics)
+    assert (task.num_labels, task.is_pair, task.is_regression, task.metric_names) == (
+        num_labels,
+        pair,
+        regression,
+        metrics,
+    )
     assert task.split_sizes["train"] == 11 and task.split_sizes["validation"] == 11
     got = _decode_split(task, "validation")
     assert [(g[0], g[1]) for g in got] == [(r[fields[0]], r[fields[1]] if pair else None) for r in reference]
@@ -192,15 +227,16 @@ def test_tfds_mnli_reads_the_matched_validation_split(tmp_path, monkeypatch):
     opened = []
     with tfds.testing.mock_data(num_examples=5, policy=tfds.testing.MockPolicy.USE_CODE):
         real = tfds.data_source
-        monkeypatch.setattr(tfds, "data_source",
-                            lambda name, *, split, **kw: opened.append(split) or real(name, split=split, **kw))
+        monkeypatch.setattr(
+            tfds, "data_source", lambda name, *, split, **kw: opened.append(split) or real(name, split=split, **kw)
+        )
         task = classification.prepare_task("tfds:glue/mnli", TOK, data_dir=tmp_path)
     assert opened == ["train", "validation_matched", "test_matched"]
     assert task.num_labels == 3 and task.label_names == ("entailment", "neutral", "contradiction") and task.is_pair
 
 
 def test_tfds_not_prepared_says_how_to_prepare_it(tmp_path, monkeypatch):
-    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))     # where TFDS datasets are read
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))  # where TFDS datasets are read
     with pytest.raises(paths.MissingDataError, match="tfds build glue/sst2") as err:
         classification.prepare_task("tfds:glue/sst2", TOK, data_dir=tmp_path)
     assert "\n" not in str(err.value) and str(tmp_path / "tfds") in str(err.value)
@@ -232,13 +268,13 @@ def test_eval_batches_cover_every_example_once_in_order(csv_task, batch_size):
         weights = stacked["weights"]
         np.testing.assert_array_equal(weights, np.arange(len(weights)) < len(rows))
         expected = np.stack([_expected_row(a, b, seq_len) for a, b, _ in rows])
-        np.testing.assert_array_equal(stacked["input_ids"][:len(rows)], expected)
-        np.testing.assert_array_equal(stacked["padding_mask"][:len(rows)], expected != TOK.pad_id)
+        np.testing.assert_array_equal(stacked["input_ids"][: len(rows)], expected)
+        np.testing.assert_array_equal(stacked["padding_mask"][: len(rows)], expected != TOK.pad_id)
         seg_start = np.asarray([len(a.encode()) + 2 for a, _, _ in rows])
         segment = (np.arange(seq_len)[None] >= seg_start[:, None]) & (expected != TOK.pad_id)
-        np.testing.assert_array_equal(stacked["segment_ids"][:len(rows)], segment.astype(np.int32))
-        np.testing.assert_array_equal(stacked["labels"][:len(rows)], [int(y) for _, _, y in rows])
-        assert stacked["labels"].dtype == np.int32 and not stacked["padding_mask"][len(rows):].any()
+        np.testing.assert_array_equal(stacked["segment_ids"][: len(rows)], segment.astype(np.int32))
+        np.testing.assert_array_equal(stacked["labels"][: len(rows)], [int(y) for _, _, y in rows])
+        assert stacked["labels"].dtype == np.int32 and not stacked["padding_mask"][len(rows) :].any()
 
 
 def test_train_batches_visit_each_example_once_per_epoch(csv_task):
@@ -247,23 +283,25 @@ def test_train_batches_visit_each_example_once_per_epoch(csv_task):
     stream = np.concatenate([b["input_ids"] for b in _take(csv_task.train_batches(1, 96, seed=3), 2 * n)])
     first, second = stream[:n], stream[n:]
     assert {tuple(r) for r in first} == rows and {tuple(r) for r in second} == rows
-    assert not np.array_equal(first, second)                  # reshuffled each epoch
+    assert not np.array_equal(first, second)  # reshuffled each epoch
     other = np.concatenate([b["input_ids"] for b in _take(csv_task.train_batches(1, 96, seed=4), n)])
-    assert not np.array_equal(first, other)                   # the seed matters
+    assert not np.array_equal(first, other)  # the seed matters
 
 
 def test_train_batches_resume_exactly_from_a_saved_state(csv_task):
     it = csv_task.train_batches(5, 96, seed=1)
     _take(it, 3)
-    state = json.loads(json.dumps(it.get_state()))            # what a checkpoint holds
+    state = json.loads(json.dumps(it.get_state()))  # what a checkpoint holds
     after = _take(it, 6)
     resumed = csv_task.train_batches(5, 96, seed=1)
     resumed.set_state(state)
     _assert_batches_equal(_take(resumed, 6), after)
 
 
-@pytest.mark.parametrize("key, change", [("seed", {"seed": 2}), ("batch_size", {"batch_size": 4}),
-                                         ("shard_index", {"shard_index": 1, "shard_count": 2})])
+@pytest.mark.parametrize(
+    "key, change",
+    [("seed", {"seed": 2}), ("batch_size", {"batch_size": 4}), ("shard_index", {"shard_index": 1, "shard_count": 2})],
+)
 def test_set_state_refuses_a_state_of_other_settings(csv_task, key, change):
     settings = {"batch_size": 5, "seq_len": 96, "seed": 1}
     state = csv_task.train_batches(**settings).get_state()
@@ -274,7 +312,7 @@ def test_set_state_refuses_a_state_of_other_settings(csv_task, key, change):
 
 def test_shards_are_disjoint_and_cover_an_epoch(csv_task):
     n, count = csv_task.split_sizes["train"], 3
-    per_shard = n // count                                  # the first n//count of each shard: one epoch's worth
+    per_shard = n // count  # the first n//count of each shard: one epoch's worth
     seen = []
     for index in range(count):
         it = csv_task.train_batches(1, 96, seed=5, shard_index=index, shard_count=count)
@@ -302,7 +340,8 @@ def test_bad_inputs_raise_one_line_errors_naming_the_file_and_field(tmp_path):
     assert "does not exist" in error(paths.MissingDataError, tmp_path / "absent.csv")
     (tmp_path / "empty.jsonl").write_text("")
     assert "empty.jsonl" in error(ValueError, tmp_path / "empty.jsonl") and "no example" in error(
-        ValueError, tmp_path / "empty.jsonl")
+        ValueError, tmp_path / "empty.jsonl"
+    )
     header_only = _write_csv(tmp_path / "header.csv", ["text", "label"], [])
     assert "no example" in error(ValueError, header_only)
     no_text = _write_csv(tmp_path / "no_text.csv", ["body", "label"], [["a", 1]])
@@ -348,11 +387,19 @@ def test_regression_objective_is_mse_of_the_single_output(request):
     ids = jnp.asarray(rng.integers(5, 200, (4, 12)), jnp.int32)
     mask = jnp.asarray(np.arange(12)[None] < np.array([12, 9, 5, 3])[:, None])
     labels, weights = rng.uniform(0, 5, 4).astype(np.float32), np.array([1, 1, 1, 0], np.float32)
-    batch = {"input_ids": ids, "segment_ids": jnp.zeros_like(ids), "padding_mask": mask,
-             "labels": jnp.asarray(labels), "weights": jnp.asarray(weights)}
+    batch = {
+        "input_ids": ids,
+        "segment_ids": jnp.zeros_like(ids),
+        "padding_mask": mask,
+        "labels": jnp.asarray(labels),
+        "weights": jnp.asarray(weights),
+    }
     loss, aux = nnx.jit(classification_objective)(model, batch)
-    forward = nnx.jit(lambda m, b: m.classify(m(b["input_ids"], segment_ids=b["segment_ids"],
-                                                padding_mask=b["padding_mask"]), b["padding_mask"]))
+    forward = nnx.jit(
+        lambda m, b: m.classify(
+            m(b["input_ids"], segment_ids=b["segment_ids"], padding_mask=b["padding_mask"]), b["padding_mask"]
+        )
+    )
     outputs = np.asarray(forward(model, batch))[:, 0]
     expected = float(np.sum(weights * (outputs - labels) ** 2) / weights.sum())
     assert abs(float(loss) - expected) <= 1e-5 * max(expected, 1.0)
@@ -365,17 +412,25 @@ def test_evaluate_reports_task_metrics_on_real_rows_only():
     rng = fresh_rng()
     preds, labels = rng.normal(size=23).astype(np.float32), rng.normal(size=23).astype(np.float32)
     batches = []
-    for start in range(0, 23, 8):                 # 3 batches of 8, the last with one padding row
-        p, y = preds[start:start + 8], labels[start:start + 8]
+    for start in range(0, 23, 8):  # 3 batches of 8, the last with one padding row
+        p, y = preds[start : start + 8], labels[start : start + 8]
         fill = 8 - len(p)
-        batches.append({"predictions": np.r_[p, np.full(fill, 100.0, np.float32)],
-                        "labels": np.r_[y, np.full(fill, -100.0, np.float32)],
-                        "weights": np.r_[np.ones(len(p), np.float32), np.zeros(fill, np.float32)]})
+        batches.append(
+            {
+                "predictions": np.r_[p, np.full(fill, 100.0, np.float32)],
+                "labels": np.r_[y, np.full(fill, -100.0, np.float32)],
+                "weights": np.r_[np.ones(len(p), np.float32), np.zeros(fill, np.float32)],
+            }
+        )
 
     def eval_step(model, batch):
         w = batch["weights"]
-        return {"loss_sum": float(np.sum(w * (batch["predictions"] - batch["labels"]) ** 2)), "correct": 0.0,
-                "count": float(w.sum()), **batch}
+        return {
+            "loss_sum": float(np.sum(w * (batch["predictions"] - batch["labels"]) ** 2)),
+            "correct": 0.0,
+            "count": float(w.sum()),
+            **batch,
+        }
 
     class Model:
         def eval(self): ...
@@ -386,11 +441,23 @@ def test_evaluate_reports_task_metrics_on_real_rows_only():
     assert abs(out["pearson"] - scipy.stats.pearsonr(preds, labels)[0]) < 1e-6
     assert abs(out["spearman"] - scipy.stats.spearmanr(preds, labels)[0]) < 1e-6
     assert abs(out["loss"] - np.mean((preds - labels) ** 2)) < 1e-5
-    classes = [{**b, "predictions": (b["predictions"] > 0).astype(np.int32),
-                "labels": (b["labels"] > 0).astype(np.int32)} for b in batches]
-    out = evaluate(Model(), lambda m, b: {**b, "loss_sum": 0.0, "correct": float(np.sum(
-        b["weights"] * (b["predictions"] == b["labels"]))), "count": float(b["weights"].sum())}, iter(classes), 0)
+    classes = [
+        {**b, "predictions": (b["predictions"] > 0).astype(np.int32), "labels": (b["labels"] > 0).astype(np.int32)}
+        for b in batches
+    ]
+    out = evaluate(
+        Model(),
+        lambda m, b: {
+            **b,
+            "loss_sum": 0.0,
+            "correct": float(np.sum(b["weights"] * (b["predictions"] == b["labels"]))),
+            "count": float(b["weights"].sum()),
+        },
+        iter(classes),
+        0,
+    )
     import sklearn.metrics
+
     assert abs(out["f1"] - sklearn.metrics.f1_score(labels > 0, preds > 0)) < 1e-9
     assert abs(out["matthews_corrcoef"] - sklearn.metrics.matthews_corrcoef(labels > 0, preds > 0)) < 1e-9
     assert abs(out["accuracy"] - np.mean((labels > 0) == (preds > 0))) < 1e-9

@@ -50,7 +50,7 @@ def _prepared_entries(data_dir) -> list[str]:
 def test_prepare_then_info(tmp_path, data_dir, capsys):
     root = tmp_path / "notes"
     write_text_files(root, fresh_rng(), [f"{i}.md" for i in range(6)])
-    message = _fails(capsys, "info", str(root), "--tokenizer", "byte")           # not prepared yet
+    message = _fails(capsys, "info", str(root), "--tokenizer", "byte")  # not prepared yet
     assert f"cottention-data prepare {root}" in message and "MissingDataError" in message
     summary = _run(capsys, "prepare", str(root), "--tokenizer", "byte", "--no-progress")
     folder = Path(summary["folder"])
@@ -66,10 +66,20 @@ def test_prepare_then_info(tmp_path, data_dir, capsys):
     assert summary["text_bytes"] == sum(f.stat().st_size for f in root.iterdir())
     info = _run(capsys, "info", str(root), "--tokenizer", "byte")
     assert info == {k: v for k, v in summary.items() if k != "seconds"}
-    again = _run(capsys, "prepare", str(root), "--tokenizer", "byte", "--no-progress")   # reused
+    again = _run(capsys, "prepare", str(root), "--tokenizer", "byte", "--no-progress")  # reused
     assert again["fingerprint"] == summary["fingerprint"] and _prepared_entries(data_dir) == [folder.name]
-    other = _run(capsys, "prepare", str(root), "--tokenizer", "byte", "--validation-fraction", "0.5",
-                 "--data-dir", str(tmp_path / "elsewhere"), "--no-progress")
+    other = _run(
+        capsys,
+        "prepare",
+        str(root),
+        "--tokenizer",
+        "byte",
+        "--validation-fraction",
+        "0.5",
+        "--data-dir",
+        str(tmp_path / "elsewhere"),
+        "--no-progress",
+    )
     assert other["fingerprint"] != summary["fingerprint"] and other["validation_fraction"] == 0.5
     assert Path(other["folder"]).parent == tmp_path / "elsewhere" / "prepared"
 
@@ -83,7 +93,7 @@ def test_preset_tokenizer_and_tokenizer_files(tmp_path, data_dir, capsys):
     write_text_files(root, fresh_rng(), [f"{i}.txt" for i in range(5)])
     data_cli.main(["prepare", str(root), "--preset", "bert-tiny", "--no-progress"])
     out, err = capsys.readouterr()
-    bert = json.loads(out)                                  # stdout is the JSON alone; news go to stderr
+    bert = json.loads(out)  # stdout is the JSON alone; news go to stderr
     assert "training a wordpiece tokenizer (512 tokens)" in err
     assert bert["tokenizer"]["kind"] == "wordpiece" and bert["tokenizer"]["vocab_size"] <= 512
     assert len(list((data_dir / "tokenizers").glob("*-wordpiece-512.json"))) == 1
@@ -99,8 +109,10 @@ def test_mistakes_end_in_one_line_and_prepare_nothing(tmp_path, data_dir, capsys
     root = tmp_path / "corpus"
     write_text_files(root, fresh_rng(), ["a.txt", "b.txt"])
     if case == "missing":
-        argv, names = [str(tmp_path / "absent" / "notes.txt")], ["MissingDataError", "absent/notes.txt",
-                                                                 "does not exist"]
+        argv, names = (
+            [str(tmp_path / "absent" / "notes.txt")],
+            ["MissingDataError", "absent/notes.txt", "does not exist"],
+        )
     elif case == "binary":
         (root / "c.txt").write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)))
         argv, names = [str(root)], ["DataSourceError", str(root / "c.txt"), "is not a text file"]
@@ -117,9 +129,9 @@ def test_mistakes_end_in_one_line_and_prepare_nothing(tmp_path, data_dir, capsys
     for name in names:
         assert name in message, (name, message)
     assert "Traceback" not in message
-    assert _prepared_entries(data_dir) == []                     # no folder, no temporary folder
+    assert _prepared_entries(data_dir) == []  # no folder, no temporary folder
     if case in ("missing", "bad-corpus-form", "bad-tokenizer"):
-        assert not data_dir.exists()                             # found before anything was written
+        assert not data_dir.exists()  # found before anything was written
 
 
 def test_console_script_exists_and_exits_with_status_1(tmp_path):
@@ -128,12 +140,24 @@ def test_console_script_exists_and_exits_with_status_1(tmp_path):
     env = {**os.environ, "COTTENTION_DATA_DIR": str(tmp_path / "data"), "JAX_PLATFORMS": "cpu"}
     root = tmp_path / "notes"
     write_text_files(root, fresh_rng(), ["a.txt", "b.txt", "c.txt"])
-    info = subprocess.run([str(script), "info", str(root), "--tokenizer", "byte"], capture_output=True, text=True,
-                          env=env, cwd=tmp_path, timeout=300)
+    info = subprocess.run(
+        [str(script), "info", str(root), "--tokenizer", "byte"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert info.returncode == 1 and info.stdout == ""
     lines = info.stderr.strip().splitlines()
     assert len(lines) == 1 and "cottention-data prepare" in lines[0], info.stderr
-    done = subprocess.run([str(script), "prepare", str(root), "--tokenizer", "byte", "--no-progress"],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    done = subprocess.run(
+        [str(script), "prepare", str(root), "--tokenizer", "byte", "--no-progress"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert Path(json.loads(done.stdout)["folder"]).parent == tmp_path / "data" / "prepared"

@@ -48,7 +48,7 @@ def _check_file_pieces(pieces, path: Path) -> None:
     assert [p.ends for p in own] == [False] * (len(own) - 1) + [True]
     assert all(p.split is None for p in own)
     for p in own[:-1]:
-        if "\n" in p.text:                  # a block with a line break is cut after its last one
+        if "\n" in p.text:  # a block with a line break is cut after its last one
             assert p.text.endswith("\n")
 
 
@@ -59,10 +59,10 @@ def _check_file_pieces(pieces, path: Path) -> None:
 def test_text_file_is_one_document_in_pieces_cut_at_newlines(tmp_path, suffix):
     rng = fresh_rng()
     path = tmp_path / f"book{suffix}"
-    path.write_text(random_prose(rng, int(rng.integers(500, 900))), encoding="utf-8")   # ~30-60 KB
+    path.write_text(random_prose(rng, int(rng.integers(500, 900))), encoding="utf-8")  # ~30-60 KB
     source = open_source(str(path))
     pieces = list(source.pieces())
-    assert len(pieces) > 3                         # a small corpus is still cut into several pieces
+    assert len(pieces) > 3  # a small corpus is still cut into several pieces
     _check_file_pieces(pieces, path)
     assert all(len(p.text.encode()) <= 2 * source.piece_bytes for p in pieces)
     assert source.name == str(path)
@@ -70,7 +70,7 @@ def test_text_file_is_one_document_in_pieces_cut_at_newlines(tmp_path, suffix):
 
 def test_long_line_of_multibyte_characters_round_trips(tmp_path):
     rng = fresh_rng()
-    line = "".join(rng.choice(_MULTIBYTE, size=int(rng.integers(15_000, 25_000))))   # no newline at all
+    line = "".join(rng.choice(_MULTIBYTE, size=int(rng.integers(15_000, 25_000))))  # no newline at all
     tail = random_prose(rng, 200)
     path = tmp_path / "wide.txt"
     path.write_text(line + tail + line[:3000], encoding="utf-8")
@@ -97,12 +97,13 @@ def test_directory_is_read_sorted_and_recursive_ignoring_other_files(tmp_path):
     assert source.files == expected_files
     pieces = list(source.pieces())
     order = [p.group.rsplit("#", 1)[0] if "#" in p.group else p.group.rsplit(":", 1)[0] for p in pieces]
-    assert list(dict.fromkeys(order)) == expected_files          # file by file, in sorted order
+    assert list(dict.fromkeys(order)) == expected_files  # file by file, in sorted order
     for path in written:
         _check_file_pieces(pieces, path)
     lines = (root / "sub" / "docs.jsonl").read_text().splitlines()
     assert [p.text for p in pieces if p.group.startswith(str(root / "sub" / "docs.jsonl"))] == [
-        json.loads(line)["text"] for line in lines]
+        json.loads(line)["text"] for line in lines
+    ]
 
 
 def test_glob_names_the_matching_files(tmp_path):
@@ -114,7 +115,8 @@ def test_glob_names_the_matching_files(tmp_path):
     for path in written[:2]:
         _check_file_pieces(pieces, path)
     assert open_source(str(tmp_path / "**" / "*.md")).files == sorted(
-        [str(tmp_path / "x1.md"), str(tmp_path / "x2.md"), str(tmp_path / "deep" / "x4.md")])
+        [str(tmp_path / "x1.md"), str(tmp_path / "x2.md"), str(tmp_path / "deep" / "x4.md")]
+    )
 
 
 @pytest.mark.parametrize("gz", [False, True], ids=["jsonl", "jsonl.gz"])
@@ -122,14 +124,14 @@ def test_jsonl_is_one_document_per_line(tmp_path, gz):
     rng = fresh_rng()
     records = [{"body": random_prose(rng, int(rng.integers(1, 6))), "n": i, "tags": ["x"] * i} for i in range(9)]
     lines = [json.dumps(r) for r in records]
-    lines.insert(4, "   ")                                   # a blank line is skipped, still counted
+    lines.insert(4, "   ")  # a blank line is skipped, still counted
     raw = ("\n".join(lines) + "\n").encode()
     path = tmp_path / ("docs.jsonl.gz" if gz else "docs.jsonl")
     path.write_bytes(gzip.compress(raw) if gz else raw)
     pieces = list(open_source(str(path), text_field="body").pieces())
     assert [p.text for p in pieces] == [r["body"] for r in records]
     numbers = [n for n in range(1, 11) if n != 5]
-    assert [p.group for p in pieces] == [f"{path}:{n}" for n in numbers]   # one group per document
+    assert [p.group for p in pieces] == [f"{path}:{n}" for n in numbers]  # one group per document
     assert all(p.ends and p.split is None for p in pieces)
 
 
@@ -142,7 +144,7 @@ def _write_parquet(path: Path, columns: dict) -> None:
 
 def test_parquet_is_one_document_per_row(tmp_path):
     rng = fresh_rng()
-    texts = [random_prose(rng, int(rng.integers(1, 5))) for _ in range(2500)]   # several batches of rows
+    texts = [random_prose(rng, int(rng.integers(1, 5))) for _ in range(2500)]  # several batches of rows
     path = tmp_path / "docs.parquet"
     _write_parquet(path, {"id": list(range(len(texts))), "content": texts})
     pieces = list(open_source(str(path), text_field="content").pieces())
@@ -154,7 +156,7 @@ def test_parquet_is_one_document_per_row(tmp_path):
 def test_parquet_without_pyarrow_names_the_extra(tmp_path, monkeypatch):
     path = tmp_path / "docs.parquet"
     _write_parquet(path, {"text": ["one", "two"]})
-    monkeypatch.setitem(sys.modules, "pyarrow", None)             # `import pyarrow...` raises ImportError
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # `import pyarrow...` raises ImportError
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     with pytest.raises(DataSourceError) as caught:
         list(open_source(str(path)).pieces())
@@ -217,7 +219,7 @@ def test_empty_text_file(tmp_path, content):
     path = tmp_path / "blank.txt"
     path.write_text(content)
     _bad(path, "is empty")
-    folder = tmp_path / "dir"                       # also when it is one file of several
+    folder = tmp_path / "dir"  # also when it is one file of several
     write_text_files(folder, fresh_rng(), ["a.txt"])
     (folder / "b.txt").write_text(content)
     _bad(folder, str(folder / "b.txt"), "is empty")
@@ -225,14 +227,14 @@ def test_empty_text_file(tmp_path, content):
 
 def test_binary_and_non_utf8_text_files(tmp_path):
     rng = fresh_rng()
-    text = random_prose(rng, 400).encode()               # ~20 KB: several pieces
+    text = random_prose(rng, 400).encode()  # ~20 KB: several pieces
     binary = tmp_path / "image.txt"
     binary.write_bytes(text[:9000] + b"\x89PNG\x00\x00\x00\rIHDR" + text[9000:])
     _bad(binary, "is not a text file", "NUL byte")
     latin1 = tmp_path / "latin1.md"
     position = int(rng.integers(5000, len(text) - 10))
     latin1.write_bytes(text[:position] + "café".encode("latin-1") + text[position:])
-    _bad(latin1, "is not UTF-8 text", f"byte {position + 3}")     # the absolute offset of the bad byte
+    _bad(latin1, "is not UTF-8 text", f"byte {position + 3}")  # the absolute offset of the bad byte
 
 
 def test_bad_jsonl_lines(tmp_path):
@@ -240,8 +242,10 @@ def test_bad_jsonl_lines(tmp_path):
     good = [json.dumps({"text": random_prose(rng, 2)}) for _ in range(3)]
     cases = {
         "not_json": (good[:2] + ["", '{"text": "unterminated'], ("line 4", "is not JSON")),
-        "no_field": (good + ['{"body": "x", "id": 3}'], ("line 4", "has no field 'text'", "['body', 'id']",
-                                                        "data.text_field")),
+        "no_field": (
+            good + ['{"body": "x", "id": 3}'],
+            ("line 4", "has no field 'text'", "['body', 'id']", "data.text_field"),
+        ),
         "not_a_dict": (good[:1] + ['["text"]'], ("line 2", "has no field 'text'", "data.text_field")),
         "not_text": (good[:2] + ['{"text": 17}'], ("line 3", "field 'text' is int, not text")),
         "null_text": (good[:2] + ['{"text": null}'], ("line 3", "is NoneType, not text")),
@@ -274,7 +278,7 @@ def test_gz_that_is_not_gzip(tmp_path):
     truncated = tmp_path / "cut.jsonl.gz"
     rng = fresh_rng()
     whole = gzip.compress(b"".join(json.dumps({"text": random_prose(rng, 3)}).encode() + b"\n" for _ in range(300)))
-    truncated.write_bytes(whole[:len(whole) // 2])
+    truncated.write_bytes(whole[: len(whole) // 2])
     _bad(truncated, "cannot be read")
 
 
@@ -291,22 +295,25 @@ def test_bad_parquet(tmp_path):
 # ---------------------------------------------------------------- spec.py and DataConfig
 
 
-@pytest.mark.parametrize("value, kind, fields", [
-    ("shakespeare", "builtin", {"name": "shakespeare"}),
-    ("mixed", "builtin", {"name": "mixed"}),
-    ("tfds:lm1b", "tfds", {"name": "lm1b", "config": None, "split": None}),
-    ("tfds:lm1b:train", "tfds", {"name": "lm1b", "split": "train"}),
-    ("tfds:lm1b:train[:10%]", "tfds", {"name": "lm1b", "split": "train[:10%]"}),
-    ("tfds:lm1b:train[10%:]+test", "tfds", {"split": "train[10%:]+test"}),
-    ("tfds:wikitext/wikitext-103-raw-v1", "tfds", {"name": "wikitext", "config": "wikitext-103-raw-v1"}),
-    ("tfds:wikitext/wikitext-2-v1:validation", "tfds", {"config": "wikitext-2-v1", "split": "validation"}),
-    ("notes/*.md", "files", {"path": "notes/*.md"}),
-    ("absent.txt", "files", {"path": "absent.txt"}),      # only the form is checked: a config loads anywhere
-    ("data/corpus.jsonl.gz", "files", {}),
-    ("x.PARQUET", "files", {}),
-    ("some/folder", "files", {}),          # absent here: perhaps a directory where the config came from
-    ("/absent/notes/", "files", {}),
-])
+@pytest.mark.parametrize(
+    "value, kind, fields",
+    [
+        ("shakespeare", "builtin", {"name": "shakespeare"}),
+        ("mixed", "builtin", {"name": "mixed"}),
+        ("tfds:lm1b", "tfds", {"name": "lm1b", "config": None, "split": None}),
+        ("tfds:lm1b:train", "tfds", {"name": "lm1b", "split": "train"}),
+        ("tfds:lm1b:train[:10%]", "tfds", {"name": "lm1b", "split": "train[:10%]"}),
+        ("tfds:lm1b:train[10%:]+test", "tfds", {"split": "train[10%:]+test"}),
+        ("tfds:wikitext/wikitext-103-raw-v1", "tfds", {"name": "wikitext", "config": "wikitext-103-raw-v1"}),
+        ("tfds:wikitext/wikitext-2-v1:validation", "tfds", {"config": "wikitext-2-v1", "split": "validation"}),
+        ("notes/*.md", "files", {"path": "notes/*.md"}),
+        ("absent.txt", "files", {"path": "absent.txt"}),  # only the form is checked: a config loads anywhere
+        ("data/corpus.jsonl.gz", "files", {}),
+        ("x.PARQUET", "files", {}),
+        ("some/folder", "files", {}),  # absent here: perhaps a directory where the config came from
+        ("/absent/notes/", "files", {}),
+    ],
+)
 def test_parse_corpus_accepts(value, kind, fields):
     spec = parse_corpus(value)
     assert spec.kind == kind
@@ -316,8 +323,25 @@ def test_parse_corpus_accepts(value, kind, fields):
         assert spec.tfds_name == value[5:].split(":")[0]
 
 
-@pytest.mark.parametrize("value", ["", "   ", None, 3, "tfds:", "tfds:a:b:c", "tfds:lm1b:", "tfds:a/b/c",
-                                   "tfds:lm 1b", "tfds:lm1b:train]", "x.csv", "data/x.csv", "notes", "Shakespeare"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "   ",
+        None,
+        3,
+        "tfds:",
+        "tfds:a:b:c",
+        "tfds:lm1b:",
+        "tfds:a/b/c",
+        "tfds:lm 1b",
+        "tfds:lm1b:train]",
+        "x.csv",
+        "data/x.csv",
+        "notes",
+        "Shakespeare",
+    ],
+)
 def test_parse_corpus_rejects(value):
     with pytest.raises(ValueError, match="data.corpus") as caught:
         parse_corpus(value)
@@ -331,8 +355,8 @@ def test_parse_corpus_existing_paths(tmp_path, monkeypatch):
     (tmp_path / "folder").mkdir()
     (tmp_path / "table.csv").write_text("a\n")
     (tmp_path / "README").write_text("a\n")
-    assert parse_corpus("folder").kind == "files"            # an existing directory, no slash needed
-    for name in ("table.csv", "README", str(tmp_path / "README")):   # existing files of another type
+    assert parse_corpus("folder").kind == "files"  # an existing directory, no slash needed
+    for name in ("table.csv", "README", str(tmp_path / "README")):  # existing files of another type
         with pytest.raises(ValueError, match="unsupported file type"):
             parse_corpus(name)
 
@@ -368,8 +392,10 @@ def test_tfds_source_keeps_the_datasets_own_splits(offline_tfds, tmp_path, monke
         pieces = list(source.pieces())
         for ours, theirs in (("train", "train"), ("validation", "test")):
             records = tfds.data_source("lm1b", split=theirs)
-            texts = [r["text"].decode() if isinstance(r["text"], bytes) else r["text"]
-                     for r in (records[i] for i in range(len(records)))]
+            texts = [
+                r["text"].decode() if isinstance(r["text"], bytes) else r["text"]
+                for r in (records[i] for i in range(len(records)))
+            ]
             mine = [p for p in pieces if p.split == ours]
             assert [p.text for p in mine] == texts and len(texts) == 11
             assert [p.group for p in mine] == [f"{ours}:{i}" for i in range(11)]
@@ -377,7 +403,7 @@ def test_tfds_source_keeps_the_datasets_own_splits(offline_tfds, tmp_path, monke
         fingerprint = source.fingerprint()
         assert open_source("tfds:lm1b").fingerprint() == fingerprint
 
-        one = open_source("tfds:lm1b:train")       # one split named: split by group like files
+        one = open_source("tfds:lm1b:train")  # one split named: split by group like files
         assert list(one.tfds_splits) == ["train"]
         assert [p.split for p in one.pieces()] == [None] * 11
         assert one.fingerprint() != fingerprint
@@ -385,7 +411,7 @@ def test_tfds_source_keeps_the_datasets_own_splits(offline_tfds, tmp_path, monke
         with pytest.raises(DataSourceError) as caught:
             open_source("tfds:lm1b", text_field="body")
         _one_line(caught.value, "tfds:lm1b", "no feature 'body'", "features: text", "data.text_field")
-    assert not any(home.iterdir())                  # nothing written to the TFDS data dir
+    assert not any(home.iterdir())  # nothing written to the TFDS data dir
 
 
 @pytest.mark.parametrize("corpus", ["tfds:lm1b", "tfds:lm1b:train", "tfds:wikitext/wikitext-2-raw-v1"])
@@ -394,8 +420,9 @@ def test_unprepared_tfds_dataset_names_tfds_build(offline_tfds, corpus):
     with pytest.raises(paths.MissingDataError) as caught:
         open_source(corpus)
     name = parse_corpus(corpus).tfds_name
-    message = _one_line(caught.value, f"TFDS dataset {name} is not prepared in {home}",
-                        f"tfds build {name}", "TFDS_DATA_DIR")
+    message = _one_line(
+        caught.value, f"TFDS dataset {name} is not prepared in {home}", f"tfds build {name}", "TFDS_DATA_DIR"
+    )
     assert "Traceback" not in message
     assert not any(home.iterdir())
 

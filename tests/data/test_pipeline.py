@@ -26,8 +26,13 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def prepared(corpus, tmp_path_factory):
     """A byte-tokenized corpus (the byte tokenizer has every role: eos, pad, cls, sep, mask)."""
-    return prepare.prepare_text(str(corpus), tokenizer="byte", validation_fraction=0.25,
-                                data_dir=tmp_path_factory.mktemp("data"), log=lambda m: None)
+    return prepare.prepare_text(
+        str(corpus),
+        tokenizer="byte",
+        validation_fraction=0.25,
+        data_dir=tmp_path_factory.mktemp("data"),
+        log=lambda m: None,
+    )
 
 
 def _stream(prepared, split="train") -> np.ndarray:
@@ -43,8 +48,9 @@ def _take(batches, n):
 
 
 def _same(a: list[dict], b: list[dict]) -> bool:
-    return len(a) == len(b) and all(x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
-                                    for x, y in zip(a, b, strict=True))
+    return len(a) == len(b) and all(
+        x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x) for x, y in zip(a, b, strict=True)
+    )
 
 
 def _gpt_rows(batches: list[dict]) -> list[tuple]:
@@ -60,7 +66,7 @@ def _gpt_rows(batches: list[dict]) -> list[tuple]:
 
 def _gpt_windows(stream, seq_len) -> list[tuple]:
     count = (len(stream) - 1) // seq_len
-    return [tuple(stream[i * seq_len:i * seq_len + seq_len + 1]) for i in range(count)]
+    return [tuple(stream[i * seq_len : i * seq_len + seq_len + 1]) for i in range(count)]
 
 
 # ---------------------------------------------------------------- GPT training batches
@@ -75,10 +81,10 @@ def test_gpt_rows_are_windows_and_each_epoch_is_a_new_permutation(prepared):
     assert all(b["inputs"].shape == (batch_size, seq_len) for b in batches)
     rows = _gpt_rows(batches)
     assert set(rows) <= set(windows)
-    epochs = [rows[k * w:(k + 1) * w] for k in range(3)]             # batches run on across epochs
+    epochs = [rows[k * w : (k + 1) * w] for k in range(3)]  # batches run on across epochs
     for epoch in epochs:
-        assert collections.Counter(epoch) == collections.Counter(windows)   # every window exactly once
-    assert epochs[0] != epochs[1] != epochs[2] and epochs[0] != windows    # shuffled, anew each epoch
+        assert collections.Counter(epoch) == collections.Counter(windows)  # every window exactly once
+    assert epochs[0] != epochs[1] != epochs[2] and epochs[0] != windows  # shuffled, anew each epoch
 
 
 def test_gpt_seeds(prepared):
@@ -99,17 +105,17 @@ def test_resume_continues_exactly(prepared, kind):
     make = _train(kind)
     n = prepared.num_tokens("train")
     windows = (n - 1) // 16 if kind == "gpt" else n // 14
-    k = windows // 4 + 2                                      # the state is taken in the second epoch
+    k = windows // 4 + 2  # the state is taken in the second epoch
     expected = _take(make(prepared), k + 4)
     first = make(prepared)
     assert _same([next(first) for _ in range(k)], expected[:k])
-    state = json.loads(json.dumps(first.get_state()))         # through JSON, as in a checkpoint
+    state = json.loads(json.dumps(first.get_state()))  # through JSON, as in a checkpoint
     first.close()
     assert state["kind"] == kind and state["batch_size"] == 4 and state["seq_len"] == 16 and state["seed"] == 11
     assert state["data"] == prepared.meta["fingerprint"]
     resumed = make(prepared)
     resumed.set_state(state)
-    assert _same(_take(resumed, 4), expected[k:])             # masks too, for MLM
+    assert _same(_take(resumed, 4), expected[k:])  # masks too, for MLM
 
 
 @pytest.mark.parametrize("kind", ["gpt", "mlm"])
@@ -119,8 +125,9 @@ def test_set_state_refuses_other_settings_and_data(prepared, corpus, tmp_path, k
     next(source)
     state = source.get_state()
     source.close()
-    other_data = prepare.prepare_text(str(corpus), tokenizer="byte", validation_fraction=0.4, data_dir=tmp_path,
-                                      log=lambda m: None)
+    other_data = prepare.prepare_text(
+        str(corpus), tokenizer="byte", validation_fraction=0.4, data_dir=tmp_path, log=lambda m: None
+    )
     refusals = [
         (make(prepared, batch_size=8), r"state\['batch_size'\] is 4 but these batches have batch_size=8"),
         (make(prepared, seq_len=32), r"state\['seq_len'\] is 16 .* seq_len=32"),
@@ -144,17 +151,23 @@ def test_shards_read_disjoint_windows_that_together_are_the_epoch(prepared):
     windows = _gpt_windows(stream, seq_len)
     w = len(windows)
     n = -(-w // batch_size) + 1
-    shards = [[_gpt_rows([b]) for b in _take(pipeline.gpt_train_batches(prepared, batch_size, seq_len, seed=2,
-                                                                        shard_index=i, shard_count=2), n)]
-              for i in range(2)]
+    shards = [
+        [
+            _gpt_rows([b])
+            for b in _take(
+                pipeline.gpt_train_batches(prepared, batch_size, seq_len, seed=2, shard_index=i, shard_count=2), n
+            )
+        ]
+        for i in range(2)
+    ]
     whole = [_gpt_rows([b]) for b in _take(pipeline.gpt_train_batches(prepared, batch_size, seq_len, seed=2), n)]
     assert all(len(a) == len(b) == batch_size // 2 for a, b in zip(*shards, strict=True))
-    assert [a + b for a, b in zip(*shards, strict=True)] == whole           # the global batch, split by rows
+    assert [a + b for a, b in zip(*shards, strict=True)] == whole  # the global batch, split by rows
     rows = [row for batch in whole for row in batch]
     first = collections.Counter(row for batch in shards[0] for row in batch)
     second = collections.Counter(row for batch in shards[1] for row in batch)
     assert first + second == collections.Counter(rows)
-    assert collections.Counter(rows[:w]) == collections.Counter(windows)   # one epoch: every window once
+    assert collections.Counter(rows[:w]) == collections.Counter(windows)  # one epoch: every window once
     with pytest.raises(ValueError, match="batch_size \\(5\\) must be divisible by the 2 processes"):
         pipeline.gpt_train_batches(prepared, 5, 16, shard_index=0, shard_count=2)
     with pytest.raises(ValueError, match=r"shard_index must be in \[0, 2\)"):
@@ -171,11 +184,12 @@ def test_gpt_eval_covers_every_target_once_in_order(prepared, split):
     batches = list(pipeline.gpt_eval_batches(prepared, batch_size, seq_len, split=split))
     assert len(batches) == -(-(len(stream) - 1) // (batch_size * seq_len))
     assert all(b["inputs"].shape == b["targets"].shape == b["weights"].shape == (3, 10) for b in batches)
-    inputs, targets, weights = (np.concatenate([b[k].ravel() for b in batches]) for k in ("inputs", "targets",
-                                                                                          "weights"))
+    inputs, targets, weights = (
+        np.concatenate([b[k].ravel() for b in batches]) for k in ("inputs", "targets", "weights")
+    )
     assert weights.sum() == len(stream) - 1 == prepared.num_tokens(split) - 1
     real = weights == 1
-    assert np.all(real[:len(stream) - 1]) and not np.any(real[len(stream) - 1:])   # padding only at the end
+    assert np.all(real[: len(stream) - 1]) and not np.any(real[len(stream) - 1 :])  # padding only at the end
     np.testing.assert_array_equal(inputs[real], stream[:-1])
     np.testing.assert_array_equal(targets[real], stream[1:])
     assert np.all(targets[~real] == BYTE.pad_id)
@@ -192,7 +206,7 @@ def test_mlm_rows_windows_and_masking(prepared):
     seq_len, batch_size = 18, 4
     body = seq_len - 2
     stream = _stream(prepared)
-    windows = [tuple(stream[i * body:(i + 1) * body]) for i in range(len(stream) // body)]
+    windows = [tuple(stream[i * body : (i + 1) * body]) for i in range(len(stream) // body)]
     w = len(windows)
     batches = _take(pipeline.mlm_train_batches(prepared, batch_size, seq_len, seed=4), -(-3 * w // batch_size))
     specials = np.asarray(BYTE.all_special_ids)
@@ -206,7 +220,7 @@ def test_mlm_rows_windows_and_masking(prepared):
         rows += [tuple(r[1:-1]) for r in original]
         chosen = batch["mlm_weights"] == 1
         eligible = ~np.isin(original, specials)
-        assert not np.any(chosen & ~eligible)                       # never [CLS], [SEP], eos...
+        assert not np.any(chosen & ~eligible)  # never [CLS], [SEP], eos...
         np.testing.assert_array_equal(batch["mlm_labels"], np.where(chosen, original, 0))
         np.testing.assert_array_equal(chosen.sum(1), np.maximum(1, np.rint(0.15 * eligible.sum(1))))
         ids = batch["input_ids"][chosen]
@@ -217,7 +231,7 @@ def test_mlm_rows_windows_and_masking(prepared):
         replaced += other.sum()
         assert not np.isin(ids[other], specials).any()
     for k in range(3):
-        assert collections.Counter(rows[k * w:(k + 1) * w]) == collections.Counter(windows)
+        assert collections.Counter(rows[k * w : (k + 1) * w]) == collections.Counter(windows)
     assert chosen_total > 1000
     assert abs(as_mask / chosen_total - 0.8) < 0.06
     assert abs(kept / chosen_total - 0.1) < 0.05 and abs(replaced / chosen_total - 0.1) < 0.05
@@ -243,14 +257,15 @@ def test_mlm_eval_covers_every_window_once(prepared):
     restored = np.concatenate([_restored(b) for b in batches])
     pieces = []
     for r, start in enumerate(starts):
-        piece = stream[start:start + body]
+        piece = stream[start : start + body]
         n = len(piece) + 2
         np.testing.assert_array_equal(mask[r], np.arange(seq_len) < n)
-        np.testing.assert_array_equal(restored[r], np.concatenate([[BYTE.cls_id], piece, [BYTE.sep_id],
-                                                                   [BYTE.pad_id] * (seq_len - n)]))
-        pieces.append(restored[r][1:n - 1])
-    np.testing.assert_array_equal(np.concatenate(pieces), stream)          # the whole stream, once, in order
-    assert mask[len(starts):].sum() == 0 and np.all(restored[len(starts):] == BYTE.pad_id)
+        np.testing.assert_array_equal(
+            restored[r], np.concatenate([[BYTE.cls_id], piece, [BYTE.sep_id], [BYTE.pad_id] * (seq_len - n)])
+        )
+        pieces.append(restored[r][1 : n - 1])
+    np.testing.assert_array_equal(np.concatenate(pieces), stream)  # the whole stream, once, in order
+    assert mask[len(starts) :].sum() == 0 and np.all(restored[len(starts) :] == BYTE.pad_id)
     weights = np.concatenate([b["mlm_weights"] for b in batches])
     assert weights[~mask].sum() == 0
     again = list(pipeline.mlm_eval_batches(prepared, batch_size, seq_len, seed=1))
@@ -273,8 +288,11 @@ def test_bad_arguments(prepared, corpus, tmp_path):
         pipeline.gpt_train_batches(prepared, 0, 16)
     with pytest.raises(ValueError, match="seq_len must be an integer >= 1; got 2.5"):
         pipeline.gpt_train_batches(prepared, 2, 2.5)
-    with pytest.raises(ValueError, match=f"seq_len={n} needs at least {n + 1} tokens; the stream has {n} "
-                                         r"\(lower data.seq_len or add text\)"):
+    with pytest.raises(
+        ValueError,
+        match=f"seq_len={n} needs at least {n + 1} tokens; the stream has {n} "
+        r"\(lower data.seq_len or add text\)",
+    ):
         pipeline.gpt_train_batches(prepared, 2, n)
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1; got 0"):
         next(pipeline.gpt_eval_batches(prepared, 0, 16))
@@ -285,8 +303,11 @@ def test_bad_arguments(prepared, corpus, tmp_path):
     with pytest.raises(ValueError, match=r"split must be one of \('train', 'validation'\); got 'test'"):
         TokenStream(prepared, "test")
     wordpiece = _prepared_with(tokenization.get_tokenizer("wordpiece", vocab_size=512), corpus, tmp_path / "wp")
-    with pytest.raises(ValueError, match=r"GPT batches needs special tokens \['eos'\]; the wordpiece tokenizer "
-                                         r"has no \['eos'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"GPT batches needs special tokens \['eos'\]; the wordpiece tokenizer "
+        r"has no \['eos'\]",
+    ):
         pipeline.gpt_train_batches(wordpiece, 2, 8)
     bpe = _prepared_with(tokenization.get_tokenizer("bpe", vocab_size=512), corpus, tmp_path / "bpe")
     with pytest.raises(ValueError, match=r"MLM batches needs special tokens .* has no \['cls', 'sep', 'mask'\]"):

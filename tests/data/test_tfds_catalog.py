@@ -17,14 +17,19 @@ from tests.data._fixtures import offline_tfds
 
 def _tfds_notices(records) -> list[str]:
     """The messages below ERROR that code inside tensorflow_datasets logged."""
-    return [f"{r.levelname}: {r.getMessage()}" for r in records
-            if f"{os.sep}tensorflow_datasets{os.sep}" in r.pathname and r.levelno < logging.ERROR]
+    return [
+        f"{r.levelname}: {r.getMessage()}"
+        for r in records
+        if f"{os.sep}tensorflow_datasets{os.sep}" in r.pathname and r.levelno < logging.ERROR
+    ]
 
 
 def test_reading_datasets_under_mock_data_logs_no_tfds_notice(tmp_path, monkeypatch, caplog):
     tfds, _ = offline_tfds(tmp_path, monkeypatch)
-    with caplog.at_level(logging.DEBUG, logger="absl"), \
-            tfds.testing.mock_data(num_examples=5, policy=tfds.testing.MockPolicy.USE_CODE):
+    with (
+        caplog.at_level(logging.DEBUG, logger="absl"),
+        tfds.testing.mock_data(num_examples=5, policy=tfds.testing.MockPolicy.USE_CODE),
+    ):
         source = open_source("tfds:lm1b")
         task = classification.prepare_task("tfds:glue/mrpc", ByteTokenizer(), data_dir=tmp_path / "data")
     assert sorted(source.tfds_splits) == ["train", "validation"] and task.split_sizes["train"] == 5
@@ -34,8 +39,14 @@ def test_reading_datasets_under_mock_data_logs_no_tfds_notice(tmp_path, monkeypa
 def test_a_dataset_that_is_not_prepared_is_one_line_and_nothing_else(tmp_path):
     env = {**os.environ, "TFDS_DATA_DIR": str(tmp_path / "tfds"), "COTTENTION_DATA_DIR": str(tmp_path / "data")}
     for corpus in ("tfds:lm1b", "tfds:glue/mrpc"):
-        result = subprocess.run([sys.executable, "-m", "cottention_jax.data_cli", "info", corpus], env=env,
-                                capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        result = subprocess.run(
+            [sys.executable, "-m", "cottention_jax.data_cli", "info", corpus],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+        )
         assert result.returncode != 0 and result.stdout == ""
         lines = result.stderr.splitlines()
         assert len(lines) == 1 and "is not prepared in" in lines[0] and corpus[5:] in lines[0], result.stderr
@@ -44,7 +55,7 @@ def test_a_dataset_that_is_not_prepared_is_one_line_and_nothing_else(tmp_path):
 def test_the_filter_keeps_errors_and_other_loggers_records(tmp_path, monkeypatch):
     tfds, _ = offline_tfds(tmp_path, monkeypatch)
     tfds_catalog.quiet_tfds_notices(tfds)
-    tfds_catalog.quiet_tfds_notices(tfds)                  # once per process, however often it is called
+    tfds_catalog.quiet_tfds_notices(tfds)  # once per process, however often it is called
     absl = logging.getLogger("absl")
     quiet = [f for f in absl.filters if isinstance(f, tfds_catalog._QuietTfds)]
     assert len(quiet) == 1

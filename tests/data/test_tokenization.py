@@ -34,7 +34,7 @@ def shakespeare_passages():
     for _ in range(8):
         text = docs[int(rng.integers(len(docs)))].text
         start = int(rng.integers(0, len(text) - 2000))
-        out.append(text[start:start + int(rng.integers(300, 2000))])
+        out.append(text[start : start + int(rng.integers(300, 2000))])
     return out
 
 
@@ -175,14 +175,17 @@ def test_a_gpt2_style_tokenizer_loads_with_endoftext_as_bos_and_eos(tmp_path, rn
     hf = Tokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     hf.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     hf.train_from_iterator([random_prose(rng, 20) for _ in range(5)], trainer=trainer)
     tok = _hf_file(hf, tmp_path)
     end = hf.token_to_id("<|endoftext|>")
     assert tok.kind == "bpe" and tok.vocab_size == hf.get_vocab_size()
-    assert _roles(tok) == {"pad": None, "bos": end, "eos": end, "cls": None, "sep": None,
-                           "mask": None, "unk": None}
+    assert _roles(tok) == {"pad": None, "bos": end, "eos": end, "cls": None, "sep": None, "mask": None, "unk": None}
     assert tok.all_special_ids == (end,)
     text = random_prose(rng, 4) + _random_unicode(rng, 100)
     ids = tok.encode(text)
@@ -197,18 +200,19 @@ def test_a_llama_style_tokenizer_loads_with_its_roles(tmp_path, rng):
     hf.pre_tokenizer = pre_tokenizers.Metaspace()
     hf.decoder = decoders.Metaspace()
     hf.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<|extra|>"],
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<|extra|>"], show_progress=False
+    )
     hf.train_from_iterator([random_prose(rng, 20) for _ in range(5)], trainer=trainer)
     tok = _hf_file(hf, tmp_path)
     assert tok.kind == "bpe"
     assert _roles(tok) == {"pad": None, "bos": 1, "eos": 2, "cls": None, "sep": None, "mask": None, "unk": 0}
-    assert tok.all_special_ids == (0, 1, 2, 3)           # <|extra|> is special, though no role
+    assert tok.all_special_ids == (0, 1, 2, 3)  # <|extra|> is special, though no role
     text = " ".join(random_prose(rng, 3).split())
     ids = tok.encode(text)
-    assert ids[0] != 1 and not set(ids) & {0, 2}        # no <s> added, nothing unknown
+    assert ids[0] != 1 and not set(ids) & {0, 2}  # no <s> added, nothing unknown
     assert tok.decode(ids + [2]) == text
-    assert tok.unk_id in tok.encode("snow \u2603")      # a character it never saw
+    assert tok.unk_id in tok.encode("snow \u2603")  # a character it never saw
 
 
 def test_a_roberta_post_processor_names_cls_and_sep(tmp_path):
@@ -233,10 +237,17 @@ def test_a_wordlevel_tokenizer_finds_roles_in_its_vocabulary_unless_it_marks_spe
     vocab = {token: i for i, token in enumerate(order)}
     hf = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = _hf_file(hf, tmp_path)                         # no added tokens: the vocabulary's names count
+    tok = _hf_file(hf, tmp_path)  # no added tokens: the vocabulary's names count
     assert tok.kind == "wordlevel" and tok.vocab_size == len(vocab)
-    assert _roles(tok) == {"pad": vocab["<pad>"], "bos": vocab["<s>"], "eos": vocab["</s>"], "cls": None,
-                           "sep": None, "mask": None, "unk": vocab["[UNK]"]}
+    assert _roles(tok) == {
+        "pad": vocab["<pad>"],
+        "bos": vocab["<s>"],
+        "eos": vocab["</s>"],
+        "cls": None,
+        "sep": None,
+        "mask": None,
+        "unk": vocab["[UNK]"],
+    }
     text = " ".join(rng.choice(words, 12))
     assert tok.decode(tok.encode(text)) == text
     assert tok.encode("zebra") == [vocab["[UNK]"]]
@@ -244,8 +255,15 @@ def test_a_wordlevel_tokenizer_finds_roles_in_its_vocabulary_unless_it_marks_spe
     hf.add_special_tokens(["<|endoftext|>"])
     tok = _hf_file(hf, tmp_path, "marked.json")
     end = len(vocab)
-    assert _roles(tok) == {"pad": None, "bos": end, "eos": end, "cls": None, "sep": None, "mask": None,
-                           "unk": vocab["[UNK]"]}
+    assert _roles(tok) == {
+        "pad": None,
+        "bos": end,
+        "eos": end,
+        "cls": None,
+        "sep": None,
+        "mask": None,
+        "unk": vocab["[UNK]"],
+    }
 
 
 def test_a_unigram_tokenizer_loads(tmp_path, rng):
@@ -254,8 +272,9 @@ def test_a_unigram_tokenizer_loads(tmp_path, rng):
     hf = Tokenizer(models.Unigram())
     hf.pre_tokenizer = pre_tokenizers.Metaspace()
     hf.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=120, special_tokens=["<pad>", "</s>", "<unk>"],
-                                      unk_token="<unk>", show_progress=False)
+    trainer = trainers.UnigramTrainer(
+        vocab_size=120, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False
+    )
     hf.train_from_iterator([random_prose(rng, 20) for _ in range(5)], trainer=trainer)
     tok = _hf_file(hf, tmp_path)
     assert tok.kind == "unigram"
@@ -264,8 +283,16 @@ def test_a_unigram_tokenizer_loads(tmp_path, rng):
     assert tok.decode(tok.encode(text)) == text
 
 
-@pytest.mark.parametrize("content", [b"not json at all", b'{"a": 1}', b"[1, 2]", b"\xff\xfe\x00garbage",
-                                     b'{"version": "1.0", "model": {"type": "Sentencepiece", "vocab": {}}}'])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"not json at all",
+        b'{"a": 1}',
+        b"[1, 2]",
+        b"\xff\xfe\x00garbage",
+        b'{"version": "1.0", "model": {"type": "Sentencepiece", "vocab": {}}}',
+    ],
+)
 def test_a_file_that_is_not_a_tokenizer_is_corrupt_data_naming_it(tmp_path, content):
     path = tmp_path / "their tokenizer.json"
     path.write_bytes(content)
@@ -279,7 +306,7 @@ def test_tiny_presets_tokenizers_are_shipped(tmp_path, monkeypatch):
     """gpt-tiny and bert-tiny use 512-token vocabularies: shipped, so nothing is trained or written."""
     data_dir = tmp_path / "data"
     monkeypatch.setenv("COTTENTION_DATA_DIR", str(data_dir))
-    monkeypatch.setattr(tokenization, "train_tokenizer", None)        # any training would fail
+    monkeypatch.setattr(tokenization, "train_tokenizer", None)  # any training would fail
     bpe = tokenization.get_tokenizer("bpe", "shakespeare", 512)
     wordpiece = tokenization.get_tokenizer("wordpiece", "shakespeare", 512)
     assert not data_dir.exists()

@@ -20,7 +20,7 @@ from tests._reference_transformers import bert_outputs, gptj_logits
 from tests._util import fresh_key, rel_error
 
 pytestmark = pytest.mark.slow
-hf_checkpoints = _interop.hf_checkpoints          # the session fixture, for the tests below
+hf_checkpoints = _interop.hf_checkpoints  # the session fixture, for the tests below
 
 
 def _inputs(folder):
@@ -45,15 +45,22 @@ def test_the_numpy_reference_reproduces_transformers(hf_checkpoints):
     """The float64 reference is what the cosine checks rest on: in softmax mode it gives transformers' logits."""
     folder = hf_checkpoints / "gptj"
     inputs, state = _inputs(folder), interop.read_state_dict(folder)
-    ref = gptj_logits(state, _config(folder), inputs["tokens"], inputs["mask"], inputs["positions"],
-                      attention="softmax")
+    ref = gptj_logits(
+        state, _config(folder), inputs["tokens"], inputs["mask"], inputs["positions"], attention="softmax"
+    )
     real = inputs["mask"]
     assert rel_error(ref[real], np.load(folder / "logits.npy")[real]) < 1e-5
     for name, head in (("bert_mlm", "mlm"), ("bert_cls", "classes")):
         folder = hf_checkpoints / name
         inputs = _inputs(folder)
-        ref = bert_outputs(interop.read_state_dict(folder), _config(folder), inputs["tokens"],
-                           inputs["segments"], inputs["mask"], attention="softmax")[head]
+        ref = bert_outputs(
+            interop.read_state_dict(folder),
+            _config(folder),
+            inputs["tokens"],
+            inputs["segments"],
+            inputs["mask"],
+            attention="softmax",
+        )[head]
         want = np.load(folder / "logits.npy")
         rows = inputs["mask"] if head == "mlm" else slice(None)
         assert rel_error(ref[rows], want[rows]) < 1e-5, name
@@ -69,14 +76,14 @@ def test_gptj_converts_with_transformers_logits(hf_checkpoints):
 
 def test_official_cottention_gptj_layout_matches_the_specification(hf_checkpoints):
     folder = hf_checkpoints / "gptj_cosine"
-    model = interop.load_gptj(folder)                                    # cosine, from the norm_const tensors
+    model = interop.load_gptj(folder)  # cosine, from the norm_const tensors
     state = interop.read_state_dict(folder)
     assert model.config.attention == "cosine"
-    np.testing.assert_array_equal(model.blocks[1].attn.stabilizer[...],
-                                  state["transformer.h.1.attn.norm_const"].reshape(-1))
+    np.testing.assert_array_equal(
+        model.blocks[1].attn.stabilizer[...], state["transformer.h.1.attn.norm_const"].reshape(-1)
+    )
     inputs = _inputs(folder)
-    ref = gptj_logits(state, _config(folder), inputs["tokens"], inputs["mask"], inputs["positions"],
-                      attention="cosine")
+    ref = gptj_logits(state, _config(folder), inputs["tokens"], inputs["mask"], inputs["positions"], attention="cosine")
     real = inputs["mask"]
     assert rel_error(_ours_gpt(model, inputs)[real], ref[real]) < 1e-5
     with pytest.raises(ValueError, match="has cosine attention .*norm_const"):
@@ -86,7 +93,7 @@ def test_official_cottention_gptj_layout_matches_the_specification(hf_checkpoint
 def test_bert_masked_lm_and_classifier_convert_with_transformers_logits(hf_checkpoints):
     mlm_folder, cls_folder = hf_checkpoints / "bert_mlm", hf_checkpoints / "bert_cls"
     with pytest.warns(UserWarning, match="pooler.bias.*pooler.kernel|classifier"):
-        mlm = interop.load_bert(mlm_folder)                              # no pooler / classifier in it
+        mlm = interop.load_bert(mlm_folder)  # no pooler / classifier in it
     assert mlm.config.activation == "gelu" and mlm.config.attention == "softmax"
     inputs, real = _inputs(mlm_folder), _inputs(mlm_folder)["mask"]
     assert rel_error(_ours_bert(mlm, inputs)[0][real], np.load(mlm_folder / "logits.npy")[real]) < 1e-5
@@ -106,7 +113,7 @@ def test_bert_pretraining_converts_with_transformers_logits_under_left_padding(h
     assert model.config.positions == "absolute"
     inputs = _inputs(folder)
     real = inputs["mask"]
-    assert not real[:, 0].all()                                            # left padding in some row
+    assert not real[:, 0].all()  # left padding in some row
     assert rel_error(_ours_bert(model, inputs)[0][real], np.load(folder / "logits.npy")[real]) < 1e-5
 
 
@@ -116,8 +123,14 @@ def test_official_cottention_bert_layout_matches_the_specification(hf_checkpoint
         model = interop.load_bert(folder)
     assert model.config.attention == "cosine"
     inputs = _inputs(folder)
-    ref = bert_outputs(interop.read_state_dict(folder), _config(folder), inputs["tokens"], inputs["segments"],
-                       inputs["mask"], attention="cosine")["mlm"]
+    ref = bert_outputs(
+        interop.read_state_dict(folder),
+        _config(folder),
+        inputs["tokens"],
+        inputs["segments"],
+        inputs["mask"],
+        attention="cosine",
+    )["mlm"]
     real = inputs["mask"]
     assert rel_error(_ours_bert(model, inputs)[0][real], ref[real]) < 1e-5
 
@@ -132,9 +145,10 @@ def test_export_gives_back_the_checkpoint_bit_for_bit(hf_checkpoints, name):
         architecture = "BertForSequenceClassification" if name == "bert_cls" else "BertForMaskedLM"
         with pytest.warns(UserWarning):
             exported = interop.bert_state_dict(interop.load_bert(folder), architecture)
-        if name != "bert_cls":                 # the tied decoder, which save_pretrained leaves out of the file
-            assert np.array_equal(exported.pop("cls.predictions.decoder.weight"),
-                                  exported["bert.embeddings.word_embeddings.weight"])
+        if name != "bert_cls":  # the tied decoder, which save_pretrained leaves out of the file
+            assert np.array_equal(
+                exported.pop("cls.predictions.decoder.weight"), exported["bert.embeddings.word_embeddings.weight"]
+            )
             assert np.array_equal(exported.pop("cls.predictions.decoder.bias"), exported["cls.predictions.bias"])
     assert sorted(exported) == sorted(state)
     for key, value in state.items():
@@ -143,7 +157,7 @@ def test_export_gives_back_the_checkpoint_bit_for_bit(hf_checkpoints, name):
 
 def test_exported_models_load_in_transformers_with_our_logits(hf_checkpoints, tmp_path):
     gpt = interop.load_gptj(hf_checkpoints / "gptj")
-    for layer in gpt.blocks:                     # other weights than the checkpoint's: a real export
+    for layer in gpt.blocks:  # other weights than the checkpoint's: a real export
         layer.attn.query.kernel[...] += 0.05 * jax.random.normal(fresh_key(), layer.attn.query.kernel[...].shape)
     with pytest.warns(UserWarning):
         bert = interop.load_bert(hf_checkpoints / "bert_cls")
@@ -164,7 +178,7 @@ def test_bfloat16_safetensors_and_torch_files(hf_checkpoints):
     fp32 = interop.read_state_dict(hf_checkpoints / "gptj")
     bf16 = interop.read_state_dict(hf_checkpoints / "gptj_bf16.safetensors")
     assert sorted(bf16) == sorted(fp32)
-    for key, value in fp32.items():            # torch's rounding to bfloat16 is NumPy's (nearest even)
+    for key, value in fp32.items():  # torch's rounding to bfloat16 is NumPy's (nearest even)
         assert bf16[key].dtype == ml_dtypes.bfloat16
         np.testing.assert_array_equal(bf16[key], value.astype(ml_dtypes.bfloat16), err_msg=key)
     model = interop.load_gptj(bf16, _config(hf_checkpoints / "gptj"))
@@ -199,5 +213,6 @@ def test_converter_input_errors(hf_checkpoints):
     with pytest.raises(ValueError, match="differs from 'bert.embeddings.word_embeddings.weight'"):
         interop.load_bert(untied, _config(hf_checkpoints / "bert_mlm"))
     with pytest.raises(ValueError, match="position_embedding_type must be 'absolute'"):
-        interop.load_bert(bert_state,
-                          _config(hf_checkpoints / "bert_mlm") | {"position_embedding_type": "relative_key"})
+        interop.load_bert(
+            bert_state, _config(hf_checkpoints / "bert_mlm") | {"position_embedding_type": "relative_key"}
+        )

@@ -26,15 +26,36 @@ from cottention_jax.models import Bert
 from tests._reference_transformers import bert_outputs, gptj_logits
 from tests._util import fresh_key, rel_error
 
-GPTJ_HF = dict(model_type="gptj", vocab_size=37, n_positions=24, n_embd=16, n_layer=2, n_head=4, n_inner=40,
-               rotary_dim=2, activation_function="gelu_new", layer_norm_epsilon=1e-5, resid_pdrop=0.0)
-BERT_HF = dict(model_type="bert", vocab_size=41, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
-               intermediate_size=40, max_position_embeddings=24, type_vocab_size=2, hidden_act="gelu",
-               layer_norm_eps=1e-12, hidden_dropout_prob=0.0)
+GPTJ_HF = dict(
+    model_type="gptj",
+    vocab_size=37,
+    n_positions=24,
+    n_embd=16,
+    n_layer=2,
+    n_head=4,
+    n_inner=40,
+    rotary_dim=2,
+    activation_function="gelu_new",
+    layer_norm_epsilon=1e-5,
+    resid_pdrop=0.0,
+)
+BERT_HF = dict(
+    model_type="bert",
+    vocab_size=41,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=40,
+    max_position_embeddings=24,
+    type_vocab_size=2,
+    hidden_act="gelu",
+    layer_norm_eps=1e-12,
+    hidden_dropout_prob=0.0,
+)
 
 
 def _rng() -> np.random.Generator:
-    return np.random.default_rng(int(jax.random.randint(fresh_key(), (), 0, 2 ** 31 - 1)))
+    return np.random.default_rng(int(jax.random.randint(fresh_key(), (), 0, 2**31 - 1)))
 
 
 def _norm_const(rng, heads: int) -> np.ndarray:
@@ -80,8 +101,11 @@ def _bert_state(rng, cosine: bool, *, nsp: bool = False) -> dict[str, np.ndarray
         return (1 + 0.2 * rng.standard_normal(d)).astype(np.float32), (0.2 * rng.standard_normal(d)).astype(np.float32)
 
     e = "bert.embeddings."
-    s = {e + "word_embeddings.weight": w(v, d), e + "position_embeddings.weight": w(c["max_position_embeddings"], d),
-         e + "token_type_embeddings.weight": w(2, d)}
+    s = {
+        e + "word_embeddings.weight": w(v, d),
+        e + "position_embeddings.weight": w(c["max_position_embeddings"], d),
+        e + "token_type_embeddings.weight": w(2, d),
+    }
     s[e + "LayerNorm.weight"], s[e + "LayerNorm.bias"] = ln()
     for i in range(c["num_hidden_layers"]):
         p = f"bert.encoder.layer.{i}."
@@ -131,7 +155,7 @@ def test_hand_built_gptj_loads_with_the_reference_logits_left_padded(attention):
     assert model.config.attention == attention
     tokens = rng.integers(0, GPTJ_HF["vocab_size"], size=(3, 9))
     mask = _left_padded(rng, 3, 9)
-    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)      # what transformers' generate passes
+    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)  # what transformers' generate passes
     ref = gptj_logits(state, GPTJ_HF, tokens, mask, positions, attention=attention)
     ours = np.asarray(model(jnp.asarray(tokens, jnp.int32), padding_mask=jnp.asarray(mask)))
     assert rel_error(ours[mask], ref[mask]) < 1e-5
@@ -150,8 +174,9 @@ def test_converted_bert_numbers_positions_like_transformers_under_left_padding(a
     segments = rng.integers(0, 2, size=(4, 11))
     mask = _left_padded(rng, 4, 11)
     ref = bert_outputs(state, BERT_HF, tokens, segments, mask, attention=attention)["mlm"]
-    hidden = model(jnp.asarray(tokens, jnp.int32), segment_ids=jnp.asarray(segments, jnp.int32),
-                   padding_mask=jnp.asarray(mask))
+    hidden = model(
+        jnp.asarray(tokens, jnp.int32), segment_ids=jnp.asarray(segments, jnp.int32), padding_mask=jnp.asarray(mask)
+    )
     assert rel_error(np.asarray(model.mlm_logits(hidden))[mask], ref[mask]) < 1e-5
 
 
@@ -168,7 +193,7 @@ def test_our_own_bert_keeps_its_position_convention_through_export(tmp_path):
         back = interop.load_bert(tmp_path)
     assert back.config.positions == "from_mask"
     config = json.loads((tmp_path / "config.json").read_text())
-    del config["cottention_jax"]["positions"]                # written before the field existed: our models
+    del config["cottention_jax"]["positions"]  # written before the field existed: our models
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.warns(UserWarning, match="classifier"):
         assert interop.load_bert(tmp_path).config.positions == "from_mask"
@@ -187,11 +212,12 @@ def test_norm_const_is_the_stabilizer_in_head_order(kind):
         state = _bert_state(rng, cosine=True)
         with pytest.warns(UserWarning, match="classifier"):
             model = interop.load_bert(state, BERT_HF)
-        layers = [(layer.attn, f"bert.encoder.layer.{i}.attention.self.norm_const")
-                  for i, layer in enumerate(model.layers)]
+        layers = [
+            (layer.attn, f"bert.encoder.layer.{i}.attention.self.norm_const") for i, layer in enumerate(model.layers)
+        ]
     for attn, name in layers:
         heads = state[name].shape[1]
-        assert len(set(state[name].ravel().tolist())) == heads           # distinct per head: a swap shows
+        assert len(set(state[name].ravel().tolist())) == heads  # distinct per head: a swap shows
         for h in range(heads):
             assert float(attn.stabilizer[...][h]) == float(state[name][0, h, 0, 0]), (name, h)
 
@@ -206,21 +232,23 @@ def test_square_torch_weights_land_transposed():
     size = d // heads
     for i, block in enumerate(model.blocks):
         for name, ours in (("q_proj", block.attn.query), ("k_proj", block.attn.key), ("v_proj", block.attn.value)):
-            w = gptj[f"transformer.h.{i}.attn.{name}.weight"]                 # (H*D out, in)
+            w = gptj[f"transformer.h.{i}.attn.{name}.weight"]  # (H*D out, in)
             assert not np.allclose(w, w.T)
-            kernel = np.asarray(ours.kernel[...])                              # (in, H, D)
-            for h in range(heads):                    # head h reads rows h*D..(h+1)*D of torch's weight
-                np.testing.assert_array_equal(kernel[:, h, :], w[h * size:(h + 1) * size].T, err_msg=name)
-        w = gptj[f"transformer.h.{i}.attn.out_proj.weight"]                    # (out, H*D in)
-        kernel = np.asarray(block.attn.out.kernel[...])                        # (H, D, out)
+            kernel = np.asarray(ours.kernel[...])  # (in, H, D)
+            for h in range(heads):  # head h reads rows h*D..(h+1)*D of torch's weight
+                np.testing.assert_array_equal(kernel[:, h, :], w[h * size : (h + 1) * size].T, err_msg=name)
+        w = gptj[f"transformer.h.{i}.attn.out_proj.weight"]  # (out, H*D in)
+        kernel = np.asarray(block.attn.out.kernel[...])  # (H, D, out)
         for h in range(heads):
-            np.testing.assert_array_equal(kernel[h], w[:, h * size:(h + 1) * size].T)
+            np.testing.assert_array_equal(kernel[h], w[:, h * size : (h + 1) * size].T)
     bert_state = _bert_state(rng, cosine=False)
     with pytest.warns(UserWarning, match="classifier"):
         bert = interop.load_bert(bert_state, BERT_HF)
-    for name, ours in (("bert.pooler.dense.weight", bert.pooler.kernel),
-                       ("cls.predictions.transform.dense.weight", bert.mlm_dense.kernel),
-                       ("bert.encoder.layer.1.attention.self.query.weight", bert.layers[1].attn.query.kernel)):
+    for name, ours in (
+        ("bert.pooler.dense.weight", bert.pooler.kernel),
+        ("cls.predictions.transform.dense.weight", bert.mlm_dense.kernel),
+        ("bert.encoder.layer.1.attention.self.query.weight", bert.layers[1].attn.query.kernel),
+    ):
         w = bert_state[name]
         assert w.shape[0] == w.shape[1] and not np.allclose(w, w.T)
         np.testing.assert_array_equal(np.asarray(ours[...]).reshape(w.shape), w.T, err_msg=name)
@@ -239,7 +267,7 @@ def test_bert_pretraining_checkpoint_loads_without_its_nsp_head(tmp_path):
     assert len(nsp) == 1 and "\n" not in nsp[0], messages
     assert nsp[0].startswith(str(folder / "model.safetensors")) and "cls.seq_relationship.* (bias, weight)" in nsp[0]
     fresh = [m for m in messages if "keep their initial values" in m]
-    assert len(fresh) == 1 and "classifier.kernel" in fresh[0] and "pooler" not in fresh[0]     # the pooler loaded
+    assert len(fresh) == 1 and "classifier.kernel" in fresh[0] and "pooler" not in fresh[0]  # the pooler loaded
     np.testing.assert_array_equal(np.asarray(model.pooler.kernel[...]), state["bert.pooler.dense.weight"].T)
     tokens = rng.integers(0, BERT_HF["vocab_size"], size=(2, 7))
     segments = rng.integers(0, 2, size=(2, 7))
@@ -254,7 +282,7 @@ def test_weights_that_are_not_floating_point_are_refused(dtype, tmp_path):
     state = _gptj_state(rng, cosine=False)
     name = "transformer.h.1.mlp.fc_in.weight"
     state[name] = (state[name] * 4).astype(dtype)
-    if dtype == "complex64":            # safetensors has no complex dtype: a state dict
+    if dtype == "complex64":  # safetensors has no complex dtype: a state dict
         source, where = state, "state dict"
     else:
         source = _save(state, GPTJ_HF, tmp_path / dtype)
@@ -276,8 +304,11 @@ def test_errors_name_the_file(tmp_path):
         interop.load_bert(extra)
     with pytest.raises(ValueError, match=_at(weights) + r"'bert.embeddings.word_embeddings.weight' has shape"):
         interop.load_bert(folder, vocab_size=40)
-    untied = _save(state | {"cls.predictions.decoder.weight": state["bert.embeddings.word_embeddings.weight"] + 1},
-                   BERT_HF, tmp_path / "untied")
+    untied = _save(
+        state | {"cls.predictions.decoder.weight": state["bert.embeddings.word_embeddings.weight"] + 1},
+        BERT_HF,
+        tmp_path / "untied",
+    )
     with pytest.raises(ValueError, match=_at(untied / "model.safetensors") + r"'cls.predictions.decoder.weight' "):
         interop.load_bert(untied)
     config.write_text(json.dumps(BERT_HF | {"hidden_act": "quick_gelu"}))
@@ -292,7 +323,7 @@ def test_errors_name_the_file(tmp_path):
     config.unlink()
     with pytest.raises(ValueError, match=re.escape(f"no {config} beside the weights ({weights})")):
         interop.load_bert(folder)
-    weights.write_bytes(weights.read_bytes()[:100])                       # a cut file
+    weights.write_bytes(weights.read_bytes()[:100])  # a cut file
     with pytest.raises(ValueError, match=_at(weights) + r"not a readable safetensors file"):
         interop.read_state_dict(folder)
     cosine = _save(_gptj_state(rng, cosine=True), GPTJ_HF, tmp_path / "gptj")
@@ -317,8 +348,11 @@ def test_save_gptj_writes_pytorch_model_bin_when_torch_is_installed(tmp_path, mo
     assert sorted(saved["obj"]) == sorted(written) and any(k.endswith("norm_const") for k in written)
     for key, value in saved["obj"].items():
         assert value[0] == "tensor" and value[1].flags.c_contiguous and np.array_equal(value[1], written[key]), key
-    monkeypatch.setitem(sys.modules, "torch", None)                     # import torch raises ImportError
-    with pytest.warns(UserWarning, match="torch is not installed, so only model.safetensors was written, not the "
-                                         "pytorch_model.bin the official loaders read"):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
+    with pytest.warns(
+        UserWarning,
+        match="torch is not installed, so only model.safetensors was written, not the "
+        "pytorch_model.bin the official loaders read",
+    ):
         interop.save_gptj(model, tmp_path / "without")
     assert sorted(p.name for p in (tmp_path / "without").iterdir()) == ["config.json", "model.safetensors"]

@@ -31,8 +31,7 @@ def test_the_tables_cover_every_parameter_once(attention):
     assert sorted(_path(e.ours) for e in entries) == sorted(_param_paths(gpt))
     assert len({e.hf for e in entries}) == len(entries)
     bert = Bert(bert_config("tiny", attention=attention), rngs=nnx.Rngs(0))
-    entries = _expand(interop.BERT_PARAMETERS, bert.config.num_layers,
-                      parts + ("mlm", "pooler", "classifier"))
+    entries = _expand(interop.BERT_PARAMETERS, bert.config.num_layers, parts + ("mlm", "pooler", "classifier"))
     assert sorted(_path(e.ours) for e in entries) == sorted(_param_paths(bert))
     assert len({e.hf for e in entries}) == len(entries)
 
@@ -64,7 +63,7 @@ def test_export_then_import_is_the_identity(attention, tmp_path):
     with pytest.warns(UserWarning, match="mlm_bias"):
         classifier = interop.load_bert(tmp_path / "BertForSequenceClassification")
     with pytest.warns(UserWarning, match="classifier"):
-        encoder = interop.load_bert(tmp_path / "BertModel")                 # names without "bert."
+        encoder = interop.load_bert(tmp_path / "BertModel")  # names without "bert."
     ids = jax.random.randint(fresh_key(), (2, 9), 0, bert.config.vocab_size)
     hidden = bert(ids)
     np.testing.assert_array_equal(mlm.mlm_logits(mlm(ids)), bert.mlm_logits(hidden))
@@ -73,10 +72,12 @@ def test_export_then_import_is_the_identity(attention, tmp_path):
 
 
 def test_what_has_no_transformers_form_is_refused(tmp_path):
-    for overrides, message in ((dict(num_kv_heads=2), "no grouped-query attention"),
-                               (dict(attention="taylor2"), "attention='taylor2'"),
-                               (dict(tie_embeddings=True), "tie_embeddings=True"),
-                               (dict(rope_base=500.0), "rope_base=500.0")):
+    for overrides, message in (
+        (dict(num_kv_heads=2), "no grouped-query attention"),
+        (dict(attention="taylor2"), "attention='taylor2'"),
+        (dict(tie_embeddings=True), "tie_embeddings=True"),
+        (dict(rope_base=500.0), "rope_base=500.0"),
+    ):
         model = GPT(gpt_config("tiny", **overrides), rngs=nnx.Rngs(0))
         with pytest.raises(ValueError, match=f"no GPT-J form.*{message}"):
             interop.gptj_state_dict(model)

@@ -30,17 +30,28 @@ def _tol(dtype):
 
 
 def _random_state(b, h, dk, dv, scale=0.5):
-    return ca.CosineAttentionState(scale * jax.random.normal(fresh_key(), (b, h, dk, dv)),
-                                   jax.random.randint(fresh_key(), (b,), 0, 50))
+    return ca.CosineAttentionState(
+        scale * jax.random.normal(fresh_key(), (b, h, dk, dv)), jax.random.randint(fresh_key(), (b,), 0, 50)
+    )
 
 
 def _op_outputs_and_grads(impl, q, k, v, m, kv0, count0, cot, cot_kv, interpret=True, **kw):
     """out, final state, and grads of <out, cot> + <kv_T, cot_kv> in (q, k, v, m, kv0)."""
+
     def loss(q, k, v, m, kv0):
         state0 = None if kv0 is None else ca.CosineAttentionState(kv0, count0)
-        out, state = ca.cosine_attention(q, k, v, m, causal=True, initial_state=state0,
-                                         return_state=True, implementation=impl,
-                                         interpret=interpret if impl == "pallas" else False, **kw)
+        out, state = ca.cosine_attention(
+            q,
+            k,
+            v,
+            m,
+            causal=True,
+            initial_state=state0,
+            return_state=True,
+            implementation=impl,
+            interpret=interpret if impl == "pallas" else False,
+            **kw,
+        )
         value = jnp.sum(out.astype(jnp.float32) * cot) + jnp.sum(state.kv * cot_kv)
         return value, (out, state)
 
@@ -67,7 +78,7 @@ def _compare_op(b, t, h, kv, dk, dv, dtype, pad, stabilize, with_state, interpre
     assert jnp.array_equal(state.count, state_ref.count)
     if mask is not None:  # padded positions give exactly zero
         assert jnp.all(jnp.where(mask[:, :, None, None], 0.0, out.astype(jnp.float32)) == 0.0)
-    names = ("dq", "dk", "dv", "d_stabilizer", "d_initial_kv")[:len(grads)]     # no initial state: four
+    names = ("dq", "dk", "dv", "d_stabilizer", "d_initial_kv")[: len(grads)]  # no initial state: four
     for name, g, g_ref in zip(names, grads, grads_ref, strict=True):
         assert g.shape == g_ref.shape, name
         bound = tol
@@ -105,6 +116,7 @@ def test_public_op_interpret_matches_reference(case):
 
 # ----------------------------------------------------------------------------- the raw core
 
+
 def _core_inputs(b, t, h, kv, dk, dv, dtype):
     q, k, v, _ = random_qkv(fresh_key(), b, t, h, kv, dk, dv, dtype)
     key_scale = jax.random.uniform(fresh_key(), (b, t, h), minval=0.1, maxval=1.0)
@@ -114,8 +126,7 @@ def _core_inputs(b, t, h, kv, dk, dv, dtype):
 
 def _core_compare(args, tol, **kw):
     """Forward and VJP of the kernel core vs the quadratic reference; returns the relative errors."""
-    (out, final), vjp = jax.vjp(
-        lambda *a: pallas.causal_linear_attention_pallas(*a, interpret=True, **kw), *args)
+    (out, final), vjp = jax.vjp(lambda *a: pallas.causal_linear_attention_pallas(*a, interpret=True, **kw), *args)
     (out_ref, final_ref), vjp_ref = jax.vjp(jax.jit(reference.causal_linear_attention_reference), *args)
     cot = jax.random.normal(fresh_key(), out.shape).astype(out.dtype)
     cot_final = jax.random.normal(fresh_key(), final.shape)
@@ -137,8 +148,16 @@ _L = pallas.KernelLaunch
 # segments split the sequence across programs (13 chunks in 3 segments: uneven); seq 5 is
 # shorter than one chunk.
 CORE_CASES = [
-    (1, 200, 4, 2, 96, 64, jnp.float32, pallas.BlockSizes(chunk=16, forward=_L(16), dq=_L(32), dk=_L(64),
-                                                           dv=_L(32), segments=3)),
+    (
+        1,
+        200,
+        4,
+        2,
+        96,
+        64,
+        jnp.float32,
+        pallas.BlockSizes(chunk=16, forward=_L(16), dq=_L(32), dk=_L(64), dv=_L(32), segments=3),
+    ),
     (2, 96, 4, 1, 32, 32, jnp.float32, pallas.BlockSizes.uniform(chunk=16, block=16, segments=2)),
     (1, 5, 2, 2, 128, 128, jnp.float16, None),
     (1, 190, 2, 1, 64, 64, jnp.bfloat16, pallas.BlockSizes.uniform(chunk=32, segments=4)),
@@ -168,17 +187,19 @@ def test_residuals_are_the_inputs_only():
 
     args = _core_inputs(1, 128, 2, 1, 32, 32, jnp.float32)
     fn = lambda *a: pallas.causal_linear_attention_pallas(  # noqa: E731
-        *a, interpret=True, block_sizes=pallas.BlockSizes.uniform(chunk=16, segments=2))
+        *a, interpret=True, block_sizes=pallas.BlockSizes.uniform(chunk=16, segments=2)
+    )
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         print_saved_residuals(fn, *args)
-    lines = printed.getvalue().strip().splitlines()      # one line per residual: "f32[1,128,2,32] from ..."
+    lines = printed.getvalue().strip().splitlines()  # one line per residual: "f32[1,128,2,32] from ..."
     assert all("from the argument" in line for line in lines), lines
     shapes = sorted(tuple(int(x) for x in re.match(r"\w+\[([\d,]*)\]", line)[1].split(",") if x) for line in lines)
     assert shapes == sorted(tuple(a.shape) for a in args), lines
 
 
 # ----------------------------------------------------------------------------- configuration and bad input
+
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
 @pytest.mark.parametrize("dim", [32, 64, 96, 128, 256])
@@ -196,8 +217,9 @@ def test_default_block_sizes_are_powers_of_two(dtype, dim):
 
 
 def test_auto_segments_add_parallelism_only_for_long_sequences_at_small_batch():
-    plan = lambda b, t: pallas.launch_plan((b, t, 4, 128), (b, t, 4, 128), (b, t, 4, 128),  # noqa: E731
-                                           jnp.bfloat16, None)
+    def plan(b, t):
+        return pallas.launch_plan((b, t, 4, 128), (b, t, 4, 128), (b, t, 4, 128), jnp.bfloat16, None)
+
     small_long, small_short, big_long = plan(1, 65536), plan(1, 256), plan(64, 65536)
     assert small_long.n_segments > 1 and small_long.chunks_per_segment >= 16
     assert small_long.n_segments * small_long.chunks_per_segment >= small_long.n_chunks
@@ -234,15 +256,19 @@ def test_core_rejects_bad_shapes():
 
 # ----------------------------------------------------------------------------- CUDA lowering without a GPU
 
+
 def _loss_and_grads(block_sizes):
     def loss(q, k, v, key_scale, s0):
         out, final = pallas.causal_linear_attention_pallas(q, k, v, key_scale, s0, block_sizes=block_sizes)
         return jnp.sum(out.astype(jnp.float32) ** 2) + jnp.sum(final * final)
+
     return jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4))
 
 
-@pytest.mark.skipif(not hasattr(jax.sharding, "AbstractDevice"),
-                    reason=f"jax {jax.__version__} has no jax.sharding.AbstractDevice to target an H100")
+@pytest.mark.skipif(
+    not hasattr(jax.sharding, "AbstractDevice"),
+    reason=f"jax {jax.__version__} has no jax.sharding.AbstractDevice to target an H100",
+)
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32], ids=lambda d: jnp.dtype(d).name)
 @pytest.mark.parametrize("dim", [64, 96, 128, 256])
 @pytest.mark.parametrize("segments", [1, 2])
@@ -250,8 +276,13 @@ def test_forward_and_backward_lower_for_cuda(dim, dtype, segments):
     """Lower fwd + bwd (GQA; T = 700 pads to 704, not a power of two) to Triton IR for sm_90."""
     b, t, h, kv = 2, 700, 4, 2
     spec = jax.ShapeDtypeStruct
-    args = (spec((b, t, h, dim), dtype), spec((b, t, kv, dim), dtype), spec((b, t, kv, dim), dtype),
-            spec((b, t, h), jnp.float32), spec((b, h, dim, dim), jnp.float32))
+    args = (
+        spec((b, t, h, dim), dtype),
+        spec((b, t, kv, dim), dtype),
+        spec((b, t, kv, dim), dtype),
+        spec((b, t, h), jnp.float32),
+        spec((b, h, dim, dim), jnp.float32),
+    )
     sizes = dataclasses.replace(pallas.BlockSizes.get_default(dtype, dim, dim), segments=segments)
     exported = export_for_h100(_loss_and_grads(sizes), *args)
     module = exported.mlir_module()
@@ -285,7 +316,7 @@ def test_public_op_on_gpu_matches_reference(case):
 @pytest.mark.parametrize("segments", [1, 3])
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32], ids=lambda d: jnp.dtype(d).name)
 def test_core_on_gpu_matches_reference(dtype, segments):
-    args = _core_inputs(2, 2000, 4, 2, 128, 128, dtype)      # 32 chunks: 11 per segment with 3
+    args = _core_inputs(2, 2000, 4, 2, 128, 128, dtype)  # 32 chunks: 11 per segment with 3
     sizes = dataclasses.replace(pallas.BlockSizes.get_default(dtype, 128, 128), segments=segments)
     (out, final), vjp = jax.vjp(lambda *a: pallas.causal_linear_attention_pallas(*a, block_sizes=sizes), *args)
     (out_ref, final_ref), vjp_ref = jax.vjp(reference.causal_linear_attention_reference, *args)
@@ -303,10 +334,12 @@ def test_defaults_on_this_gpu_come_from_the_launch_table():
 
     device = jax.devices()[0]
     for dim in (64, 128):
-        entry = launch_table.find_entry(device.device_kind, getattr(device, "compute_capability", None),
-                                        "bfloat16", dim)
-        want = pallas.BlockSizes.fallback(jnp.bfloat16, dim, dim) if entry is None else \
-            pallas.BlockSizes.from_entry(entry)
+        entry = launch_table.find_entry(
+            device.device_kind, getattr(device, "compute_capability", None), "bfloat16", dim
+        )
+        want = (
+            pallas.BlockSizes.fallback(jnp.bfloat16, dim, dim) if entry is None else pallas.BlockSizes.from_entry(entry)
+        )
         assert pallas.BlockSizes.get_default(jnp.bfloat16, dim, dim) == want
         if "H100" in device.device_kind:
             assert entry is not None
@@ -328,11 +361,19 @@ def test_the_kernel_tier_imports_jax_and_the_standard_library_only():
     found = {}
     for path in (REPO_ROOT / "pallas_kernels").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                     [node.module] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and not node.level
+                else []
+            )
             for name in names:
                 found.setdefault(name.partition(".")[0], set()).add(path.name)
     assert found.keys() >= {"jax", "pallas_kernels"}
-    foreign = {top: files for top, files in found.items()
-               if top not in {"jax", "pallas_kernels", "__future__"} and top not in sys.stdlib_module_names}
+    foreign = {
+        top: files
+        for top, files in found.items()
+        if top not in {"jax", "pallas_kernels", "__future__"} and top not in sys.stdlib_module_names
+    }
     assert foreign == {}

@@ -10,15 +10,17 @@ from flax import nnx
 from cottention_jax.layers import CosineAttention, RecurrentSoftmaxAttention, SoftmaxAttention
 from tests._util import fresh_key, rel_error
 
-F, HEADS, ROTARY = 32, 4, 8   # head_dim 8: rotary over all of it
+F, HEADS, ROTARY = 32, 4, 8  # head_dim 8: rotary over all of it
 
 LAYERS = {
     "cosine": lambda rngs: CosineAttention(HEADS, F, num_kv_heads=2, causal=True, rotary_dim=ROTARY, rngs=rngs),
     "softmax": lambda rngs: SoftmaxAttention(HEADS, F, num_kv_heads=2, causal=True, rotary_dim=ROTARY, rngs=rngs),
-    "taylor2": lambda rngs: RecurrentSoftmaxAttention(HEADS, F, num_kv_heads=2, variant="taylor2",
-                                                      rotary_dim=ROTARY, rngs=rngs),
-    "taylor2-gate": lambda rngs: RecurrentSoftmaxAttention(HEADS, F, variant="taylor2-gate", rotary_dim=ROTARY,
-                                                           rngs=rngs),
+    "taylor2": lambda rngs: RecurrentSoftmaxAttention(
+        HEADS, F, num_kv_heads=2, variant="taylor2", rotary_dim=ROTARY, rngs=rngs
+    ),
+    "taylor2-gate": lambda rngs: RecurrentSoftmaxAttention(
+        HEADS, F, variant="taylor2-gate", rotary_dim=ROTARY, rngs=rngs
+    ),
 }
 
 
@@ -35,7 +37,7 @@ def _decoded(layer, x, mask, prompt_len, chunks):
     outs = [layer(x[:, :prompt_len], padding_mask=mask[:, :prompt_len], decode=True, prefill=True)]
     start = prompt_len
     for size in chunks:
-        outs.append(layer(x[:, start:start + size], padding_mask=mask[:, start:start + size], decode=True))
+        outs.append(layer(x[:, start : start + size], padding_mask=mask[:, start : start + size], decode=True))
         start += size
     assert start == x.shape[1]
     return jnp.concatenate(outs, axis=1)
@@ -46,7 +48,7 @@ def test_decode_without_positions_equals_the_parallel_pass(kind):
     """Row 1's left padding runs past the prompt, so some decode steps are padding: only real tokens
     advance the position. The steps of one token and a chunk of three both continue the count."""
     layer = LAYERS[kind](nnx.Rngs(int(jax.random.randint(fresh_key(), (), 0, 1e6))))
-    x, mask = _inputs([14, 7], 14)              # row 1: 7 padding positions, then 7 real tokens
+    x, mask = _inputs([14, 7], 14)  # row 1: 7 padding positions, then 7 real tokens
     parallel = layer(x, padding_mask=mask)
     decoded = _decoded(layer, x, mask, 5, [1, 1, 1, 1, 3, 1, 1])
     real = mask[:, :, None]
@@ -75,7 +77,6 @@ def test_explicit_positions_are_used_as_given_in_decode_mode():
     outs = {}
     for pos in (None, 5, 0):
         layer(x[:, :5], decode=True, prefill=True)
-        outs[pos] = np.asarray(layer(x[:, 5:], decode=True,
-                                     positions=None if pos is None else jnp.full((2, 1), pos)))
+        outs[pos] = np.asarray(layer(x[:, 5:], decode=True, positions=None if pos is None else jnp.full((2, 1), pos)))
     np.testing.assert_array_equal(outs[None], outs[5])
     assert not np.allclose(outs[None], outs[0], atol=1e-4)

@@ -42,21 +42,30 @@ def _softmax_reference(q, k, v, mask, causal):
 @pytest.mark.parametrize("pad", ["none", "left", "right"])
 def test_cosine_layer_is_projections_around_the_op(causal, pad):
     b, t, f = 2, 19, 32
-    layer = CosineAttention(num_heads=4, in_features=f, num_kv_heads=2, causal=causal, use_bias=False,
-                            stabilizer_init=0.3, rngs=nnx.Rngs(int(jax.random.randint(fresh_key(), (), 0, 1e6))))
+    layer = CosineAttention(
+        num_heads=4,
+        in_features=f,
+        num_kv_heads=2,
+        causal=causal,
+        use_bias=False,
+        stabilizer_init=0.3,
+        rngs=nnx.Rngs(int(jax.random.randint(fresh_key(), (), 0, 1e6))),
+    )
     x = jax.random.normal(fresh_key(), (b, t, f))
     mask = padding_mask(pad, b, t)
     q, k, v = _project(layer, x)
-    o = ca.cosine_attention(q, k, v, layer.stabilizer[...], causal=causal, padding_mask=mask,
-                            implementation="reference")
+    o = ca.cosine_attention(
+        q, k, v, layer.stabilizer[...], causal=causal, padding_mask=mask, implementation="reference"
+    )
     assert rel_error(layer(x, padding_mask=mask), _out(layer, o)) <= 1e-5
 
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_softmax_layer_matches_written_out_softmax(causal):
     b, t, f = 2, 17, 32
-    layer = SoftmaxAttention(num_heads=4, in_features=f, num_kv_heads=1, causal=causal, use_bias=False,
-                             rngs=nnx.Rngs(3))
+    layer = SoftmaxAttention(
+        num_heads=4, in_features=f, num_kv_heads=1, causal=causal, use_bias=False, rngs=nnx.Rngs(3)
+    )
     x = jax.random.normal(fresh_key(), (b, t, f))
     mask = padding_mask("right", b, t)
     q, k, v = _project(layer, x)
@@ -69,9 +78,16 @@ def test_softmax_layer_matches_written_out_softmax(causal):
 def test_softmax_layer_implementations_match_the_dense_softmax(implementation, causal, pad):
     """Each implementation switch of the layer (pallas in interpret mode) vs the written-out softmax."""
     b, t, f = 2, 21, 64
-    layer = SoftmaxAttention(num_heads=4, in_features=f, num_kv_heads=2, causal=causal, use_bias=False,
-                             implementation=implementation, interpret=True,
-                             rngs=nnx.Rngs(int(jax.random.randint(fresh_key(), (), 0, 1e6))))
+    layer = SoftmaxAttention(
+        num_heads=4,
+        in_features=f,
+        num_kv_heads=2,
+        causal=causal,
+        use_bias=False,
+        implementation=implementation,
+        interpret=True,
+        rngs=nnx.Rngs(int(jax.random.randint(fresh_key(), (), 0, 1e6))),
+    )
     assert layer.implementation == implementation
     x = jax.random.normal(fresh_key(), (b, t, f))
     mask = padding_mask(pad, b, t)
@@ -90,13 +106,19 @@ def test_softmax_layer_rejects_an_unknown_implementation():
 
 def test_cosine_layer_passes_interpret_to_the_pallas_kernels():
     b, t, f = 2, 32, 32
-    layer = CosineAttention(num_heads=2, in_features=f, causal=True, use_bias=False, implementation="pallas",
-                            interpret=True, rngs=nnx.Rngs(int(jax.random.randint(fresh_key(), (), 0, 1e6))))
+    layer = CosineAttention(
+        num_heads=2,
+        in_features=f,
+        causal=True,
+        use_bias=False,
+        implementation="pallas",
+        interpret=True,
+        rngs=nnx.Rngs(int(jax.random.randint(fresh_key(), (), 0, 1e6))),
+    )
     x = jax.random.normal(fresh_key(), (b, t, f))
     mask = padding_mask("left", b, t)
     q, k, v = _project(layer, x)
-    o = ca.cosine_attention(q, k, v, layer.stabilizer[...], causal=True, padding_mask=mask,
-                            implementation="reference")
+    o = ca.cosine_attention(q, k, v, layer.stabilizer[...], causal=True, padding_mask=mask, implementation="reference")
     assert rel_error(layer(x, padding_mask=mask), _out(layer, o)) <= 1e-5
 
 
@@ -104,13 +126,21 @@ def test_cosine_layer_passes_interpret_to_the_pallas_kernels():
 @pytest.mark.parametrize("implementation", [None, "cudnn", "pallas"])
 def test_softmax_layer_flash_paths_on_gpu(implementation):
     b, t, f = 2, 300, 256
-    layer = SoftmaxAttention(num_heads=4, in_features=f, causal=True, use_bias=False, dtype=jnp.bfloat16,
-                             implementation=implementation, rngs=nnx.Rngs(0))
+    layer = SoftmaxAttention(
+        num_heads=4,
+        in_features=f,
+        causal=True,
+        use_bias=False,
+        dtype=jnp.bfloat16,
+        implementation=implementation,
+        rngs=nnx.Rngs(0),
+    )
     x = jax.random.normal(fresh_key(), (b, t, f))
     mask = padding_mask("left", b, t)
     q, k, v = _project(layer, x.astype(jnp.bfloat16))
-    expected = _out(layer, _softmax_reference(q.astype(jnp.float32), k.astype(jnp.float32),
-                                              v.astype(jnp.float32), mask, True))
+    expected = _out(
+        layer, _softmax_reference(q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32), mask, True)
+    )
     assert rel_error(layer(x, padding_mask=mask), expected) <= 3e-2
 
 
@@ -171,11 +201,13 @@ def test_the_examples_in_the_cosine_attention_docstring_run():
     import doctest
 
     from cottention_jax.layers import cosine
+
     result = doctest.testmod(cosine, verbose=False, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 8 and result.failed == 0, result
 
 
 def test_the_layer_base_is_abstract():
     from cottention_jax.layers import ProjectedAttention
+
     with pytest.raises(TypeError, match="abstract"):
         ProjectedAttention(num_heads=2, in_features=8, rngs=nnx.Rngs(0))

@@ -21,13 +21,17 @@ def _shapes(model):
 @pytest.mark.parametrize("variant", ["taylor2", "taylor2-gate", "taylor2-rms", "linear-elu"])
 def test_layer_is_projections_around_the_op(variant):
     b, t, f = 2, 13, 32
-    layer = RecurrentSoftmaxAttention(num_heads=4, in_features=f, num_kv_heads=2, variant=variant,
-                                      use_bias=False, rngs=nnx.Rngs(0))
+    layer = RecurrentSoftmaxAttention(
+        num_heads=4, in_features=f, num_kv_heads=2, variant=variant, use_bias=False, rngs=nnx.Rngs(0)
+    )
     x = jax.random.normal(fresh_key(), (b, t, f))
     mask = padding_mask("left", b, t)
     proj = lambda lin: jnp.einsum("btf,fhd->bthd", x, lin.kernel[...], precision=HI)  # noqa: E731
-    gate = None if layer.gate is None else jnp.einsum("btf,fhd->bthd", x, layer.gate.kernel[...], precision=HI) \
-        + layer.gate.bias[...]
+    gate = (
+        None
+        if layer.gate is None
+        else jnp.einsum("btf,fhd->bthd", x, layer.gate.kernel[...], precision=HI) + layer.gate.bias[...]
+    )
     o = rs.attention(variant, proj(layer.query), proj(layer.key), proj(layer.value), padding_mask=mask, gate=gate)
     if layer.norm_scale is not None:
         o = o * layer.norm_scale[...]
@@ -56,7 +60,7 @@ def test_variant_gpt_decodes_like_its_parallel_form(attention):
 
 def test_variants_without_an_rnn_state_or_bidirectional_use_are_refused():
     model = GPT(gpt_config("tiny", attention="exp"), rngs=nnx.Rngs(0))
-    assert bool(jnp.all(jnp.isfinite(model(jnp.ones((1, 8), jnp.int32)))))   # trains fine in parallel form
+    assert bool(jnp.all(jnp.isfinite(model(jnp.ones((1, 8), jnp.int32)))))  # trains fine in parallel form
     with pytest.raises(ValueError, match="no finite RNN state"):
         decoding.generate(model, jnp.ones((1, 4), jnp.int32), max_new_tokens=2)
     with pytest.raises(ValueError, match=r"attention must be one of \('cosine', 'softmax'\); got 'taylor2'"):

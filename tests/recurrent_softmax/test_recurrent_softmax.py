@@ -26,6 +26,7 @@ F32_TOL = 2e-5
 
 # ----------------------------------------------------------------------------- independent truth
 
+
 def _np_kernel(variant, qt, ks, scale):
     """kappa(q_t, k_i) for keys ks (n, D), float64, written from the definitions."""
     if variant.feature in ("taylor", "exp"):
@@ -34,11 +35,12 @@ def _np_kernel(variant, qt, ks, scale):
             s = np.minimum(s, variant.clamp)
         if variant.feature == "exp":
             return np.exp(s)
-        return sum(s ** n / math.factorial(n) for n in range(variant.order + 1))
-    phi = {"elu+1": lambda x: np.where(x > 0, x + 1.0, np.exp(np.minimum(x, 0))),
-           "relu": lambda x: np.maximum(x, 0.0),
-           "cosine": lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), variant.eps),
-           }[variant.feature]
+        return sum(s**n / math.factorial(n) for n in range(variant.order + 1))
+    phi = {
+        "elu+1": lambda x: np.where(x > 0, x + 1.0, np.exp(np.minimum(x, 0))),
+        "relu": lambda x: np.maximum(x, 0.0),
+        "cosine": lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), variant.eps),
+    }[variant.feature]
     return scale * phi(ks) @ phi(qt)
 
 
@@ -54,9 +56,9 @@ def _np_denominator(variant, num, den, n):
     if how == "l2":
         return num / max(np.linalg.norm(num), eps)
     if how == "rms":
-        return num / np.sqrt(np.mean(num ** 2) + eps)
-    centred = num - num.mean()                                    # layernorm
-    return centred / np.sqrt(np.mean(centred ** 2) + eps)
+        return num / np.sqrt(np.mean(num**2) + eps)
+    centred = num - num.mean()  # layernorm
+    return centred / np.sqrt(np.mean(centred**2) + eps)
 
 
 def naive(variant, q, k, v, mask=None, gate=None):
@@ -65,8 +67,11 @@ def naive(variant, q, k, v, mask=None, gate=None):
     b, t, h, d = q.shape
     group = h // k.shape[2]
     mask = np.ones((b, t), bool) if mask is None else np.asarray(mask)
-    scale = variant.scale if variant.scale is not None else (
-        1 / math.sqrt(d) if variant.feature in ("taylor", "exp") else 1.0)
+    scale = (
+        variant.scale
+        if variant.scale is not None
+        else (1 / math.sqrt(d) if variant.feature in ("taylor", "exp") else 1.0)
+    )
     out = np.zeros(q.shape[:3] + (v.shape[-1],))
     for bi in range(b):
         for ti in range(t):
@@ -87,7 +92,7 @@ def jnp_numerator_denominator(variant, q, k, v):
     group = q.shape[2] // k.shape[2]
     kr, vr = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
     s = jnp.einsum("bthd,bshd->bhts", q, kr, precision="highest") / math.sqrt(q.shape[-1])
-    w = sum(s ** n / math.factorial(n) for n in range(variant.order + 1))
+    w = sum(s**n / math.factorial(n) for n in range(variant.order + 1))
     w = w * jnp.tril(jnp.ones(s.shape[-2:]))
     return jnp.einsum("bhts,bshe->bthe", w, vr, precision="highest"), jnp.sum(w, -1).transpose(0, 2, 1)
 
@@ -102,8 +107,7 @@ def step_scan(variant, q, k, v, mask=None, gate=None, state=None):
 
     def body(s, xs):
         qt, kt, vt, mt, gt = xs
-        o, s = rs.attention_step(variant, s, qt, kt, vt, padding_mask_t=mt,
-                                 gate_t=None if gate is None else gt)
+        o, s = rs.attention_step(variant, s, qt, kt, vt, padding_mask_t=mt, gate_t=None if gate is None else gt)
         return s, o
 
     xs = (q.swapaxes(0, 1), k.swapaxes(0, 1), v.swapaxes(0, 1), mask.T, gates)
@@ -125,12 +129,13 @@ def _gate(variant, q, dv, per_head=False):
 
 # ----------------------------------------------------------------------------- the softmax limit
 
+
 @pytest.mark.parametrize("heads,kv_heads", [(4, 2), (3, 1)])
 def test_large_order_taylor_matches_softmax(heads, kv_heads):
     """Order 24 with |s| <= 2.5: the truncation error is ~1e-15, so float32 agreement."""
     b, t, d = 2, 13, 8
     q, k, v = _inputs(b, t, heads, kv_heads, d, d)
-    radius = math.sqrt(2.5 * math.sqrt(d))                 # |q| = |k| = radius -> |s| <= 2.5
+    radius = math.sqrt(2.5 * math.sqrt(d))  # |q| = |k| = radius -> |s| <= 2.5
     q = q / jnp.linalg.norm(q, axis=-1, keepdims=True) * radius
     k = k / jnp.linalg.norm(k, axis=-1, keepdims=True) * radius
     expected = jax.nn.dot_product_attention(q, k, v, is_causal=True)
@@ -173,20 +178,44 @@ def test_order_one_is_linear_attention():
 # ----------------------------------------------------------------------------- each variant vs the loop
 
 VARIANT_CASES = [
-    ("taylor1", "none"), ("taylor2", "right"), ("taylor3", "left"), ("taylor4", "none"),
-    ("taylor2-none", "left"), ("taylor2-position", "right"), ("taylor2-l2norm", "left"),
-    ("taylor2-rms", "right"), ("taylor2-layernorm", "left"), ("taylor2-detached", "right"),
-    ("taylor2-gate", "left"), ("taylor2-detached-gate", "none"),
-    ("exp", "right"), ("exp-none", "none"), ("exp-position", "left"), ("exp-l2norm", "right"),
-    ("exp-rms", "none"), ("exp-layernorm", "left"), ("exp-detached", "none"), ("exp-gate", "right"),
-    ("linear-elu", "left"), ("linear-relu", "right"), ("linear-cosine", "left"),
+    ("taylor1", "none"),
+    ("taylor2", "right"),
+    ("taylor3", "left"),
+    ("taylor4", "none"),
+    ("taylor2-none", "left"),
+    ("taylor2-position", "right"),
+    ("taylor2-l2norm", "left"),
+    ("taylor2-rms", "right"),
+    ("taylor2-layernorm", "left"),
+    ("taylor2-detached", "right"),
+    ("taylor2-gate", "left"),
+    ("taylor2-detached-gate", "none"),
+    ("exp", "right"),
+    ("exp-none", "none"),
+    ("exp-position", "left"),
+    ("exp-l2norm", "right"),
+    ("exp-rms", "none"),
+    ("exp-layernorm", "left"),
+    ("exp-detached", "none"),
+    ("exp-gate", "right"),
+    ("linear-elu", "left"),
+    ("linear-relu", "right"),
+    ("linear-cosine", "left"),
 ]
 
 # The recurrent form differs from the parallel one in the kernel, not in the denominator
 # (one `combine` serves both), so it is checked here for every kernel and one denominator;
 # test_parallel_recurrent_step_agree covers more denominators and the gradients.
-RECURRENT_TOO = {"taylor1", "taylor2", "taylor3", "taylor4", "taylor2-layernorm", "linear-elu",
-                 "linear-relu", "linear-cosine"}
+RECURRENT_TOO = {
+    "taylor1",
+    "taylor2",
+    "taylor3",
+    "taylor4",
+    "taylor2-layernorm",
+    "linear-elu",
+    "linear-relu",
+    "linear-cosine",
+}
 
 
 @pytest.mark.parametrize("name,pad", VARIANT_CASES, ids=[f"{n}-{p}" for n, p in VARIANT_CASES])
@@ -222,12 +251,12 @@ def test_clamp_before_series():
     cancel, and float32 then misses the float64 truth by 1e-4 for a quarter of the seeds.
     """
     q, k, v = _inputs(d=8)
-    q = 3 * q                                                 # many scores above the clamp
+    q = 3 * q  # many scores above the clamp
     for variant in (AttentionVariant(order=2, clamp=1.0), AttentionVariant("exp", None, clamp=0.5)):
         out = rs.attention(variant, q, k, v)
         assert rel_error(out, naive(variant, q, k, v)) <= F32_TOL
         unclamped = rs.attention(dataclasses.replace(variant, clamp=None), q, k, v)
-        assert rel_error(out, unclamped) > 1e-2               # the clamp did something
+        assert rel_error(out, unclamped) > 1e-2  # the clamp did something
 
 
 def test_detached_denominator_gradient():
@@ -252,7 +281,7 @@ def test_detached_denominator_gradient():
         assert rel_error(got, want) <= F32_TOL
     for got, want in zip(true, grads(formula, detach=False), strict=True):
         assert rel_error(got, want) <= F32_TOL
-    assert rel_error(detached[0], true[0]) > 1e-3              # the two gradients differ
+    assert rel_error(detached[0], true[0]) > 1e-3  # the two gradients differ
 
 
 # ----------------------------------------------------------------------------- forms agree
@@ -284,14 +313,16 @@ def test_parallel_recurrent_step_agree(case):
     w = jax.random.normal(fresh_key(), q.shape[:3] + (2,))
 
     def loss(q, k, v, gate, form):
-        out, state = rs.attention(variant, q, k, v, padding_mask=mask, gate=gate, form=form,
-                                  chunk_size=chunk, return_state=True)
+        out, state = rs.attention(
+            variant, q, k, v, padding_mask=mask, gate=gate, form=form, chunk_size=chunk, return_state=True
+        )
         return jnp.sum(out * w), (out, state)
 
     argnums = (0, 1, 2, 3) if gate is not None else (0, 1, 2)
-    results = {form: jax.jit(jax.grad(functools.partial(loss, form=form), argnums=argnums,
-                                      has_aux=True))(q, k, v, gate)
-               for form in ("parallel", "recurrent")}
+    results = {
+        form: jax.jit(jax.grad(functools.partial(loss, form=form), argnums=argnums, has_aux=True))(q, k, v, gate)
+        for form in ("parallel", "recurrent")
+    }
     (grads_p, (out_p, state_p)), (grads_r, (out_r, state_r)) = results["parallel"], results["recurrent"]
     # An odd-order series kernel (taylor1: 1 + s) can be negative, so a row's denominator can nearly
     # cancel: its output then leaves the hull of the values (seen: -388 with |v| <= 3) and float32
@@ -315,7 +346,7 @@ def test_states_are_the_papers_tensor_powers():
     mask = padding_mask("right", 2, 8)
     kn, vn, m = (np.asarray(x, np.float64) for x in (k[:, :, 0], v[:, :, 0], mask))
     powers = [np.ones(kn.shape[:2] + (1,)), kn, np.einsum("bti,btj->btij", kn, kn).reshape(2, 8, 9)]
-    phi = np.concatenate(powers, -1) * m[..., None]            # (B, T, 1 + 3 + 9)
+    phi = np.concatenate(powers, -1) * m[..., None]  # (B, T, 1 + 3 + 9)
     for form in ("parallel", "recurrent"):
         _, state = rs.attention(variant, q, k, v, padding_mask=mask, form=form, return_state=True)
         assert state.numerator.shape == (2, 1, 13, 2) and state.numerator.dtype == jnp.float32
@@ -332,15 +363,23 @@ def test_prefill_then_decode(name):
     mask = padding_mask("left", 2, 10)
     full = rs.attention(variant, q, k, v, padding_mask=mask)
     split = 6
-    head, state = rs.attention(variant, q[:, :split], k[:, :split], v[:, :split],
-                               padding_mask=mask[:, :split], return_state=True)
+    head, state = rs.attention(
+        variant, q[:, :split], k[:, :split], v[:, :split], padding_mask=mask[:, :split], return_state=True
+    )
     decode = jax.jit(step_scan, static_argnums=0)
     tail, _ = decode(variant, q[:, split:], k[:, split:], v[:, split:], mask[:, split:], state=state)
     assert rel_error(jnp.concatenate([head, tail], 1), full) <= F32_TOL
     # and a recurrent pass continued from the same state
-    rest = rs.attention(variant, q[:, split:], k[:, split:], v[:, split:],
-                        padding_mask=mask[:, split:], initial_state=state, form="recurrent",
-                        chunk_size=3)
+    rest = rs.attention(
+        variant,
+        q[:, split:],
+        k[:, split:],
+        v[:, split:],
+        padding_mask=mask[:, split:],
+        initial_state=state,
+        form="recurrent",
+        chunk_size=3,
+    )
     assert rel_error(rest, full[:, split:]) <= F32_TOL
 
 
@@ -348,7 +387,7 @@ def test_feature_dims():
     sym = AttentionVariant(order=3)
     full = AttentionVariant(order=3, state_layout="full")
     assert rs.feature_dim(sym, 64) == 1 + 64 + math.comb(65, 2) + math.comb(66, 3) == 47905
-    assert rs.feature_dim(full, 64) == 1 + 64 + 64 ** 2 + 64 ** 3 == 266305
+    assert rs.feature_dim(full, 64) == 1 + 64 + 64**2 + 64**3 == 266305
     assert rs.state_size(full, 64, 64) == 266305 * 65
     assert rs.feature_dim(rs.VARIANTS["linear-relu"], 16) == 16
     with pytest.raises(ValueError, match="exp"):
@@ -356,6 +395,7 @@ def test_feature_dims():
 
 
 # ----------------------------------------------------------------------------- guards, zeros, dtypes
+
 
 def test_odd_order_denominator_crossing_zero_is_guarded():
     """Order 1, scale 1: kernels 1 + s can be negative.
@@ -372,7 +412,7 @@ def test_odd_order_denominator_crossing_zero_is_guarded():
 
     for q2, den in (([-1.5, -0.5], 0.0), ([-2.0, -0.5], -0.5), ([-1.5, -0.5 - 1e-4], -1e-4)):
         q = jnp.asarray([[0.0, 0.0], q2])[None, :, None]
-        s = np.asarray(q2)                                     # s_2i = q_2 . k_i = q2[i]
+        s = np.asarray(q2)  # s_2i = q_2 . k_i = q2[i]
         num = (1 + s[0]) * np.asarray([1.0, 2.0]) + (1 + s[1]) * np.asarray([3.0, -1.0])
         guarded = den if abs(den) >= variant.eps else math.copysign(variant.eps, den if den else 1.0)
         for form in ("parallel", "recurrent"):
@@ -380,14 +420,28 @@ def test_odd_order_denominator_crossing_zero_is_guarded():
             grads, out = jax.jit(grad)(q, k, v)
             np.testing.assert_allclose(out[0, 1, 0], num / guarded, rtol=1e-4)
             assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
-    np.testing.assert_array_equal(rs.safe_denominator(jnp.asarray([0.0, 1e-9, -1e-9, -2.0, 3.0]), 1e-6),
-                                  np.float32([1e-6, 1e-6, -1e-6, -2.0, 3.0]))
+    np.testing.assert_array_equal(
+        rs.safe_denominator(jnp.asarray([0.0, 1e-9, -1e-9, -2.0, 3.0]), 1e-6),
+        np.float32([1e-6, 1e-6, -1e-6, -2.0, 3.0]),
+    )
 
 
 # One variant per feature and per denominator, the odd orders, and both gated ones.
-ZERO_CASES = ["taylor1", "taylor3", "taylor2-none", "taylor2-position", "taylor2-l2norm",
-              "taylor2-rms", "taylor2-layernorm", "taylor2-detached-gate", "taylor2-gate", "exp",
-              "linear-elu", "linear-relu", "linear-cosine"]
+ZERO_CASES = [
+    "taylor1",
+    "taylor3",
+    "taylor2-none",
+    "taylor2-position",
+    "taylor2-l2norm",
+    "taylor2-rms",
+    "taylor2-layernorm",
+    "taylor2-detached-gate",
+    "taylor2-gate",
+    "exp",
+    "linear-elu",
+    "linear-relu",
+    "linear-cosine",
+]
 
 
 @pytest.mark.parametrize("name", ZERO_CASES)
@@ -395,15 +449,15 @@ def test_zero_vectors_and_all_padding_rows_stay_finite(name):
     variant = rs.VARIANTS[name]
     q, k, v = _inputs(b=3, t=5, h=2, kv=1, d=3, dv=2)
     q = q.at[0].set(0.0)
-    k = k.at[0].set(0.0)                                       # row 0: zero queries and keys
-    v = v.at[1].set(0.0)                                       # row 1: zero values
-    mask = jnp.ones((3, 5), bool).at[2].set(False)             # row 2: all padding
+    k = k.at[0].set(0.0)  # row 0: zero queries and keys
+    v = v.at[1].set(0.0)  # row 1: zero values
+    mask = jnp.ones((3, 5), bool).at[2].set(False)  # row 2: all padding
     gate = _gate(variant, q, 2)
     forms = ("parallel", "recurrent") if variant.supports_recurrent else ("parallel",)
 
     def loss(q, k, v, form):
         out = rs.attention(variant, q, k, v, padding_mask=mask, gate=gate, form=form)
-        return jnp.sum(out ** 2), out
+        return jnp.sum(out**2), out
 
     for form in forms:
         grad = jax.grad(functools.partial(loss, form=form), argnums=(0, 1, 2), has_aux=True)
@@ -415,23 +469,36 @@ def test_zero_vectors_and_all_padding_rows_stay_finite(name):
 @pytest.mark.parametrize("name", ["taylor2", "taylor2-l2norm", "linear-elu"])
 def test_bf16_inputs_accumulate_in_float32(name):
     q, k, v = _inputs(b=2, t=40, h=2, kv=2, d=8, dv=8, dtype=jnp.bfloat16)
-    expected = naive(rs.VARIANTS[name], q, k, v)               # float64 on the bf16 values
+    expected = naive(rs.VARIANTS[name], q, k, v)  # float64 on the bf16 values
     for form in ("parallel", "recurrent"):
         out, state = rs.attention(name, q, k, v, form=form, chunk_size=16, return_state=True)
         assert out.dtype == jnp.bfloat16 and state.numerator.dtype == jnp.float32
-        assert rel_error(out, expected) <= 8e-3                # bf16 output rounding only
+        assert rel_error(out, expected) <= 8e-3  # bf16 output rounding only
 
 
 # ----------------------------------------------------------------------------- registry and errors
+
 
 def test_registry_and_gate_flags():
     for name, variant in rs.VARIANTS.items():
         assert rs.resolve_variant(name) is variant
         assert variant.needs_gate == ("gate" in name)
         assert variant.supports_recurrent == (variant.feature != "exp")
-    assert {"taylor1", "taylor2", "taylor4", "taylor2-l2norm", "taylor2-none", "taylor2-position",
-            "taylor2-rms", "taylor2-layernorm", "taylor2-detached", "taylor2-gate", "linear-elu",
-            "linear-relu", "linear-cosine"} <= set(rs.VARIANTS)
+    assert {
+        "taylor1",
+        "taylor2",
+        "taylor4",
+        "taylor2-l2norm",
+        "taylor2-none",
+        "taylor2-position",
+        "taylor2-rms",
+        "taylor2-layernorm",
+        "taylor2-detached",
+        "taylor2-gate",
+        "linear-elu",
+        "linear-relu",
+        "linear-cosine",
+    } <= set(rs.VARIANTS)
     assert rs.VARIANTS["taylor2"].resolved_scale(16) == 0.25
     assert rs.VARIANTS["linear-elu"].resolved_scale(16) == 1.0
 
@@ -440,17 +507,20 @@ def test_every_exported_name_exists():
     assert all(hasattr(rs, name) for name in rs.__all__)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(feature="softmax"), "feature must be one of"),
-    (dict(denominator="sum"), "denominator must be one of"),
-    (dict(order=-1), "order must be an int >= 0"),
-    (dict(order=2.0), "order must be an int >= 0"),
-    (dict(feature="relu"), "order is only used by feature='taylor'"),
-    (dict(feature="relu", order=None, clamp=5.0), "clamp applies to q.k"),
-    (dict(scale=0.0), "scale must be a positive"),
-    (dict(eps=0.0), "eps must be a positive"),
-    (dict(state_layout="packed"), "state_layout must be one of"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(feature="softmax"), "feature must be one of"),
+        (dict(denominator="sum"), "denominator must be one of"),
+        (dict(order=-1), "order must be an int >= 0"),
+        (dict(order=2.0), "order must be an int >= 0"),
+        (dict(feature="relu"), "order is only used by feature='taylor'"),
+        (dict(feature="relu", order=None, clamp=5.0), "clamp applies to q.k"),
+        (dict(scale=0.0), "scale must be a positive"),
+        (dict(eps=0.0), "eps must be a positive"),
+        (dict(state_layout="packed"), "state_layout must be one of"),
+    ],
+)
 def test_bad_variants(kwargs, match):
     with pytest.raises(ValueError, match=match):
         AttentionVariant(**kwargs)
@@ -463,27 +533,34 @@ def test_bad_inputs_name_argument_and_shapes():
         (lambda: rs.attention("taylor9", q, k, v), "variant must be"),
         (lambda: rs.attention("taylor2", q[0], k, v), r"q must have rank 4.*q.shape=\(5, 4, 3\)"),
         (lambda: rs.attention("taylor2", q, k[..., :2], v), r"same head_dim.*k.shape=\(2, 5, 2, 2\)"),
-        (lambda: rs.attention("taylor2", q, k, v[:, :, :1]),
-         r"same number of heads.*v.shape=\(2, 5, 1, 2\)"),
-        (lambda: rs.attention("taylor2", q[:, :, :3], k, v),
-         r"multiple of kv heads of k and v \(2\).*q.shape=\(2, 5, 3, 3\)"),
+        (lambda: rs.attention("taylor2", q, k, v[:, :, :1]), r"same number of heads.*v.shape=\(2, 5, 1, 2\)"),
+        (
+            lambda: rs.attention("taylor2", q[:, :, :3], k, v),
+            r"multiple of kv heads of k and v \(2\).*q.shape=\(2, 5, 3, 3\)",
+        ),
         (lambda: rs.attention("taylor2", q, k[:, :4], v[:, :4]), r"same sequence length.*k.shape=\(2, 4, 2, 3\)"),
         (lambda: rs.attention("taylor2", q, k.astype(jnp.bfloat16), v), "share a dtype"),
         (lambda: rs.attention("taylor2", q.astype(jnp.int32), k, v), "q must be a floating-point"),
-        (lambda: rs.attention("taylor2", q, k, v, padding_mask=jnp.ones((2, 4), bool)),
-         r"padding_mask must be a bool array of shape \(2, 5\).*\(2, 4\)"),
+        (
+            lambda: rs.attention("taylor2", q, k, v, padding_mask=jnp.ones((2, 4), bool)),
+            r"padding_mask must be a bool array of shape \(2, 5\).*\(2, 4\)",
+        ),
         (lambda: rs.attention("taylor2", q, k, v, padding_mask=jnp.ones((2, 5))), "padding_mask.*float32"),
         (lambda: rs.attention("taylor2-gate", q, k, v), "needs gate of shape"),
         (lambda: rs.attention("taylor2", q, k, v, gate=gate), "gate must be None"),
-        (lambda: rs.attention("taylor2-gate", q, k, v, gate=gate[:, :, :2]),
-         r"gate must have shape \(2, 5, 4, 2\).*gate.shape=\(2, 5, 2, 2\)"),
+        (
+            lambda: rs.attention("taylor2-gate", q, k, v, gate=gate[:, :, :2]),
+            r"gate must have shape \(2, 5, 4, 2\).*gate.shape=\(2, 5, 2, 2\)",
+        ),
         (lambda: rs.attention("exp", q, k, v, form="recurrent"), "form='recurrent' needs"),
         (lambda: rs.attention(AttentionVariant(clamp=5.0), q, k, v, form="recurrent"), "clamp=5.0"),
         (lambda: rs.attention("exp", q, k, v, return_state=True), "return_state needs"),
         (lambda: rs.attention("taylor2", q, k, v, form="scan"), "form must be one of"),
         (lambda: rs.attention("taylor2", q, k, v, form="recurrent", chunk_size=0), "chunk_size"),
-        (lambda: rs.attention("taylor2", q, k, v, initial_state=rs.init_state("taylor2", 2, 4, 3, 2)),
-         r"initial_state.numerator must have shape \(2, 2, 10, 2\).*\(2, 4, 10, 2\)"),
+        (
+            lambda: rs.attention("taylor2", q, k, v, initial_state=rs.init_state("taylor2", 2, 4, 3, 2)),
+            r"initial_state.numerator must have shape \(2, 2, 10, 2\).*\(2, 4, 10, 2\)",
+        ),
         (lambda: rs.attention("taylor2", q, k, v, initial_state=(1, 2, 3)), "RecurrentSoftmaxState"),
         (lambda: rs.init_state("exp", 2, 2, 3, 2), "finite RNN state"),
     ]
@@ -498,14 +575,13 @@ def test_bad_step_inputs():
     state = rs.init_state("taylor2", 2, 2, 3, 2)
     bad = [
         (lambda: rs.attention_step("taylor2", state, q[:, None], k, v), r"q_t must have rank 3"),
-        (lambda: rs.attention_step("taylor2", state, q, k[:, :, :2], v),
-         r"same head_dim.*k_t.shape=\(2, 2, 2\)"),
-        (lambda: rs.attention_step("taylor2", state, q, k[:1], v),
-         r"same batch size.*k_t.shape=\(1, 2, 3\)"),
-        (lambda: rs.attention_step("taylor1", state, q, k, v),
-         r"state.numerator must have shape \(2, 2, 4, 2\)"),
-        (lambda: rs.attention_step("taylor2", state, q, k, v, padding_mask_t=jnp.ones((3,), bool)),
-         r"padding_mask_t .*\(2,\).*\(3,\)"),
+        (lambda: rs.attention_step("taylor2", state, q, k[:, :, :2], v), r"same head_dim.*k_t.shape=\(2, 2, 2\)"),
+        (lambda: rs.attention_step("taylor2", state, q, k[:1], v), r"same batch size.*k_t.shape=\(1, 2, 3\)"),
+        (lambda: rs.attention_step("taylor1", state, q, k, v), r"state.numerator must have shape \(2, 2, 4, 2\)"),
+        (
+            lambda: rs.attention_step("taylor2", state, q, k, v, padding_mask_t=jnp.ones((3,), bool)),
+            r"padding_mask_t .*\(2,\).*\(3,\)",
+        ),
         (lambda: rs.attention_step("taylor2-gate", state, q, k, v), "needs gate_t"),
         (lambda: rs.attention_step("exp", state, q, k, v), "finite RNN state"),
     ]
