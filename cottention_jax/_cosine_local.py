@@ -35,6 +35,7 @@ __all__ = [
     "default_implementation",
     "init_cosine_attention_state",
     "normalized_inputs",
+    "pallas_platform",
 ]
 
 Implementation = Literal["reference", "xla", "pallas"]
@@ -176,9 +177,9 @@ def cosine_attention_local(
     check_inputs(q, k, v, stabilizer, causal, padding_mask, initial_state, return_state, stabilize, implementation)
     impl = implementation or default_implementation(causal)
     _check_chunk_size(chunk_size, impl)
-    if impl == "pallas" and causal and not interpret and jax.default_backend() != "gpu":
+    if impl == "pallas" and causal and not interpret and jax.default_backend() not in ("gpu", "tpu"):
         raise ValueError(
-            f"implementation='pallas' needs a GPU (JAX's backend is {jax.default_backend()!r}); "
+            f"implementation='pallas' needs a GPU or a TPU (JAX's backend is {jax.default_backend()!r}); "
             "pass interpret=True to run the kernels on the CPU, or use 'xla'"
         )
     b, t, h, dk = q.shape
@@ -234,16 +235,7 @@ def _causal_linear(q, k, v, stabilizer, padding_mask, state0, stabilize, impl, c
         qn = (qn.astype(jnp.float32) * scale[..., None]).astype(qn.dtype)  # so no unscaled sum is ever an output
     kv0 = state0.kv.astype(jnp.float32)
     if impl == "pallas":
-        from pallas_kernels.cosine_attn import pallas  # noqa: PLC0415  (imports Pallas lazily)
-
-        sizes = None
-        if chunk_size is not None:
-            sizes = dataclasses.replace(
-                pallas.BlockSizes.get_default(q.dtype, q.shape[-1], v.shape[-1]), chunk=chunk_size
-            )
-        out, kv = pallas.causal_linear_attention_pallas(
-            qn, kn, vz, key_scale, kv0, interpret=interpret, block_sizes=sizes
-        )
+        out, kv = _pallas_kernels(qn, kn, vz, key_scale, kv0, chunk_size, interpret)
     else:
         out, kv = _xla.causal_linear_attention_xla(
             qn, kn, vz, key_scale, kv0, _xla.DEFAULT_CHUNK if chunk_size is None else chunk_size
@@ -251,6 +243,34 @@ def _causal_linear(q, k, v, stabilizer, padding_mask, state0, stabilize, impl, c
     out = _ref.poison_reached(out.astype(jnp.float32), bad, causal=True, mask=mask)
     count = state0.count.astype(jnp.int32) + jnp.sum(mask, axis=1, dtype=jnp.int32)
     return out, CosineAttentionState(_ref.poison_state(kv, bad), count)
+
+
+def pallas_platform() -> Literal["gpu", "tpu"]:
+    """Which Pallas kernels `implementation="pallas"` runs: "tpu" (Mosaic) when JAX's backend is a TPU,
+    else "gpu" (Triton; on a GPU, or in interpret mode on the CPU)."""
+    return "tpu" if jax.default_backend() == "tpu" else "gpu"
+
+
+def _pallas_kernels(qn, kn, vz, key_scale, kv0, chunk_size, interpret):
+    """The Pallas kernels of `pallas_platform()`, imported here: Pallas loads only when used."""
+    if pallas_platform() == "tpu":
+        from pallas_kernels.cosine_attn import pallas_tpu  # noqa: PLC0415
+
+        tpu_sizes = None
+        if chunk_size is not None:
+            default = pallas_tpu.TpuBlockSizes.get_default(qn.dtype, qn.shape[-1], vz.shape[-1])
+            tpu_sizes = dataclasses.replace(default, chunk=chunk_size)
+        return pallas_tpu.causal_linear_attention_pallas_tpu(
+            qn, kn, vz, key_scale, kv0, interpret=interpret, block_sizes=tpu_sizes
+        )
+    from pallas_kernels.cosine_attn import pallas  # noqa: PLC0415
+
+    sizes = None
+    if chunk_size is not None:
+        sizes = dataclasses.replace(
+            pallas.BlockSizes.get_default(qn.dtype, qn.shape[-1], vz.shape[-1]), chunk=chunk_size
+        )
+    return pallas.causal_linear_attention_pallas(qn, kn, vz, key_scale, kv0, interpret=interpret, block_sizes=sizes)
 
 
 def _bidirectional_linear(q, k, v, stabilizer, padding_mask):

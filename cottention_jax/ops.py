@@ -83,12 +83,14 @@ def cosine_attention(
       stabilize: "value" (scale v_i by n_i^-p, the paper's form) or "query"
         (scale output row t by n_t^-p).
       implementation: "reference" (quadratic float32 spec), "xla" (chunked
-        prefix scan, linear memory) or "pallas" (GPU kernels); None picks
-        "pallas" for causal attention on GPU and "xla" otherwise.
+        prefix scan, linear memory) or "pallas" (the Pallas kernels: Triton on a
+        GPU, Mosaic on a TPU); None picks "pallas" for causal attention on a GPU
+        and "xla" otherwise (TPUs included, until a TPU measurement says otherwise).
         Bidirectional attention is two matmuls, q^ (K^T V), for xla and pallas.
       chunk_size: chunk length of the xla scan / the Pallas kernels: None (the default, 64)
         or an int >= 1, a power of two >= 16 for pallas; the reference ignores it.
-      interpret: pallas only; run the kernels in Pallas interpret mode (CPU).
+      interpret: pallas only; run the kernels in Pallas interpret mode (CPU): the GPU
+        kernels, or the TPU kernels (TPU interpret mode) when JAX's backend is a TPU.
       sequence_axis: the name of a mesh axis the sequence is split over. When the
         context mesh (`jax.set_mesh`) has this axis with more than one device, the
         sequence-parallel form runs (`cottention_jax.parallel`: each device attends

@@ -20,9 +20,18 @@ Format (version 1):
                 "source": "how the numbers were obtained"}, ...]}
 
 `head_dim` is the padded head dim the kernels see (a power of two >= 16, the
-larger of d_k and d_v). An entry matches a device when its `device` equals the
-device kind or is a substring of it (the shipped "NVIDIA H100" rows, measured on
-an "NVIDIA H100 80GB HBM3", match every H100 variant); failing that,
+larger of d_k and d_v).
+
+Entries for the TPU kernels (`pallas_tpu.py`) say `"backend": "tpu"` and carry
+their own fields: `"chunk"`, `"block_k"` and `"block_v"` (multiples of 128;
+see `pallas_tpu.TpuBlockSizes`) instead of the four GPU launches; their
+`head_dim` is the head dim padded to a multiple of 128. An entry without
+`"backend"` is a GPU entry. The lookup below is the same for both.
+
+An entry matches a device when its `device` equals the device kind or is a
+substring of it (the shipped "NVIDIA H100" rows, measured on an "NVIDIA H100
+80GB HBM3", match every H100 variant; "TPU v5" serves "TPU v5 lite" unless a
+"TPU v5 lite" row exists); failing that,
 an entry measured on a device of the same compute capability is used (same SM
 architecture, e.g. an H200 takes the H100's rows), but only when no table has a
 row for the device itself. float16 takes a bfloat16 entry when it has none of
@@ -44,6 +53,7 @@ __all__ = [
     "ENV_VAR",
     "FORMAT",
     "KERNELS",
+    "TPU_FIELDS",
     "VERSION",
     "find_entry",
     "load_table",
@@ -59,6 +69,7 @@ ENV_VAR = "COTTENTION_KERNEL_TABLE"
 FORMAT, VERSION = "cottention-jax kernel table", 1
 KERNELS = ("forward", "dq", "dk", "dv")
 _LAUNCH_KEYS = ("block", "num_warps", "num_stages")
+TPU_FIELDS = ("chunk", "block_k", "block_v")  # a TPU entry's launch (`"backend": "tpu"`)
 
 
 def shipped_table_path() -> Path:
@@ -91,6 +102,10 @@ def table_paths() -> list[Path]:
 
 def validate_entry(entry: dict, where: str = "entry") -> dict:
     """Raise ValueError unless `entry` has every field of the format with sensible values."""
+    if entry.get("backend", "gpu") not in ("gpu", "tpu"):
+        raise ValueError(f"{where}: backend must be 'gpu' or 'tpu'; got {entry['backend']!r}")
+    if entry.get("backend") == "tpu":
+        return _validate_tpu_entry(entry, where)
     for key in ("device", "dtype", "head_dim", "chunk", *KERNELS):
         if key not in entry:
             raise ValueError(f"{where}: missing field {key!r} (fields: {sorted(entry)})")
@@ -102,6 +117,16 @@ def validate_entry(entry: dict, where: str = "entry") -> dict:
             raise ValueError(f"{where}: {kernel!r} values must be positive integers; got {launch!r}")
     if not (isinstance(entry["head_dim"], int) and isinstance(entry["chunk"], int)):
         raise ValueError(f"{where}: head_dim and chunk must be integers; got {entry['head_dim']!r}, {entry['chunk']!r}")
+    return entry
+
+
+def _validate_tpu_entry(entry: dict, where: str) -> dict:
+    for key in ("device", "dtype", "head_dim", *TPU_FIELDS):
+        if key not in entry:
+            raise ValueError(f"{where}: missing field {key!r} (fields: {sorted(entry)})")
+    values = {k: entry[k] for k in ("head_dim", *TPU_FIELDS)}
+    if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in values.values()):
+        raise ValueError(f"{where}: head_dim, chunk, block_k and block_v must be positive integers; got {values}")
     return entry
 
 
@@ -124,14 +149,19 @@ def load_table(path: str | Path) -> list[dict]:
     return list(_load(str(path), path.stat().st_mtime))
 
 
-def _matches(entry: dict, dtype: str, head_dim: int) -> bool:
-    return entry["dtype"] == dtype and entry["head_dim"] == head_dim
+def _matches(entry: dict, dtype: str, head_dim: int, backend: str) -> bool:
+    return entry.get("backend", "gpu") == backend and entry["dtype"] == dtype and entry["head_dim"] == head_dim
 
 
 def find_entry(
-    device_kind: str, compute_capability: str | None, dtype: str, head_dim: int, paths: list[Path] | None = None
+    device_kind: str,
+    compute_capability: str | None,
+    dtype: str,
+    head_dim: int,
+    paths: list[Path] | None = None,
+    backend: str = "gpu",
 ) -> dict | None:
-    """The best entry for a device, dtype name and padded head dim, or None.
+    """The best entry of `backend` ("gpu" or "tpu") for a device, dtype name and padded head dim, or None.
 
     Preference: a table earlier in `paths` (default `table_paths()`), then the
     device (exact kind, then substring), then the same compute capability;
@@ -150,12 +180,12 @@ def find_entry(
         # 1. a row for this device, in table order; 2. only then one of the same compute capability
         for entries in tables:
             named = sorted(
-                (e for e in entries if _matches(e, wanted, head_dim) and by_name(e)), key=by_name, reverse=True
+                (e for e in entries if _matches(e, wanted, head_dim, backend) and by_name(e)), key=by_name, reverse=True
             )
             if named:
                 return named[0]
         for entries in tables:
-            same_sm = [e for e in entries if _matches(e, wanted, head_dim) and by_architecture(e)]
+            same_sm = [e for e in entries if _matches(e, wanted, head_dim, backend) and by_architecture(e)]
             if same_sm:
                 return same_sm[0]
     return None
@@ -172,8 +202,8 @@ def _load_named(path: Path) -> list[dict]:
 
 
 def merge_entries(old: list[dict], new: list[dict]) -> list[dict]:
-    """`old` with every entry of `new` replacing the one of the same (device, dtype, head_dim)."""
-    key = lambda e: (e["device"], e["dtype"], e["head_dim"])  # noqa: E731
+    """`old` with every entry of `new` replacing the one of the same (backend, device, dtype, head_dim)."""
+    key = lambda e: (e.get("backend", "gpu"), e["device"], e["dtype"], e["head_dim"])  # noqa: E731
     replaced = {key(e) for e in new}
     return [e for e in old if key(e) not in replaced] + list(new)
 
@@ -183,7 +213,7 @@ def write_table(path: str | Path, entries: list[dict]) -> Path:
     path = Path(path)
     for i, e in enumerate(entries):
         validate_entry(e, f"entry {i}")
-    rows = sorted(entries, key=lambda e: (e["device"], e["dtype"], e["head_dim"]))
+    rows = sorted(entries, key=lambda e: (e.get("backend", "gpu"), e["device"], e["dtype"], e["head_dim"]))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps({"format": FORMAT, "version": VERSION, "entries": rows}, indent=1) + "\n")
