@@ -205,6 +205,43 @@ print(json.dumps({"errors": errors, "sharded": "shard_map" in text or "sdy.manua
     assert max(result["errors"].values()) <= F32_TOL, result["errors"]
 
 
+def test_the_layer_runs_the_tpu_kernels_unchanged(on_tpu, monkeypatch):
+    """`CosineAttention(implementation="pallas")` on the TPU kernels equals the same layer (the same
+    parameters) on the reference: output and parameter gradients, with left padding."""
+    from flax import nnx  # noqa: PLC0415
+
+    calls = []
+    kernel = pallas_tpu.causal_linear_attention_pallas_tpu
+    monkeypatch.setattr(
+        pallas_tpu, "causal_linear_attention_pallas_tpu", lambda *a, **kw: calls.append(1) or kernel(*a, **kw)
+    )
+
+    b, t, f = 2, 19, 32
+    layer = ca.CosineAttention(
+        num_heads=2,
+        in_features=f,
+        num_kv_heads=1,
+        causal=True,
+        implementation="pallas",
+        interpret=True,
+        rngs=nnx.Rngs(7),
+    )
+    x = jax.random.normal(fresh_key(), (b, t, f))
+    mask = padding_mask("left", b, t)
+
+    @nnx.jit
+    def loss_and_grads(model):
+        return nnx.value_and_grad(lambda m: jnp.sum(jnp.sin(m(x, padding_mask=mask))))(model)
+
+    value, grads = loss_and_grads(layer)
+    assert calls  # the dispatch reached the TPU kernels
+    layer.implementation, layer.interpret = "reference", False
+    value_ref, grads_ref = loss_and_grads(layer)
+    assert abs(float(value - value_ref)) <= F32_TOL * max(1.0, abs(float(value_ref)))
+    for (path, g), (_, g_ref) in zip(nnx.to_flat_state(grads), nnx.to_flat_state(grads_ref), strict=True):
+        assert rel_error(g[...], g_ref[...]) <= F32_TOL, path
+
+
 # ----------------------------------------------------------------------------- what the backward costs
 
 
