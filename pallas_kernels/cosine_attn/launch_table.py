@@ -1,9 +1,9 @@
 """Tuned launch parameters of the kernels, by device, dtype and padded head dim: a JSON table.
 
 The table that ships with the package (`tuned_block_sizes.json`, beside this
-file) holds the configurations measured on GPUs. `experiments/tune_kernels.py`
-measures a GPU of your own and writes a table in the same format; the kernels
-read, in this order (the first table with a matching entry wins):
+file) holds the configurations measured on GPUs (and reasoned TPU rows, below).
+`experiments/tune_kernels.py` measures a GPU or TPU of your own and writes a table
+in the same format; the kernels read, in this order (the first table with a matching entry wins):
 
   1. the file named by $COTTENTION_KERNEL_TABLE, if set;
   2. the user table, `$XDG_CACHE_HOME/cottention_jax/tuned_block_sizes.json`

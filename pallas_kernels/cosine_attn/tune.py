@@ -1,7 +1,7 @@
-"""Measure each kernel's launch parameters on this device and build a launch-table entry.
+"""Measure the kernels' launch parameters on this device and build a launch-table entry.
 
-Used by `experiments/tune_kernels.py`. For one shape (B, T, H, D, dtype) and
-every chunk size C in the sweep:
+Used by `experiments/tune_kernels.py`. GPU (Triton) kernels: for one shape (B, T, H, D, dtype)
+and every chunk size C in the sweep:
 
   1. every candidate `KernelLaunch` of every kernel (forward, dQ, dK~, dV) is
      compiled and timed alone, on the padded inputs the wrapper would pass it
@@ -16,6 +16,13 @@ every chunk size C in the sweep:
 The segment count of each trial is the one the wrapper would choose if every
 kernel of that pass used the trial's launch; segment-sum kernels (only run
 when segments > 1) are not part of a kernel's time but are part of the end-to-end time.
+
+TPU (Mosaic) kernels (`pallas_tpu.py`): every candidate `TpuBlockSizes` (`tpu_candidates`:
+chunks x block_k x block_v, blocks up to the padded head dim) is timed end to end, forward +
+backward through `causal_linear_attention_pallas_tpu` (`run_tpu_trials`; a launch that fails
+to compile or run is recorded with its error); `rank_tpu_trials` orders the working ones,
+fastest first, and the caller keeps the fastest that `check_block_sizes` finds within
+`tolerance(dtype)` of the float32 reference. `make_entry` builds the `"backend": "tpu"` row.
 """
 
 from __future__ import annotations
@@ -28,17 +35,22 @@ from collections.abc import Iterable, Iterator
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.cosine_attn import _kernels, launch_table, pallas, reference
+from pallas_kernels.cosine_attn import _kernels, launch_table, pallas, pallas_tpu, reference
 
 __all__ = [
     "TuneShape",
     "Trial",
+    "TpuTrial",
     "best_block_sizes",
     "candidate_launches",
     "check_block_sizes",
     "make_entry",
+    "rank_tpu_trials",
     "run_trials",
+    "run_tpu_trials",
     "time_block_sizes",
+    "tolerance",
+    "tpu_candidates",
 ]
 
 _KERNELS = launch_table.KERNELS
@@ -56,7 +68,13 @@ class TuneShape:
 
     @property
     def padded_dim(self) -> int:
+        """The head dim inside the GPU kernels (a power of two >= 16)."""
         return pallas.padded_head_dim(self.head_dim)
+
+    @property
+    def tpu_padded_dim(self) -> int:
+        """The head dim inside the TPU kernels (a multiple of 128)."""
+        return pallas_tpu.tpu_padded_head_dim(self.head_dim)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,21 +211,37 @@ def best_block_sizes(trials: list[Trial]) -> tuple[pallas.BlockSizes, dict[str, 
     return sizes, {name: kernels[name][0] for name in _KERNELS}
 
 
+Sizes = pallas.BlockSizes | pallas_tpu.TpuBlockSizes
+
+
+def _op(sizes: Sizes | None):
+    """The op a launch belongs to: the TPU kernels for a `TpuBlockSizes`, else the GPU kernels."""
+    if isinstance(sizes, pallas_tpu.TpuBlockSizes):
+        return pallas_tpu.causal_linear_attention_pallas_tpu
+    return pallas.causal_linear_attention_pallas
+
+
 def time_block_sizes(
     shape: TuneShape,
-    sizes: pallas.BlockSizes | None,
+    sizes: Sizes | None,
     *,
     interpret: bool = False,
     warmup: int = 2,
     repeats: int = 10,
     max_seconds: float = 2.0,
     seed: int = 0,
+    modes: tuple[str, ...] = ("forward", "fwd_bwd"),
 ) -> dict:
-    """End-to-end median seconds of the op with `sizes`: {"forward": s, "fwd_bwd": s}."""
+    """End-to-end median seconds of the op with `sizes` (a `BlockSizes`, None for the GPU default, or a
+    `TpuBlockSizes`): {"forward": s, "fwd_bwd": s}, the `modes` asked for."""
+    unknown = sorted(set(modes) - {"forward", "fwd_bwd"})
+    if unknown:
+        raise ValueError(f"modes must be 'forward' and / or 'fwd_bwd'; got {unknown}")
     q, k, v, w, s0, do = _inputs(shape, jax.random.PRNGKey(seed))
+    op = _op(sizes)
 
     def forward(q, k, v):
-        return pallas.causal_linear_attention_pallas(q, k, v, w, s0, interpret=interpret, block_sizes=sizes)[0]
+        return op(q, k, v, w, s0, interpret=interpret, block_sizes=sizes)[0]
 
     def fwd_bwd(q, k, v):
         out, vjp = jax.vjp(forward, q, k, v)
@@ -215,44 +249,130 @@ def time_block_sizes(
 
     times = {}
     for name, fn in (("forward", forward), ("fwd_bwd", fwd_bwd)):
-        compiled = jax.jit(fn).lower(q, k, v).compile()
-        times[name] = _median_seconds(compiled, (q, k, v), warmup, repeats, max_seconds)
+        if name in modes:
+            compiled = jax.jit(fn).lower(q, k, v).compile()
+            times[name] = _median_seconds(compiled, (q, k, v), warmup, repeats, max_seconds)
     return times
 
 
 def check_block_sizes(
-    shape: TuneShape, sizes: pallas.BlockSizes, *, interpret: bool = False, seq: int = 1024, seed: int = 1
+    shape: TuneShape, sizes: Sizes, *, interpret: bool = False, seq: int = 1024, seed: int = 1
 ) -> float:
     """Largest relative error (Frobenius) of out, final state and the five gradients vs the
-    float32 reference, on one batch row and two heads of `seq` positions."""
+    float32 reference, on one batch row and two heads of `seq` positions (GPU or TPU kernels,
+    by the type of `sizes`)."""
     small = dataclasses.replace(shape, batch=1, heads=min(shape.heads, 2), seq=min(shape.seq, seq))
     q, k, v, w, s0, do = _inputs(small, jax.random.PRNGKey(seed))
-    fn = lambda *a: pallas.causal_linear_attention_pallas(*a, interpret=interpret, block_sizes=sizes)  # noqa: E731
-    (out, final), vjp = jax.vjp(fn, q, k, v, w, s0)
-    (out_ref, final_ref), vjp_ref = jax.vjp(reference.causal_linear_attention_reference, q, k, v, w, s0)
-    d_final = jnp.ones_like(final)
-    got = [out, final, *vjp((do, d_final))]
-    want = [out_ref, final_ref, *vjp_ref((do.astype(jnp.float32), d_final))]
+    op = _op(sizes)
 
-    def rel(a, e):
-        a, e = a.astype(jnp.float32), e.astype(jnp.float32)
-        return float(jnp.linalg.norm(a - e) / jnp.maximum(jnp.linalg.norm(e), 1e-30))
+    def outputs_and_grads(fn, d_out, *args):
+        (out, final), vjp = jax.vjp(fn, *args)
+        return [out, final, *vjp((d_out, jnp.ones_like(final)))]
 
-    return max(rel(a, e) for a, e in zip(got, want, strict=True))
+    def errors(q, k, v, w, s0, do):  # one program: kernels and reference compile once
+        kernels = lambda *a: op(*a, interpret=interpret, block_sizes=sizes)  # noqa: E731
+        got = outputs_and_grads(kernels, do, q, k, v, w, s0)
+        want = outputs_and_grads(reference.causal_linear_attention_reference, do.astype(jnp.float32), q, k, v, w, s0)
+
+        def rel(a, e):
+            a, e = a.astype(jnp.float32), e.astype(jnp.float32)
+            return jnp.linalg.norm(a - e) / jnp.maximum(jnp.linalg.norm(e), 1e-30)
+
+        return jnp.stack([rel(a, e) for a, e in zip(got, want, strict=True)])
+
+    return float(jnp.max(jax.jit(errors)(q, k, v, w, s0, do)))
 
 
-def make_entry(device: jax.Device, shape: TuneShape, sizes: pallas.BlockSizes, measured: dict, source: str) -> dict:
+def tolerance(dtype) -> float:
+    """The largest `check_block_sizes` error a launch may have: 1e-3 for float32 inputs, 5e-2 for
+    16-bit ones (their MXU operands are rounded to the input dtype)."""
+    return 1e-3 if jnp.dtype(dtype) == jnp.float32 else 5e-2
+
+
+def make_entry(device: jax.Device, shape: TuneShape, sizes: Sizes, measured: dict, source: str) -> dict:
     """A launch-table entry for `device`, the shape's dtype and padded head dim (`device` and
-    `measured_on` are its kind: edit `device` to a prefix to let the row serve a device family)."""
+    `measured_on` are its kind: edit `device` to a prefix to let the row serve a device family).
+    A `TpuBlockSizes` makes a `"backend": "tpu"` row (head dim padded to a multiple of 128)."""
+    target: dict
+    if isinstance(sizes, pallas_tpu.TpuBlockSizes):
+        target = {"head_dim": shape.tpu_padded_dim}
+    else:
+        target = {"compute_capability": getattr(device, "compute_capability", None), "head_dim": shape.padded_dim}
     return launch_table.validate_entry(
         {
             "device": device.device_kind,
             "measured_on": device.device_kind,
-            "compute_capability": getattr(device, "compute_capability", None),
             "dtype": jnp.dtype(shape.dtype).name,
-            "head_dim": shape.padded_dim,
+            **target,
             **sizes.to_entry(),
             "source": source,
             "measured": measured,
         }
     )
+
+
+# ----------------------------------------------------------------------------- TPU (Mosaic) kernels
+
+
+@dataclasses.dataclass(frozen=True)
+class TpuTrial:
+    """One TPU launch: its median forward + backward seconds, or why it has none."""
+
+    sizes: pallas_tpu.TpuBlockSizes
+    seconds: float | None = None
+    error: str | None = None
+
+
+def tpu_candidates(
+    head_dim: int, chunks: Iterable[int] = (128, 256), *, quick: bool = False
+) -> list[pallas_tpu.TpuBlockSizes]:
+    """Every (chunk, block_k, block_v): chunks as given (default 128 and 256, the MXU widths: 128
+    on v4 / v5, 256 on v6e and later); blocks 128, 256 and the whole padded head dim, each dividing
+    it (a whole-dim block reads every input once; smaller ones give more parallel programs and a
+    smaller VMEM state). `quick`: whole-dim blocks only. ValueError for a chunk the kernels refuse."""
+    padded = pallas_tpu.tpu_padded_head_dim(head_dim)
+    blocks = [padded] if quick else sorted({b for b in (128, 256) if padded % b == 0} | {padded})
+    return [
+        pallas_tpu.TpuBlockSizes(chunk=chunk, block_k=bk, block_v=bv)
+        for chunk in dict.fromkeys(chunks)
+        for bk in blocks
+        for bv in blocks
+    ]
+
+
+def run_tpu_trials(
+    shape: TuneShape,
+    candidates: Iterable[pallas_tpu.TpuBlockSizes],
+    *,
+    interpret: bool = False,
+    warmup: int = 2,
+    repeats: int = 10,
+    max_seconds: float = 1.0,
+    seed: int = 0,
+) -> Iterator[TpuTrial]:
+    """Yield a TpuTrial per candidate: forward + backward through `causal_linear_attention_pallas_tpu`
+    (the wrapper's padding included), timed end to end; compile or run errors become TpuTrial.error."""
+    for sizes in candidates:
+        try:
+            seconds = time_block_sizes(
+                shape,
+                sizes,
+                interpret=interpret,
+                warmup=warmup,
+                repeats=repeats,
+                max_seconds=max_seconds,
+                seed=seed,
+                modes=("fwd_bwd",),
+            )["fwd_bwd"]
+            yield TpuTrial(sizes, seconds=seconds)
+        except Exception as err:  # noqa: BLE001  (a launch that cannot compile or run is a result)
+            yield TpuTrial(sizes, error=_error_text(err))
+
+
+def rank_tpu_trials(trials: Iterable[TpuTrial]) -> list[TpuTrial]:
+    """The trials that ran, fastest first; ValueError if none did."""
+    trials = list(trials)
+    ran = sorted((t for t in trials if t.seconds is not None), key=lambda t: t.seconds or 0.0)
+    if not ran:
+        raise ValueError(f"no TPU launch compiled and ran; errors: {sorted({t.error for t in trials if t.error})[:3]}")
+    return ran
