@@ -162,96 +162,19 @@ def _tpu_pallas(sizes, interpret: bool):
 
 
 def measure_tpu(impls, d: int, settings, log=print) -> list[dict]:
-    """Rows for every (impl, mode, seq) at head dim d with pallas = the TPU kernels: the rows, inputs,
-    timing and checks of benchmarks/kernels.py's measure_jax (whose pallas is the GPU kernels).
-    Each (impl, mode, shape) compiles once; the correctness check reuses it where its slice has
-    the shape of a timed row (always in --smoke)."""
-    import jax  # noqa: PLC0415  (JAX starts after FLA's process: see main)
-    import jax.numpy as jnp  # noqa: PLC0415
+    """Rows for every (impl, mode, seq) at head dim d with pallas = the TPU kernels at this device's
+    launch: benchmarks/kernels.py's measure_jax (rows, inputs, timing, checks) with that function."""
+    import jax.numpy as jnp  # noqa: PLC0415  (JAX starts after FLA's process: see main)
 
     from benchmarks import kernels as kb  # noqa: PLC0415
-    from benchmarks.measure import median_time  # noqa: PLC0415
-    from cottention_jax.memory import compiled_bytes  # noqa: PLC0415
     from pallas_kernels.cosine_attn import pallas_tpu  # noqa: PLC0415
 
-    dtype = jnp.dtype(settings.dtype)
-    sizes = pallas_tpu.TpuBlockSizes.get_default(dtype, d, d)
+    sizes = pallas_tpu.TpuBlockSizes.get_default(jnp.dtype(settings.dtype), d, d)
     padded = pallas_tpu.tpu_padded_head_dim(d)
     launch = f"chunk {sizes.chunk}, blocks {min(sizes.block_k, padded)}/{min(sizes.block_v, padded)}"
     variant = {"pallas": f"tpu{' interpret' if settings.smoke else ''}: {launch}"}
-    fns = {i: _tpu_pallas(sizes, settings.smoke) if i == "pallas" else kb._jax_fn(i, settings.smoke) for i in impls}
-    stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
-    limit = (stats or {}).get("bytes_limit")
-    cache: dict = {}
-
-    def compiled(impl, mode, inputs):
-        key = (impl, mode, *((x.shape, x.dtype) for x in inputs))
-        if key not in cache:
-            cache[key] = jax.jit(kb._timed_call(fns[impl], mode)).lower(*inputs).compile()
-        return cache[key]
-
-    rows, failed = [], {}
-    for t in sorted(settings.seqs):
-        inputs = kb._inputs(settings.batch, t, settings.heads, d, dtype, seed=t)
-        for impl in impls:
-            for mode in kb.MODES:
-                row = {
-                    "impl": impl,
-                    "variant": variant.get(impl, ""),
-                    "mode": mode,
-                    "batch": settings.batch,
-                    "seq": t,
-                    "heads": settings.heads,
-                    "head_dim": d,
-                    "dtype": dtype.name,
-                }
-                if (impl, mode) in failed:
-                    row["status"] = f"skipped after {failed[impl, mode]}"
-                elif not kb._fits(impl, t, settings, limit):
-                    row["status"] = "skipped: T x T scores do not fit"
-                else:
-                    try:
-                        call = compiled(impl, mode, inputs)
-                        row["compiled_bytes"] = compiled_bytes(call)
-                        row.update(
-                            median_time(
-                                call,
-                                *inputs,
-                                warmup=settings.warmup,
-                                repeats=settings.repeats,
-                                max_seconds=settings.max_seconds,
-                            )
-                        )
-                        row["status"] = "ok"
-                    except Exception as err:  # noqa: BLE001  (an out-of-memory or lowering failure is a result)
-                        failed[impl, mode] = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
-                        row["status"] = f"error: {failed[impl, mode]}"
-                rows.append(row)
-                log(f"{impl:8s} {mode:8s} d={d} T={t}: {row['status']}")
-        del inputs
-    check = kb._inputs(1, min(512, max(settings.seqs)), min(4, settings.heads), d, dtype, seed=7)
-    for impl in impls:  # correctness, once per (impl, mode), on a small slice (as measure_jax)
-        for mode in kb.MODES:
-            try:
-                got = jax.tree.leaves(compiled(impl, mode, check)(*check))
-                reference = jax.jit(kb._timed_call(kb._reference_fn(impl), mode))
-                want = jax.tree.leaves(reference(*check[:4], check[4].astype(jnp.float32)))
-                error = max(_rel(a, e) for a, e in zip(got, want, strict=True))
-            except Exception:  # noqa: BLE001  (the rows already carry the failure)
-                error = None
-            for row in rows:
-                if row["impl"] == impl and row["mode"] == mode:
-                    row["max_rel_error"] = error
-    cache.clear()
-    return rows
-
-
-def _rel(a, e) -> float:
-    """|a - e| / |e| (Frobenius, float32), as benchmarks/kernels.py's check_error."""
-    import jax.numpy as jnp  # noqa: PLC0415
-
-    a, e = jnp.asarray(a, jnp.float32), jnp.asarray(e, jnp.float32)
-    return float(jnp.linalg.norm(a - e) / jnp.maximum(jnp.linalg.norm(e), 1e-30))
+    fns = {"pallas": _tpu_pallas(sizes, settings.smoke)}
+    return kb.measure_jax(impls, d, settings, log=log, fns=fns, variants=variant)
 
 
 def tpu_vs_xla(rows: list[dict]) -> list[dict]:

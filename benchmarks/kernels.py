@@ -175,11 +175,12 @@ def _timed_call(fn, mode):
     return fwd_bwd
 
 
-def check_error(impl: str, mode: str, d: int, settings: BenchSettings) -> float:
+def check_error(impl: str, mode: str, d: int, settings: BenchSettings, fn=None) -> float:
     """Max relative error (Frobenius) of out or (dq, dk, dv) vs the float32 reference, on a slice
-    (batch 1, <= 512 positions, <= 4 heads) so the check costs little at any benchmark size."""
+    (batch 1, <= 512 positions, <= 4 heads) so the check costs little at any benchmark size.
+    `fn` (q, k, v, key_scale) -> out replaces impl's own function (e.g. the TPU kernels)."""
     q, k, v, w, do = _inputs(1, min(512, max(settings.seqs)), min(4, settings.heads), d, settings.dtype, seed=7)
-    got = jax.jit(_timed_call(_jax_fn(impl, settings.smoke), mode))(q, k, v, w, do)
+    got = jax.jit(_timed_call(fn or _jax_fn(impl, settings.smoke), mode))(q, k, v, w, do)
     want = jax.jit(_timed_call(_reference_fn(impl), mode))(q, k, v, w, do.astype(jnp.float32))
     got, want = jax.tree.leaves(got), jax.tree.leaves(want)
 
@@ -196,7 +197,9 @@ def _fits(impl: str, t: int, settings: BenchSettings, limit: int | None) -> bool
     return not (quadratic and limit and 4.0 * settings.batch * settings.heads * t * t * 4 > 0.6 * limit)
 
 
-def measure_jax(impls, d: int, settings: BenchSettings, log=print) -> list[dict]:
+def measure_jax(
+    impls, d: int, settings: BenchSettings, log=print, fns: dict | None = None, variants: dict | None = None
+) -> list[dict]:
     """Rows for every (impl, mode, seq) at head dim d, in one process.
 
     For each sequence length the inputs are made once and shared; each (impl, mode)
@@ -204,6 +207,8 @@ def measure_jax(impls, d: int, settings: BenchSettings, log=print) -> list[dict]
     one executable), then timed. After an (impl, mode) fails (e.g. out of memory) its
     longer sequences are skipped. Memory is XLA's buffer assignment of the call
     (arguments + outputs + temporaries), exact per call without a process per row.
+    `fns` / `variants` replace an impl's function (q, k, v, key_scale) -> out and its label
+    (bench_kernels.py's TPU kernels as "pallas").
     """
     dtype = jnp.dtype(settings.dtype)
     stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
@@ -211,8 +216,9 @@ def measure_jax(impls, d: int, settings: BenchSettings, log=print) -> list[dict]
     variant = {
         "softmax": "xla" if settings.smoke or jax.default_backend() != "gpu" else "cudnn",
         "pallas": "interpret" if settings.smoke else "tuned defaults",
+        **(variants or {}),
     }
-    fns = {impl: _jax_fn(impl, settings.smoke) for impl in impls}
+    fns = {impl: (fns or {}).get(impl) or _jax_fn(impl, settings.smoke) for impl in impls}
     rows, failed = [], {}
     for t in sorted(settings.seqs):
         inputs = _inputs(settings.batch, t, settings.heads, d, dtype, seed=t)
@@ -256,7 +262,7 @@ def measure_jax(impls, d: int, settings: BenchSettings, log=print) -> list[dict]
     for impl in impls:  # correctness, once per (impl, mode), on a small slice
         for mode in MODES:
             try:
-                error = check_error(impl, mode, d, settings)
+                error = check_error(impl, mode, d, settings, fns[impl])
             except Exception:  # noqa: BLE001  (the rows already carry the failure)
                 error = None
             for row in rows:
