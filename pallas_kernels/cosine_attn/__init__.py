@@ -5,7 +5,7 @@ pallas.causal_linear_attention_pallas, pallas_tpu.causal_linear_attention_pallas
 same results).
 
 reference.py  the quadratic float32 specification (the truth every other form is tested against)
-xla.py        chunked prefix scan in jnp + lax.scan with a two-sweep custom_vjp (any backend)
+xla.py        chunked prefix sum in jnp (every chunk state at once) with a custom_vjp (any backend)
 pallas.py     the same chunked algorithm as Pallas (Triton) GPU kernels (_kernels.py: their bodies)
 pallas_tpu.py the same algorithm as Pallas TPU (Mosaic) kernels, state in VMEM (_tpu_kernels.py: their bodies)
 launch_table.py  the kernels' tuned launch parameters by device, dtype and head dim (a JSON table)
