@@ -83,9 +83,22 @@ def _scale_spec(chunk: int, index_map) -> pl.BlockSpec:
     )
 
 
+def _is_row(c, shape) -> jax.Array:
+    """(8, C) mask of chunk c's row in its block of scales."""
+    return lax.broadcasted_iota(jnp.int32, shape, 0) == c % SCALE_ROWS
+
+
 def _row(ref, c) -> jax.Array:
-    """Chunk c's scales from an (8, C) block as a (1, C) row."""
-    return ref[pl.ds(c % SCALE_ROWS, 1), :]
+    """Chunk c's scales from an (8, C) block as a (1, C) row (a masked sum over the sublanes: no
+    dynamic sublane index, which Mosaic supports less widely than whole-tile vector work)."""
+    block = ref[...]
+    return jnp.sum(jnp.where(_is_row(c, block.shape), block, 0.0), axis=0, keepdims=True)
+
+
+def _set_row(ref, c, row: jax.Array) -> None:
+    """Write a (1, C) row as chunk c's row of an (8, C) output block (the other rows kept)."""
+    block = ref[...]
+    ref[...] = jnp.where(_is_row(c, block.shape), jnp.broadcast_to(row, block.shape), block)
 
 
 def _column(row: jax.Array) -> jax.Array:
@@ -232,7 +245,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, w_ref, do_ref, ds_ref, dk_ref, dv_ref, dw_r
     dv += _mm(a.astype(do.dtype), do, _TN, precision)
     dk_ref[...] = (dkt * w).astype(dk_ref.dtype)
     dv_ref[...] = dv.astype(dv_ref.dtype)
-    dw_ref[pl.ds(chunk % SCALE_ROWS, 1), :] = _as_row(jnp.sum(dkt * k.astype(_F32), axis=1, keepdims=True))  # <dK~, k>
+    _set_row(dw_ref, chunk, _as_row(jnp.sum(dkt * k.astype(_F32), axis=1, keepdims=True)))  # <dK~, k> per row
     g_ref[...] = g + _mm(q, do, _TN, precision)
 
     @pl.when(c == pl.num_programs(2) - 1)
