@@ -172,23 +172,44 @@ def _complete_checkpoints(workdir):
     return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.exists() else []
 
 
-def _assert_rerun_continues_exactly(interrupted, clean, data_dir, steps: int, resumed_from: int, env) -> None:
-    """Rerun the interrupted workdir to the end, and train `clean` uninterrupted: every step is logged once
-    and the losses after `resumed_from` are the same, bit for bit."""
+SIGNAL_STEPS = 60  # the interrupted runs below: long enough that a signal or SIGKILL lands mid-run
+
+
+def _train_losses(workdir) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(Path(workdir) / "metrics.jsonl") if r["split"] == "train"}
+
+
+@pytest.fixture(scope="module")
+def clean_losses(data_dir, tmp_path_factory):
+    """The uninterrupted run's train losses, trained once for the module: the SIGKILL and signal tests
+    all compare their resumed runs to the same command (same config, data and seed), so one clean run
+    serves them all (it would be bit for bit the same each time)."""
+    cache: dict[int, dict[int, float]] = {}
+
+    def losses(steps: int, env) -> dict[int, float]:
+        if steps not in cache:
+            clean = tmp_path_factory.mktemp("clean")
+            subprocess.run(_train_cmd(clean, data_dir, steps), env=env, check=True, capture_output=True)
+            cache[steps] = _train_losses(clean)
+        return cache[steps]
+
+    return losses
+
+
+def _assert_rerun_continues_exactly(interrupted, clean_losses, data_dir, steps: int, resumed_from: int, env) -> None:
+    """Rerun the interrupted workdir to the end, and compare with the uninterrupted run (`clean_losses`):
+    every step is logged once and the losses after `resumed_from` are the same, bit for bit."""
     subprocess.run(_train_cmd(interrupted, data_dir, steps), env=env, check=True, capture_output=True)
-    subprocess.run(_train_cmd(clean, data_dir, steps), env=env, check=True, capture_output=True)
-    losses = [
-        {r["step"]: r["loss"] for r in read_metrics(d / "metrics.jsonl") if r["split"] == "train"}
-        for d in (interrupted, clean)
-    ]
+    losses = [_train_losses(interrupted), clean_losses(steps, env)]
     assert sorted(losses[0]) == list(range(1, steps + 1))
+    assert sorted(losses[1]) == list(range(1, steps + 1))
     after = range(resumed_from + 1, steps + 1)
     assert [losses[0][s] for s in after] == [losses[1][s] for s in after]
 
 
-def test_sigkill_then_resume_gives_the_same_losses(data_dir, tmp_path):
-    steps = 200
-    killed, clean = tmp_path / "killed", tmp_path / "clean"
+def test_sigkill_then_resume_gives_the_same_losses(data_dir, clean_losses, tmp_path):
+    steps = SIGNAL_STEPS  # killed once checkpoint 20 is complete: 40 steps still to go
+    killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         _train_cmd(killed, data_dir, steps),
@@ -208,16 +229,18 @@ def test_sigkill_then_resume_gives_the_same_losses(data_dir, tmp_path):
     assert not (killed / "summary.json").exists()
     resumed_from = max(_complete_checkpoints(killed))
 
-    _assert_rerun_continues_exactly(killed, clean, data_dir, steps, resumed_from, env)
+    _assert_rerun_continues_exactly(killed, clean_losses, data_dir, steps, resumed_from, env)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_between_checkpoints_saves_that_step_and_the_rerun_continues_exactly(signum, data_dir, tmp_path):
+def test_a_signal_between_checkpoints_saves_that_step_and_the_rerun_continues_exactly(
+    signum, data_dir, clean_losses, tmp_path
+):
     """SIGTERM (a preemption notice) or SIGINT at a step between checkpoints: the run saves that step,
     releases the lock and exits 128 + signum with one line; the rerun's losses equal an uninterrupted run's."""
-    steps = 60
-    stopped, clean = tmp_path / "stopped", tmp_path / "clean"
+    steps = SIGNAL_STEPS
+    stopped = tmp_path / "stopped"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         _train_cmd(stopped, data_dir, steps), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -237,7 +260,7 @@ def test_a_signal_between_checkpoints_saves_that_step_and_the_rerun_continues_ex
     assert interrupted >= 12 and interrupted in _complete_checkpoints(stopped)
     assert not (stopped / LOCK_FILE).exists() and not (stopped / "summary.json").exists()
 
-    _assert_rerun_continues_exactly(stopped, clean, data_dir, steps, interrupted, env)
+    _assert_rerun_continues_exactly(stopped, clean_losses, data_dir, steps, interrupted, env)
 
 
 def test_sharded_training_step_equals_single_device(data_dir):
