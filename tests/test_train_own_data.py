@@ -116,10 +116,12 @@ def test_generate_decodes_with_the_runs_own_tokenizer(tmp_path, rng, capsys):
     record = json.loads(capsys.readouterr().out)
     model = cottention_jax.load_model(run)
     ids = tokenizer.encode(prompt)
-    for _ in range(6):  # greedy: a full parallel forward per token
-        ids.append(int(jnp.argmax(model(jnp.asarray([ids]))[0, -1])))
-    assert record["tokens"] == ids[-6:]
-    assert record["completion"] == tokenizer.decode(ids[-6:])
+    # greedy, checked with one parallel (causal) forward over prompt + completion: each generated token is
+    # the argmax of the logits at the position before it
+    logits = model(jnp.asarray([ids + record["tokens"]]))[0]
+    assert len(record["tokens"]) == 6
+    assert record["tokens"] == [int(t) for t in jnp.argmax(logits[len(ids) - 1 : -1], axis=-1)]
+    assert record["completion"] == tokenizer.decode(record["tokens"])
     # The run keeps its tokenizer's fingerprint: a tokenizer.json replaced afterwards is refused, not used.
     shipped.save(run / "tokenizer.json")
     with pytest.raises(cottention_jax.data.CorruptDataError, match="changed"):
