@@ -1,32 +1,35 @@
 """The Pallas TPU (Mosaic) kernels behind `pallas_tpu.causal_linear_attention_pallas_tpu`.
 
-Three kernels, each a `pallas_call` whose last grid axis walks the chunks of one
-(batch, query head) in order ("arbitrary": sequential on one core) while the
-leading axes are independent ("parallel": split across a megacore's cores).
-The running d x d state lives in a float32 VMEM scratch across the chunk axis
-and never reaches HBM; Pallas pipelines the chunk blocks (prefetching chunk
-c + 1 while chunk c computes).
+Three kernels, each a `pallas_call` whose grid walks, for one (batch, kv head, head-dim
+block), the chunks in order and within each chunk the G query heads of the kv head's
+group ("arbitrary" axes: sequential on one core); the leading axes are independent
+("parallel": split across a megacore's cores). The G running d x d states live in a
+float32 VMEM scratch and never reach HBM. A block whose index does not change between
+consecutive grid steps is not fetched again, so each chunk of k and v is read once per
+kv head, not once per query head, and the dkv kernel sums dk and dv over the group in
+VMEM before writing them once per kv head. Pallas pipelines the blocks (prefetching
+the next step's while this one computes).
 
-  forward  grid (B, H, Dv/BV, NC): S[:, v-block] (Dk, BV)
+  forward  grid (B, KV, Dv/BV, NC, G): S_h[:, v-block] (Dk, BV) per query head
            O_c = Q_c S + ((Q_c K~_c^T) * M) V_c;   S += K~_c^T V_c
-  dq       grid (B, H, Dk/BK, NC): S[k-block, :] (BK, Dv)
+  dq       grid (B, KV, Dk/BK, NC, G): S_h[k-block, :] (BK, Dv)
            dQ_c = dO_c S^T + ((dO_c V_c^T) * M) K~_c;   S += K~_c^T V_c
-  dkv      grid (B, H, NC), chunks in reverse: G (Dk, Dv), from dS_T
+  dkv      grid (B, KV, NC, G), chunks in reverse: G_h (Dk, Dv), from dS_T
            dK~_c = V_c G^T + ((dO_c V_c^T) * M)^T Q_c;   dV_c = K~_c G + ((Q_c K~_c^T) * M)^T dO_c
            G += Q_c^T dO_c;   at the end dS0 = G
 
-with K~_c = key_scale_c * K_c and M the in-chunk causal mask (row t sees
-columns s <= t). The dkv kernel also gives d key_scale = <dK~, k> per row and
-dk = key_scale * dK~ per query head (summed over a GQA group by the caller).
+with K~_c = key_scale_c * K_c (the scale of query head h) and M the in-chunk causal
+mask (row t sees columns s <= t). The dkv kernel also gives d key_scale = <dK~, k> per
+row, and dk = sum over the group of key_scale * dK~, dv = sum over the group of dV.
 
 Layouts (pallas_tpu.py pads and reshapes; every reshape is free):
   q, dO, out, dq:  (B, Tp, H * Dkp) or (B, Tp, H * Dvp): head h is lane block h
-  k, v:            (B, Tp, KV * Dkp), (B, Tp, KV * Dvp): query head h reads kv head h // G
+  k, v, dk, dv:    (B, Tp, KV * Dkp), (B, Tp, KV * Dvp): query head h = kv G + g reads kv head kv
   key_scale, dw:   (B, H, NCp, C) float32, lane-dense: row c is chunk c's scales; a block holds
-                   8 rows (8 chunks), so it is fetched (written) once per 8 chunks
+                   the group's G heads x 8 rows (8 chunks), fetched (written) once per 8 chunks
                    (NCp = NC rounded up to a multiple of 8; a (T, 1) column would be padded
                    to 128 lanes in HBM)
-  states:          (B, H, Dkp, Dvp) float32
+  states:          (B, H, Dkp, Dvp) float32, a block of G heads per kv head
 Head dims are padded to multiples of 128 (the lane width), so every block's
 last dim is a multiple of 128 and its second-to-last (the chunk C) a multiple
 of 16: the tiles Mosaic needs for float32 and bfloat16.
@@ -47,6 +50,7 @@ from jax.experimental.pallas import tpu as pltpu
 _F32 = jnp.float32
 _NT = (((1,), (1,)), ((), ()))  # a @ b^T
 _TN = (((0,), (0,)), ((), ()))  # a^T @ b
+_NN = (((1,), (0,)), ((), ()))  # a @ b
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,11 +80,15 @@ def _causal(a: jax.Array) -> jax.Array:
 SCALE_ROWS = 8  # chunks per key_scale block: the sublane count of a float32 tile
 
 
-def _scale_spec(chunk: int, index_map) -> pl.BlockSpec:
-    """key_scale / dw blocks: 8 chunks' rows of (B, H, NCp, C); `index_map` gives the chunk."""
-    return pl.BlockSpec(
-        (None, None, SCALE_ROWS, chunk), lambda *g: (*index_map(*g)[:2], index_map(*g)[2] // SCALE_ROWS, 0)
-    )
+def _scale_spec(group: int, chunk: int, index_map) -> pl.BlockSpec:
+    """key_scale / dw blocks of (B, H, NCp, C): the G heads of a kv head x 8 chunks' rows.
+    `index_map` gives (batch, kv head, chunk)."""
+
+    def blocks(*grid):
+        b, kv, c = index_map(*grid)
+        return b, kv, c // SCALE_ROWS, 0
+
+    return pl.BlockSpec((None, group, SCALE_ROWS, chunk), blocks)
 
 
 def _is_row(c, shape) -> jax.Array:
@@ -88,17 +96,15 @@ def _is_row(c, shape) -> jax.Array:
     return lax.broadcasted_iota(jnp.int32, shape, 0) == c % SCALE_ROWS
 
 
-def _row(ref, c) -> jax.Array:
+def _row(block: jax.Array, c) -> jax.Array:
     """Chunk c's scales from an (8, C) block as a (1, C) row (a masked sum over the sublanes: no
     dynamic sublane index, which Mosaic supports less widely than whole-tile vector work)."""
-    block = ref[...]
     return jnp.sum(jnp.where(_is_row(c, block.shape), block, 0.0), axis=0, keepdims=True)
 
 
-def _set_row(ref, c, row: jax.Array) -> None:
-    """Write a (1, C) row as chunk c's row of an (8, C) output block (the other rows kept)."""
-    block = ref[...]
-    ref[...] = jnp.where(_is_row(c, block.shape), jnp.broadcast_to(row, block.shape), block)
+def _with_row(block: jax.Array, c, row: jax.Array) -> jax.Array:
+    """The (8, C) block with chunk c's row replaced by `row` (1, C)."""
+    return jnp.where(_is_row(c, block.shape), jnp.broadcast_to(row, block.shape), block)
 
 
 def _column(row: jax.Array) -> jax.Array:
@@ -127,53 +133,50 @@ def _params(*semantics: Literal["parallel", "arbitrary"]) -> pltpu.CompilerParam
 
 
 def _forward_kernel(q_ref, k_ref, v_ref, w_ref, s0_ref, o_ref, s_out_ref, s_ref, *, precision):
-    c = pl.program_id(3)
+    c, g = pl.program_id(3), pl.program_id(4)  # chunk, query head in the group
 
     @pl.when(c == 0)
     def _():
-        s_ref[...] = s0_ref[...]
+        s_ref[g] = s0_ref[g]
 
     q, k, v = q_ref[...], k_ref[...], v_ref[...]  # (C, Dk), (C, Dk), (C, BV)
-    kt = (k.astype(_F32) * _column(_row(w_ref, c))).astype(k.dtype)  # K~_c: (C, Dk)
+    kt = (k.astype(_F32) * _column(_row(w_ref[g], c))).astype(k.dtype)  # K~_c: (C, Dk)
     a = _causal(_mm(q, kt, _NT, precision))  # (C, C)
-    s = s_ref[...]  # S_c: (Dk, BV) float32
-    out = _mm(q, s.astype(q.dtype), (((1,), (0,)), ((), ())), precision)
-    out += _mm(a.astype(v.dtype), v, (((1,), (0,)), ((), ())), precision)
+    s = s_ref[g]  # S_c: (Dk, BV) float32
+    out = _mm(q, s.astype(q.dtype), _NN, precision) + _mm(a.astype(v.dtype), v, _NN, precision)
     o_ref[...] = out.astype(o_ref.dtype)
-    s_ref[...] = s + _mm(kt, v, _TN, precision)  # S_{c+1}
+    s_ref[g] = s + _mm(kt, v, _TN, precision)  # S_{c+1}
 
     @pl.when(c == pl.num_programs(3) - 1)
     def _():
-        s_out_ref[...] = s_ref[...]
+        s_out_ref[g] = s_ref[g]
 
 
 def forward(q, k, v, w, s0, plan: TpuPlan, interpret: bool):
     """out (B, Tp, H*Dvp) in q.dtype, S_T (B, H, Dkp, Dvp) float32."""
-    b, tp, h, dkp = q.shape[0], q.shape[1], s0.shape[1], s0.shape[2]
-    dvp = s0.shape[3]
+    b, tp, h, dkp, dvp = q.shape[0], q.shape[1], s0.shape[1], s0.shape[2], s0.shape[3]
     c, g, bv = plan.chunk, plan.group, plan.block_v
     nv = dvp // bv
-    grid = (b, h, nv, plan.n_chunks)
     return pl.pallas_call(
         functools.partial(_forward_kernel, precision=plan.precision),
-        grid=grid,
+        grid=(b, h // g, nv, plan.n_chunks, g),
         in_specs=[
-            pl.BlockSpec((None, c, dkp), lambda i, j, n, t: (i, t, j)),
-            pl.BlockSpec((None, c, dkp), lambda i, j, n, t: (i, t, j // g)),
-            pl.BlockSpec((None, c, bv), lambda i, j, n, t: (i, t, (j // g) * nv + n)),
-            _scale_spec(c, lambda i, j, n, t: (i, j, t)),
-            pl.BlockSpec((None, None, dkp, bv), lambda i, j, n, t: (i, j, 0, n)),
+            pl.BlockSpec((None, c, dkp), lambda i, j, n, t, e: (i, t, j * g + e)),
+            pl.BlockSpec((None, c, dkp), lambda i, j, n, t, e: (i, t, j)),
+            pl.BlockSpec((None, c, bv), lambda i, j, n, t, e: (i, t, j * nv + n)),
+            _scale_spec(g, c, lambda i, j, n, t, e: (i, j, t)),
+            pl.BlockSpec((None, g, dkp, bv), lambda i, j, n, t, e: (i, j, 0, n)),
         ],
         out_specs=[
-            pl.BlockSpec((None, c, bv), lambda i, j, n, t: (i, t, j * nv + n)),
-            pl.BlockSpec((None, None, dkp, bv), lambda i, j, n, t: (i, j, 0, n)),
+            pl.BlockSpec((None, c, bv), lambda i, j, n, t, e: (i, t, (j * g + e) * nv + n)),
+            pl.BlockSpec((None, g, dkp, bv), lambda i, j, n, t, e: (i, j, 0, n)),
         ],
         out_shape=[
             jax.ShapeDtypeStruct((b, tp, h * dvp), q.dtype),
             jax.ShapeDtypeStruct((b, h, dkp, dvp), _F32),
         ],
-        scratch_shapes=[pltpu.VMEM((dkp, bv), _F32)],
-        compiler_params=_params("parallel", "parallel", "parallel", "arbitrary"),
+        scratch_shapes=[pltpu.VMEM((g, dkp, bv), _F32)],
+        compiler_params=_params("parallel", "parallel", "parallel", "arbitrary", "arbitrary"),
         interpret=_interpret(interpret),
         name="cosine_attn_tpu_forward",
     )(q, k, v, w, s0)
@@ -183,20 +186,19 @@ def forward(q, k, v, w, s0, plan: TpuPlan, interpret: bool):
 
 
 def _dq_kernel(k_ref, v_ref, w_ref, do_ref, s0_ref, dq_ref, s_ref, *, precision):
-    c = pl.program_id(3)
+    c, g = pl.program_id(3), pl.program_id(4)
 
     @pl.when(c == 0)
     def _():
-        s_ref[...] = s0_ref[...]
+        s_ref[g] = s0_ref[g]
 
     k, v, do = k_ref[...], v_ref[...], do_ref[...]  # (C, BK), (C, Dv), (C, Dv)
-    kt = (k.astype(_F32) * _column(_row(w_ref, c))).astype(k.dtype)  # K~_c[:, k-block]
+    kt = (k.astype(_F32) * _column(_row(w_ref[g], c))).astype(k.dtype)  # K~_c[:, k-block]
     p = _causal(_mm(do, v, _NT, precision))  # (dO_c V_c^T) * M: (C, C)
-    s = s_ref[...]  # S_c[k-block, :]: (BK, Dv)
-    dq = _mm(do, s.astype(do.dtype), _NT, precision)
-    dq += _mm(p.astype(kt.dtype), kt, (((1,), (0,)), ((), ())), precision)
+    s = s_ref[g]  # S_c[k-block, :]: (BK, Dv)
+    dq = _mm(do, s.astype(do.dtype), _NT, precision) + _mm(p.astype(kt.dtype), kt, _NN, precision)
     dq_ref[...] = dq.astype(dq_ref.dtype)
-    s_ref[...] = s + _mm(kt, v, _TN, precision)
+    s_ref[g] = s + _mm(kt, v, _TN, precision)
 
 
 def backward_dq(k, v, w, do, s0, plan: TpuPlan, interpret: bool):
@@ -206,18 +208,18 @@ def backward_dq(k, v, w, do, s0, plan: TpuPlan, interpret: bool):
     nk = dkp // bk
     return pl.pallas_call(
         functools.partial(_dq_kernel, precision=plan.precision),
-        grid=(b, h, nk, plan.n_chunks),
+        grid=(b, h // g, nk, plan.n_chunks, g),
         in_specs=[
-            pl.BlockSpec((None, c, bk), lambda i, j, n, t: (i, t, (j // g) * nk + n)),
-            pl.BlockSpec((None, c, dvp), lambda i, j, n, t: (i, t, j // g)),
-            _scale_spec(c, lambda i, j, n, t: (i, j, t)),
-            pl.BlockSpec((None, c, dvp), lambda i, j, n, t: (i, t, j)),
-            pl.BlockSpec((None, None, bk, dvp), lambda i, j, n, t: (i, j, n, 0)),
+            pl.BlockSpec((None, c, bk), lambda i, j, n, t, e: (i, t, j * nk + n)),
+            pl.BlockSpec((None, c, dvp), lambda i, j, n, t, e: (i, t, j)),
+            _scale_spec(g, c, lambda i, j, n, t, e: (i, j, t)),
+            pl.BlockSpec((None, c, dvp), lambda i, j, n, t, e: (i, t, j * g + e)),
+            pl.BlockSpec((None, g, bk, dvp), lambda i, j, n, t, e: (i, j, n, 0)),
         ],
-        out_specs=pl.BlockSpec((None, c, bk), lambda i, j, n, t: (i, t, j * nk + n)),
+        out_specs=pl.BlockSpec((None, c, bk), lambda i, j, n, t, e: (i, t, (j * g + e) * nk + n)),
         out_shape=jax.ShapeDtypeStruct((b, tp, h * dkp), k.dtype),
-        scratch_shapes=[pltpu.VMEM((bk, dvp), _F32)],
-        compiler_params=_params("parallel", "parallel", "parallel", "arbitrary"),
+        scratch_shapes=[pltpu.VMEM((g, bk, dvp), _F32)],
+        compiler_params=_params("parallel", "parallel", "parallel", "arbitrary", "arbitrary"),
         interpret=_interpret(interpret),
         name="cosine_attn_tpu_dq",
     )(k, v, w, do, s0)
@@ -226,37 +228,52 @@ def backward_dq(k, v, w, do, s0, plan: TpuPlan, interpret: bool):
 # ----------------------------------------------------------------------------- dk, dv
 
 
-def _dkv_kernel(q_ref, k_ref, v_ref, w_ref, do_ref, ds_ref, dk_ref, dv_ref, dw_ref, ds0_ref, g_ref, *, precision):
-    c = pl.program_id(2)  # step c visits chunk NC - 1 - c
+def _dkv_kernel(
+    q_ref, k_ref, v_ref, w_ref, do_ref, ds_ref, dk_ref, dv_ref, dw_ref, ds0_ref, g_ref, dk_acc, dv_acc, *, precision
+):
+    c, g = pl.program_id(2), pl.program_id(3)  # step c visits chunk NC - 1 - c; g: query head in the group
     chunk = pl.num_programs(2) - 1 - c
+    last_head = g == pl.num_programs(3) - 1
 
     @pl.when(c == 0)
     def _():
-        g_ref[...] = ds_ref[...]  # G = dS_T
+        g_ref[g] = ds_ref[g]  # G = dS_T
 
     q, k, v, do = q_ref[...], k_ref[...], v_ref[...], do_ref[...]  # (C, Dk), (C, Dk), (C, Dv), (C, Dv)
-    w = _column(_row(w_ref, chunk))  # (C, 1) float32
+    w = _column(_row(w_ref[g], chunk))  # (C, 1) float32
     kt = (k.astype(_F32) * w).astype(k.dtype)  # K~_c
     a = _causal(_mm(q, kt, _NT, precision))  # (Q_c K~_c^T) * M
     p = _causal(_mm(do, v, _NT, precision))  # (dO_c V_c^T) * M
-    g = g_ref[...]  # G_c = dS_T + sum_{c' > c} Q_{c'}^T dO_{c'}: (Dk, Dv) float32
-    dkt = _mm(v, g.astype(v.dtype), _NT, precision) + _mm(p.astype(q.dtype), q, _TN, precision)  # dK~_c
-    dv = _mm(kt, g.astype(kt.dtype), (((1,), (0,)), ((), ())), precision)
-    dv += _mm(a.astype(do.dtype), do, _TN, precision)
-    dk_ref[...] = (dkt * w).astype(dk_ref.dtype)
-    dv_ref[...] = dv.astype(dv_ref.dtype)
-    _set_row(dw_ref, chunk, _as_row(jnp.sum(dkt * k.astype(_F32), axis=1, keepdims=True)))  # <dK~, k> per row
-    g_ref[...] = g + _mm(q, do, _TN, precision)
+    grad = g_ref[g]  # G_c = dS_T + sum_{c' > c} Q_{c'}^T dO_{c'}: (Dk, Dv) float32
+    dkt = _mm(v, grad.astype(v.dtype), _NT, precision) + _mm(p.astype(q.dtype), q, _TN, precision)  # dK~_c
+    dv = _mm(kt, grad.astype(kt.dtype), _NN, precision) + _mm(a.astype(do.dtype), do, _TN, precision)
+    dw_ref[g] = _with_row(dw_ref[g], chunk, _as_row(jnp.sum(dkt * k.astype(_F32), axis=1, keepdims=True)))
+    g_ref[g] = grad + _mm(q, do, _TN, precision)
+
+    @pl.when(g == 0)  # dk, dv of the kv head: summed over its group in float32, written once
+    def _():
+        dk_acc[...] = dkt * w
+        dv_acc[...] = dv
+
+    @pl.when(g > 0)
+    def _():
+        dk_acc[...] += dkt * w
+        dv_acc[...] += dv
+
+    @pl.when(last_head)
+    def _():
+        dk_ref[...] = dk_acc[...].astype(dk_ref.dtype)
+        dv_ref[...] = dv_acc[...].astype(dv_ref.dtype)
 
     @pl.when(c == pl.num_programs(2) - 1)
     def _():
-        ds0_ref[...] = g_ref[...]
+        ds0_ref[g] = g_ref[g]
 
 
-def backward_dkv(q, k, v, w, do, d_final, dk_dtype, dv_dtype, plan: TpuPlan, interpret: bool):
-    """Per query head: dk (B, Tp, H*Dkp), dv (B, Tp, H*Dvp), d key_scale (B, H, NCp, C) float32,
-    and dS0 (B, H, Dkp, Dvp) float32."""
-    b, tp, h, dkp, dvp = q.shape[0], q.shape[1], d_final.shape[1], d_final.shape[2], d_final.shape[3]
+def backward_dkv(q, k, v, w, do, d_final, plan: TpuPlan, interpret: bool):
+    """dk (B, Tp, KV*Dkp) and dv (B, Tp, KV*Dvp) in the inputs' dtypes (summed over each group),
+    d key_scale (B, H, NCp, C) float32 and dS0 (B, H, Dkp, Dvp) float32."""
+    b, h, dkp, dvp = q.shape[0], d_final.shape[1], d_final.shape[2], d_final.shape[3]
     c, g, nc = plan.chunk, plan.group, plan.n_chunks
 
     def rev(t):
@@ -264,29 +281,33 @@ def backward_dkv(q, k, v, w, do, d_final, dk_dtype, dv_dtype, plan: TpuPlan, int
 
     return pl.pallas_call(
         functools.partial(_dkv_kernel, precision=plan.precision),
-        grid=(b, h, nc),
+        grid=(b, h // g, nc, g),
         in_specs=[
-            pl.BlockSpec((None, c, dkp), lambda i, j, t: (i, rev(t), j)),
-            pl.BlockSpec((None, c, dkp), lambda i, j, t: (i, rev(t), j // g)),
-            pl.BlockSpec((None, c, dvp), lambda i, j, t: (i, rev(t), j // g)),
-            _scale_spec(c, lambda i, j, t: (i, j, rev(t))),
-            pl.BlockSpec((None, c, dvp), lambda i, j, t: (i, rev(t), j)),
-            pl.BlockSpec((None, None, dkp, dvp), lambda i, j, t: (i, j, 0, 0)),
+            pl.BlockSpec((None, c, dkp), lambda i, j, t, e: (i, rev(t), j * g + e)),
+            pl.BlockSpec((None, c, dkp), lambda i, j, t, e: (i, rev(t), j)),
+            pl.BlockSpec((None, c, dvp), lambda i, j, t, e: (i, rev(t), j)),
+            _scale_spec(g, c, lambda i, j, t, e: (i, j, rev(t))),
+            pl.BlockSpec((None, c, dvp), lambda i, j, t, e: (i, rev(t), j * g + e)),
+            pl.BlockSpec((None, g, dkp, dvp), lambda i, j, t, e: (i, j, 0, 0)),
         ],
         out_specs=[
-            pl.BlockSpec((None, c, dkp), lambda i, j, t: (i, rev(t), j)),
-            pl.BlockSpec((None, c, dvp), lambda i, j, t: (i, rev(t), j)),
-            _scale_spec(c, lambda i, j, t: (i, j, rev(t))),
-            pl.BlockSpec((None, None, dkp, dvp), lambda i, j, t: (i, j, 0, 0)),
+            pl.BlockSpec((None, c, dkp), lambda i, j, t, e: (i, rev(t), j)),
+            pl.BlockSpec((None, c, dvp), lambda i, j, t, e: (i, rev(t), j)),
+            _scale_spec(g, c, lambda i, j, t, e: (i, j, rev(t))),
+            pl.BlockSpec((None, g, dkp, dvp), lambda i, j, t, e: (i, j, 0, 0)),
         ],
         out_shape=[
-            jax.ShapeDtypeStruct((b, tp, h * dkp), dk_dtype),
-            jax.ShapeDtypeStruct((b, tp, h * dvp), dv_dtype),
+            jax.ShapeDtypeStruct(k.shape, k.dtype),
+            jax.ShapeDtypeStruct(v.shape, v.dtype),
             jax.ShapeDtypeStruct(w.shape, _F32),
             jax.ShapeDtypeStruct((b, h, dkp, dvp), _F32),
         ],
-        scratch_shapes=[pltpu.VMEM((dkp, dvp), _F32)],
-        compiler_params=_params("parallel", "parallel", "arbitrary"),
+        scratch_shapes=[
+            pltpu.VMEM((g, dkp, dvp), _F32),  # G per query head
+            pltpu.VMEM((c, dkp), _F32),  # dk of the chunk, summed over the group
+            pltpu.VMEM((c, dvp), _F32),  # dv likewise
+        ],
+        compiler_params=_params("parallel", "parallel", "arbitrary", "arbitrary"),
         interpret=_interpret(interpret),
         name="cosine_attn_tpu_dkv",
     )(q, k, v, w, do, d_final)

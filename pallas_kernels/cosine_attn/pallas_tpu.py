@@ -196,14 +196,6 @@ def _linear_attention_fwd(q, k, v, key_scale, initial_state, plan, interpret):
     return outputs, (q, k, v, key_scale, initial_state)  # residuals: the inputs only
 
 
-def _sum_group(x: jax.Array, group: int) -> jax.Array:
-    """(B, T, H, D) per query head -> (B, T, KV, D) summed over each kv head's group."""
-    if group == 1:
-        return x
-    b, t, h, d = x.shape
-    return jnp.sum(x.reshape(b, t, h // group, group, d), axis=3)
-
-
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _linear_attention_bwd(plan, interpret, residuals, cotangents):
     q, k, v, key_scale, initial_state = residuals
@@ -212,13 +204,9 @@ def _linear_attention_bwd(plan, interpret, residuals, cotangents):
     qp, kp, vp, w = _inputs(q, k, v, key_scale, plan)
     do = _lanes(d_out.astype(q.dtype), qp.shape[1])
     dq = _tpu_kernels.backward_dq(kp, vp, w, do, _pad_state(initial_state), plan, interpret)
-    # Per-query-head dk and dv are summed over the group afterwards: float32 when G > 1.
-    dk_dtype, dv_dtype = (k.dtype, v.dtype) if plan.group == 1 else (_F32, _F32)
-    dk_heads, dv_heads, dw, ds0 = _tpu_kernels.backward_dkv(
-        qp, kp, vp, w, do, _pad_state(d_final), dk_dtype, dv_dtype, plan, interpret
-    )
-    dk_grad = _sum_group(_unlanes(dk_heads, t, h, dk), plan.group).astype(k.dtype)
-    dv_grad = _sum_group(_unlanes(dv_heads, t, h, dv), plan.group).astype(v.dtype)
+    dk_kv, dv_kv, dw, ds0 = _tpu_kernels.backward_dkv(qp, kp, vp, w, do, _pad_state(d_final), plan, interpret)
+    n_kv = k.shape[2]
+    dk_grad, dv_grad = _unlanes(dk_kv, t, n_kv, dk), _unlanes(dv_kv, t, n_kv, dv)
     d_scale = jnp.swapaxes(dw.reshape(dw.shape[0], h, -1)[:, :, :t], 1, 2).astype(key_scale.dtype)
     return _unlanes(dq, t, h, dk), dk_grad, dv_grad, d_scale, ds0[:, :, :dk, :dv].astype(initial_state.dtype)
 
