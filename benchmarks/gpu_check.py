@@ -15,7 +15,7 @@ under its own timeout:
   2. bench   benchmarks/bench_kernels.py at B=8 H=16 D=128 bf16, T = 16K and 64K:
              the defaults just written against xla and cuDNN softmax, and
              flash-linear-attention when `fla` is importable.
-  3. tests   pytest -m gpu, with each test's duration (from a JUnit XML report).
+  3. tests   pytest -m gpu, with each test's duration (from a JUnit XML report); --dry-run: one file's.
   4. train   benchmarks/train_throughput.py, gpt-300m, cosine vs softmax at
              seq 2K x 32, 8K x 8, 32K x 2: tokens/s, MFU (its FLOP formula is
              copied into the JSON) and the device's peak memory, one process per
@@ -129,6 +129,7 @@ class Sizes:
     train_seqs: tuple[int, ...]
     decode: tuple[str, ...]
     decode_contexts: tuple[int, ...]
+    test_paths: tuple[str, ...] = ("tests",)  # what `pytest -m gpu` collects, relative to the checkout
 
 
 def sizes(dry_run: bool, fla: bool) -> Sizes:
@@ -141,6 +142,8 @@ def sizes(dry_run: bool, fla: bool) -> Sizes:
             train_seqs=(32,),
             decode=("--preset", "tiny", "--dtype", "bfloat16", "--steps", "4", "--repeats", "2"),
             decode_contexts=(32,),
+            # one file of GPU-marked tests: collecting the whole suite only to skip it costs minutes
+            test_paths=("tests/kernels/test_pallas_kernels.py",),
         )
     impls = ("pallas", "xla", "softmax", *(("fla",) if fla else ()))
     bench = tuple(
@@ -220,7 +223,7 @@ def plan(stage: str, size: Sizes, out: pathlib.Path, scratch: pathlib.Path) -> l
                     "-p",
                     "no:cacheprovider",
                     f"--junitxml={junit}",
-                    str(ROOT / "tests"),
+                    *(str(ROOT / path) for path in size.test_paths),
                 ],
                 out=junit,
             )
