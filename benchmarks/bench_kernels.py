@@ -134,20 +134,6 @@ def run_fla(args, tmp: pathlib.Path) -> list[dict]:
     return json.loads(out.read_text())
 
 
-def _platform(asked: str | None, smoke: bool, backend: str) -> str:
-    """The kernels to measure: --platform, else JAX's backend; without --smoke it must be that backend."""
-    if smoke:
-        return asked or "gpu"
-    if backend not in ("gpu", "tpu"):
-        sys.exit(
-            f"{PROG}: measures GPU or TPU kernels; JAX sees {backend}. Use --smoke to check the script's logic "
-            "on CPU (add --platform tpu for the TPU kernels)."
-        )
-    if asked and asked != backend:
-        sys.exit(f"{PROG}: --platform {asked} measures {asked.upper()} kernels; JAX sees {backend}.")
-    return backend
-
-
 def _tpu_pallas(sizes, interpret: bool):
     """f(q, k, v, key_scale) -> out through the TPU kernels with `sizes`."""
     import jax.numpy as jnp  # noqa: PLC0415  (JAX starts after FLA's process: see main)
@@ -232,7 +218,12 @@ def main(argv=None):
     from benchmarks.measure import describe_device  # noqa: PLC0415
 
     info = describe_device()
-    platform = _platform(args.platform, args.smoke, jax.default_backend())
+    from pallas_kernels.cosine_attn.tune import kernel_platform  # noqa: PLC0415
+
+    try:
+        platform = kernel_platform(args.platform, args.smoke, jax.default_backend())
+    except ValueError as err:
+        sys.exit(f"{PROG}: {err}")
     settings = kb.BenchSettings(
         tuple(args.seqs), args.batch, args.heads, args.dtype, args.warmup, args.repeats, args.max_seconds, args.smoke
     )

@@ -78,7 +78,10 @@ def parse_args(argv=None):
             p.error(f"--{name} must be >= 1; got {getattr(args, name)}")
     if any(d < 1 for d in args.head_dims or []) or any(c < 1 for c in args.chunks or []):
         p.error(f"--head-dims and --chunks must be >= 1; got {args.head_dims} and {args.chunks}")
-    args.platform = _platform(args.platform, args.smoke)
+    try:
+        args.platform = tune.kernel_platform(args.platform, args.smoke, jax.default_backend())
+    except ValueError as err:
+        sys.exit(f"{PROG}: {err}")
     tpu = args.platform == "tpu"
     args.head_dims = args.head_dims or ([128, 256] if tpu else [64, 128])
     args.chunks = args.chunks or ([128, 256] if tpu else [32, 64, 128])
@@ -104,21 +107,6 @@ def parse_args(argv=None):
             )
         args.head_dims = list(widest.values())
     return args
-
-
-def _platform(asked: str | None, smoke: bool) -> str:
-    """The kernels to tune: --platform, else JAX's backend; without --smoke it must be that backend."""
-    backend = jax.default_backend()
-    if smoke:
-        return asked or "gpu"
-    if backend not in ("gpu", "tpu"):
-        sys.exit(
-            f"{PROG}: tunes GPU or TPU kernels; JAX sees {backend}. Use --smoke to check the logic on CPU "
-            "(add --platform tpu for the TPU kernels)."
-        )
-    if asked and asked != backend:
-        sys.exit(f"{PROG}: --platform {asked} tunes {asked.upper()} kernels; JAX sees {backend}.")
-    return backend
 
 
 def _launches(args, padded_dim):

@@ -84,3 +84,24 @@ def stepwise_logits(model, tokens: jax.Array, prompt_len: int, max_length: int) 
         logits, cache = step(cache, tokens[:, t])
         stepped.append(logits)
     return jnp.stack(stepped, axis=1)
+
+
+def core_vs_reference(fn, args, tol: float) -> dict:
+    """Forward and VJP of a kernel core `fn(q, k, v, key_scale, S0) -> (out, S_T)` against the quadratic
+    float32 reference on the same inputs and random cotangents; asserts dtypes and shapes and every
+    relative error <= tol, and returns the errors."""
+    from pallas_kernels.cosine_attn import reference  # noqa: PLC0415
+
+    (out, final), vjp = jax.vjp(fn, *args)
+    (out_ref, final_ref), vjp_ref = jax.vjp(jax.jit(reference.causal_linear_attention_reference), *args)
+    cot = jax.random.normal(fresh_key(), out.shape).astype(out.dtype)
+    cot_final = jax.random.normal(fresh_key(), final.shape)
+    grads = vjp((cot, cot_final))
+    grads_ref = vjp_ref((cot.astype(out_ref.dtype), cot_final))
+    assert out.dtype == args[0].dtype and final.dtype == jnp.float32
+    errors = {"out": rel_error(out, out_ref), "final": rel_error(final, final_ref)}
+    for name, g, g_ref, x in zip(("dq", "dk", "dv", "d_key_scale", "d_s0"), grads, grads_ref, args, strict=True):
+        assert g.shape == x.shape and g.dtype == x.dtype, name
+        errors[name] = rel_error(g, g_ref)
+    assert max(errors.values()) <= tol, errors
+    return errors

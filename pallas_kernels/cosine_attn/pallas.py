@@ -48,7 +48,7 @@ from jax import lax
 from jax.typing import DTypeLike
 
 from pallas_kernels.cosine_attn import _kernels, launch_table
-from pallas_kernels.cosine_attn._util import exclusive_cumsum
+from pallas_kernels.cosine_attn._util import check_core_inputs, exclusive_cumsum, pad_to
 
 __all__ = [
     "BlockSizes",
@@ -235,28 +235,21 @@ def launch_plan(
 # ----------------------------------------------------------------------------- padding
 
 
-def _pad(x: jax.Array, shape) -> jax.Array:
-    """Zero-pad x at the end of every axis up to `shape`."""
-    if tuple(x.shape) == tuple(shape):
-        return x
-    return jnp.pad(x, [(0, n - m) for m, n in zip(x.shape, shape, strict=True)])
-
-
 def _pad_seq(x: jax.Array, tp: int) -> jax.Array:
     """(B, T, heads, D) -> (B, Tp, heads, D_padded)."""
     b, _, heads, d = x.shape
-    return _pad(x, (b, tp, heads, padded_head_dim(d)))
+    return pad_to(x, (b, tp, heads, padded_head_dim(d)))
 
 
 def _pad_state(s: jax.Array) -> jax.Array:
     """(B, H, Dk, Dv) -> (B, H, Dk_padded, Dv_padded) float32."""
     b, h, dk, dv = s.shape
-    return _pad(s.astype(_F32), (b, h, padded_head_dim(dk), padded_head_dim(dv)))
+    return pad_to(s.astype(_F32), (b, h, padded_head_dim(dk), padded_head_dim(dv)))
 
 
 def _padded_inputs(q, k, v, key_scale, plan: _kernels.Plan):
     tp = plan.n_chunks * plan.chunk
-    w = _pad(key_scale.astype(_F32), (q.shape[0], tp, q.shape[2]))
+    w = pad_to(key_scale.astype(_F32), (q.shape[0], tp, q.shape[2]))
     return _pad_seq(q, tp), _pad_seq(k, tp), _pad_seq(v, tp), jnp.swapaxes(w, 1, 2)  # w (B, H, Tp)
 
 
@@ -338,32 +331,6 @@ _linear_attention.defvjp(_linear_attention_fwd, _linear_attention_bwd)
 # ----------------------------------------------------------------------------- public function
 
 
-def _check_inputs(q, k, v, key_scale, initial_state) -> None:
-    for name, a in (("q", q), ("k", k), ("v", v)):
-        if jnp.ndim(a) != 4:
-            raise ValueError(
-                f"{name} must have rank 4, (batch, seq, heads, head_dim); got {name}.shape={tuple(jnp.shape(a))}"
-            )
-    if not (q.dtype == k.dtype == v.dtype) or not jnp.issubdtype(q.dtype, jnp.floating):
-        raise ValueError(f"q, k and v must share one floating dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
-    b, t, h, dk = q.shape
-    n_kv, dv = k.shape[2], v.shape[-1]
-    if k.shape != (b, t, n_kv, dk) or v.shape[:3] != (b, t, n_kv) or h % n_kv or t < 1:
-        raise ValueError(
-            "expected q (B, T, H, Dk), k (B, T, KV, Dk), v (B, T, KV, Dv) with T >= 1 "
-            f"and H % KV == 0; got q.shape={q.shape}, k.shape={k.shape}, v.shape={v.shape}"
-        )
-    if jnp.shape(key_scale) != (b, t, h):
-        raise ValueError(
-            f"key_scale must have shape (B, T, H) = {(b, t, h)}; got key_scale.shape={tuple(jnp.shape(key_scale))}"
-        )
-    if jnp.shape(initial_state) != (b, h, dk, dv):
-        raise ValueError(
-            f"initial_state must have shape (B, H, Dk, Dv) = {(b, h, dk, dv)}; "
-            f"got initial_state.shape={tuple(jnp.shape(initial_state))}"
-        )
-
-
 def causal_linear_attention_pallas(
     q: jax.Array,
     k: jax.Array,
@@ -391,7 +358,7 @@ def causal_linear_attention_pallas(
       (out (B, T, H, Dv) in q.dtype, final state S_T (B, H, Dk, Dv) float32).
       Differentiable in q, k, v, key_scale and initial_state.
     """
-    _check_inputs(q, k, v, key_scale, initial_state)
+    check_core_inputs(q, k, v, key_scale, initial_state)
     sizes = block_sizes or BlockSizes.get_default(q.dtype, q.shape[-1], v.shape[-1])
     plans = tuple(launch_plan(q.shape, k.shape, v.shape, q.dtype, sizes, backward=b) for b in (False, True))
     return _linear_attention(q, k, v, key_scale, initial_state, plans, bool(interpret))

@@ -37,6 +37,7 @@ from jax import lax
 from jax.typing import DTypeLike
 
 from pallas_kernels.cosine_attn import _tpu_kernels, launch_table
+from pallas_kernels.cosine_attn._util import check_core_inputs, pad_to
 
 __all__ = [
     "TpuBlockSizes",
@@ -139,18 +140,11 @@ def tpu_launch_plan(
 # ----------------------------------------------------------------------------- layouts
 
 
-def _pad(x: jax.Array, shape) -> jax.Array:
-    """Zero-pad x at the end of every axis up to `shape` (no copy when nothing pads)."""
-    if tuple(x.shape) == tuple(shape):
-        return x
-    return jnp.pad(x, [(0, n - m) for m, n in zip(x.shape, shape, strict=True)])
-
-
 def _lanes(x: jax.Array, tp: int) -> jax.Array:
     """(B, T, heads, D) -> (B, Tp, heads * Dp): head h is the h-th block of Dp lanes."""
     b, _, heads, d = x.shape
     dp = tpu_padded_head_dim(d)
-    return _pad(x, (b, tp, heads, dp)).reshape(b, tp, heads * dp)
+    return pad_to(x, (b, tp, heads, dp)).reshape(b, tp, heads * dp)
 
 
 def _unlanes(x: jax.Array, t: int, heads: int, d: int) -> jax.Array:
@@ -165,13 +159,13 @@ def _scale_rows(key_scale: jax.Array, plan: TpuPlan) -> jax.Array:
     b, _, h = key_scale.shape
     rows = -(-plan.n_chunks // _tpu_kernels.SCALE_ROWS) * _tpu_kernels.SCALE_ROWS
     w = jnp.swapaxes(key_scale.astype(_F32), 1, 2)
-    return _pad(w, (b, h, rows * plan.chunk)).reshape(b, h, rows, plan.chunk)
+    return pad_to(w, (b, h, rows * plan.chunk)).reshape(b, h, rows, plan.chunk)
 
 
 def _pad_state(s: jax.Array) -> jax.Array:
     """(B, H, Dk, Dv) -> (B, H, Dkp, Dvp) float32."""
     b, h, dk, dv = s.shape
-    return _pad(s.astype(_F32), (b, h, tpu_padded_head_dim(dk), tpu_padded_head_dim(dv)))
+    return pad_to(s.astype(_F32), (b, h, tpu_padded_head_dim(dk), tpu_padded_head_dim(dv)))
 
 
 def _inputs(q, k, v, key_scale, plan: TpuPlan):
@@ -217,32 +211,6 @@ _linear_attention.defvjp(_linear_attention_fwd, _linear_attention_bwd)
 # ----------------------------------------------------------------------------- public function
 
 
-def _check_inputs(q, k, v, key_scale, initial_state) -> None:
-    for name, a in (("q", q), ("k", k), ("v", v)):
-        if jnp.ndim(a) != 4:
-            raise ValueError(
-                f"{name} must have rank 4, (batch, seq, heads, head_dim); got {name}.shape={tuple(jnp.shape(a))}"
-            )
-    if not (q.dtype == k.dtype == v.dtype) or not jnp.issubdtype(q.dtype, jnp.floating):
-        raise ValueError(f"q, k and v must share one floating dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
-    b, t, h, dk = q.shape
-    n_kv, dv = k.shape[2], v.shape[-1]
-    if k.shape != (b, t, n_kv, dk) or v.shape[:3] != (b, t, n_kv) or h % n_kv or t < 1:
-        raise ValueError(
-            "expected q (B, T, H, Dk), k (B, T, KV, Dk), v (B, T, KV, Dv) with T >= 1 "
-            f"and H % KV == 0; got q.shape={q.shape}, k.shape={k.shape}, v.shape={v.shape}"
-        )
-    if jnp.shape(key_scale) != (b, t, h):
-        raise ValueError(
-            f"key_scale must have shape (B, T, H) = {(b, t, h)}; got key_scale.shape={tuple(jnp.shape(key_scale))}"
-        )
-    if jnp.shape(initial_state) != (b, h, dk, dv):
-        raise ValueError(
-            f"initial_state must have shape (B, H, Dk, Dv) = {(b, h, dk, dv)}; "
-            f"got initial_state.shape={tuple(jnp.shape(initial_state))}"
-        )
-
-
 def causal_linear_attention_pallas_tpu(
     q: jax.Array,
     k: jax.Array,
@@ -271,7 +239,7 @@ def causal_linear_attention_pallas_tpu(
       (out (B, T, H, Dv) in q.dtype, final state S_T (B, H, Dk, Dv) float32).
       Differentiable in q, k, v, key_scale and initial_state.
     """
-    _check_inputs(q, k, v, key_scale, initial_state)
+    check_core_inputs(q, k, v, key_scale, initial_state)
     if block_sizes is not None and not isinstance(block_sizes, TpuBlockSizes):
         raise ValueError(f"block_sizes must be a TpuBlockSizes or None; got {type(block_sizes).__name__}")
     plan = tpu_launch_plan(q.shape, k.shape, v.shape, q.dtype, block_sizes)

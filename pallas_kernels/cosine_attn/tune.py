@@ -323,6 +323,22 @@ class TpuTrial:
     error: str | None = None
 
 
+def kernel_platform(asked: str | None, smoke: bool, backend: str) -> str:
+    """Which kernels a measuring script (the tuner, the kernel benchmark) works on: `asked`
+    (--platform), else JAX's backend. With `smoke` any backend will do (interpret mode; default the
+    GPU kernels); otherwise the backend must be a GPU or a TPU and match `asked`. ValueError if not."""
+    if smoke:
+        return asked or "gpu"
+    if backend not in ("gpu", "tpu"):
+        raise ValueError(
+            f"JAX sees {backend}, not a GPU or a TPU. Use --smoke to check the logic on the CPU "
+            "(add --platform tpu for the TPU kernels)."
+        )
+    if asked and asked != backend:
+        raise ValueError(f"--platform {asked} needs JAX's backend to be {asked}; JAX sees {backend}.")
+    return backend
+
+
 def tpu_candidates(
     head_dim: int, chunks: Iterable[int] = (128, 256), *, quick: bool = False
 ) -> list[pallas_tpu.TpuBlockSizes]:

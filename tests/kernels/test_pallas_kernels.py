@@ -20,7 +20,7 @@ import pytest
 
 import cottention_jax as ca
 from pallas_kernels.cosine_attn import pallas, reference
-from tests._util import export_for_h100, fresh_key, padding_mask, random_qkv, rel_error
+from tests._util import core_vs_reference, export_for_h100, fresh_key, padding_mask, random_qkv, rel_error
 
 F32_TOL, LOW_TOL = 1e-5, 2e-2  # float32 (interpret mode is exact f32); bf16 / fp16
 
@@ -126,19 +126,7 @@ def _core_inputs(b, t, h, kv, dk, dv, dtype):
 
 def _core_compare(args, tol, **kw):
     """Forward and VJP of the kernel core vs the quadratic reference; returns the relative errors."""
-    (out, final), vjp = jax.vjp(lambda *a: pallas.causal_linear_attention_pallas(*a, interpret=True, **kw), *args)
-    (out_ref, final_ref), vjp_ref = jax.vjp(jax.jit(reference.causal_linear_attention_reference), *args)
-    cot = jax.random.normal(fresh_key(), out.shape).astype(out.dtype)
-    cot_final = jax.random.normal(fresh_key(), final.shape)
-    grads = vjp((cot, cot_final))
-    grads_ref = vjp_ref((cot.astype(out_ref.dtype), cot_final))
-    assert out.dtype == args[0].dtype and final.dtype == jnp.float32
-    errors = {"out": rel_error(out, out_ref), "final": rel_error(final, final_ref)}
-    for name, g, g_ref, x in zip(("dq", "dk", "dv", "d_key_scale", "d_s0"), grads, grads_ref, args, strict=True):
-        assert g.shape == x.shape and g.dtype == x.dtype, name
-        errors[name] = rel_error(g, g_ref)
-    assert max(errors.values()) <= tol, errors
-    return errors
+    return core_vs_reference(lambda *a: pallas.causal_linear_attention_pallas(*a, interpret=True, **kw), args, tol)
 
 
 _L = pallas.KernelLaunch

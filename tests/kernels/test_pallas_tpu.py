@@ -25,8 +25,8 @@ import pytest
 
 import cottention_jax as ca
 from cottention_jax import _cosine_local
-from pallas_kernels.cosine_attn import launch_table, pallas_tpu, reference
-from tests._util import REPO_ROOT, fresh_key, padding_mask, random_qkv, rel_error
+from pallas_kernels.cosine_attn import launch_table, pallas_tpu
+from tests._util import REPO_ROOT, core_vs_reference, fresh_key, padding_mask, random_qkv, rel_error
 
 F32_TOL, LOW_TOL = 1e-5, 2e-2  # float32 (interpret mode is exact f32); bf16 / fp16
 Sizes = pallas_tpu.TpuBlockSizes
@@ -58,18 +58,7 @@ def _core(sizes):
 
 def _core_compare(args, sizes):
     """Forward and VJP of the TPU core vs the quadratic reference, held to the dtype's tolerance."""
-    (out, final), vjp = jax.vjp(_core(sizes), *args)
-    (out_ref, final_ref), vjp_ref = jax.vjp(jax.jit(reference.causal_linear_attention_reference), *args)
-    cot = jax.random.normal(fresh_key(), out.shape).astype(out.dtype)
-    cot_final = jax.random.normal(fresh_key(), final.shape)
-    grads = vjp((cot, cot_final))
-    grads_ref = vjp_ref((cot.astype(out_ref.dtype), cot_final))
-    assert out.dtype == args[0].dtype and final.dtype == jnp.float32
-    errors = {"out": rel_error(out, out_ref), "final": rel_error(final, final_ref)}
-    for name, g, g_ref, x in zip(("dq", "dk", "dv", "d_key_scale", "d_s0"), grads, grads_ref, args, strict=True):
-        assert g.shape == x.shape and g.dtype == x.dtype, name
-        errors[name] = rel_error(g, g_ref)
-    assert max(errors.values()) <= _tol(args[0].dtype), errors
+    core_vs_reference(_core(sizes), args, _tol(args[0].dtype))
 
 
 # (b, t, h, kv, dk, dv, dtype, sizes): 10 chunks of 16 with a padded last one (the scales' 8-chunk
