@@ -61,6 +61,13 @@ def _parser(description: str, default_preset: str, kinds: tuple[str, ...], finet
     )
     multi.add_argument("--num-processes", type=int, help="how many processes (or $COTTENTION_NUM_PROCESSES)")
     multi.add_argument("--process-id", type=int, help="this process's index (or $COTTENTION_PROCESS_ID)")
+    multi.add_argument(
+        "--heartbeat-timeout",
+        type=int,
+        default=60,
+        metavar="SECONDS",
+        help="a peer silent this long counts as dead and the others stop (default 60)",
+    )
     if finetune:
         p.add_argument(
             "--finetune",
@@ -144,7 +151,10 @@ def _join_processes(args) -> bool:
     try:
         cfg = distributed.config_from_env(
             distributed.DistributedConfig(
-                coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id
+                coordinator=args.coordinator,
+                num_processes=args.num_processes,
+                process_id=args.process_id,
+                heartbeat_timeout_s=args.heartbeat_timeout,
             )
         )
         return distributed.initialize(cfg)

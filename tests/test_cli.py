@@ -109,6 +109,11 @@ def test_train_an_invalid_config_value_names_the_choices(capsys):
     _assert_one_line(status, err, "key=value")
 
 
+def test_train_a_bad_heartbeat_timeout_is_one_line(capsys):
+    status, err = _run(cli.train_main, ["--preset", "gpt-tiny", "--heartbeat-timeout", "0"], capsys)
+    _assert_one_line(status, err, "heartbeat_timeout_s", "got 0")
+
+
 def test_train_an_unknown_preset_is_one_line_listing_the_presets(capsys):
     """argparse printed its multi-line usage block before the error."""
     status, err = _run(cli.train_main, ["--preset", "gpt-huge"], capsys)

@@ -164,8 +164,8 @@ def test_sigterm_to_every_process_saves_and_the_checkpoint_resumes_on_two_or_one
 
 
 def test_a_killed_process_stops_the_other_within_a_bound(data_dir, tmp_path):
-    """SIGKILL to process 1: process 0 exits non-zero within a minute (no hang); a rerun resumes from
-    the last intact checkpoint and finishes."""
+    """SIGKILL to process 1: process 0 exits non-zero within a minute (no hang; a heartbeat timeout of
+    10 s, not the default 60, bounds it); a rerun resumes from the last intact checkpoint and finishes."""
     from cottention_jax.launch import free_port  # noqa: PLC0415
 
     workdir = tmp_path / "killed"
@@ -180,7 +180,7 @@ def test_a_killed_process_stops_the_other_within_a_bound(data_dir, tmp_path):
         }
         procs.append(
             subprocess.Popen(
-                _train_args(workdir, data_dir, "data"),
+                [*_train_args(workdir, data_dir, "data"), "--heartbeat-timeout", "10"],
                 env=env,
                 cwd=REPO_ROOT,
                 stdout=subprocess.DEVNULL,
