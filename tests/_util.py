@@ -105,3 +105,16 @@ def core_vs_reference(fn, args, tol: float) -> dict:
         errors[name] = rel_error(g, g_ref)
     assert max(errors.values()) <= tol, errors
     return errors
+
+
+def core_specs(b: int, t: int, h: int, kv: int, d: int, dtype) -> tuple:
+    """Abstract inputs of a kernel core for lowering tests: q (B,T,H,D), k and v (B,T,KV,D) in `dtype`,
+    key_scale (B,T,H) and S0 (B,H,D,D) float32."""
+    spec = jax.ShapeDtypeStruct
+    return (
+        spec((b, t, h, d), dtype),
+        spec((b, t, kv, d), dtype),
+        spec((b, t, kv, d), dtype),
+        spec((b, t, h), jnp.float32),
+        spec((b, h, d, d), jnp.float32),
+    )

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import pytest
 
 from pallas_kernels.cosine_attn import launch_table, pallas, tune
-from tests._util import REPO_ROOT, export_for_h100
+from tests._util import REPO_ROOT, core_specs, export_for_h100
 
 ROOT = str(REPO_ROOT)
 H100 = "NVIDIA H100 80GB HBM3"  # the kind the shipped rows were measured on
@@ -74,14 +74,7 @@ def test_shipped_table_holds_the_h100_sweep():
 def test_every_shipped_config_lowers_for_cuda(entry):
     """Forward and backward with the entry's launches lower to Triton IR for sm_90 (GQA, T = 700)."""
     b, t, h, kv, d, dtype = 2, 700, 4, 2, entry["head_dim"], jnp.dtype(entry["dtype"])
-    spec = jax.ShapeDtypeStruct
-    args = (
-        spec((b, t, h, d), dtype),
-        spec((b, t, kv, d), dtype),
-        spec((b, t, kv, d), dtype),
-        spec((b, t, h), jnp.float32),
-        spec((b, h, d, d), jnp.float32),
-    )
+    args = core_specs(b, t, h, kv, d, dtype)
     sizes = dataclasses.replace(pallas.BlockSizes.from_entry(entry), segments=1)
 
     def loss(q, k, v, w, s0):

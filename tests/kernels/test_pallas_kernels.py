@@ -20,7 +20,7 @@ import pytest
 
 import cottention_jax as ca
 from pallas_kernels.cosine_attn import pallas, reference
-from tests._util import core_vs_reference, export_for_h100, fresh_key, padding_mask, random_qkv, rel_error
+from tests._util import core_specs, core_vs_reference, export_for_h100, fresh_key, padding_mask, random_qkv, rel_error
 
 F32_TOL, LOW_TOL = 1e-5, 2e-2  # float32 (interpret mode is exact f32); bf16 / fp16
 
@@ -263,14 +263,7 @@ def _loss_and_grads(block_sizes):
 def test_forward_and_backward_lower_for_cuda(dim, dtype, segments):
     """Lower fwd + bwd (GQA; T = 700 pads to 704, not a power of two) to Triton IR for sm_90."""
     b, t, h, kv = 2, 700, 4, 2
-    spec = jax.ShapeDtypeStruct
-    args = (
-        spec((b, t, h, dim), dtype),
-        spec((b, t, kv, dim), dtype),
-        spec((b, t, kv, dim), dtype),
-        spec((b, t, h), jnp.float32),
-        spec((b, h, dim, dim), jnp.float32),
-    )
+    args = core_specs(b, t, h, kv, dim, dtype)
     sizes = dataclasses.replace(pallas.BlockSizes.get_default(dtype, dim, dim), segments=segments)
     exported = export_for_h100(_loss_and_grads(sizes), *args)
     module = exported.mlir_module()

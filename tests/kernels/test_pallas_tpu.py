@@ -26,7 +26,7 @@ import pytest
 import cottention_jax as ca
 from cottention_jax import _cosine_local
 from pallas_kernels.cosine_attn import launch_table, pallas_tpu
-from tests._util import REPO_ROOT, core_vs_reference, fresh_key, padding_mask, random_qkv, rel_error
+from tests._util import REPO_ROOT, core_specs, core_vs_reference, fresh_key, padding_mask, random_qkv, rel_error
 
 F32_TOL, LOW_TOL = 1e-5, 2e-2  # float32 (interpret mode is exact f32); bf16 / fp16
 Sizes = pallas_tpu.TpuBlockSizes
@@ -325,14 +325,7 @@ def test_forward_and_backward_lower_for_tpu(case):
     """GQA, T = 700 (pads to a multiple of the chunk) for each launch of the table."""
     device, chunk, block_k, block_v, dtype, dim = case
     b, t, h, kv = 1, 700, 4, 2
-    spec = jax.ShapeDtypeStruct
-    args = (
-        spec((b, t, h, dim), dtype),
-        spec((b, t, kv, dim), dtype),
-        spec((b, t, kv, dim), dtype),
-        spec((b, t, h), jnp.float32),
-        spec((b, h, dim, dim), jnp.float32),
-    )
+    args = core_specs(b, t, h, kv, dim, dtype)
     sizes = Sizes(chunk=chunk, block_k=block_k, block_v=block_v)
     exported = _export_for_tpu(device, _loss_and_grads(sizes, interpret=False), *args)
     assert exported.platforms == ("tpu",)
